@@ -1,0 +1,88 @@
+"""Exact attention that also returns its log-sum-exp, and the LSE merge.
+
+Internal layout: queries `[z, g, n, d]` and keys/values `[z, m, d]`, where `z` folds
+batch, key heads and independent sub-problems, and `g` is the number of query heads that
+share one key head (GQA), so repeated keys are never materialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# A finite stand-in for -inf: rows with every key masked get a tiny, finite LSE that
+# merges with weight exactly 0, and no NaN can reach the gradients of discarded rows.
+MASKED_LOGIT = -1e30
+
+# Upper bound on score-matrix elements held at once; keeps 131k-token calls in memory.
+SCORE_BUDGET = 1 << 26
+
+# mask_fn(z_start, z_stop, row_start, row_stop) -> bool mask, True where a key is hidden,
+# broadcastable to [z, g, rows, m].
+MaskFn = Callable[[int, int, int, int], Tensor]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores, softmax and LSE run in at least float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def attention_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask_fn: MaskFn | None = None
+) -> tuple[Tensor, Tensor]:
+    """softmax(scale * q k^T) v and its row LSE, chunked to bound memory.
+
+    q [z, g, n, d], k [z, m, d], v [z, m, dv] -> out [z, g, n, dv], lse [z, g, n]
+    (both in the accumulation dtype).
+    """
+    z, g, n, _ = q.shape
+    m = k.shape[1]
+    acc = accumulation_dtype(q.dtype)
+    per_z = max(1, g * n * m)
+    z_step = max(1, min(z, SCORE_BUDGET // per_z))
+    row_step = n if z_step > 1 or per_z <= SCORE_BUDGET else max(1, SCORE_BUDGET // (g * m))
+    outs, lses = [], []
+    for z0 in range(0, z, z_step):
+        z1 = min(z, z0 + z_step)
+        k_c, v_c = k[z0:z1].to(acc), v[z0:z1].to(acc)
+        row_outs, row_lses = [], []
+        for r0 in range(0, n, row_step):
+            r1 = min(n, r0 + row_step)
+            scores = torch.einsum("zgnd,zmd->zgnm", q[z0:z1, :, r0:r1].to(acc), k_c) * scale
+            if mask_fn is not None:
+                scores = scores.masked_fill(mask_fn(z0, z1, r0, r1), MASKED_LOGIT)
+            lse = torch.logsumexp(scores, dim=-1)
+            probs = torch.exp(scores - lse.unsqueeze(-1))
+            row_outs.append(torch.einsum("zgnm,zmd->zgnd", probs, v_c))
+            row_lses.append(lse)
+        outs.append(torch.cat(row_outs, dim=2))
+        lses.append(torch.cat(row_lses, dim=2))
+    return torch.cat(outs, dim=0), torch.cat(lses, dim=0)
+
+
+def causal_mask_fn(n_query: int, n_key: int, device: torch.device) -> MaskFn:
+    """Queries are the last `n_query` positions of the keys: row i sees keys <= i + offset."""
+    offset = n_key - n_query
+
+    def mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+        rows = torch.arange(r0, r1, device=device).unsqueeze(-1) + offset
+        cols = torch.arange(n_key, device=device)
+        return cols > rows  # [rows, m], broadcasts over z and g
+
+    return mask
+
+
+def merge_by_lse(
+    out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Combine attention over two disjoint key sets into attention over their union.
+
+    out_* [..., n, dv], lse_* [..., n]. Exact: each output is re-weighted by the share
+    of the total softmax mass its key set holds, exp(lse_part - lse_union).
+    """
+    lse = torch.logaddexp(lse_a, lse_b)
+    weight_a = torch.exp(lse_a - lse).unsqueeze(-1)
+    weight_b = torch.exp(lse_b - lse).unsqueeze(-1)
+    return out_a * weight_a + out_b * weight_b, lse

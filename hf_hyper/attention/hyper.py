@@ -1,0 +1,362 @@
+"""HyperAttention (Han et al. 2023): sorted-LSH block diagonal + uniform sampling.
+
+Public tensors are `[batch, heads, seq, head_dim]`; key/value heads may be fewer than
+query heads (GQA/MQA) and the key head_dim may differ from the value head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import HyperAttentionConfig
+from .blockwise import (
+    accumulation_dtype,
+    attention_with_lse,
+    causal_mask_fn,
+    merge_by_lse,
+)
+from .lsh import angular_lsh_rank
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class _Randomness:
+    """Where hyperplanes and samples come from: a generator (reproducible) or global RNG."""
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
+        self.generator = generator
+        self.device = device
+        self.draw_device = generator.device if generator is not None else device
+
+    def hyperplanes(self, dim: int, count: int) -> Tensor:
+        planes = torch.randn(dim, count, generator=self.generator, device=self.draw_device)
+        return planes.to(self.device)
+
+    def indices(self, high: int, shape: tuple[int, ...]) -> Tensor:
+        idx = torch.randint(high, shape, generator=self.generator, device=self.draw_device)
+        return idx.to(self.device)
+
+
+def _gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """x [..., n, d], order [..., n] (rows to take) -> [..., n, d], via one flat index."""
+    *lead, n, d = x.shape
+    flat = x.reshape(-1, d)
+    groups = flat.shape[0] // n
+    base = torch.arange(groups, device=x.device).view(*lead, 1) * n
+    return flat.index_select(0, (order + base).reshape(-1)).view(*lead, -1, d)
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    return x if rows == 0 else torch.nn.functional.pad(x, (0, 0, 0, rows))
+
+
+def _query_blocks(
+    q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int
+) -> Tensor:
+    """Key block each query attends: q_rank [z, g, nq], k_rank_sorted [z, nk] -> [z, g, nq].
+
+    A query goes where it would fall among the sorted keys; inside the run of keys that
+    share its bucket it takes the spot matching its relative sequence position (keys
+    keep sequence order within a bucket). Unlike sorting the queries themselves, this
+    depends on the keys and the query alone, so in causal attention no output row
+    depends on a later query, and query and key counts may differ freely.
+    """
+    z, g, n_query = q_rank.shape
+    flat = q_rank.reshape(z, g * n_query)
+    first = torch.searchsorted(k_rank_sorted, flat).view(z, g, n_query)
+    last = torch.searchsorted(k_rank_sorted, flat, right=True).view(z, g, n_query)
+    frac = (torch.arange(n_query, device=q_rank.device, dtype=torch.float64) + 0.5) / n_query
+    position = first + ((last - first).to(torch.float64) * frac).long()
+    return torch.clamp(position // key_block, max=n_blocks - 1)
+
+
+def _ragged_block_attention(
+    q: Tensor, q_block: Tensor, k_blocks: Tensor, v_blocks: Tensor, n_key: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Each query attends exactly the key block named by q_block.
+
+    q [z, g, nq, d], q_block [z, g, nq], k_blocks [z, nb, bk, d], v_blocks [z, nb, bk, dv]
+    -> out [z, g, nq, dv], lse [z, g, nq]. Queries are grouped by block and packed into
+    tiles of `tile` rows (a block's group may span several tiles), so the work is bounded
+    by (queries + blocks * tile) * bk however unevenly the queries spread.
+    """
+    z, g, n_query, dim = q.shape
+    n_blocks, key_block = k_blocks.shape[1:3]
+    n_rows = g * n_query
+    tile = max(1, min(4 * key_block, math.ceil(n_rows / n_blocks)))
+    n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on sum of ceil(count / tile)
+    dev = q.device
+
+    block = q_block.reshape(z, n_rows)
+    sorted_block, order = torch.sort(block, dim=-1, stable=True)
+    counts = torch.zeros(z, n_blocks, dtype=torch.int64, device=dev)
+    counts.scatter_add_(1, block, torch.ones_like(block))
+    tiles_per_block = (counts + tile - 1) // tile
+    first_tile = torch.cumsum(tiles_per_block, dim=1) - tiles_per_block
+    first_row = torch.cumsum(counts, dim=1) - counts
+    rank_in_block = torch.arange(n_rows, device=dev) - torch.gather(first_row, 1, sorted_block)
+    tile_id = torch.gather(first_tile, 1, sorted_block) + rank_in_block // tile
+    slot = tile_id * tile + rank_in_block % tile  # [z, rows] in sorted order
+
+    # Which query fills each tile slot (n_rows = an all-zero padding row), and back.
+    slot_query = torch.full((z, n_tiles * tile), n_rows, dtype=torch.int64, device=dev)
+    slot_query.scatter_(1, slot, order)
+    query_slot = torch.empty_like(slot).scatter_(1, order, slot)
+    tile_block = torch.zeros(z, n_tiles, dtype=torch.int64, device=dev)
+    tile_block.scatter_(1, tile_id, sorted_block)
+
+    # [z, g*nq + 1, d] -> [z*tiles, 1, tile, d];  key blocks gathered per tile
+    q_rows = _pad_rows(q.reshape(z, n_rows, dim), 1)
+    q_tiles = _gather_rows(q_rows, slot_query).view(z * n_tiles, 1, tile, dim)
+    block_index = (tile_block + torch.arange(z, device=dev)[:, None] * n_blocks).view(-1)
+    k_tiles = k_blocks.reshape(z * n_blocks, key_block, dim).index_select(0, block_index)
+    v_tiles = v_blocks.reshape(z * n_blocks, key_block, -1).index_select(0, block_index)
+
+    pad_mask = None
+    if n_blocks * key_block > n_key:
+        padded = torch.arange(n_blocks * key_block, device=dev).view(n_blocks, key_block)
+        padded = padded >= n_key  # [nb, bk]
+        flat_block = tile_block.view(-1)
+
+        def pad_mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+            return padded[flat_block[z0:z1]][:, None, None, :]
+
+    out, lse = attention_with_lse(q_tiles, k_tiles, v_tiles, scale, pad_mask)
+    # [z*tiles, 1, tile, dv] -> [z, tiles*tile, dv] -> rows in original order
+    out = _gather_rows(out.view(z, n_tiles * tile, -1), query_slot)
+    lse = torch.gather(lse.view(z, n_tiles * tile), 1, query_slot)
+    return out.view(z, g, n_query, -1), lse.view(z, g, n_query)
+
+
+def sorted_block_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    config: HyperAttentionConfig,
+    rng: _Randomness,
+) -> tuple[Tensor, Tensor]:
+    """Non-causal HyperAttention on the internal layout.
+
+    q [z, g, nq, d], k [z, nk, d], v [z, nk, dv] -> out [z, g, nq, dv], lse [z, g, nq].
+    """
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+
+    # 1. Sort keys by LSH bucket (stable: a bucket keeps sequence order), cut into
+    #    equal blocks, and send each query to the block where its bucket lies.
+    planes = rng.hyperplanes(dim, config.lsh_num_projs)
+    k_rank_sorted, k_order = torch.sort(angular_lsh_rank(k, planes), dim=-1, stable=True)
+    n_blocks = math.ceil(n_key / config.block_size)
+    key_block = math.ceil(n_key / n_blocks)
+    key_pad = n_blocks * key_block - n_key
+    k_sorted = _pad_rows(_gather_rows(k, k_order), key_pad)  # [z, nb*bk, d]
+    v_sorted = _pad_rows(_gather_rows(v, k_order), key_pad)
+    q_block = _query_blocks(angular_lsh_rank(q, planes), k_rank_sorted, key_block, n_blocks)
+
+    # 2. Exact attention of each query with its block.
+    out, lse = _ragged_block_attention(
+        q,
+        q_block,
+        k_sorted.view(z, n_blocks, key_block, dim),
+        v_sorted.view(z, n_blocks, key_block, dv),
+        n_key,
+        scale,
+    )
+
+    # 3. Uniform sample of keys for the mass outside each query's own block.
+    if config.sample_size > 0 and n_blocks > 1:
+        sample = rng.indices(n_key, (z, config.sample_size))  # positions in sorted order
+        k_sample = _gather_rows(k_sorted, sample)  # [z, m, d]
+        v_sample = _gather_rows(v_sorted, sample)
+        sample_block = sample // key_block  # [z, m]
+
+        def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+            # keys already counted exactly in the query's block must not count twice
+            return q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
+
+        out_s, lse_s = attention_with_lse(q, k_sample, v_sample, scale, own_block)
+        # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
+        lse_s = lse_s + math.log(n_key / config.sample_size)
+        out, lse = merge_by_lse(out, lse, out_s, lse_s)
+    return out, lse
+
+
+def _exact(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    mask = causal_mask_fn(q.shape[2], k.shape[1], q.device) if causal else None
+    return attention_with_lse(q, k, v, scale, mask)
+
+
+def _noncausal(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
+    if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
+        return _exact(q, k, v, scale, causal=False)
+    return sorted_block_attention(q, k, v, scale, config, rng)
+
+
+def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
+    """Causal attention with nq == nk by halving: the lower-left block of every split is
+    non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
+
+    All splits of one recursion level are independent and of equal size, so each level
+    runs as one batched call (sub-problems folded into z) instead of one call per block.
+    """
+    z, g, n, dim = q.shape
+    if n <= config.min_seq_len:
+        return _exact(q, k, v, scale, causal=True)
+    levels = 0
+    while math.ceil(n / 2**levels) > config.min_seq_len:
+        levels += 1
+    base = math.ceil(n / 2**levels)
+    padded_n = base * 2**levels
+    # Zero rows appended at the end are only ever seen by (discarded) padded queries:
+    # in every lower-left block whose keys include padding, all queries are padding.
+    q, k, v = (_pad_rows(t, padded_n - n).contiguous() for t in (q, k, v))
+    dv = v.shape[-1]
+
+    # Diagonal blocks: [z, g, N, d] -> [z*blocks, g, base, d]
+    blocks = 2**levels
+    q_diag = q.view(z, g, blocks, base, dim).transpose(1, 2).reshape(z * blocks, g, base, dim)
+    out, lse = _exact(
+        q_diag, k.view(z * blocks, base, dim), v.view(z * blocks, base, dv), scale, causal=True
+    )
+    out = out.view(z, blocks, g, base, dv).transpose(1, 2).reshape(z, g, padded_n, dv)
+    lse = lse.view(z, blocks, g, base).transpose(1, 2).reshape(z, g, padded_n)
+
+    for level in range(1, levels + 1):
+        size, pairs = padded_n >> level, 2 ** (level - 1)
+        # queries of the second half of each pair against keys of its first half
+        q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
+        q_low = q_low.reshape(z * pairs, g, size, dim)
+        k_left = k.view(z * pairs, 2, size, dim)[:, 0]
+        v_left = v.view(z * pairs, 2, size, dv)[:, 0]
+        out_l, lse_l = sorted_block_attention(q_low, k_left, v_left, scale, config, rng)
+        out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
+        lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
+
+        out_pairs = out.view(z, g, pairs, 2, size, dv)
+        lse_pairs = lse.view(z, g, pairs, 2, size)
+        merged_out, merged_lse = merge_by_lse(out_pairs[:, :, :, 1], lse_pairs[:, :, :, 1], out_l, lse_l)
+        out = torch.stack((out_pairs[:, :, :, 0], merged_out), dim=3).view(z, g, padded_n, dv)
+        lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
+    return out[:, :, :n], lse[:, :, :n]
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(
+                f"hyper_attention expects {name} as [batch, heads, seq, head_dim]; "
+                f"got {t.dim()} dims with shape {tuple(t.shape)}"
+            )
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"hyper_attention supports fp16/bf16/fp32/fp64; {name} is {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"k and v must agree in batch, heads and seq; got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q and k must agree in batch and head_dim; got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
+        )
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(
+            f"causal attention needs n_query <= n_key (queries are the last rows of the keys); "
+            f"got n_query={q.shape[2]}, n_key={k.shape[2]}"
+        )
+    if k.shape[2] == 0 or q.shape[2] == 0:
+        raise ValueError("hyper_attention needs at least one query and one key")
+
+
+def hyper_attention_with_lse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    config: HyperAttentionConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """HyperAttention returning (out [b, hq, nq, dv] in q's dtype, lse [b, hq, nq] float32+).
+
+    q [b, hq, nq, d], k [b, hk, nk, d], v [b, hk, nk, dv] with hq a multiple of hk.
+    causal: queries are the last nq positions of the nk keys (prefill with a cache offset
+    when nq < nk). generator (or config.seed) makes hyperplanes and samples reproducible.
+    """
+    config = config or HyperAttentionConfig()
+    _check_inputs(q, k, v, causal)
+    if generator is None and config.seed is not None:
+        generator = torch.Generator().manual_seed(config.seed)
+    rng = _Randomness(generator, q.device)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+    b, hq, n_query, dim = q.shape
+    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
+    # [b, hq, n, d] -> [b*hk, g, n, d]: query heads grouped under their key head
+    qz = q.reshape(b * hk, hq // hk, n_query, dim)
+    kz, vz = k.reshape(b * hk, n_key, dim), v.reshape(b * hk, n_key, dv)
+
+    if not causal:
+        out, lse = _noncausal(qz, kz, vz, scale, config, rng)
+    else:
+        offset = n_key - n_query
+        out, lse = _causal_square(qz, kz[:, offset:], vz[:, offset:], scale, config, rng)
+        if offset:  # the cached prefix is visible to every query
+            out_p, lse_p = _noncausal(qz, kz[:, :offset], vz[:, :offset], scale, config, rng)
+            out, lse = merge_by_lse(out, lse, out_p, lse_p)
+    return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)
+
+
+def hyper_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    config: HyperAttentionConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """HyperAttention output [b, hq, nq, dv]; see `hyper_attention_with_lse`."""
+    out, _ = hyper_attention_with_lse(
+        q, k, v, causal=causal, scale=scale, config=config, generator=generator
+    )
+    return out
+
+
+def exact_attention_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact attention with LSE in the same layout and conventions as HyperAttention."""
+    _check_inputs(q, k, v, causal)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    b, hq, n_query, dim = q.shape
+    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
+    out, lse = _exact(
+        q.reshape(b * hk, hq // hk, n_query, dim),
+        k.reshape(b * hk, n_key, dim),
+        v.reshape(b * hk, n_key, dv),
+        scale,
+        causal,
+    )
+    return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)
+
+
+__all__ = [
+    "accumulation_dtype",
+    "exact_attention_with_lse",
+    "hyper_attention",
+    "hyper_attention_with_lse",
+    "sorted_block_attention",
+]
