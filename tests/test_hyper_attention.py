@@ -34,7 +34,9 @@ def test_short_problems_run_exact(causal, n_query, n_key):
     q, k, v = random_qkv(1, 4, 2, n_query, n_key, seed=1)
     config = HyperAttentionConfig(block_size=8, sample_size=4, min_seq_len=n_query)
     out = hyper_attention(q, k, v, causal=causal, config=config)
-    torch.testing.assert_close(out, reference_attention(q, k, v, causal=causal)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out, reference_attention(q, k, v, causal=causal)[0], atol=1e-6, rtol=0
+    )
 
 
 def test_merge_by_lse_is_exact():
@@ -53,7 +55,9 @@ def test_merge_by_lse_is_exact():
 def _sampling_only(q, k, v, n_samples: int, seed: int) -> torch.Tensor:
     """Attention estimated from a uniform key sample alone (the baseline HyperAttention beats)."""
     idx = torch.randint(k.shape[2], (n_samples,), generator=torch.Generator().manual_seed(seed))
-    return reference_attention(q, k[:, :, idx], v[:, :, idx], causal=False, scale=q.shape[-1] ** -0.5)[0]
+    return reference_attention(
+        q, k[:, :, idx], v[:, :, idx], causal=False, scale=q.shape[-1] ** -0.5
+    )[0]
 
 
 def test_planted_entries_beat_sampling_alone():
@@ -65,7 +69,9 @@ def test_planted_entries_beat_sampling_alone():
         q, k, v = planted_qkv(2048, seed=seed)
         exact = reference_attention(q, k, v, causal=False)[0]
         config = HyperAttentionConfig(block_size=128, sample_size=128, min_seq_len=256, seed=seed)
-        ours.append(relative_error_to_v(hyper_attention(q, k, v, causal=False, config=config), exact, v))
+        ours.append(
+            relative_error_to_v(hyper_attention(q, k, v, causal=False, config=config), exact, v)
+        )
         baseline.append(relative_error_to_v(_sampling_only(q, k, v, 256, seed), exact, v))
     assert sum(ours) < 0.5 * sum(baseline), (ours, baseline)
 
@@ -89,19 +95,30 @@ def test_error_shrinks_as_sample_size_grows():
     for m in (16, 64, 256, 1024):
         runs = [
             relative_error_to_v(
-                hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(
-                    block_size=128, sample_size=m, min_seq_len=256, seed=s)),
-                exact, v)
+                hyper_attention(
+                    q,
+                    k,
+                    v,
+                    causal=False,
+                    config=HyperAttentionConfig(
+                        block_size=128, sample_size=m, min_seq_len=256, seed=s
+                    ),
+                ),
+                exact,
+                v,
+            )
             for s in range(4)
         ]
         errors.append(sum(runs) / len(runs))
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
 
 
 @pytest.mark.parametrize("n,n_prefix", [(20, 0), (64, 0), (100, 0), (129, 0), (70, 33)])
 def test_causal_outputs_never_see_the_future(n, n_prefix):
     # min_seq_len=8 gives 2..5 recursion levels; every level, block and sample is hit.
-    config = HyperAttentionConfig(lsh_num_projs=3, block_size=8, sample_size=8, min_seq_len=8, seed=3)
+    config = HyperAttentionConfig(
+        lsh_num_projs=3, block_size=8, sample_size=8, min_seq_len=8, seed=3
+    )
     gen = torch.Generator().manual_seed(n)
     q, k, v = random_qkv(1, 4, 2, n, n + n_prefix, seed=n)
     base = hyper_attention(q, k, v, causal=True, config=config)
@@ -178,7 +195,9 @@ def test_gradients_match_finite_differences(causal):
     # Hashing is piecewise constant and the sample is fixed by the seed, so the function
     # is smooth in q, k, v where gradcheck probes it; the LSE output is checked as well.
     q, k, v = random_qkv(1, 2, 1, 24, 24, dim=4, seed=10)
-    config = HyperAttentionConfig(lsh_num_projs=2, block_size=4, sample_size=4, min_seq_len=6, seed=2)
+    config = HyperAttentionConfig(
+        lsh_num_projs=2, block_size=4, sample_size=4, min_seq_len=6, seed=2
+    )
     inputs = tuple(t.clone().requires_grad_() for t in (q, k, v))
 
     def fn(q, k, v):
@@ -201,7 +220,9 @@ def test_chunked_exact_attention_matches_unchunked(monkeypatch):
 def test_lse_of_sampled_part_is_an_unbiased_mass_estimate():
     # With blocks of one key and a large sample, exp(lse) ~ the exact softmax mass.
     q, k, v = random_qkv(1, 1, 1, 64, 512, dim=8, seed=13)
-    config = HyperAttentionConfig(lsh_num_projs=0, block_size=1, sample_size=20000, min_seq_len=1, seed=1)
+    config = HyperAttentionConfig(
+        lsh_num_projs=0, block_size=1, sample_size=20000, min_seq_len=1, seed=1
+    )
     _, lse = hyper_attention_with_lse(q, k, v, causal=False, config=config)
     _, ref_lse = reference_attention(q, k, v, causal=False)
     assert (lse - ref_lse).abs().max() < 0.05  # MC error ~ 1/sqrt(20000) relative

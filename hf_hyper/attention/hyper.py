@@ -53,9 +53,7 @@ def _pad_rows(x: Tensor, rows: int) -> Tensor:
     return x if rows == 0 else torch.nn.functional.pad(x, (0, 0, 0, rows))
 
 
-def _query_blocks(
-    q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int
-) -> Tensor:
+def _query_blocks(q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int) -> Tensor:
     """Key block each query attends: q_rank [z, g, nq], k_rank_sorted [z, nk] -> [z, g, nq].
 
     A query goes where it would fall among the sorted keys; inside the run of keys that
@@ -238,7 +236,9 @@ def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
 
         out_pairs = out.view(z, g, pairs, 2, size, dv)
         lse_pairs = lse.view(z, g, pairs, 2, size)
-        merged_out, merged_lse = merge_by_lse(out_pairs[:, :, :, 1], lse_pairs[:, :, :, 1], out_l, lse_l)
+        merged_out, merged_lse = merge_by_lse(
+            out_pairs[:, :, :, 1], lse_pairs[:, :, :, 1], out_l, lse_l
+        )
         out = torch.stack((out_pairs[:, :, :, 0], merged_out), dim=3).view(z, g, padded_n, dv)
         lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
     return out[:, :, :n], lse[:, :, :n]

@@ -1,0 +1,121 @@
+"""patch() / unpatch(): swap the attention of selected layers of a loaded model.
+
+The adapter registry lives in `hf_hyper.patches` (one file per model family); this
+module only selects layers, keeps the state needed to undo, and reports what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import HyperAttentionConfig
+
+STATE_ATTR = "_hf_hyper_patch"
+
+
+@dataclass(frozen=True)
+class PatchReport:
+    """What `patch` changed; kept on the model until `unpatch`."""
+
+    model_type: str
+    adapter: str
+    layers: tuple[int, ...]
+    num_layers: int
+    config: HyperAttentionConfig
+    state: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchReport(model_type={self.model_type!r}, adapter={self.adapter!r}, "
+            f"layers={list(self.layers)} of {self.num_layers}, config={self.config})"
+        )
+
+
+def _adapters() -> dict:
+    from hf_hyper.patches import ADAPTERS
+
+    return ADAPTERS
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_adapters())
+
+
+def _adapter_for(model: nn.Module):
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    adapters = _adapters()
+    if model_type not in adapters:
+        raise ValueError(
+            f"hf_hyper has no adapter for model_type={model_type!r}. Supported: "
+            f"{', '.join(sorted(adapters))}. To add one, write a small adapter in "
+            "hf_hyper/patches/ (num_layers, check, patch, unpatch) and register it in "
+            "hf_hyper.patches.ADAPTERS."
+        )
+    return model_type, adapters[model_type]
+
+
+def select_layers(num_layers: int, last_layers: int | None, layers) -> list[int]:
+    """Validate a layer choice: exactly one of `last_layers=k` or `layers=[...]`."""
+    if (last_layers is None) == (layers is None):
+        raise ValueError("pass exactly one of last_layers=k or layers=[...]")
+    if last_layers is not None:
+        if isinstance(last_layers, bool) or not isinstance(last_layers, int):
+            raise TypeError(f"last_layers must be an int; got {last_layers!r}")
+        if not 0 < last_layers <= num_layers:
+            raise ValueError(
+                f"last_layers must be in 1..{num_layers} (the model has {num_layers} layers); "
+                f"got {last_layers}"
+            )
+        return list(range(num_layers - last_layers, num_layers))
+    chosen = sorted(set(int(i) for i in layers))
+    if not chosen:
+        raise ValueError("layers=[...] is empty; name at least one layer")
+    bad = [i for i in chosen if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist; the model has layers 0..{num_layers - 1}")
+    return chosen
+
+
+def patch(
+    model: nn.Module,
+    *,
+    last_layers: int | None = None,
+    layers=None,
+    config: HyperAttentionConfig | None = None,
+) -> PatchReport:
+    """Use HyperAttention in the final `last_layers` layers (or the given `layers`).
+
+    Patching a patched model is an error: `unpatch` first (this keeps the undo exact).
+    Returns a report of the patched layers, also kept as `model._hf_hyper_patch`.
+    """
+    if getattr(model, STATE_ATTR, None) is not None:
+        raise RuntimeError(
+            f"model is already patched ({getattr(model, STATE_ATTR)}); call hf_hyper.unpatch first"
+        )
+    config = config or HyperAttentionConfig()
+    if not isinstance(config, HyperAttentionConfig):
+        raise TypeError(f"config must be a HyperAttentionConfig; got {type(config).__name__}")
+    model_type, adapter = _adapter_for(model)
+    adapter.check(model)
+    num_layers = adapter.num_layers(model)
+    chosen = select_layers(num_layers, last_layers, layers)
+    state = adapter.patch(model, chosen, config)
+    report = PatchReport(model_type, adapter.name, tuple(chosen), num_layers, config, state)
+    setattr(model, STATE_ATTR, report)
+    return report
+
+
+def unpatch(model: nn.Module) -> None:
+    """Undo `patch`: the model computes exactly what it did before."""
+    report: PatchReport | None = getattr(model, STATE_ATTR, None)
+    if report is None:
+        raise RuntimeError("model is not patched by hf_hyper")
+    _, adapter = _adapter_for(model)
+    adapter.unpatch(model, report.state)
+    delattr(model, STATE_ATTR)
+
+
+def patch_report(model: nn.Module) -> PatchReport | None:
+    return getattr(model, STATE_ATTR, None)

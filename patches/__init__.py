@@ -1,0 +1,15 @@
+"""Model adapters, one file per family, keyed by `config.model_type`.
+
+Adding a family: write a class with `num_layers(model)`, `check(model)`,
+`patch(model, layers, config) -> state` and `unpatch(model, state)` in a new file here
+and map its model types in ADAPTERS.
+"""
+
+from __future__ import annotations
+
+from .attention_interface import MODEL_TYPES as _INTERFACE_TYPES
+from .attention_interface import AttentionInterfaceAdapter
+
+ADAPTERS: dict[str, object] = {t: AttentionInterfaceAdapter() for t in _INTERFACE_TYPES}
+
+__all__ = ["ADAPTERS", "AttentionInterfaceAdapter"]

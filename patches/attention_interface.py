@@ -1,0 +1,185 @@
+"""Adapter for models whose attention calls transformers' `ALL_ATTENTION_FUNCTIONS`
+(Llama 2/3, Mistral, Mixtral, Qwen2/3, Phi-3, Gemma, ...).
+
+Patching registers one attention function and one mask function per previous
+implementation, under the name `hf_hyper+<previous>`. The mask function is the previous
+one, so every layer receives exactly the mask it always did; the attention function
+runs HyperAttention on layers that carry a config and hands everything else (other
+layers, decoding steps, short inputs) to the previous implementation unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from hf_hyper.attention import hyper_attention
+from hf_hyper.config import HyperAttentionConfig
+
+from .masks import key_ranges_from_mask
+
+PREFIX = "hf_hyper+"
+CONFIG_ATTR = "hf_hyper_config"
+
+MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "granite",
+    "olmo2",
+)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers (each with a `.self_attn`)."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "self_attn"):
+            return module
+    raise ValueError(f"{type(model).__name__} has no list of decoder layers with `.self_attn`")
+
+
+def _previous_function(module: nn.Module, previous: str) -> Callable:
+    if previous == "eager":
+        # every modeling file defines its own eager function next to its attention class
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(previous, None)
+
+
+def _check_layer_supported(module: nn.Module, n_key: int, kwargs: dict) -> None:
+    window = kwargs.get("sliding_window")
+    if window and n_key > window:
+        raise ValueError(
+            f"layer {module.layer_idx} uses sliding-window attention ({window} tokens) and the "
+            f"input has {n_key}; HyperAttention does not implement windows: patch only "
+            "full-attention layers (layers=[...])"
+        )
+    if kwargs.get("softcap") or getattr(module, "attn_logit_softcapping", None):
+        raise ValueError(
+            f"layer {module.layer_idx} uses attention logit soft-capping, which HyperAttention "
+            "does not implement; set config.attn_logit_softcapping=None or do not patch it"
+        )
+
+
+def _make_attention_function(previous: str) -> Callable:
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        config: HyperAttentionConfig | None = getattr(module, CONFIG_ATTR, None)
+        if config is None or query.shape[2] <= config.min_seq_len:
+            # not patched, a decoding step, or short enough to be exact anyway
+            fn = _previous_function(module, previous)
+            return fn(
+                module,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=dropout,
+                scaling=scaling,
+                **kwargs,
+            )
+        _check_layer_supported(module, key.shape[2], kwargs)
+        if dropout:
+            raise ValueError(
+                "HyperAttention has no attention dropout; set the model's attention_dropout=0"
+            )
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else causal
+        ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
+        if ranges is None:
+            out = hyper_attention(query, key, value, causal=causal, scale=scaling, config=config)
+        else:
+            out = _per_sequence(query, key, value, ranges, causal, scaling, config)
+        return out.transpose(1, 2).contiguous(), None  # [b, h, n, d] -> [b, n, h, d]
+
+    return attention
+
+
+def _per_sequence(query, key, value, ranges, causal, scaling, config) -> torch.Tensor:
+    """Padded batch: each sequence runs on its own valid keys [start, stop); query rows
+    outside the valid range (padding) get zeros."""
+    n_query, n_key = query.shape[2], key.shape[2]
+    out = query.new_zeros(*query.shape[:3], value.shape[-1])
+    for b, (start, stop) in enumerate(ranges):
+        q_start = max(start - (n_key - n_query), 0) if causal else 0
+        q_stop = stop - (n_key - n_query) if causal else n_query
+        if q_stop <= q_start:
+            continue
+        out[b : b + 1, :, q_start:q_stop] = hyper_attention(
+            query[b : b + 1, :, q_start:q_stop],
+            key[b : b + 1, :, start:stop],
+            value[b : b + 1, :, start:stop],
+            causal=causal,
+            scale=scaling,
+            config=config,
+        )
+    return out
+
+
+def _register(previous: str) -> str:
+    name = PREFIX + previous
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _make_attention_function(previous))
+        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(previous)
+        if mask is None:
+            raise ValueError(f"no attention-mask function is registered for {previous!r}")
+        # Without this entry transformers would silently build no mask (padding lost).
+        AttentionMaskInterface.register(name, mask)
+    return name
+
+
+class AttentionInterfaceAdapter:
+    """Patches the selected layers by tagging their attention modules with a config."""
+
+    name = "attention-interface"
+
+    def num_layers(self, model: PreTrainedModel) -> int:
+        return len(decoder_layers(model))
+
+    def check(self, model: PreTrainedModel) -> None:
+        previous = model.config._attn_implementation
+        if previous is None or previous.startswith(PREFIX):
+            raise ValueError(f"unexpected attention implementation {previous!r}")
+
+    def patch(
+        self, model: PreTrainedModel, layers: list[int], config: HyperAttentionConfig
+    ) -> dict:
+        previous = model.config._attn_implementation
+        name = _register(previous)
+        modules = decoder_layers(model)
+        for i in layers:
+            if getattr(modules[i].self_attn, "attn_logit_softcapping", None):
+                raise ValueError(
+                    f"layer {i} uses attention logit soft-capping, which HyperAttention does not "
+                    "implement; load the model with attn_logit_softcapping=None or skip the layer"
+                )
+        for i in layers:
+            setattr(modules[i].self_attn, CONFIG_ATTR, config)
+        model.set_attn_implementation(name)
+        return {"previous_attn_implementation": previous, "attn_implementation": name}
+
+    def unpatch(self, model: PreTrainedModel, state: dict) -> None:
+        for layer in decoder_layers(model):
+            if hasattr(layer.self_attn, CONFIG_ATTR):
+                delattr(layer.self_attn, CONFIG_ATTR)
+        model.set_attn_implementation(state["previous_attn_implementation"])

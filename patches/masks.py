@@ -1,0 +1,60 @@
+"""Reading transformers' attention masks as per-sequence valid key ranges."""
+
+from __future__ import annotations
+
+import torch
+
+
+def key_ranges_from_mask(
+    mask: torch.Tensor | None, n_query: int, n_key: int, causal: bool
+) -> list[tuple[int, int]] | None:
+    """None if there is no padding; else one contiguous valid key range per sequence.
+
+    Accepts the forms transformers hands to attention functions: None (plain causal),
+    a 2D padding mask [b, n_key] (flash style), or a 4D mask [b, 1, n_query, n_key],
+    boolean (True = attend) or additive float (0 = attend). A mask that is not causal
+    (or full) attention over one contiguous range per sequence — sliding windows,
+    packed sequences, custom patterns — is refused with an error, never approximated.
+    """
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        valid = mask.bool()
+    elif mask.dim() == 4:
+        allowed = mask if mask.dtype == torch.bool else mask == 0
+        allowed = allowed[:, 0]
+        valid = allowed.any(dim=1)  # [b, n_key]
+        _check_pattern(allowed, valid, n_query, n_key, causal)
+    else:
+        raise ValueError(f"unsupported attention mask shape {tuple(mask.shape)}")
+    ranges = []
+    for row in valid:
+        idx = torch.nonzero(row).flatten()
+        if idx.numel() == 0:
+            ranges.append((0, 0))
+            continue
+        start, stop = int(idx[0]), int(idx[-1]) + 1
+        if stop - start != idx.numel():
+            raise ValueError(
+                "HyperAttention needs each sequence's valid tokens to be contiguous (left or "
+                "right padding); this mask has holes"
+            )
+        ranges.append((start, stop))
+    return ranges
+
+
+def _check_pattern(allowed, valid, n_query: int, n_key: int, causal: bool) -> None:
+    offset = n_key - n_query
+    cols = torch.arange(n_key, device=allowed.device)
+    expected = valid[:, None, :].expand(-1, n_query, -1)
+    if causal:
+        rows = torch.arange(n_query, device=allowed.device)[:, None] + offset
+        expected = expected & (cols[None, :] <= rows)
+    # only rows of real (non-padding) queries carry meaning
+    real_rows = valid[:, offset:]
+    if bool(((allowed != expected) & real_rows[:, :, None]).any()):
+        raise ValueError(
+            "this layer's attention mask is not causal attention with left/right padding "
+            "(sliding window, packed sequences or a custom mask?); HyperAttention cannot "
+            "honour it — patch only full causal-attention layers"
+        )

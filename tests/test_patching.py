@@ -1,0 +1,139 @@
+"""patch / unpatch on tiny models of every supported family (CPU, no downloads)."""
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny_model
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+
+EXACT = HyperAttentionConfig(block_size=1 << 20, sample_size=0, min_seq_len=8, seed=0)
+APPROX = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32, seed=0)
+
+
+def logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(ids, **kwargs).logits
+
+
+def ids(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_forced_exact_patch_matches_unpatched(family):
+    model = tiny_model(family)
+    x = ids(2, 90)
+    base = logits(model, x)
+    hf_hyper.patch(model, last_layers=2, config=EXACT)
+    torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_long_input_approximates_and_unpatch_restores_bits(family):
+    # Random weights give near-uniform attention, the hardest case for sampling; still the
+    # logit change must shrink as the exact block and the sample grow (measured for llama:
+    # 0.26, 0.11, 0.05 of mean |logit|).
+    model = tiny_model(family)
+    x = ids(1, 300)
+    base = logits(model, x)
+    changes = []
+    for block, samples in [(16, 16), (32, 64), (64, 256)]:
+        config = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=32, seed=0)
+        report = hf_hyper.patch(model, last_layers=3, config=config)
+        assert report.layers == (1, 2, 3) and report.model_type == family
+        changes.append(((logits(model, x) - base).abs().mean() / base.abs().mean()).item())
+        hf_hyper.unpatch(model)
+        assert torch.equal(logits(model, x), base)
+    assert changes[0] > 1e-3  # the approximation is really in use
+    assert changes[0] > changes[1] > changes[2] and changes[2] < 0.1, changes
+    assert hf_hyper.patch_report(model) is None
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_padded_batch_equals_each_sequence_alone(family, side):
+    model = tiny_model(family)
+    hf_hyper.patch(model, last_layers=4, config=APPROX)
+    lengths, n = [300, 200], 300
+    batch = torch.zeros(2, n, dtype=torch.long)
+    mask = torch.zeros(2, n, dtype=torch.long)
+    singles = []
+    for b, length in enumerate(lengths):
+        seq = ids(1, length, seed=b)
+        span = slice(n - length, n) if side == "left" else slice(0, length)
+        batch[b, span], mask[b, span] = seq[0], 1
+        singles.append((span, logits(model, seq)[0]))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    padded = logits(model, batch, attention_mask=mask, position_ids=positions)
+    for b, (span, single) in enumerate(singles):
+        torch.testing.assert_close(padded[b, span], single, atol=2e-4, rtol=2e-4)
+
+
+def test_generate_matches_unpatched_for_short_prompts_and_runs_for_long():
+    model = tiny_model("llama")
+    short = ids(1, 20)
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = model.generate(short, **kwargs)
+    hf_hyper.patch(model, last_layers=2, config=APPROX)
+    assert torch.equal(model.generate(short, **kwargs), expected)
+    long = ids(1, 200)
+    out = model.generate(long, **kwargs)  # patched prefill, exact decoding steps
+    assert out.shape == (1, 208)
+
+
+def test_chunked_prefill_with_cache_matches_one_shot():
+    # queries that are the last rows of a longer key set: causal alignment via the offset
+    model = tiny_model("llama")
+    config = HyperAttentionConfig(block_size=1 << 20, sample_size=0, min_seq_len=8, seed=0)
+    hf_hyper.patch(model, last_layers=4, config=config)
+    x = ids(1, 160)
+    whole = logits(model, x)
+    with torch.no_grad():
+        first = model(x[:, :100], use_cache=True)
+        second = model(x[:, 100:], past_key_values=first.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(second[0], whole[0, 100:], atol=1e-4, rtol=1e-4)
+
+
+def test_eager_models_keep_their_own_attention_for_unpatched_layers():
+    model = tiny_model("llama", attn_implementation="eager")
+    x = ids(1, 120)
+    base = logits(model, x)
+    hf_hyper.patch(model, layers=[3], config=EXACT)
+    assert model.config._attn_implementation == "hf_hyper+eager"
+    torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
+    hf_hyper.unpatch(model)
+    assert torch.equal(logits(model, x), base)
+
+
+def test_layer_selection_and_double_patch_errors():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"last_layers must be in 1..4"):
+        hf_hyper.patch(model, last_layers=5)
+    with pytest.raises(ValueError, match=r"last_layers must be in 1..4"):
+        hf_hyper.patch(model, last_layers=-1)
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+        hf_hyper.patch(model, layers=[1, 7])
+    with pytest.raises(ValueError, match="exactly one of"):
+        hf_hyper.patch(model, last_layers=1, layers=[1])
+    report = hf_hyper.patch(model, layers=[0, 2])
+    assert "layers=[0, 2] of 4" in repr(report)
+    with pytest.raises(RuntimeError, match="already patched"):
+        hf_hyper.patch(model, last_layers=1)
+    hf_hyper.unpatch(model)
+    with pytest.raises(RuntimeError, match="not patched"):
+        hf_hyper.unpatch(model)
+
+
+def test_unknown_model_type_lists_supported_and_how_to_add():
+    model = tiny_model("llama")
+    model.config.model_type = "mamba"
+    with pytest.raises(ValueError, match=r"no adapter for model_type='mamba'.*llama.*ADAPTERS"):
+        hf_hyper.patch(model, last_layers=1)
+
+
+def test_sliding_window_layers_are_refused_not_approximated():
+    model = tiny_model("mistral", sliding_window=64)
+    hf_hyper.patch(model, last_layers=1, config=APPROX)
+    with pytest.raises(ValueError, match="sliding-window"):
+        logits(model, ids(1, 100))
