@@ -14,6 +14,7 @@ from hf_hyper.hype import HyPE, HyPEConfig, alibi_slopes, hype_attention, hype_b
 def explicit(q, k, v, mu, tau, causal, dtype=torch.float64):
     n_query, n_key = q.shape[2], k.shape[2]
     bias = hype_bias(torch.arange(n_key - n_query, n_key), torch.arange(n_key), mu, tau)
+    bias = bias.to(q.device)
     return reference_attention(q, k, v, causal=causal, bias=bias, dtype=dtype)[0]
 
 
