@@ -22,7 +22,7 @@ No import of transformers here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -169,9 +169,6 @@ def _augment(t: Tensor, cols: Tensor, multiple: int) -> Tensor:
     pad = (-(d + c)) % multiple
     parts = [t, cols] + ([t.new_zeros(b, h, n, pad)] if pad else [])
     return torch.cat(parts, dim=-1)
-
-
-AttentionFn = Callable[..., Tensor]
 
 
 def sdpa_kernel(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
