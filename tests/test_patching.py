@@ -137,3 +137,17 @@ def test_sliding_window_layers_are_refused_not_approximated():
     hf_hyper.patch(model, last_layers=1, config=APPROX)
     with pytest.raises(ValueError, match="sliding-window"):
         logits(model, ids(1, 100))
+
+
+def test_from_pretrained_with_device_map_auto_patches_and_unpatches(tmp_path):
+    # the real loading path (accelerate dispatch), on a checkpoint saved locally
+    tiny_model("llama").save_pretrained(tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto", dtype=torch.float32)
+    x = ids(1, 120)
+    base = logits(model, x)
+    hf_hyper.patch(model, last_layers=2, config=EXACT)
+    torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
+    hf_hyper.unpatch(model)
+    assert torch.equal(logits(model, x), base)
