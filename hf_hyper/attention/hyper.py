@@ -13,7 +13,6 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .blockwise import (
-    accumulation_dtype,
     attention_with_lse,
     causal_mask_fn,
     merge_by_lse,
@@ -354,7 +353,6 @@ def exact_attention_with_lse(
 
 
 __all__ = [
-    "accumulation_dtype",
     "exact_attention_with_lse",
     "hyper_attention",
     "hyper_attention_with_lse",
