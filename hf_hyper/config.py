@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+BACKENDS = ("auto", "torch", "triton")
+
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -25,6 +27,9 @@ class HyperAttentionConfig:
         the diagonal blocks of the recursion are at most this long and exact.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded
         with it, so calls are reproducible; if None the global torch RNG is used.
+    backend: "torch" (differentiable, any device), "triton" (fused CUDA forward; an
+        error where it cannot run) or "auto" (triton where it can run, else torch).
+        Both compute the same algorithm with the same random draws.
     """
 
     lsh_num_projs: int = 7
@@ -32,6 +37,7 @@ class HyperAttentionConfig:
     sample_size: int = 256
     min_seq_len: int = 4096
     seed: int | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _require_int("lsh_num_projs", self.lsh_num_projs, 0, 48)
@@ -40,6 +46,10 @@ class HyperAttentionConfig:
         _require_int("min_seq_len", self.min_seq_len, 1)
         if self.seed is not None:
             _require_int("seed", self.seed, 0)
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"HyperAttentionConfig.backend must be one of {BACKENDS}; got {self.backend!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,7 @@ query heads (GQA/MQA) and the key head_dim may differ from the value head_dim.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -62,7 +63,7 @@ def _query_blocks(q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_block
     depends on a later query, and query and key counts may differ freely.
     """
     z, g, n_query = q_rank.shape
-    flat = q_rank.reshape(z, g * n_query)
+    flat = q_rank.reshape(z, g * n_query).contiguous()
     first = torch.searchsorted(k_rank_sorted, flat).view(z, g, n_query)
     last = torch.searchsorted(k_rank_sorted, flat, right=True).view(z, g, n_query)
     frac = (torch.arange(n_query, device=q_rank.device, dtype=torch.float64) + 0.5) / n_query
@@ -70,24 +71,28 @@ def _query_blocks(q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_block
     return torch.clamp(position // key_block, max=n_blocks - 1)
 
 
-def _ragged_block_attention(
-    q: Tensor, q_block: Tensor, k_blocks: Tensor, v_blocks: Tensor, n_key: int, scale: float
-) -> tuple[Tensor, Tensor]:
-    """Each query attends exactly the key block named by q_block.
+@dataclass
+class TilePacking:
+    """Queries grouped by key block and packed into fixed tiles of one block each.
 
-    q [z, g, nq, d], q_block [z, g, nq], k_blocks [z, nb, bk, d], v_blocks [z, nb, bk, dv]
-    -> out [z, g, nq, dv], lse [z, g, nq]. Queries are grouped by block and packed into
-    tiles of `tile` rows (a block's group may span several tiles), so the work is bounded
-    by (queries + blocks * tile) * bk however unevenly the queries spread.
+    slot_query [z, tiles*tile]: query filling each slot (rows = an empty slot);
+    query_slot [z, rows]: slot of each query; tile_block [z, tiles]: block of each tile.
+    A block's group may span several tiles, so the work is bounded by
+    (queries + blocks * tile) * block keys however unevenly the queries spread.
     """
-    z, g, n_query, dim = q.shape
-    n_blocks, key_block = k_blocks.shape[1:3]
-    n_rows = g * n_query
-    tile = max(1, min(4 * key_block, math.ceil(n_rows / n_blocks)))
-    n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on sum of ceil(count / tile)
-    dev = q.device
 
-    block = q_block.reshape(z, n_rows)
+    slot_query: Tensor
+    query_slot: Tensor
+    tile_block: Tensor
+    tile: int
+    n_tiles: int
+
+
+def pack_query_tiles(block: Tensor, n_blocks: int, tile: int) -> TilePacking:
+    """block [z, rows] (key block of each query) -> TilePacking."""
+    z, n_rows = block.shape
+    n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on sum of ceil(count / tile)
+    dev = block.device
     sorted_block, order = torch.sort(block, dim=-1, stable=True)
     counts = torch.zeros(z, n_blocks, dtype=torch.int64, device=dev)
     counts.scatter_add_(1, block, torch.ones_like(block))
@@ -98,34 +103,117 @@ def _ragged_block_attention(
     tile_id = torch.gather(first_tile, 1, sorted_block) + rank_in_block // tile
     slot = tile_id * tile + rank_in_block % tile  # [z, rows] in sorted order
 
-    # Which query fills each tile slot (n_rows = an all-zero padding row), and back.
     slot_query = torch.full((z, n_tiles * tile), n_rows, dtype=torch.int64, device=dev)
     slot_query.scatter_(1, slot, order)
     query_slot = torch.empty_like(slot).scatter_(1, order, slot)
     tile_block = torch.zeros(z, n_tiles, dtype=torch.int64, device=dev)
     tile_block.scatter_(1, tile_id, sorted_block)
+    return TilePacking(slot_query, query_slot, tile_block, tile, n_tiles)
+
+
+@dataclass
+class BlockPlan:
+    """Which keys each query attends in one non-causal HyperAttention problem.
+
+    k_order [z, nk]: key index at each sorted position; q_block [z, g, nq]: key block
+    (of `key_block` sorted positions) each query attends exactly; sample [z, m] or None:
+    sorted positions of the uniformly sampled keys, shared by the z-problem's queries.
+    """
+
+    k_order: Tensor
+    q_block: Tensor
+    key_block: int
+    n_blocks: int
+    sample: Tensor | None
+
+
+def plan_blocks(
+    q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: _Randomness
+) -> BlockPlan:
+    """Sort keys by LSH bucket (stable: a bucket keeps sequence order), cut them into
+    equal blocks, send each query to the block where its bucket lies, draw the sample.
+
+    q_rank [z, g, nq], k_rank [z, nk] (from `angular_lsh_rank`).
+    """
+    n_key = k_rank.shape[-1]
+    k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
+    n_blocks = math.ceil(n_key / config.block_size)
+    key_block = math.ceil(n_key / n_blocks)
+    q_block = _query_blocks(q_rank, k_rank_sorted, key_block, n_blocks)
+    sample = None
+    if config.sample_size > 0 and n_blocks > 1:
+        sample = rng.indices(n_key, (k_rank.shape[0], config.sample_size))
+    return BlockPlan(k_order, q_block, key_block, n_blocks, sample)
+
+
+def _block_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Each query attends exactly its key block: -> out [z, g, nq, dv], lse [z, g, nq]."""
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_blocks, key_block = plan.n_blocks, plan.key_block
+    dev = q.device
+    key_pad = n_blocks * key_block - n_key
+    k_blocks = _pad_rows(_gather_rows(k, plan.k_order), key_pad)
+    v_blocks = _pad_rows(_gather_rows(v, plan.k_order), key_pad)
+
+    n_rows = g * n_query
+    tile = max(1, min(4 * key_block, math.ceil(n_rows / n_blocks)))
+    pack = pack_query_tiles(plan.q_block.reshape(z, n_rows), n_blocks, tile)
+    n_tiles = pack.n_tiles
 
     # [z, g*nq + 1, d] -> [z*tiles, 1, tile, d];  key blocks gathered per tile
     q_rows = _pad_rows(q.reshape(z, n_rows, dim), 1)
-    q_tiles = _gather_rows(q_rows, slot_query).view(z * n_tiles, 1, tile, dim)
-    block_index = (tile_block + torch.arange(z, device=dev)[:, None] * n_blocks).view(-1)
-    k_tiles = k_blocks.reshape(z * n_blocks, key_block, dim).index_select(0, block_index)
-    v_tiles = v_blocks.reshape(z * n_blocks, key_block, -1).index_select(0, block_index)
+    q_tiles = _gather_rows(q_rows, pack.slot_query).view(z * n_tiles, 1, tile, dim)
+    block_index = (pack.tile_block + torch.arange(z, device=dev)[:, None] * n_blocks).view(-1)
+    k_tiles = k_blocks.view(z * n_blocks, key_block, dim).index_select(0, block_index)
+    v_tiles = v_blocks.view(z * n_blocks, key_block, dv).index_select(0, block_index)
 
     pad_mask = None
-    if n_blocks * key_block > n_key:
+    if key_pad:
         padded = torch.arange(n_blocks * key_block, device=dev).view(n_blocks, key_block)
         padded = padded >= n_key  # [nb, bk]
-        flat_block = tile_block.view(-1)
+        flat_block = pack.tile_block.view(-1)
 
         def pad_mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
             return padded[flat_block[z0:z1]][:, None, None, :]
 
     out, lse = attention_with_lse(q_tiles, k_tiles, v_tiles, scale, pad_mask)
     # [z*tiles, 1, tile, dv] -> [z, tiles*tile, dv] -> rows in original order
-    out = _gather_rows(out.view(z, n_tiles * tile, -1), query_slot)
-    lse = torch.gather(lse.view(z, n_tiles * tile), 1, query_slot)
+    out = _gather_rows(out.view(z, n_tiles * tile, -1), pack.query_slot)
+    lse = torch.gather(lse.view(z, n_tiles * tile), 1, pack.query_slot)
     return out.view(z, g, n_query, -1), lse.view(z, g, n_query)
+
+
+def _sampled_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Attention to the sampled keys outside each query's own block, weighted n/m."""
+    assert plan.sample is not None
+    key_index = torch.gather(plan.k_order, 1, plan.sample)  # [z, m]
+    k_sample, v_sample = _gather_rows(k, key_index), _gather_rows(v, key_index)
+    sample_block = plan.sample // plan.key_block
+    q_block = plan.q_block
+
+    def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+        # keys already counted exactly in the query's block must not count twice
+        return q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
+
+    out, lse = attention_with_lse(q, k_sample, v_sample, scale, own_block)
+    # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
+    return out, lse + math.log(k.shape[1] / plan.sample.shape[1])
+
+
+def _sorted_block(
+    q: Tensor, k: Tensor, v: Tensor, q_rank: Tensor, k_rank: Tensor, scale: float,
+    config: HyperAttentionConfig, rng: _Randomness,
+) -> tuple[Tensor, Tensor]:
+    plan = plan_blocks(q_rank, k_rank, config, rng)
+    out, lse = _block_attention(q, k, v, plan, scale)
+    if plan.sample is not None:
+        out, lse = merge_by_lse(out, lse, *_sampled_attention(q, k, v, plan, scale))
+    return out, lse
 
 
 def sorted_block_attention(
@@ -140,46 +228,9 @@ def sorted_block_attention(
 
     q [z, g, nq, d], k [z, nk, d], v [z, nk, dv] -> out [z, g, nq, dv], lse [z, g, nq].
     """
-    z, g, n_query, dim = q.shape
-    n_key, dv = k.shape[1], v.shape[-1]
-
-    # 1. Sort keys by LSH bucket (stable: a bucket keeps sequence order), cut into
-    #    equal blocks, and send each query to the block where its bucket lies.
-    planes = rng.hyperplanes(dim, config.lsh_num_projs)
-    k_rank_sorted, k_order = torch.sort(angular_lsh_rank(k, planes), dim=-1, stable=True)
-    n_blocks = math.ceil(n_key / config.block_size)
-    key_block = math.ceil(n_key / n_blocks)
-    key_pad = n_blocks * key_block - n_key
-    k_sorted = _pad_rows(_gather_rows(k, k_order), key_pad)  # [z, nb*bk, d]
-    v_sorted = _pad_rows(_gather_rows(v, k_order), key_pad)
-    q_block = _query_blocks(angular_lsh_rank(q, planes), k_rank_sorted, key_block, n_blocks)
-
-    # 2. Exact attention of each query with its block.
-    out, lse = _ragged_block_attention(
-        q,
-        q_block,
-        k_sorted.view(z, n_blocks, key_block, dim),
-        v_sorted.view(z, n_blocks, key_block, dv),
-        n_key,
-        scale,
-    )
-
-    # 3. Uniform sample of keys for the mass outside each query's own block.
-    if config.sample_size > 0 and n_blocks > 1:
-        sample = rng.indices(n_key, (z, config.sample_size))  # positions in sorted order
-        k_sample = _gather_rows(k_sorted, sample)  # [z, m, d]
-        v_sample = _gather_rows(v_sorted, sample)
-        sample_block = sample // key_block  # [z, m]
-
-        def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-            # keys already counted exactly in the query's block must not count twice
-            return q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
-
-        out_s, lse_s = attention_with_lse(q, k_sample, v_sample, scale, own_block)
-        # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
-        lse_s = lse_s + math.log(n_key / config.sample_size)
-        out, lse = merge_by_lse(out, lse, out_s, lse_s)
-    return out, lse
+    planes = rng.hyperplanes(q.shape[-1], config.lsh_num_projs)
+    q_rank, k_rank = angular_lsh_rank(q, planes), angular_lsh_rank(k, planes)
+    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
 
 
 def _exact(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
@@ -187,13 +238,41 @@ def _exact(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple
     return attention_with_lse(q, k, v, scale, mask)
 
 
-def _noncausal(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
+def _noncausal(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return _exact(q, k, v, scale, causal=False)
-    return sorted_block_attention(q, k, v, scale, config, rng)
+    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
 
 
-def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
+@dataclass
+class CausalLevel:
+    """One recursion level: `pairs` splits of `size` rows per z; queries of each split's
+    second half attend the keys of its first half (z-problems ordered (z, pair))."""
+
+    size: int
+    pairs: int
+
+
+def causal_levels(n: int, min_seq_len: int) -> tuple[int, int, list[CausalLevel]]:
+    """(padded length, diagonal block length, levels) of the causal recursion for n rows."""
+    levels = 0
+    while math.ceil(n / 2**levels) > min_seq_len:
+        levels += 1
+    base = math.ceil(n / 2**levels)
+    padded_n = base * 2**levels
+    return padded_n, base, [CausalLevel(padded_n >> i, 2 ** (i - 1)) for i in range(1, levels + 1)]
+
+
+def level_ranks(q_rank: Tensor, k_rank: Tensor, level: CausalLevel) -> tuple[Tensor, Tensor]:
+    """Ranks of one level's problems: q_rank [z, g, N], k_rank [z, N] ->
+    [z*pairs, g, size] (second halves) and [z*pairs, size] (first halves)."""
+    z, g, _ = q_rank.shape
+    size, pairs = level.size, level.pairs
+    q_low = q_rank.view(z, g, pairs, 2, size)[:, :, :, 1].transpose(1, 2)
+    return q_low.reshape(z * pairs, g, size), k_rank.view(z * pairs, 2, size)[:, 0]
+
+
+def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
     """Causal attention with nq == nk by halving: the lower-left block of every split is
     non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
 
@@ -203,18 +282,17 @@ def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
     z, g, n, dim = q.shape
     if n <= config.min_seq_len:
         return _exact(q, k, v, scale, causal=True)
-    levels = 0
-    while math.ceil(n / 2**levels) > config.min_seq_len:
-        levels += 1
-    base = math.ceil(n / 2**levels)
-    padded_n = base * 2**levels
+    padded_n, base, levels = causal_levels(n, config.min_seq_len)
     # Zero rows appended at the end are only ever seen by (discarded) padded queries:
     # in every lower-left block whose keys include padding, all queries are padding.
+    # A zero row hashes to rank 0.
     q, k, v = (_pad_rows(t, padded_n - n).contiguous() for t in (q, k, v))
+    q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n))
+    k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n))
     dv = v.shape[-1]
 
     # Diagonal blocks: [z, g, N, d] -> [z*blocks, g, base, d]
-    blocks = 2**levels
+    blocks = padded_n // base
     q_diag = q.view(z, g, blocks, base, dim).transpose(1, 2).reshape(z * blocks, g, base, dim)
     out, lse = _exact(
         q_diag, k.view(z * blocks, base, dim), v.view(z * blocks, base, dv), scale, causal=True
@@ -222,14 +300,17 @@ def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
     out = out.view(z, blocks, g, base, dv).transpose(1, 2).reshape(z, g, padded_n, dv)
     lse = lse.view(z, blocks, g, base).transpose(1, 2).reshape(z, g, padded_n)
 
-    for level in range(1, levels + 1):
-        size, pairs = padded_n >> level, 2 ** (level - 1)
+    for level in levels:
+        size, pairs = level.size, level.pairs
         # queries of the second half of each pair against keys of its first half
         q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
         q_low = q_low.reshape(z * pairs, g, size, dim)
         k_left = k.view(z * pairs, 2, size, dim)[:, 0]
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
-        out_l, lse_l = sorted_block_attention(q_low, k_left, v_left, scale, config, rng)
+        q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+        out_l, lse_l = _sorted_block(
+            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng
+        )
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
 
@@ -241,6 +322,25 @@ def _causal_square(q, k, v, scale, config, rng) -> tuple[Tensor, Tensor]:
         out = torch.stack((out_pairs[:, :, :, 0], merged_out), dim=3).view(z, g, padded_n, dv)
         lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
     return out[:, :, :n], lse[:, :, :n]
+
+
+def _use_fused(q: Tensor, k: Tensor, v: Tensor, config: HyperAttentionConfig) -> bool:
+    if config.backend == "torch":
+        return False
+    from .fused import fused_unsupported_reason
+
+    reason = fused_unsupported_reason(q, k, v)
+    if reason is not None and config.backend == "triton":
+        raise ValueError(f"HyperAttentionConfig(backend='triton'): {reason}")
+    return reason is None
+
+
+def _tail(rank: Tensor | None, offset: int) -> Tensor | None:
+    return None if rank is None else rank[:, offset:]
+
+
+def _head(rank: Tensor | None, offset: int) -> Tensor | None:
+    return None if rank is None else rank[:, :offset]
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
@@ -296,23 +396,42 @@ def hyper_attention_with_lse(
     config = config or HyperAttentionConfig()
     _check_inputs(q, k, v, causal)
     if generator is None and config.seed is not None:
-        generator = torch.Generator().manual_seed(config.seed)
+        # on the inputs' device: drawing on the CPU and copying over would stall the GPU
+        generator = torch.Generator(device=q.device).manual_seed(config.seed)
     rng = _Randomness(generator, q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+    if _use_fused(q, k, v, config):
+        from .fused import fused_hyper_attention_with_lse
+
+        return fused_hyper_attention_with_lse(
+            q, k, v, causal=causal, scale=scale, config=config, rng=rng
+        )
 
     b, hq, n_query, dim = q.shape
     hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
     # [b, hq, n, d] -> [b*hk, g, n, d]: query heads grouped under their key head
     qz = q.reshape(b * hk, hq // hk, n_query, dim)
     kz, vz = k.reshape(b * hk, n_key, dim), v.reshape(b * hk, n_key, dv)
+    # One set of hyperplanes per call, shared by every recursion level (hash once).
+    q_rank = k_rank = None
+    if n_query > config.min_seq_len:
+        planes = rng.hyperplanes(dim, config.lsh_num_projs)
+        q_rank, k_rank = angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes)
 
     if not causal:
-        out, lse = _noncausal(qz, kz, vz, scale, config, rng)
+        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng)
     else:
         offset = n_key - n_query
-        out, lse = _causal_square(qz, kz[:, offset:], vz[:, offset:], scale, config, rng)
+        out, lse = _causal_square(
+            qz, kz[:, offset:], vz[:, offset:], q_rank, _tail(k_rank, offset),
+            scale, config, rng,
+        )
         if offset:  # the cached prefix is visible to every query
-            out_p, lse_p = _noncausal(qz, kz[:, :offset], vz[:, :offset], scale, config, rng)
+            out_p, lse_p = _noncausal(
+                qz, kz[:, :offset], vz[:, :offset], q_rank, _head(k_rank, offset),
+                scale, config, rng,
+            )
             out, lse = merge_by_lse(out, lse, out_p, lse_p)
     return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)
 

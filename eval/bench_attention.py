@@ -1,0 +1,226 @@
+"""Speed of one attention layer: HyperAttention against exact kernels, in one run.
+
+Every timing is a ratio to PyTorch SDPA's cuDNN backend measured in the same process on
+the same inputs, and every HyperAttention timing carries its output error against that
+exact output, so speed is never quoted without the accuracy it costs.
+
+    hf-hyper bench attention --lengths 4096 16384 65536 131072 --head-dim 64 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+
+from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .timing import environment, time_cuda
+
+BACKENDS = ("cudnn", "flash2", "flex", "hyper")
+SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+COLUMNS = [
+    ("n", "n"),
+    ("head_dim", "d"),
+    ("causal", "causal"),
+    ("mode", "mode"),
+    ("backend", "backend"),
+    ("ms", "ms"),
+    ("speedup", "speedup vs cuDNN"),
+    ("tflops_equiv", "TFLOP/s equiv."),
+    ("peak_gib", "peak GiB"),
+    ("err_v", "‖O−O*‖/‖V‖"),
+    ("err_rel", "‖O−O*‖/‖O*‖"),
+]
+
+
+def planted_inputs(
+    n: int, heads: int, kv_heads: int, dim: int, dtype: torch.dtype, causal: bool, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query is a scaled copy of one (earlier, if causal) key plus noise: rows with a
+    few large entries among many small ones, so the exact output is far from zero and
+    the error of an approximation means something (iid inputs give O* ~ 0)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (1, kv_heads, n, dim)
+    k = torch.randn(shape, generator=gen, device="cuda")
+    v = torch.randn(shape, generator=gen, device="cuda")
+    g = heads // kv_heads
+    u = torch.rand(1, heads, n, generator=gen, device="cuda")
+    limit = torch.arange(1, n + 1, device="cuda") if causal else torch.full((n,), n, device="cuda")
+    partner = (u * limit).long().clamp_max(n - 1)
+    k_rep = k.repeat_interleave(g, dim=1)
+    q = torch.gather(k_rep, 2, partner[..., None].expand(-1, -1, -1, dim))
+    q = q * (8.0 / math.sqrt(dim)) + 0.5 * torch.randn(q.shape, generator=gen, device="cuda")
+    del k_rep
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _exact_fn(backend: str, q, k, v, causal: bool) -> Callable[[], torch.Tensor]:
+    gqa = q.shape[1] != k.shape[1]
+    if backend in SDPA_BACKENDS:
+        kind = SDPA_BACKENDS[backend]
+
+        def run() -> torch.Tensor:
+            with sdpa_kernel(kind):
+                return torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=causal, enable_gqa=gqa
+                )
+
+        return run
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+        n = q.shape[2]
+        mask = None
+        if causal:
+            mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, n, n, device="cuda")
+        return lambda: flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+    raise JobError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+def _run_fn(backend: str, q, k, v, causal: bool, config: HyperAttentionConfig, mode: str):
+    if backend == "hyper":
+        forward = lambda: hf_hyper.hyper_attention(q, k, v, causal=causal, config=config)  # noqa: E731
+    else:
+        forward = _exact_fn(backend, q, k, v, causal)
+    if mode == "fwd":
+
+        def run():
+            with torch.no_grad():
+                return forward()
+
+        return run
+    grad = torch.randn_like(q[..., : v.shape[-1]])
+
+    def run_backward():
+        for t in (q, k, v):
+            t.grad = None
+        forward().backward(grad)
+
+    return run_backward
+
+
+def _errors(out: torch.Tensor, exact: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
+    diff = (out.float() - exact.float()).norm().item()
+    v_norm = v.float().norm().item() * math.sqrt(out.shape[1] / v.shape[1])  # per query head
+    return diff / v_norm, diff / exact.float().norm().item()
+
+
+def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
+    flops = 4.0 * heads * n * n * dim * (0.5 if causal else 1.0)
+    return flops * (3.5 if mode == "fwd+bwd" else 1.0)  # backward ~2.5x forward
+
+
+def run_benchmark(args: argparse.Namespace) -> list[dict]:
+    if not torch.cuda.is_available():
+        raise JobError("the attention benchmark times CUDA kernels; run it on a GPU machine")
+    bad = [b for b in args.backends if b not in BACKENDS]
+    if bad:
+        raise JobError(f"unknown backend(s) {bad}; choose from {list(BACKENDS)}")
+    dtype = DTYPES[args.dtype]
+    config = HyperAttentionConfig(
+        block_size=args.block_size,
+        sample_size=args.sample_size,
+        min_seq_len=args.min_seq_len,
+        seed=0,
+    )
+    rows: list[dict] = []
+    for dim in args.head_dim:
+        for causal in {"yes": [True], "no": [False], "both": [False, True]}[args.causal]:
+            for n in args.lengths:
+                q, k, v = planted_inputs(n, args.heads, args.kv_heads, dim, dtype, causal, 0)
+                with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    exact = torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, is_causal=causal, enable_gqa=args.heads != args.kv_heads
+                    )
+                for mode in args.modes:
+                    base_ms = None
+                    for backend in args.backends:
+                        row = dict(n=n, head_dim=dim, causal=causal, mode=mode, backend=backend)
+                        rows.append(row)
+                        grad = mode == "fwd+bwd"
+                        q.requires_grad_(grad), k.requires_grad_(grad), v.requires_grad_(grad)
+                        try:
+                            fn = _run_fn(backend, q, k, v, causal, config, mode)
+                            if mode == "fwd":
+                                with torch.no_grad():
+                                    row["err_v"], row["err_rel"] = _errors(fn(), exact, v)
+                            timing = time_cuda(fn, warmup=args.warmup, repeats=args.repeats)
+                        except torch.OutOfMemoryError:
+                            row["note"] = "out of memory"
+                            torch.cuda.empty_cache()
+                            print(f"  {row}", flush=True)
+                            continue
+                        except Exception as err:  # a backend that cannot run this shape
+                            row["note"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                            print(f"  {row}", flush=True)
+                            continue
+                        row.update(ms=timing.ms, ms_min=timing.ms_min, peak_gib=timing.peak_gib)
+                        flops = exact_flops(n, args.heads, dim, causal, mode)
+                        row["tflops_equiv"] = flops / timing.ms / 1e9
+                        if backend == "cudnn":
+                            base_ms = timing.ms
+                        row["speedup"] = base_ms / timing.ms if base_ms else None
+                        print(f"  {row}", flush=True)
+                q.requires_grad_(False), k.requires_grad_(False), v.requires_grad_(False)
+                del q, k, v, exact
+                torch.cuda.empty_cache()
+    return rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    lengths = [4096, 8192, 16384, 32768, 65536, 131072]
+    p.add_argument("--lengths", type=int, nargs="+", default=lengths)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=None, help="default: --heads (no GQA)")
+    p.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--sample-size", type=int, default=256)
+    p.add_argument("--min-seq-len", type=int, default=4096)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--output-dir", default="bench-attention")
+
+
+def run(args: argparse.Namespace) -> Path:
+    args.kv_heads = args.kv_heads or args.heads
+    if args.heads % args.kv_heads:
+        raise JobError(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    out = output_dir(args.output_dir)
+    rows = run_benchmark(args)
+    payload = {
+        "job": "bench attention",
+        "command": command_line(),
+        "date": today(),
+        "environment": environment(),
+        "shape": {"batch": 1, "heads": args.heads, "kv_heads": args.kv_heads, "dtype": args.dtype},
+        "hyper_config": {
+            "block_size": args.block_size,
+            "sample_size": args.sample_size,
+            "min_seq_len": args.min_seq_len,
+        },
+        "rows": rows,
+    }
+    write_json(out / "attention.json", payload)
+    table = markdown_table(rows, COLUMNS)
+    (out / "attention.md").write_text(table)
+    print(table)
+    try:
+        from .plots import plot_attention
+
+        plot_attention(out / "attention.json", out / "attention.png")
+    except JobError as err:
+        print(f"no plot: {err}")
+    return out

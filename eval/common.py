@@ -1,0 +1,67 @@
+"""Conventions shared by the evaluation jobs: errors, output files, tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class JobError(Exception):
+    """Bad input to a job; the CLI prints the message (which names the fix) and exits 2."""
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["hf-hyper", *sys.argv[1:]])
+
+
+def today() -> str:
+    return dt.date.today().isoformat()
+
+
+def output_dir(path: str | Path) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)  # never leave a half-written result behind
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """rows of dicts -> markdown; columns are (key, header); floats get 3 significant digits."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return str(value)
+
+    lines = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise JobError(
+            "plots need matplotlib: pip install 'hf-hyper[plot]' (or run `hf-hyper plot` "
+            "later on the JSON this job wrote)"
+        ) from err
+    return plt

@@ -1,0 +1,42 @@
+"""Plots made from the JSON a job wrote (so they can be redrawn where matplotlib is)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import JobError, require_matplotlib
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise JobError(f"no results file at {path}; run the benchmark first")
+    return json.loads(path.read_text())
+
+
+def plot_attention(json_path: Path, png_path: Path) -> Path:
+    """Time vs sequence length, log-log, one panel per (head_dim, mode, causal)."""
+    data = _load(Path(json_path))
+    rows = [r for r in data["rows"] if r.get("ms")]
+    panels = sorted({(r["head_dim"], r["mode"], r["causal"]) for r in rows})
+    plt = require_matplotlib()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (dim, mode, causal) in zip(axes[0], panels, strict=True):
+        panel = [r for r in rows if (r["head_dim"], r["mode"], r["causal"]) == (dim, mode, causal)]
+        for backend in dict.fromkeys(r["backend"] for r in panel):
+            pts = sorted((r["n"], r["ms"]) for r in panel if r["backend"] == backend)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{'causal' if causal else 'non-causal'} {mode}, d={dim}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    env = data.get("environment", {})
+    fig.suptitle(f"{env.get('device', '')}  torch {env.get('torch', '')}  {data.get('date', '')}")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)

@@ -1,0 +1,210 @@
+"""Triton kernels of the fused HyperAttention forward (CUDA only; imported lazily).
+
+Both kernels address rows through element offsets, so they read strided views (GQA
+groups, recursion halves, transposed model layouts) without copying, and write into
+a row-major output `[rows, dv]` with its float32 natural-log LSE `[rows]`. With MERGE
+they fold their result into what those rows already hold (an in-place LSE merge), so
+the causal recursion never materialises per-level partial outputs.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _load(ptrs, row_mask, col_mask, FULL: tl.constexpr):
+    """Masked load; the column mask is left out when the head dim fills its block, so the
+    mask stays constant along rows and Triton can vectorise the load."""
+    if FULL:
+        return tl.load(ptrs, mask=row_mask, other=0.0)
+    return tl.load(ptrs, mask=row_mask & col_mask, other=0.0)
+
+
+@triton.jit
+def _update(q, k, v, keep, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
+    """One online-softmax step over a key tile; scores in log2 units, masked = -inf."""
+    if IEEE:  # noqa: SIM108 (constexpr branch)
+        s = tl.dot(q, k, input_precision="ieee")
+    else:
+        s = tl.dot(q, k)
+    s = tl.where(keep, s * qk_scale + bias, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:  # noqa: SIM108 (constexpr branch)
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
+def _finish(
+    Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc,
+    DV: tl.constexpr, FULL_DV: tl.constexpr, MERGE: tl.constexpr,
+):  # fmt: skip
+    """Normalise, optionally merge with the rows' current (out, lse), and store."""
+    has_mass = l_i > 0
+    l_safe = tl.where(has_mass, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_mass, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+    dv_ok = offs_dv < DV
+    o_ptrs = Out + o_row[:, None] * DV + offs_dv[None, :]
+    io_mask = row_ok[:, None] & dv_ok[None, :]
+    if MERGE:
+        lse_old = tl.load(LSE + o_row, mask=row_ok, other=float("-inf"))
+        o_old = _load(o_ptrs, row_ok[:, None], dv_ok[None, :], FULL_DV).to(tl.float32)
+        top = tl.maximum(lse_old, lse)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        w_old = tl.exp(lse_old - top)
+        w_new = tl.exp(lse - top)
+        total = w_old + w_new
+        total_safe = tl.where(total > 0, total, 1.0)
+        out = (o_old * w_old[:, None] + out * w_new[:, None]) / total_safe[:, None]
+        lse = tl.where(total > 0, top + tl.log(total_safe), float("-inf"))
+    if FULL_DV:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=io_mask)
+    tl.store(LSE + o_row, lse, mask=row_ok)
+
+
+@triton.jit
+def block_sample_kernel(
+    Q, K, V, Out, LSE,
+    q_off_ptr, o_row_ptr, tile_block_ptr, k_off_ptr, v_off_ptr,
+    s_koff_ptr, s_voff_ptr, s_block_ptr,
+    n_slots, n_tiles, n_key, key_block, n_sample,
+    qk_scale, sample_bias,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """One tile of queries that share a key block: exact over the block's sorted keys,
+    then the shared uniform sample (own-block keys masked, logits + log2(n/m))."""
+    pid = tl.program_id(0)
+    zp = (pid // n_tiles).to(tl.int64)
+    tile = pid % n_tiles
+    slots = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    if tl.load(q_off_ptr + zp * n_slots + tile * BLOCK_M) < 0:
+        return  # tiles fill from their first slot: an empty first slot is an unused tile
+    q_off = tl.load(q_off_ptr + zp * n_slots + slots)
+    row_ok = q_off >= 0
+    q_off = tl.multiple_of(q_off, ALIGN)
+    o_row = tl.load(o_row_ptr + zp * n_slots + slots, mask=row_ok, other=0)
+    blk = tl.load(tile_block_ptr + zp * n_tiles + tile)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    lo = blk * key_block
+    hi = tl.minimum(lo + key_block, n_key)
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + offs_n
+        ok = pos < hi
+        k_off = tl.multiple_of(tl.load(k_off_ptr + zp * n_key + pos, mask=ok, other=0), ALIGN)
+        v_off = tl.multiple_of(tl.load(v_off_ptr + zp * n_key + pos, mask=ok, other=0), ALIGN)
+        k = _load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
+        v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+        m_i, l_i, acc = _update(q, k, v, ok[None, :], 0.0, m_i, l_i, acc, qk_scale, IEEE)
+    if HAS_SAMPLE:
+        for start in range(0, n_sample, BLOCK_N):
+            idx = start + offs_n
+            ok = idx < n_sample
+            s_blk = tl.load(s_block_ptr + zp * n_sample + idx, mask=ok, other=-1)
+            ok = ok & (s_blk != blk)
+            k_off = tl.load(s_koff_ptr + zp * n_sample + idx, mask=ok, other=0)
+            v_off = tl.load(s_voff_ptr + zp * n_sample + idx, mask=ok, other=0)
+            k_off, v_off = tl.multiple_of(k_off, ALIGN), tl.multiple_of(v_off, ALIGN)
+            k = _load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
+            v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+            m_i, l_i, acc = _update(
+                q, k, v, ok[None, :], sample_bias, m_i, l_i, acc, qk_scale, IEEE
+            )
+    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
+
+
+@triton.jit
+def dense_kernel(
+    Q, K, V, Out, LSE,
+    q_base_ptr, o_base_ptr, kv_index_ptr, k_base_ptr, v_base_ptr,
+    n_query, n_key, q_stride, k_stride, v_stride,
+    qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """Exact attention of one query tile of problem `zq` against its keys: row t at
+    q_base[zq] + t * q_stride; causal keeps keys pos <= t + (n_key - n_query)."""
+    pid = tl.program_id(0)
+    n_row_tiles = tl.cdiv(n_query, BLOCK_M)
+    zq = pid // n_row_tiles
+    tile = pid % n_row_tiles
+    q_base = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN)
+    o_base = tl.load(o_base_ptr + zq)
+    kz = tl.load(kv_index_ptr + zq)
+    k_base = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN)
+    v_base = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_query
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    rows64 = rows.to(tl.int64)
+    q_ptrs = Q + q_base + rows64[:, None] * q_stride + offs_d[None, :]
+    q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    shift = n_key - n_query
+    if CAUSAL:
+        hi = tl.minimum(n_key, (tile + 1) * BLOCK_M + shift)
+        full = tl.maximum(0, tile * BLOCK_M + shift) // BLOCK_N * BLOCK_N
+    else:
+        hi = n_key
+        full = n_key // BLOCK_N * BLOCK_N
+    # key tiles before `full` need no mask; the rest get the causal/end mask
+    for start in range(0, full, BLOCK_N):
+        pos = (start + offs_n).to(tl.int64)
+        k_ptrs = K + k_base + pos[None, :] * k_stride + offs_d[:, None]
+        v_ptrs = V + v_base + pos[:, None] * v_stride + offs_dv[None, :]
+        k = _load(k_ptrs, True, d_ok[:, None], FULL_D)
+        v = _load(v_ptrs, True, dv_ok[None, :], FULL_DV)
+        keep = offs_n[None, :] >= 0
+        m_i, l_i, acc = _update(q, k, v, keep, 0.0, m_i, l_i, acc, qk_scale, IEEE)
+    for start in range(full, hi, BLOCK_N):
+        pos = start + offs_n
+        ok = pos < n_key
+        keep = ok[None, :]
+        if CAUSAL:
+            keep = keep & (pos[None, :] <= rows[:, None] + shift)
+        pos64 = pos.to(tl.int64)
+        k_ptrs = K + k_base + pos64[None, :] * k_stride + offs_d[:, None]
+        v_ptrs = V + v_base + pos64[:, None] * v_stride + offs_dv[None, :]
+        k = _load(k_ptrs, ok[None, :], d_ok[:, None], FULL_D)
+        v = _load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
+        m_i, l_i, acc = _update(q, k, v, keep, 0.0, m_i, l_i, acc, qk_scale, IEEE)
+    o_row = o_base + rows64
+    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
+
+
+__all__ = ["LOG2E", "block_sample_kernel", "dense_kernel"]

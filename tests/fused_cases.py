@@ -1,0 +1,96 @@
+"""Fused-vs-torch comparison cases, shared by the GPU tests and the CPU interpreter run.
+
+`python fused_cases.py` (with TRITON_INTERPRET=1 on a CPU) runs every small case and
+exits non-zero on the first mismatch.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention.fused import fused_hyper_attention_with_lse
+from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
+
+
+@dataclass
+class Case:
+    batch: int
+    q_heads: int
+    kv_heads: int
+    n_query: int
+    n_key: int
+    dim: int
+    v_dim: int
+    causal: bool
+    config: dict = field(default_factory=dict)
+    seq_first: bool = False  # q laid out [b, n, h, d] and transposed (model layout)
+
+    def __str__(self) -> str:
+        kind = "causal" if self.causal else "full"
+        return (
+            f"{kind}-b{self.batch}-h{self.q_heads}/{self.kv_heads}-n{self.n_query}/{self.n_key}"
+            f"-d{self.dim}/{self.v_dim}{'-T' if self.seq_first else ''}"
+        )
+
+
+SMALL = dict(block_size=8, sample_size=8, min_seq_len=16, lsh_num_projs=3)
+SMALL_CASES = [
+    Case(1, 2, 2, 40, 40, 16, 16, False, SMALL),
+    Case(1, 2, 1, 40, 40, 16, 16, False, SMALL),
+    Case(1, 2, 2, 64, 64, 16, 16, True, SMALL),
+    Case(2, 4, 2, 50, 50, 16, 8, True, SMALL, seq_first=True),  # padding, GQA, dv < d
+    Case(1, 2, 1, 40, 70, 16, 16, True, SMALL),  # cached prefix, hyper part
+    Case(1, 2, 1, 10, 70, 16, 16, True, SMALL),  # short: exact with prefix
+    Case(1, 2, 1, 10, 70, 16, 16, False, SMALL),
+    Case(1, 2, 2, 33, 33, 20, 12, True, dict(block_size=8, sample_size=0, min_seq_len=8)),
+]
+GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
+GPU_CASES = [
+    Case(1, 4, 4, 2048, 2048, 64, 64, False, GPU),
+    Case(1, 4, 4, 2048, 2048, 64, 64, True, GPU),
+    Case(2, 8, 2, 1500, 1500, 128, 128, True, GPU, seq_first=True),
+    Case(1, 4, 1, 1024, 3000, 64, 32, True, GPU),
+    Case(1, 2, 2, 700, 1800, 96, 96, False, GPU),
+    Case(1, 4, 2, 200, 900, 64, 64, True, GPU),  # short query block with prefix: exact
+]
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shape_q = (case.batch, case.n_query, case.q_heads, case.dim)
+    q = torch.randn(*shape_q, generator=g)
+    q = q.transpose(1, 2) if case.seq_first else q.transpose(1, 2).contiguous()
+    k = torch.randn(case.batch, case.kv_heads, case.n_key, case.dim, generator=g)
+    v = torch.randn(case.batch, case.kv_heads, case.n_key, case.v_dim, generator=g)
+    return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v))
+
+
+def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
+    """(max |out difference|, max |lse difference|) of fused vs torch path, same draws."""
+    q, k, v = make_inputs(case, dtype, device)
+    config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
+    out_t, lse_t = hyper_attention_with_lse(q, k, v, causal=case.causal, config=config)
+    rng = _Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
+    out_f, lse_f = fused_hyper_attention_with_lse(
+        q, k, v, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng
+    )
+    out_err = (out_t.float() - out_f.float()).abs().max().item()
+    lse_err = (lse_t.float() - lse_f.float()).abs().max().item()
+    return out_err, lse_err
+
+
+def main() -> int:
+    for case in SMALL_CASES:
+        out_err, lse_err = compare(case, torch.float32, "cpu")
+        print(f"{case}: out {out_err:.2e} lse {lse_err:.2e}")
+        if not (out_err < 1e-5 and lse_err < 1e-5):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The fused (Triton) forward against the torch path, the float64 reference, leakage."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fused_cases import GPU_CASES, compare, make_inputs
+from helpers import random_qkv, relative_error_to_v
+
+from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import hyper_attention, reference_attention
+
+HERE = Path(__file__).parent
+
+
+def _interpreter_usable() -> bool:
+    import numpy
+
+    major, minor = (int(x) for x in numpy.__version__.split(".")[:2])
+    return importlib.util.find_spec("triton") is not None and (major, minor) < (2, 3)
+
+
+@pytest.mark.skipif(not _interpreter_usable(), reason="needs triton and numpy<2.3")
+def test_kernels_match_torch_path_in_triton_interpreter():
+    # Triton's interpreter runs the kernels on the CPU: the same index maths, masks,
+    # online softmax and in-place merges as on a GPU, checked without one.
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run(
+        [sys.executable, str(HERE / "fused_cases.py")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_fused_matches_torch_path_fp32(case):
+    out_err, lse_err = compare(case, torch.float32, "cuda")
+    assert out_err < 1e-4 and lse_err < 1e-4, (out_err, lse_err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[:3], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fused_low_precision_error_matches_torch_path(case, dtype):
+    q, k, v = make_inputs(case, dtype, "cuda")
+    exact = reference_attention(q, k, v, causal=case.causal)[0]
+    errors = {}
+    for backend in ("torch", "triton"):
+        config = HyperAttentionConfig(backend=backend, seed=5, **case.config)
+        out = hyper_attention(q, k, v, causal=case.causal, config=config)
+        errors[backend] = relative_error_to_v(out.double(), exact, v.double())
+    assert abs(errors["triton"] - errors["torch"]) < 0.01, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_exact_limit_matches_float64_reference(causal):
+    q, k, v = random_qkv(2, 4, 2, 300, 300, dim=64, dtype=torch.float32, device="cuda", seed=3)
+    config = HyperAttentionConfig(min_seq_len=512, backend="triton")
+    out = hyper_attention(q, k, v, causal=causal, config=config)
+    exact = reference_attention(q, k, v, causal=causal)[0]
+    assert (out.double() - exact).abs().max().item() < 1e-5
+
+
+@pytest.mark.gpu
+def test_fused_causal_outputs_never_see_the_future():
+    n, cut = 3000, 1700
+    q, k, v = random_qkv(1, 4, 2, n, n, dim=64, dtype=torch.bfloat16, device="cuda", seed=8)
+    config = HyperAttentionConfig(
+        block_size=64, sample_size=64, min_seq_len=200, seed=2, backend="triton"
+    )
+    before = hyper_attention(q, k, v, causal=True, config=config)
+    q2, k2, v2 = (t.clone() for t in (q, k, v))
+    for t in (q2, k2, v2):
+        t[:, :, cut:] = torch.randn_like(t[:, :, cut:]) * 3
+    after = hyper_attention(q2, k2, v2, causal=True, config=config)
+    assert torch.equal(before[:, :, :cut], after[:, :, :cut])
+    assert not torch.equal(before[:, :, cut:], after[:, :, cut:])
+
+
+@pytest.mark.gpu
+def test_auto_backend_keeps_gradients_on_the_torch_path():
+    q, k, v = random_qkv(1, 2, 2, 600, 600, dim=32, dtype=torch.float32, device="cuda")
+    q.requires_grad_(True)
+    config = HyperAttentionConfig(block_size=32, sample_size=32, min_seq_len=128)
+    hyper_attention(q, k, v, causal=True, config=config).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    with pytest.raises(ValueError, match="forward-only"):
+        hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(backend="triton"))
+
+
+def test_triton_backend_on_cpu_names_the_problem():
+    q, k, v = random_qkv(1, 2, 2, 64, 64, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend='triton'.*CUDA"):
+        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(backend="triton"))
+
+
+def test_config_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        HyperAttentionConfig(backend="cuda")
