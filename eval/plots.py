@@ -40,3 +40,45 @@ def plot_attention(json_path: Path, png_path: Path) -> Path:
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return Path(png_path)
+
+
+def plot_ppl(json_path: Path, png_path: Path) -> Path:
+    """Perplexity vs number of patched layers, one line per window length."""
+    data = _load(Path(json_path))
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for length in sorted({r["length"] for r in data["rows"]}):
+        pts = sorted((r["layer_count"], r["ppl"]) for r in data["rows"] if r["length"] == length)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{length} tokens")
+    ax.set_xlabel(f"patched layers (of {data.get('num_layers', '?')}, counted from the last)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(str(data.get("model", "")), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def plot_model(json_path: Path, png_path: Path) -> Path:
+    """Prefill time vs length (log-log), one line per patch setting."""
+    data = _load(Path(json_path))
+    rows = [r for r in data["rows"] if r.get("ms")]
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label in dict.fromkeys(r["patched_layers"] for r in rows):
+        pts = sorted((r["length"], r["ms"]) for r in rows if r["patched_layers"] == label)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{label} patched")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("prefill ms")
+    env = data.get("environment", {})
+    ax.set_title(f"{data.get('model', '')}  {env.get('device', '')}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)

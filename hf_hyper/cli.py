@@ -7,42 +7,59 @@ import sys
 from collections.abc import Sequence
 
 EXAMPLES = {
+    "ppl": (
+        "hf-hyper ppl --model meta-llama/Llama-2-7b-hf --lengths 4096 16384 "
+        "--patch-layers 0 16 all\n"
+        "hf-hyper ppl --model ./my-model --files book.txt --lengths 32768 --stride 8192\n"
+        "hf-hyper ppl --model ./my-model --dataset pg19 --split test --max-documents 20\n"
+        "accelerate launch -m hf_hyper.eval.ppl --model ./my-model --lengths 32768"
+    ),
     "bench attention": (
         "hf-hyper bench attention --lengths 8192 32768 131072 --head-dim 64 128\n"
         "hf-hyper bench attention --causal yes --modes fwd fwd+bwd --backends cudnn hyper"
     ),
-    "plot": "hf-hyper plot attention bench-attention/attention.json",
+    "bench model": (
+        "hf-hyper bench model --shape llama2-7b --lengths 8192 32768 --patch-layers 0 16 28\n"
+        "hf-hyper bench model --model meta-llama/Llama-2-7b-hf --lengths 16384"
+    ),
+    "plot": "hf-hyper plot attention bench-attention/attention.json\n"
+    "hf-hyper plot ppl ppl-results/ppl.json",
 }
 
 
+def _job(subparsers, name: str, module, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name.split()[-1],
+        help=help_text,
+        description=module.__doc__,
+        epilog="examples:\n  " + EXAMPLES[name].replace("\n", "\n  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(p)
+    p.set_defaults(run=module.run)
+
+
 def _parser() -> argparse.ArgumentParser:
-    from hf_hyper.eval import bench_attention
+    from hf_hyper.eval import bench_attention, bench_model, ppl
 
     top = argparse.ArgumentParser(
         prog="hf-hyper",
-        description="HyperAttention for HuggingFace models: benchmarks and evaluation jobs.",
+        description="HyperAttention for HuggingFace models: evaluation and benchmark jobs.",
     )
     jobs = top.add_subparsers(dest="job", required=True, metavar="JOB")
-
-    bench = jobs.add_parser("bench", help="speed benchmarks (attention layer)")
-    bench_jobs = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
-    attention = bench_jobs.add_parser(
-        "attention",
-        help="one attention layer: HyperAttention vs cuDNN / FlashAttention-2 / Flex",
-        description=bench_attention.__doc__,
-        epilog="examples:\n  " + EXAMPLES["bench attention"].replace("\n", "\n  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_attention.add_arguments(attention)
-    attention.set_defaults(run=bench_attention.run)
+    _job(jobs, "ppl", ppl, "long-context perplexity, unpatched vs patched layers")
+    bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
+    what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
+    _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels")
+    _job(what, "bench model", bench_model, "whole-model prefill, unpatched vs patched")
 
     plot = jobs.add_parser(
         "plot",
         help="redraw a job's plot from its JSON",
-        epilog="example:\n  " + EXAMPLES["plot"],
+        epilog="examples:\n  " + EXAMPLES["plot"].replace("\n", "\n  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plot.add_argument("kind", choices=["attention"])
+    plot.add_argument("kind", choices=["attention", "ppl", "model"])
     plot.add_argument("json_path")
     plot.add_argument("--png", default=None, help="default: next to the JSON")
     plot.set_defaults(run=_plot)
@@ -52,11 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 def _plot(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from hf_hyper.eval.plots import plot_attention
+    from hf_hyper.eval import plots
 
+    draw = {"attention": plots.plot_attention, "ppl": plots.plot_ppl, "model": plots.plot_model}
     src = Path(args.json_path)
-    png = Path(args.png) if args.png else src.with_suffix(".png")
-    print(plot_attention(src, png))
+    print(draw[args.kind](src, Path(args.png) if args.png else src.with_suffix(".png")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,165 @@
+"""Whole-model prefill speed: unpatched vs HyperAttention in the last k layers, one run.
+
+Weights do not change speed, so `--shape` builds a randomly initialised model from a
+config (offline); `--model` loads a real checkpoint instead.
+
+    hf-hyper bench model --shape llama2-7b --lengths 8192 32768 --patch-layers 0 16 28
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import torch
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+
+from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .ppl import DTYPES, parse_patch_settings
+from .timing import environment, time_cuda
+
+SHAPES = {
+    "llama2-7b": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+    ),
+    "llama3-8b": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, sliding_window=None,
+    ),
+    "qwen2-7b": dict(
+        model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+    ),
+}  # fmt: skip
+UNAVAILABLE_SHAPES = {
+    "chatglm2-6b": "ChatGLM2 runs remote code, and its hf_hyper adapter is not written yet",
+}
+COLUMNS = [
+    ("length", "length"),
+    ("patched_layers", "patched layers"),
+    ("ms", "prefill ms"),
+    ("speedup", "speedup"),
+    ("peak_gib", "peak GiB"),
+    ("tokens_per_s", "tokens/s"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shape", choices=sorted([*SHAPES, *UNAVAILABLE_SHAPES]))
+    which.add_argument("--model", help="from_pretrained id or local path")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
+    p.add_argument("--patch-layers", nargs="+", default=["0", "16", "28"])
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--sample-size", type=int, default=256)
+    p.add_argument("--min-seq-len", type=int, default=4096)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--output-dir", default="bench-model")
+
+
+def build_model(args: argparse.Namespace):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = DTYPES[args.dtype]
+    if args.shape in UNAVAILABLE_SHAPES:
+        raise JobError(f"--shape {args.shape}: {UNAVAILABLE_SHAPES[args.shape]}")
+    if args.shape:
+        fields = dict(SHAPES[args.shape])
+        config = AutoConfig.for_model(
+            fields.pop("model_type"), **fields, max_position_embeddings=max(args.lengths)
+        )
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation="sdpa"
+            )
+        return model.eval(), args.shape
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=dtype, device_map="cuda", trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise JobError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from err
+    return model.eval(), args.model
+
+
+def _prefill(model, ids: torch.Tensor, what: str) -> None:
+    with torch.no_grad():
+        logits = model(ids, use_cache=False, logits_to_keep=1).logits
+    if not torch.isfinite(logits).all():
+        raise JobError(f"non-finite logits ({what})")
+
+
+def run(args: argparse.Namespace) -> Path:
+    if not torch.cuda.is_available():
+        raise JobError("the model benchmark times CUDA prefill; run it on a GPU machine")
+    out = output_dir(args.output_dir)
+    model, name = build_model(args)
+    num_layers = model.config.num_hidden_layers
+    settings = parse_patch_settings(args.patch_layers, num_layers)
+    config = HyperAttentionConfig(
+        block_size=args.block_size, sample_size=args.sample_size,
+        min_seq_len=args.min_seq_len, seed=0,
+    )  # fmt: skip
+    vocab = model.config.vocab_size
+    rows = []
+    for length in args.lengths:
+        ids = torch.randint(0, vocab, (1, length), device="cuda")
+        base_ms = None
+        for label, count in settings:
+            row = dict(length=length, patched_layers=label, layer_count=count)
+            rows.append(row)
+            if count:
+                try:
+                    hf_hyper.patch(model, last_layers=count, config=config)
+                except (ValueError, TypeError) as err:
+                    raise JobError(str(err)) from err
+
+            try:
+                what = f"length {length}, patched {label}"
+                step = functools.partial(_prefill, model, ids, what)
+                timing = time_cuda(step, warmup=args.warmup, repeats=args.repeats)
+            except torch.OutOfMemoryError:
+                row["note"] = "out of memory"
+                torch.cuda.empty_cache()
+            else:
+                base_ms = timing.ms if count == 0 else base_ms
+                row.update(ms=timing.ms, peak_gib=timing.peak_gib)
+                row["speedup"] = base_ms / timing.ms if base_ms else None
+                row["tokens_per_s"] = length / timing.ms * 1e3
+            finally:
+                if count:
+                    hf_hyper.unpatch(model)
+            print(f"  {row}", flush=True)
+    payload = {
+        "job": "bench model",
+        "command": command_line(),
+        "date": today(),
+        "environment": environment(),
+        "model": name,
+        "dtype": args.dtype,
+        "num_layers": num_layers,
+        "hyper_config": config.to_dict(),
+        "rows": rows,
+    }
+    write_json(out / "model.json", payload)
+    table = markdown_table(rows, COLUMNS)
+    (out / "model.md").write_text(table)
+    print(table)
+    try:
+        from .plots import plot_model
+
+        plot_model(out / "model.json", out / "model.png")
+    except JobError as err:
+        print(f"no plot: {err}")
+    return out

@@ -1,0 +1,42 @@
+"""Negative log-likelihood of a window without materialising full-length logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LOGIT_CHUNK = 4096  # positions per lm_head call: 4096 x 128k vocab x fp32 = 2 GiB at most
+
+
+def _final_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """lm_head plus the output transforms some families apply after it."""
+    logits = model.get_output_embeddings()(hidden).float()
+    config = model.config
+    scaling = getattr(config, "logits_scaling", None)  # granite
+    if scaling:
+        logits = logits / scaling
+    cap = getattr(config, "final_logit_softcapping", None)  # gemma2
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.no_grad()
+def window_nll(
+    model: nn.Module, ids: torch.Tensor, score_from: int = 1, chunk: int = LOGIT_CHUNK
+) -> tuple[float, int]:
+    """(sum of NLL in nats, tokens scored) for ids [L]; token t >= score_from is predicted
+    from tokens < t. The decoder runs once; logits are made `chunk` positions at a time."""
+    if score_from < 1:
+        raise ValueError("score_from must be >= 1: the first token has no context")
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=ids[None], use_cache=False).last_hidden_state[0]
+    total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+    # position p predicts token p + 1
+    for p0 in range(score_from - 1, ids.numel() - 1, chunk):
+        p1 = min(p0 + chunk, ids.numel() - 1)
+        logits = _final_logits(model, hidden[p0:p1])
+        labels = ids[p0 + 1 : p1 + 1].to(logits.device)
+        loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        total += loss.double()
+    return total.item(), ids.numel() - score_from

@@ -1,0 +1,265 @@
+"""Long-context perplexity of a causal LM, unpatched and with HyperAttention in the last
+k layers, in one run (the model is loaded once and patched / unpatched in between).
+
+    hf-hyper ppl --model meta-llama/Llama-2-7b-hf --lengths 4096 16384 --patch-layers 0 16 all
+    accelerate launch -m hf_hyper.eval.ppl --model ... --lengths 32768   # data parallel
+
+Perplexity = exp(token-weighted mean NLL in nats). A NaN or inf window is an error that
+names the window, never silently dropped. Each finished window is appended to a cache
+in --output-dir; re-running the same command skips the windows already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+
+from .cache import WindowCache, run_key
+from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .nll import window_nll
+from .texts import TextSource, load_documents
+from .timing import environment
+from .windows import Window, make_windows
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COLUMNS = [
+    ("patched_layers", "patched layers"),
+    ("length", "length"),
+    ("windows", "windows"),
+    ("tokens", "scored tokens"),
+    ("nll", "mean NLL"),
+    ("ppl", "perplexity"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="from_pretrained id or local path")
+    p.add_argument("--tokenizer", default=None, help="default: --model")
+    p.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--device-map", default=None, help="e.g. auto: shard a big model over GPUs")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
+    text = p.add_argument_group("text (default: the bundled offline text)")
+    text.add_argument("--dataset", default=None, help="HF dataset name or path")
+    text.add_argument("--dataset-config", default=None)
+    text.add_argument("--split", default="test")
+    text.add_argument("--text-field", default="text")
+    text.add_argument("--files", nargs="+", default=(), help=".txt / .jsonl / .parquet files")
+    text.add_argument("--max-documents", type=int, default=None)
+    text.add_argument(
+        "--per-document",
+        action="store_true",
+        help="windows inside each document (default: documents joined with EOS)",
+    )
+    win = p.add_argument_group("windows")
+    win.add_argument("--lengths", type=int, nargs="+", default=[4096])
+    win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
+    win.add_argument("--max-windows", type=int, default=None, help="per length")
+    win.add_argument("--allow-beyond-max-positions", action="store_true")
+    hyp = p.add_argument_group("HyperAttention")
+    hyp.add_argument(
+        "--patch-layers",
+        nargs="+",
+        default=["0", "all"],
+        help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
+    )
+    hyp.add_argument("--block-size", type=int, default=256)
+    hyp.add_argument("--sample-size", type=int, default=256)
+    hyp.add_argument("--min-seq-len", type=int, default=4096)
+    hyp.add_argument("--lsh-num-projs", type=int, default=7)
+    hyp.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default="ppl-results")
+
+
+def parse_patch_settings(values: Sequence[str], num_layers: int) -> list[tuple[str, int]]:
+    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]."""
+    settings = []
+    for value in values:
+        if value == "all":
+            settings.append(("all", num_layers))
+            continue
+        try:
+            count = int(value)
+        except ValueError:
+            raise JobError(f"--patch-layers takes integers or 'all'; got {value!r}") from None
+        if not 0 <= count <= num_layers:
+            raise JobError(
+                f"--patch-layers {count} is beyond the model's {num_layers} layers "
+                f"(use 0..{num_layers} or 'all')"
+            )
+        settings.append((value, count))
+    return settings
+
+
+def _load_model(args: argparse.Namespace, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = args.model.startswith(("/", "./", "../", "~"))
+    if looks_local and not Path(args.model).expanduser().exists():
+        raise JobError(f"no model at {args.model} (check --model)")
+    kwargs = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise JobError(f"cannot load model/tokenizer {args.model!r}: {first}") from err
+    if not args.device_map:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def _token_streams(tokenizer, docs, per_document: bool) -> list[tuple[str, list[int]]]:
+    encoded = [(d.id, tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs]
+    if per_document:
+        return encoded
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    joined: list[int] = []
+    for _, ids in encoded:
+        joined += ids + sep
+    return [("joined", joined)]
+
+
+def _check_lengths(args: argparse.Namespace, model) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    too_long = [n for n in args.lengths if limit and n > limit]
+    if too_long and not args.allow_beyond_max_positions:
+        raise JobError(
+            f"--lengths {too_long} exceed the model's max_position_embeddings={limit}; "
+            "drop them or pass --allow-beyond-max-positions"
+        )
+
+
+def _score(model, window: Window, device: torch.device, setting: str) -> tuple[float, int]:
+    ids = torch.tensor(window.ids, device=device)
+    nll, count = window_nll(model, ids, window.score_from)
+    if not math.isfinite(nll):
+        raise JobError(
+            f"non-finite NLL ({nll}) in window {window.id} (patched layers {setting}); "
+            "check the dtype (try --dtype fp32) and the HyperAttention settings"
+        )
+    return nll, count
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(cpu=args.cpu)
+    if args.device_map and accelerator.num_processes > 1:
+        raise JobError("--device-map shards one model copy: run it in a single process")
+    out = output_dir(args.output_dir)
+    source = TextSource(
+        args.dataset, args.dataset_config, args.split, args.text_field,
+        tuple(args.files), args.max_documents,
+    )  # fmt: skip
+    docs = load_documents(source)
+    model, tokenizer = _load_model(args, accelerator.device)
+    _check_lengths(args, model)
+    num_layers = model.config.num_hidden_layers
+    settings = parse_patch_settings(args.patch_layers, num_layers)
+    hyper_config = HyperAttentionConfig(
+        lsh_num_projs=args.lsh_num_projs, block_size=args.block_size,
+        sample_size=args.sample_size, min_seq_len=args.min_seq_len, seed=args.seed,
+    )  # fmt: skip
+    streams = _token_streams(tokenizer, docs, args.per_document)
+    windows = {n: make_windows(streams, n, args.stride, args.max_windows) for n in args.lengths}
+    key = run_key(
+        dict(model=args.model, dtype=args.dtype, text=source.describe(), docs=len(docs),
+             per_document=args.per_document, stride=args.stride, config=hyper_config.to_dict())
+    )  # fmt: skip
+    cache = WindowCache(out / f"cache-{key}", accelerator.process_index)
+    done = cache.load()
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    for label, count in settings:
+        if count:
+            try:
+                hf_hyper.patch(model, last_layers=count, config=hyper_config)
+            except (ValueError, TypeError) as err:
+                raise JobError(str(err)) from err
+        try:
+            for length, wins in windows.items():
+                mine = [w for w in wins[rank::world] if f"{label}|{w.id}" not in done]
+                desc = f"patched {label:>3} len {length}"
+                for window in tqdm(mine, desc=desc, disable=not accelerator.is_main_process):
+                    nll, scored = _score(model, window, accelerator.device, label)
+                    cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
+        finally:
+            if count:
+                hf_hyper.unpatch(model)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+
+    done = cache.load()
+    rows = []
+    for label, count in settings:
+        for length, wins in windows.items():
+            records = [done[f"{label}|{w.id}"] for w in wins]  # fixed order: same sums
+            nll = math.fsum(r["nll"] for r in records)
+            tokens = sum(r["tokens"] for r in records)
+            rows.append(
+                dict(patched_layers=label, layer_count=count, length=length,
+                     windows=len(records), tokens=tokens, nll=nll / tokens,
+                     ppl=math.exp(nll / tokens))
+            )  # fmt: skip
+    payload = {
+        "job": "ppl",
+        "command": command_line(),
+        "date": today(),
+        "environment": environment(),
+        "processes": world,
+        "model": args.model,
+        "dtype": args.dtype,
+        "num_layers": num_layers,
+        "text": source.describe(),
+        "documents": [d.id for d in docs],
+        "joined": not args.per_document,
+        "stream_tokens": sum(len(ids) for _, ids in streams),
+        "stride": args.stride,
+        "hyper_config": hyper_config.to_dict(),
+        "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
+        "rows": rows,
+    }
+    write_json(out / "ppl.json", payload)
+    table = markdown_table(rows, COLUMNS)
+    (out / "ppl.md").write_text(table)
+    print(table)
+    try:
+        from .plots import plot_ppl
+
+        plot_ppl(out / "ppl.json", out / "ppl.png")
+    except JobError as err:
+        print(f"no plot: {err}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-hyper ppl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except JobError as err:
+        print(f"hf-hyper ppl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Where perplexity text comes from: a HF dataset, local files, or the bundled default."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import JobError
+
+DEFAULT_TEXT = Path(__file__).with_name("data") / "python_docs.jsonl.gz"
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """One of: dataset name (+ config, split), local files, or neither (bundled text)."""
+
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "test"
+    text_field: str = "text"
+    files: tuple[str, ...] = ()
+    max_documents: int | None = None
+
+    def describe(self) -> str:
+        if self.dataset:
+            config = f"/{self.dataset_config}" if self.dataset_config else ""
+            return f"dataset {self.dataset}{config} split={self.split} field={self.text_field}"
+        if self.files:
+            return "files " + ", ".join(self.files)
+        return f"bundled {DEFAULT_TEXT.name} (Python standard-library docstrings)"
+
+
+def _bundled() -> list[Document]:
+    with gzip.open(DEFAULT_TEXT, "rt", encoding="utf-8") as f:
+        return [Document(r["id"], r["text"]) for r in map(json.loads, f)]
+
+
+def _from_table(table, field: str, origin: str) -> list[Document]:
+    if field not in table.column_names:
+        raise JobError(
+            f"{origin} has no text field {field!r}; its fields are {table.column_names} "
+            "(choose one with --text-field)"
+        )
+    return [Document(f"{origin}#{i}", t) for i, t in enumerate(table[field]) if t and t.strip()]
+
+
+def _from_files(files: tuple[str, ...], field: str) -> list[Document]:
+    docs: list[Document] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise JobError(f"text file not found: {path} (check --files)")
+        if path.suffix == ".txt":
+            docs.append(Document(path.name, path.read_text(encoding="utf-8")))
+        elif path.suffix in FILE_BUILDERS:
+            import datasets
+
+            table = datasets.load_dataset(
+                FILE_BUILDERS[path.suffix], data_files=str(path), split="train"
+            )
+            docs += _from_table(table, field, path.name)
+        else:
+            raise JobError(f"unsupported text file {path}: use .txt, .jsonl or .parquet")
+    return docs
+
+
+def load_documents(source: TextSource) -> list[Document]:
+    """Documents in a fixed order (what a run scores must not depend on the machine)."""
+    if source.dataset:
+        import datasets
+
+        try:
+            table = datasets.load_dataset(
+                source.dataset, source.dataset_config, split=source.split
+            )
+        except (FileNotFoundError, ValueError, ConnectionError) as err:
+            raise JobError(f"cannot load dataset {source.dataset!r}: {err}") from err
+        docs = _from_table(table, source.text_field, source.dataset)
+    elif source.files:
+        docs = _from_files(source.files, source.text_field)
+    else:
+        docs = _bundled()
+    if not docs:
+        raise JobError(f"no non-empty text in {source.describe()}")
+    return docs[: source.max_documents] if source.max_documents else docs

@@ -1,0 +1,169 @@
+"""Perplexity job: windows, chunked NLL, the CLI end to end, resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hf_hyper.eval.common import JobError
+from hf_hyper.eval.nll import window_nll
+from hf_hyper.eval.texts import TextSource, load_documents
+from hf_hyper.eval.windows import make_windows
+from tiny_models import tiny_model
+
+from hf_hyper import cli
+
+SMALL_HYPER = ["--block-size", "8", "--sample-size", "8", "--min-seq-len", "16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 4-layer Llama and a 256-token BPE tokenizer trained on the bundled text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    docs = load_documents(TextSource())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "</s>"])
+    tok.train_from_iterator((d.text for d in docs[:10]), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+    model = tiny_model("llama", vocab_size=tok.get_vocab_size(), max_position_embeddings=512)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _ppl(checkpoint: Path, out: Path, *extra: str) -> dict:
+    args = ["ppl", "--model", str(checkpoint), "--cpu", "--dtype", "fp32",
+            "--output-dir", str(out), *SMALL_HYPER, *extra]  # fmt: skip
+    assert cli.main(args) == 0
+    return json.loads((out / "ppl.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3"])
+def test_chunked_nll_equals_model_loss(family):
+    model = tiny_model(family)
+    ids = torch.randint(0, 128, (50,), generator=torch.Generator().manual_seed(1))
+    nll, count = window_nll(model, ids, chunk=7)
+    with torch.no_grad():
+        loss = model(ids[None], labels=ids[None]).loss.item()
+    assert count == 49
+    assert nll / count == pytest.approx(loss, rel=1e-5)
+    # scoring only a tail matches the per-token losses of that tail
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0].float()
+    per_token = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+    tail, _ = window_nll(model, ids, score_from=30, chunk=6)
+    assert tail == pytest.approx(per_token[29:].sum().item(), rel=1e-5)
+
+
+def test_windows_non_overlapping_and_sliding():
+    stream = [("s", list(range(100)))]
+    chunks = make_windows(stream, 30)
+    assert [w.start for w in chunks] == [0, 30, 60] and all(len(w.ids) == 30 for w in chunks)
+    assert sum(w.scored_tokens for w in chunks) == 3 * 29
+    slides = make_windows(stream, 30, stride=20)
+    scored = [w.start + i for w in slides for i in range(w.score_from, len(w.ids))]
+    assert scored == list(range(1, 100))  # every token after the first, exactly once
+    assert all(len(w.ids) == 30 for w in slides)
+    with pytest.raises(JobError, match="no window of 200 tokens"):
+        make_windows(stream, 200)
+    with pytest.raises(JobError, match="--stride"):
+        make_windows(stream, 30, stride=40)
+
+
+def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--lengths", "64", "128", "--patch-layers", "0", "2", "all", "--max-windows", "3"]
+    data = _ppl(tiny_checkpoint, out, *extra)
+    rows = {(r["patched_layers"], r["length"]): r for r in data["rows"]}
+    assert set(rows) == {(p, n) for p in ("0", "2", "all") for n in (64, 128)}
+    assert all(math.isfinite(r["ppl"]) and r["windows"] == 3 for r in rows.values())
+    assert rows[("0", 64)]["tokens"] == 3 * 63
+    assert rows[("all", 128)]["ppl"] != rows[("0", 128)]["ppl"]  # patched layers took effect
+    assert (out / "ppl.md").is_file() and (out / "ppl.png").is_file()
+    assert data["documents"] and data["windows"]["64"][0].startswith("joined:64:")
+
+    # unpatched perplexity from the model directly
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    from hf_hyper.eval.ppl import _token_streams  # same tokenisation as the job
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    stream = _token_streams(tok, load_documents(TextSource()), per_document=False)
+    nll = sum(window_nll(model, torch.tensor(w.ids))[0] for w in make_windows(stream, 64)[:3])
+    assert rows[("0", 64)]["ppl"] == pytest.approx(math.exp(nll / (3 * 63)), rel=1e-6)
+
+    # resume: a second run computes nothing; dropping one cached window recomputes one
+    cache = next(out.glob("cache-*/rank0.jsonl"))
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 18
+    assert _ppl(tiny_checkpoint, out, *extra)["rows"] == data["rows"]
+    assert len(cache.read_text().splitlines()) == 18
+    cache.write_text("\n".join(lines[:-1]) + '\n{"key": "cut sh')  # killed mid-line
+    assert _ppl(tiny_checkpoint, out, *extra)["rows"] == data["rows"]
+    assert len(cache.read_text().splitlines()) == 19
+
+
+def test_two_processes_give_the_same_numbers(tiny_checkpoint, tmp_path):
+    extra = ["--lengths", "64", "--patch-layers", "0", "all", "--max-windows", "4"]
+    one = _ppl(tiny_checkpoint, tmp_path / "one", *extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "hf_hyper.eval.ppl", "--model", str(tiny_checkpoint), "--cpu", "--dtype",
+           "fp32", "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "ppl.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        assert a["tokens"] == b["tokens"] and a["ppl"] == pytest.approx(b["ppl"], rel=1e-9)
+    caches = sorted(p.name for p in (tmp_path / "two").glob("cache-*/rank*.jsonl"))
+    assert caches == ["rank0.jsonl", "rank1.jsonl"]
+
+
+def _error(capsys, *args: str) -> str:
+    assert cli.main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]  # progress bars of dataset loading may come before
+    assert last.startswith("hf-hyper: error:")
+    return last
+
+
+def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    assert "text file not found" in _error(capsys, *base, "--files", str(tmp_path / "no.txt"))
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"body": "some text here"}\n')
+    assert "fields are ['body']" in _error(capsys, *base, "--files", str(jsonl))
+    assert "max_position_embeddings=512" in _error(capsys, *base, "--lengths", "1024")
+    too_many = _error(capsys, *base, "--lengths", "64", "--patch-layers", "9")
+    assert "beyond the model's 4 layers" in too_many
+    assert "no window of 256 tokens" in _error(
+        capsys, *base, "--files", str(jsonl), "--text-field", "body", "--lengths", "256"
+    )
+    assert "no model at" in _error(capsys, "ppl", "--model", str(tmp_path / "none"))
+
+
+def test_unsupported_model_type_is_refused(tmp_path, capsys, tiny_checkpoint):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=256)).save_pretrained(
+        path
+    )
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(path)
+    err = _error(capsys, "ppl", "--model", str(path), "--cpu", "--lengths", "32",
+                 "--patch-layers", "1", "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    assert "no adapter for model_type='gpt2'" in err
