@@ -39,6 +39,14 @@ class TextSource:
         return f"bundled {DEFAULT_TEXT.name} (Python standard-library docstrings)"
 
 
+def _datasets():
+    try:
+        import datasets
+    except ImportError as err:
+        raise JobError("reading datasets, .jsonl and .parquet needs: pip install datasets") from err
+    return datasets
+
+
 def _bundled() -> list[Document]:
     with gzip.open(DEFAULT_TEXT, "rt", encoding="utf-8") as f:
         return [Document(r["id"], r["text"]) for r in map(json.loads, f)]
@@ -62,8 +70,7 @@ def _from_files(files: tuple[str, ...], field: str) -> list[Document]:
         if path.suffix == ".txt":
             docs.append(Document(path.name, path.read_text(encoding="utf-8")))
         elif path.suffix in FILE_BUILDERS:
-            import datasets
-
+            datasets = _datasets()
             table = datasets.load_dataset(
                 FILE_BUILDERS[path.suffix], data_files=str(path), split="train"
             )
@@ -76,8 +83,7 @@ def _from_files(files: tuple[str, ...], field: str) -> list[Document]:
 def load_documents(source: TextSource) -> list[Document]:
     """Documents in a fixed order (what a run scores must not depend on the machine)."""
     if source.dataset:
-        import datasets
-
+        datasets = _datasets()
         try:
             table = datasets.load_dataset(
                 source.dataset, source.dataset_config, split=source.split

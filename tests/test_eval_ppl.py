@@ -115,6 +115,11 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert len(cache.read_text().splitlines()) == 19
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="CPU multi-process check for CI; on a CUDA host two --cpu gloo processes fail "
+    "in accelerate's barrier (known, open)",
+)
 def test_two_processes_give_the_same_numbers(tiny_checkpoint, tmp_path):
     extra = ["--lengths", "64", "--patch-layers", "0", "all", "--max-windows", "4"]
     one = _ppl(tiny_checkpoint, tmp_path / "one", *extra)
@@ -144,6 +149,7 @@ def _error(capsys, *args: str) -> str:
 def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys):
     base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
     assert "text file not found" in _error(capsys, *base, "--files", str(tmp_path / "no.txt"))
+    pytest.importorskip("datasets")  # .jsonl files are read through datasets
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"body": "some text here"}\n')
     assert "fields are ['body']" in _error(capsys, *base, "--files", str(jsonl))

@@ -145,7 +145,7 @@ def test_from_pretrained_with_device_map_auto_patches_and_unpatches(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto", dtype=torch.float32)
-    x = ids(1, 120)
+    x = ids(1, 120).to(model.get_input_embeddings().weight.device)  # a GPU where there is one
     base = logits(model, x)
     hf_hyper.patch(model, last_layers=2, config=EXACT)
     torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
