@@ -20,7 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
-from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .common import JobError, command_line, output_dir, save_results, today
+from .plots import plot_attention
 from .timing import environment, time_cuda
 
 BACKENDS = ("cudnn", "flash2", "flex", "hyper")
@@ -119,6 +120,13 @@ def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
     return flops * (3.5 if mode == "fwd+bwd" else 1.0)  # backward ~2.5x forward
 
 
+def hyper_config_from(args: argparse.Namespace) -> HyperAttentionConfig:
+    return HyperAttentionConfig(
+        block_size=args.block_size, sample_size=args.sample_size,
+        min_seq_len=args.min_seq_len, seed=0,
+    )  # fmt: skip
+
+
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
     if not torch.cuda.is_available():
         raise JobError("the attention benchmark times CUDA kernels; run it on a GPU machine")
@@ -126,12 +134,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
     if bad:
         raise JobError(f"unknown backend(s) {bad}; choose from {list(BACKENDS)}")
     dtype = DTYPES[args.dtype]
-    config = HyperAttentionConfig(
-        block_size=args.block_size,
-        sample_size=args.sample_size,
-        min_seq_len=args.min_seq_len,
-        seed=0,
-    )
+    config = hyper_config_from(args)
     rows: list[dict] = []
     for dim in args.head_dim:
         for causal in {"yes": [True], "no": [False], "both": [False, True]}[args.causal]:
@@ -206,21 +209,8 @@ def run(args: argparse.Namespace) -> Path:
         "date": today(),
         "environment": environment(),
         "shape": {"batch": 1, "heads": args.heads, "kv_heads": args.kv_heads, "dtype": args.dtype},
-        "hyper_config": {
-            "block_size": args.block_size,
-            "sample_size": args.sample_size,
-            "min_seq_len": args.min_seq_len,
-        },
+        "hyper_config": hyper_config_from(args).to_dict(),
         "rows": rows,
     }
-    write_json(out / "attention.json", payload)
-    table = markdown_table(rows, COLUMNS)
-    (out / "attention.md").write_text(table)
-    print(table)
-    try:
-        from .plots import plot_attention
-
-        plot_attention(out / "attention.json", out / "attention.png")
-    except JobError as err:
-        print(f"no plot: {err}")
+    save_results(out, "attention", payload, COLUMNS, plot_attention)
     return out

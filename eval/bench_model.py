@@ -17,7 +17,8 @@ import torch
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
-from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .common import JobError, command_line, output_dir, save_results, today
+from .plots import plot_model
 from .ppl import DTYPES, parse_patch_settings
 from .timing import environment, time_cuda
 
@@ -152,14 +153,5 @@ def run(args: argparse.Namespace) -> Path:
         "hyper_config": config.to_dict(),
         "rows": rows,
     }
-    write_json(out / "model.json", payload)
-    table = markdown_table(rows, COLUMNS)
-    (out / "model.md").write_text(table)
-    print(table)
-    try:
-        from .plots import plot_model
-
-        plot_model(out / "model.json", out / "model.png")
-    except JobError as err:
-        print(f"no plot: {err}")
+    save_results(out, "model", payload, COLUMNS, plot_model)
     return out

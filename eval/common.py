@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,24 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)  # never leave a half-written result behind
+
+
+def save_results(
+    out: Path,
+    stem: str,
+    payload: dict[str, Any],
+    columns: Sequence[tuple[str, str]],
+    plot: Callable[[Path, Path], Path],
+) -> None:
+    """Write `<stem>.json` (every number), `<stem>.md` (printed too) and `<stem>.png`."""
+    write_json(out / f"{stem}.json", payload)
+    table = markdown_table(payload["rows"], columns)
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+    try:
+        plot(out / f"{stem}.json", out / f"{stem}.png")
+    except JobError as err:
+        print(f"no plot: {err}")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

@@ -14,6 +14,13 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _save(plt, fig, png_path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)
+
+
 def plot_attention(json_path: Path, png_path: Path) -> Path:
     """Time vs sequence length, log-log, one panel per (head_dim, mode, causal)."""
     data = _load(Path(json_path))
@@ -36,10 +43,7 @@ def plot_attention(json_path: Path, png_path: Path) -> Path:
         ax.legend()
     env = data.get("environment", {})
     fig.suptitle(f"{env.get('device', '')}  torch {env.get('torch', '')}  {data.get('date', '')}")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return Path(png_path)
+    return _save(plt, fig, png_path)
 
 
 def plot_ppl(json_path: Path, png_path: Path) -> Path:
@@ -55,10 +59,7 @@ def plot_ppl(json_path: Path, png_path: Path) -> Path:
     ax.set_title(str(data.get("model", "")), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return Path(png_path)
+    return _save(plt, fig, png_path)
 
 
 def plot_model(json_path: Path, png_path: Path) -> Path:
@@ -78,7 +79,4 @@ def plot_model(json_path: Path, png_path: Path) -> Path:
     ax.set_title(f"{data.get('model', '')}  {env.get('device', '')}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return Path(png_path)
+    return _save(plt, fig, png_path)

@@ -23,8 +23,9 @@ import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
 from .cache import WindowCache, run_key
-from .common import JobError, command_line, markdown_table, output_dir, today, write_json
+from .common import JobError, command_line, output_dir, save_results, today
 from .nll import window_nll
+from .plots import plot_ppl
 from .texts import TextSource, load_documents
 from .timing import environment
 from .windows import Window, make_windows
@@ -234,16 +235,7 @@ def run(args: argparse.Namespace) -> Path | None:
         "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
         "rows": rows,
     }
-    write_json(out / "ppl.json", payload)
-    table = markdown_table(rows, COLUMNS)
-    (out / "ppl.md").write_text(table)
-    print(table)
-    try:
-        from .plots import plot_ppl
-
-        plot_ppl(out / "ppl.json", out / "ppl.png")
-    except JobError as err:
-        print(f"no plot: {err}")
+    save_results(out, "ppl", payload, COLUMNS, plot_ppl)
     return out
 
 

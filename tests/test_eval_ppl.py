@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_model
+
+from hf_hyper import cli
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.nll import window_nll
 from hf_hyper.eval.texts import TextSource, load_documents
 from hf_hyper.eval.windows import make_windows
-from tiny_models import tiny_model
-
-from hf_hyper import cli
 
 SMALL_HYPER = ["--block-size", "8", "--sample-size", "8", "--min-seq-len", "16"]
 
@@ -96,8 +96,9 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
-    from hf_hyper.eval.ppl import _token_streams  # same tokenisation as the job
     from transformers import AutoTokenizer
+
+    from hf_hyper.eval.ppl import _token_streams  # same tokenisation as the job
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     stream = _token_streams(tok, load_documents(TextSource()), per_document=False)

@@ -28,7 +28,8 @@ from .lsh import angular_lsh_rank
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs with head_dim <= 128,
-# chosen by timing on an H100 (benchmarks/; float32 and larger heads use small tiles).
+# chosen by timing on an H100 (benchmarks/tune_fused.py; float32 and larger heads use
+# small tiles).
 # Causal 131k, 32 heads, bf16: (64, 64, 4, 2) beat (128, 64, 8, 2) by 18% at head_dim
 # 64; (128, 64, 8, 3) beat it by 7% at 128; the dense kernel was flat within 2%.
 TUNING = {
