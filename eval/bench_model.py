@@ -18,8 +18,8 @@ import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
 from .common import JobError, command_line, output_dir, save_results, today
+from .models import DTYPES, parse_patch_settings
 from .plots import plot_model
-from .ppl import DTYPES, parse_patch_settings
 from .timing import environment, time_cuda
 
 SHAPES = {

@@ -1,4 +1,5 @@
-"""Append-only per-window results, so a killed run loses at most the window in flight."""
+"""Append-only per-item results (a window, a sample), so a killed run loses at most the
+item in flight."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ def run_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-class WindowCache:
-    """One JSON line per finished window in `<dir>/rank<r>.jsonl` (one file per process,
-    so processes never share a file); reading merges every rank's file."""
+class ResultLog:
+    """One JSON line per finished item in `<dir>/rank<r>.jsonl` (one file per process, so
+    processes never share a file); reading merges every rank's file. Records have a "key"."""
 
     def __init__(self, directory: Path, rank: int) -> None:
         self.directory = directory

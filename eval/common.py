@@ -41,10 +41,12 @@ def save_results(
     payload: dict[str, Any],
     columns: Sequence[tuple[str, str]],
     plot: Callable[[Path, Path], Path],
+    table: str | None = None,
 ) -> None:
-    """Write `<stem>.json` (every number), `<stem>.md` (printed too) and `<stem>.png`."""
+    """Write `<stem>.json` (every number), `<stem>.md` (printed too) and `<stem>.png`;
+    the table is made from `columns` of the rows unless given."""
     write_json(out / f"{stem}.json", payload)
-    table = markdown_table(payload["rows"], columns)
+    table = table if table is not None else markdown_table(payload["rows"], columns)
     (out / f"{stem}.md").write_text(table)
     print(table)
     try:

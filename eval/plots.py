@@ -80,3 +80,25 @@ def plot_model(json_path: Path, png_path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(plt, fig, png_path)
+
+
+def plot_longbench(json_path: Path, png_path: Path) -> Path:
+    """Score vs number of patched final layers, one line per task category (the
+    HyperAttention paper's LongBench figure)."""
+    data = _load(Path(json_path))
+    points = [a for a in data["averages"] if a.get("layer_count") is not None and a["score"]]
+    if not points:
+        raise JobError("no patch settings with a known layer count to plot")
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for group in dict.fromkeys(a["group"] for a in points):
+        pts = sorted((a["layer_count"], a["score"]) for a in points if a["group"] == group)
+        bold = group == "All"
+        ax.plot(*zip(*pts, strict=True), marker="o", label=group,
+                linewidth=2.5 if bold else 1.2, color="black" if bold else None)  # fmt: skip
+    ax.set_xlabel(f"patched layers (of {data.get('num_layers', '?')}, counted from the last)")
+    ax.set_ylabel("LongBench score")
+    ax.set_title(str(data.get("model", "")), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, png_path)

@@ -19,18 +19,24 @@ from pathlib import Path
 
 import torch
 
-import hf_hyper
-from hf_hyper import HyperAttentionConfig
-
-from .cache import WindowCache, run_key
+from .cache import ResultLog, run_key
 from .common import JobError, command_line, output_dir, save_results, today
+from .models import (
+    add_hyper_arguments,
+    add_model_arguments,
+    check_patch_values,
+    hyper_config,
+    load_model,
+    num_layers,
+    parse_patch_settings,
+    patched,
+)
 from .nll import window_nll
 from .plots import plot_ppl
 from .texts import TextSource, load_documents
 from .timing import environment
 from .windows import Window, make_windows
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COLUMNS = [
     ("patched_layers", "patched layers"),
     ("length", "length"),
@@ -42,12 +48,7 @@ COLUMNS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="from_pretrained id or local path")
-    p.add_argument("--tokenizer", default=None, help="default: --model")
-    p.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    p.add_argument("--device-map", default=None, help="e.g. auto: shard a big model over GPUs")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
+    add_model_arguments(p)
     text = p.add_argument_group("text (default: the bundled offline text)")
     text.add_argument("--dataset", default=None, help="HF dataset name or path")
     text.add_argument("--dataset-config", default=None)
@@ -65,61 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
     win.add_argument("--max-windows", type=int, default=None, help="per length")
     win.add_argument("--allow-beyond-max-positions", action="store_true")
-    hyp = p.add_argument_group("HyperAttention")
-    hyp.add_argument(
-        "--patch-layers",
-        nargs="+",
-        default=["0", "all"],
-        help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
-    )
-    hyp.add_argument("--block-size", type=int, default=256)
-    hyp.add_argument("--sample-size", type=int, default=256)
-    hyp.add_argument("--min-seq-len", type=int, default=4096)
-    hyp.add_argument("--lsh-num-projs", type=int, default=7)
-    hyp.add_argument("--seed", type=int, default=0)
+    add_hyper_arguments(p, patch_default=["0", "all"])
     p.add_argument("--output-dir", default="ppl-results")
-
-
-def parse_patch_settings(values: Sequence[str], num_layers: int) -> list[tuple[str, int]]:
-    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]."""
-    settings = []
-    for value in values:
-        if value == "all":
-            settings.append(("all", num_layers))
-            continue
-        try:
-            count = int(value)
-        except ValueError:
-            raise JobError(f"--patch-layers takes integers or 'all'; got {value!r}") from None
-        if not 0 <= count <= num_layers:
-            raise JobError(
-                f"--patch-layers {count} is beyond the model's {num_layers} layers "
-                f"(use 0..{num_layers} or 'all')"
-            )
-        settings.append((value, count))
-    return settings
-
-
-def _load_model(args: argparse.Namespace, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    looks_local = args.model.startswith(("/", "./", "../", "~"))
-    if looks_local and not Path(args.model).expanduser().exists():
-        raise JobError(f"no model at {args.model} (check --model)")
-    kwargs = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
-    if args.device_map:
-        kwargs["device_map"] = args.device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(
-            args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise JobError(f"cannot load model/tokenizer {args.model!r}: {first}") from err
-    if not args.device_map:
-        model.to(device)
-    return model.eval(), tokenizer
 
 
 def _token_streams(tokenizer, docs, per_document: bool) -> list[tuple[str, list[int]]]:
@@ -161,46 +109,36 @@ def run(args: argparse.Namespace) -> Path | None:
     accelerator = Accelerator(cpu=args.cpu)
     if args.device_map and accelerator.num_processes > 1:
         raise JobError("--device-map shards one model copy: run it in a single process")
+    check_patch_values(args.patch_layers)
+    hyper = hyper_config(args)
     out = output_dir(args.output_dir)
     source = TextSource(
         args.dataset, args.dataset_config, args.split, args.text_field,
         tuple(args.files), args.max_documents,
     )  # fmt: skip
     docs = load_documents(source)
-    model, tokenizer = _load_model(args, accelerator.device)
+    model, tokenizer = load_model(args, accelerator.device)
     _check_lengths(args, model)
-    num_layers = model.config.num_hidden_layers
-    settings = parse_patch_settings(args.patch_layers, num_layers)
-    hyper_config = HyperAttentionConfig(
-        lsh_num_projs=args.lsh_num_projs, block_size=args.block_size,
-        sample_size=args.sample_size, min_seq_len=args.min_seq_len, seed=args.seed,
-    )  # fmt: skip
+    layer_total = num_layers(model)
+    settings = parse_patch_settings(args.patch_layers, layer_total)
     streams = _token_streams(tokenizer, docs, args.per_document)
     windows = {n: make_windows(streams, n, args.stride, args.max_windows) for n in args.lengths}
     key = run_key(
         dict(model=args.model, dtype=args.dtype, text=source.describe(), docs=len(docs),
-             per_document=args.per_document, stride=args.stride, config=hyper_config.to_dict())
+             per_document=args.per_document, stride=args.stride, config=hyper.to_dict())
     )  # fmt: skip
-    cache = WindowCache(out / f"cache-{key}", accelerator.process_index)
+    cache = ResultLog(out / f"cache-{key}", accelerator.process_index)
     done = cache.load()
     rank, world = accelerator.process_index, accelerator.num_processes
 
     for label, count in settings:
-        if count:
-            try:
-                hf_hyper.patch(model, last_layers=count, config=hyper_config)
-            except (ValueError, TypeError) as err:
-                raise JobError(str(err)) from err
-        try:
+        with patched(model, count, hyper):
             for length, wins in windows.items():
                 mine = [w for w in wins[rank::world] if f"{label}|{w.id}" not in done]
                 desc = f"patched {label:>3} len {length}"
                 for window in tqdm(mine, desc=desc, disable=not accelerator.is_main_process):
                     nll, scored = _score(model, window, accelerator.device, label)
                     cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
-        finally:
-            if count:
-                hf_hyper.unpatch(model)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
@@ -225,13 +163,13 @@ def run(args: argparse.Namespace) -> Path | None:
         "processes": world,
         "model": args.model,
         "dtype": args.dtype,
-        "num_layers": num_layers,
+        "num_layers": layer_total,
         "text": source.describe(),
         "documents": [d.id for d in docs],
         "joined": not args.per_document,
         "stream_tokens": sum(len(ids) for _, ids in streams),
         "stride": args.stride,
-        "hyper_config": hyper_config.to_dict(),
+        "hyper_config": hyper.to_dict(),
         "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
         "rows": rows,
     }

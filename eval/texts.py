@@ -85,9 +85,7 @@ def load_documents(source: TextSource) -> list[Document]:
     if source.dataset:
         datasets = _datasets()
         try:
-            table = datasets.load_dataset(
-                source.dataset, source.dataset_config, split=source.split
-            )
+            table = datasets.load_dataset(source.dataset, source.dataset_config, split=source.split)
         except (FileNotFoundError, ValueError, ConnectionError) as err:
             raise JobError(f"cannot load dataset {source.dataset!r}: {err}") from err
         docs = _from_table(table, source.text_field, source.dataset)

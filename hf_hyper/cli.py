@@ -22,8 +22,16 @@ EXAMPLES = {
         "hf-hyper bench model --shape llama2-7b --lengths 8192 32768 --patch-layers 0 16 28\n"
         "hf-hyper bench model --model meta-llama/Llama-2-7b-hf --lengths 16384"
     ),
+    "longbench": (
+        "hf-hyper longbench --model THUDM/chatglm2-6b-32k --trust-remote-code "
+        "--max-length chatglm2-6b-32k --patch-layers 0 4 8 all\n"
+        "hf-hyper longbench --model ./my-model --data-dir LongBench/data --datasets all_e\n"
+        "hf-hyper longbench score longbench-results\n"
+        "accelerate launch -m hf_hyper.eval.longbench --model ./my-model --datasets hotpotqa"
+    ),
     "plot": "hf-hyper plot attention bench-attention/attention.json\n"
-    "hf-hyper plot ppl ppl-results/ppl.json",
+    "hf-hyper plot ppl ppl-results/ppl.json\n"
+    "hf-hyper plot longbench longbench-results/longbench.json",
 }
 
 
@@ -41,6 +49,7 @@ def _job(subparsers, name: str, module, help_text: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from hf_hyper.eval import bench_attention, bench_model, ppl
+    from hf_hyper.eval.longbench import run as longbench
 
     top = argparse.ArgumentParser(
         prog="hf-hyper",
@@ -48,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     jobs = top.add_subparsers(dest="job", required=True, metavar="JOB")
     _job(jobs, "ppl", ppl, "long-context perplexity, unpatched vs patched layers")
+    _job(jobs, "longbench", longbench, "LongBench v1 scores ('longbench score DIR' re-scores)")
     bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
     _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels")
@@ -59,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  " + EXAMPLES["plot"].replace("\n", "\n  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plot.add_argument("kind", choices=["attention", "ppl", "model"])
+    plot.add_argument("kind", choices=["attention", "ppl", "model", "longbench"])
     plot.add_argument("json_path")
     plot.add_argument("--png", default=None, help="default: next to the JSON")
     plot.set_defaults(run=_plot)
@@ -71,7 +81,12 @@ def _plot(args: argparse.Namespace) -> None:
 
     from hf_hyper.eval import plots
 
-    draw = {"attention": plots.plot_attention, "ppl": plots.plot_ppl, "model": plots.plot_model}
+    draw = {
+        "attention": plots.plot_attention,
+        "ppl": plots.plot_ppl,
+        "model": plots.plot_model,
+        "longbench": plots.plot_longbench,
+    }
     src = Path(args.json_path)
     print(draw[args.kind](src, Path(args.png) if args.png else src.with_suffix(".png")))
 
@@ -79,6 +94,11 @@ def _plot(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from hf_hyper.eval.common import JobError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["longbench", "score"]:  # a second form of one job, not a sub-job
+        from hf_hyper.eval.longbench.run import main as longbench_main
+
+        return longbench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         args.run(args)

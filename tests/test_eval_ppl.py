@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import save_tiny_checkpoint, tiny_model
 
 from hf_hyper import cli
 from hf_hyper.eval.common import JobError
@@ -25,20 +25,7 @@ SMALL_HYPER = ["--block-size", "8", "--sample-size", "8", "--min-seq-len", "16"]
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A 4-layer Llama and a 256-token BPE tokenizer trained on the bundled text."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    docs = load_documents(TextSource())
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "</s>"])
-    tok.train_from_iterator((d.text for d in docs[:10]), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
-    model = tiny_model("llama", vocab_size=tok.get_vocab_size(), max_position_embeddings=512)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _ppl(checkpoint: Path, out: Path, *extra: str) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -29,3 +31,41 @@ def tiny_model(model_type: str, attn_implementation: str = "sdpa", seed: int = 0
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+def save_tiny_checkpoint(
+    path: Path,
+    vocab_size: int = 256,
+    all_bytes: bool = False,
+    chat_template: str | None = None,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """A 4-layer Llama and a byte-level BPE tokenizer trained on the bundled text, saved
+    as a from_pretrained folder. `all_bytes` seeds the vocabulary with every byte, so any
+    text (Chinese too) encodes without <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_hyper.eval.texts import TextSource, load_documents
+
+    docs = load_documents(TextSource())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if all_bytes else []
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "</s>"], initial_alphabet=alphabet
+    )
+    tok.train_from_iterator((d.text for d in docs[:10]), trainer)
+    if all_bytes:
+        from tokenizers import decoders
+
+        tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    model = tiny_model(
+        "llama", vocab_size=tok.get_vocab_size(), max_position_embeddings=max_position_embeddings
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

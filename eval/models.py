@@ -1,0 +1,119 @@
+"""Model loading and patch settings shared by the jobs that run a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+
+from .common import JobError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="from_pretrained id or local path")
+    p.add_argument("--tokenizer", default=None, help="default: --model")
+    p.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--device-map", default=None, help="e.g. auto: shard a big model over GPUs")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
+
+
+def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]) -> None:
+    hyp = p.add_argument_group("HyperAttention")
+    hyp.add_argument(
+        "--patch-layers",
+        nargs="+",
+        default=list(patch_default),
+        help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
+    )
+    hyp.add_argument("--block-size", type=int, default=256)
+    hyp.add_argument("--sample-size", type=int, default=256)
+    hyp.add_argument("--min-seq-len", type=int, default=4096)
+    hyp.add_argument("--lsh-num-projs", type=int, default=7)
+    hyp.add_argument("--seed", type=int, default=0)
+
+
+def hyper_config(args: argparse.Namespace) -> HyperAttentionConfig:
+    try:
+        return HyperAttentionConfig(
+            lsh_num_projs=args.lsh_num_projs, block_size=args.block_size,
+            sample_size=args.sample_size, min_seq_len=args.min_seq_len, seed=args.seed,
+        )  # fmt: skip
+    except (ValueError, TypeError) as err:
+        raise JobError(str(err)) from err
+
+
+def check_patch_values(values: Sequence[str]) -> None:
+    """Syntax only, before a model is loaded (the layer count comes with the model)."""
+    for value in values:
+        if value != "all" and not value.isdigit():
+            raise JobError(f"--patch-layers takes integers or 'all'; got {value!r}")
+
+
+def parse_patch_settings(values: Sequence[str], num_layers: int) -> list[tuple[str, int]]:
+    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]."""
+    check_patch_values(values)
+    settings = []
+    for value in values:
+        count = num_layers if value == "all" else int(value)
+        if count > num_layers:
+            raise JobError(
+                f"--patch-layers {count} is beyond the model's {num_layers} layers "
+                f"(use 0..{num_layers} or 'all')"
+            )
+        settings.append((value, count))
+    return settings
+
+
+def num_layers(model) -> int:
+    config = model.config
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    if not count:
+        raise JobError(f"cannot tell how many layers {type(model).__name__} has")
+    return int(count)
+
+
+def load_model(args: argparse.Namespace, device: torch.device):
+    """(model in eval mode on `device` or spread by --device-map, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = args.model.startswith(("/", "./", "../", "~"))
+    if looks_local and not Path(args.model).expanduser().exists():
+        raise JobError(f"no model at {args.model} (check --model)")
+    kwargs = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise JobError(f"cannot load model/tokenizer {args.model!r}: {first}") from err
+    if not args.device_map:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+@contextmanager
+def patched(model, count: int, config: HyperAttentionConfig) -> Iterator[None]:
+    """HyperAttention in the last `count` layers inside the block (0: unchanged)."""
+    if count:
+        try:
+            hf_hyper.patch(model, last_layers=count, config=config)
+        except (ValueError, TypeError) as err:
+            raise JobError(str(err)) from err
+    try:
+        yield
+    finally:
+        if count:
+            hf_hyper.unpatch(model)
