@@ -38,6 +38,7 @@ from .prompts import CHAT_MODES, build_prompt, uses_chat
 from .protocol import prompt_budget, tasks
 from .report import markdown, score_predictions
 from .samples import HUB_REPO, HUB_REVISION, Sample, load_samples
+from .scoring import MissingExtra, require_libraries
 from .store import PredictionFile, check_run_settings, write_run_settings
 
 # Room left under max_position_embeddings by the default budget: the chat wrapper and the
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> Path | None:
     check_patch_values(args.patch_layers)
     hyper = hyper_config(args)
     chosen = tasks(args.datasets)
+    try:
+        require_libraries(chosen)
+    except MissingExtra as err:
+        raise JobError(str(err)) from err
     if args.max_length is not None:
         prompt_budget(str(args.max_length))  # a bad value fails before the model loads
     accelerator = Accelerator(cpu=args.cpu)

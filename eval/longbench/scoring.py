@@ -163,6 +163,17 @@ METRIC_FUNCTIONS: dict[str, Callable[[str, str, Sequence[str]], float]] = {
 }
 
 
+_LIBRARIES = {"qa_f1_zh": ("jieba",), "rouge_l": ("rouge",), "rouge_l_zh": ("rouge", "jieba"),
+              "code_sim": ("rapidfuzz.fuzz",)}  # fmt: skip
+
+
+def require_libraries(tasks: Sequence[Task]) -> None:
+    """Fail before hours of generation, not at scoring time."""
+    for t in tasks:
+        for module in _LIBRARIES.get(t.metric, ()):
+            _need(module)
+
+
 def score_sample(task: Task, prediction: str, answers: Sequence[str], classes=()) -> float:
     """Best score over the gold answers, after the benchmark's post-processing."""
     if task.first_line_only:
