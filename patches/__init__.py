@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from .attention_interface import MODEL_TYPES as _INTERFACE_TYPES
 from .attention_interface import AttentionInterfaceAdapter
+from .chatglm import MODEL_TYPES as _CHATGLM_TYPES
+from .chatglm import ChatGLMAdapter
 
 ADAPTERS: dict[str, object] = {t: AttentionInterfaceAdapter() for t in _INTERFACE_TYPES}
+ADAPTERS.update({t: ChatGLMAdapter() for t in _CHATGLM_TYPES})
 
-__all__ = ["ADAPTERS", "AttentionInterfaceAdapter"]
+__all__ = ["ADAPTERS", "AttentionInterfaceAdapter", "ChatGLMAdapter"]

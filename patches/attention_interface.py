@@ -22,7 +22,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from hf_hyper.attention import hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
-from .masks import key_ranges_from_mask
+from .masks import attention_per_sequence, key_ranges_from_mask
 
 PREFIX = "hf_hyper+"
 CONFIG_ATTR = "hf_hyper_config"
@@ -109,31 +109,10 @@ def _make_attention_function(previous: str) -> Callable:
         if ranges is None:
             out = hyper_attention(query, key, value, causal=causal, scale=scaling, config=config)
         else:
-            out = _per_sequence(query, key, value, ranges, causal, scaling, config)
+            out = attention_per_sequence(query, key, value, ranges, causal, scaling, config)
         return out.transpose(1, 2).contiguous(), None  # [b, h, n, d] -> [b, n, h, d]
 
     return attention
-
-
-def _per_sequence(query, key, value, ranges, causal, scaling, config) -> torch.Tensor:
-    """Padded batch: each sequence runs on its own valid keys [start, stop); query rows
-    outside the valid range (padding) get zeros."""
-    n_query, n_key = query.shape[2], key.shape[2]
-    out = query.new_zeros(*query.shape[:3], value.shape[-1])
-    for b, (start, stop) in enumerate(ranges):
-        q_start = max(start - (n_key - n_query), 0) if causal else 0
-        q_stop = stop - (n_key - n_query) if causal else n_query
-        if q_stop <= q_start:
-            continue
-        out[b : b + 1, :, q_start:q_stop] = hyper_attention(
-            query[b : b + 1, :, q_start:q_stop],
-            key[b : b + 1, :, start:stop],
-            value[b : b + 1, :, start:stop],
-            causal=causal,
-            scale=scaling,
-            config=config,
-        )
-    return out
 
 
 def _register(previous: str) -> str:

@@ -1,8 +1,11 @@
-"""Reading transformers' attention masks as per-sequence valid key ranges."""
+"""Padding masks as per-sequence valid key ranges, and attention run per sequence."""
 
 from __future__ import annotations
 
 import torch
+
+from hf_hyper.attention import hyper_attention
+from hf_hyper.config import HyperAttentionConfig
 
 
 def key_ranges_from_mask(
@@ -58,3 +61,32 @@ def _check_pattern(allowed, valid, n_query: int, n_key: int, causal: bool) -> No
             "(sliding window, packed sequences or a custom mask?); HyperAttention cannot "
             "honour it — patch only full causal-attention layers"
         )
+
+
+def attention_per_sequence(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    ranges: list[tuple[int, int]],
+    causal: bool,
+    scale: float | None,
+    config: HyperAttentionConfig,
+) -> torch.Tensor:
+    """Padded batch [b, h, n, d]: each sequence runs on its own valid keys [start, stop);
+    query rows outside the valid range (padding) get zeros."""
+    n_query, n_key = query.shape[2], key.shape[2]
+    out = query.new_zeros(*query.shape[:3], value.shape[-1])
+    for b, (start, stop) in enumerate(ranges):
+        q_start = max(start - (n_key - n_query), 0) if causal else 0
+        q_stop = stop - (n_key - n_query) if causal else n_query
+        if q_stop <= q_start:
+            continue
+        out[b : b + 1, :, q_start:q_stop] = hyper_attention(
+            query[b : b + 1, :, q_start:q_stop],
+            key[b : b + 1, :, start:stop],
+            value[b : b + 1, :, start:stop],
+            causal=causal,
+            scale=scale,
+            config=config,
+        )
+    return out
