@@ -132,3 +132,19 @@ def test_not_a_chatglm_tree():
 
     with pytest.raises(ValueError, match="not a ChatGLM2/3 model"):
         hf_hyper.patch(Fake(), last_layers=1)
+
+
+@pytest.mark.gpu
+def test_chatglm2_6b_head_sizes_at_32k_bf16():
+    """ChatGLM2-6B's attention sizes (32 heads of 128, 2 KV groups, hidden 4096), two
+    layers, random weights: patched prefill at 32k in bf16 is finite and near unpatched."""
+    model = tiny_chatglm(num_layers=2, hidden_size=4096, kv_channels=128, num_attention_heads=32,
+                         ffn_hidden_size=13696, padded_vocab_size=512)  # fmt: skip
+    model = model.to("cuda", torch.bfloat16)
+    x = ids(1, 32768).cuda() % 512
+    base = logits(model, x)
+    hf_hyper.patch(model, last_layers=2, config=HyperAttentionConfig(min_seq_len=4096))
+    out = logits(model, x)
+    assert torch.isfinite(out).all()
+    change = ((out - base).abs().mean() / base.abs().mean()).item()
+    assert change < 0.5, change

@@ -225,3 +225,15 @@ def test_two_processes_give_the_same_predictions(checkpoint, data_dir, tmp_path)
     for path in sorted((tmp_path / "one" / "predictions").rglob("*.jsonl")):
         other = tmp_path / "two" / path.relative_to(tmp_path / "one")
         assert other.read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.gpu
+def test_job_runs_on_cuda_in_bf16(checkpoint, data_dir, tmp_path):
+    out = tmp_path / "gpu"
+    args = ["longbench", "--model", str(checkpoint), "--dtype", "bf16", "--data-dir",
+            str(data_dir), "--output-dir", str(out), "--max-length", "160", *SMALL_HYPER,
+            "--datasets", "hotpotqa", "lcc", "--patch-layers", "0", "all"]  # fmt: skip
+    assert cli.main(args) == 0
+    data = json.loads((out / "longbench.json").read_text())
+    assert "device" in data["environment"]  # recorded only when CUDA is in use
+    assert len(data["rows"]) == 4 and all(0 <= r["score"] <= 100 for r in data["rows"])

@@ -46,7 +46,8 @@ class RMSNorm(nn.Module):
 
 def rotary_cache(positions: torch.Tensor, rot_dim: int) -> torch.Tensor:
     """[b, n, rot_dim / 2, 2] of (cos, sin) for positions [b, n]."""
-    theta = 1.0 / 10000 ** (torch.arange(0, rot_dim, 2, dtype=torch.float64) / rot_dim)
+    steps = torch.arange(0, rot_dim, 2, dtype=torch.float64, device=positions.device)
+    theta = 1.0 / 10000 ** (steps / rot_dim)
     angles = positions.double()[..., None] * theta
     return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
 
@@ -77,16 +78,14 @@ class CoreAttention(nn.Module):
         self.hidden_size_per_partition = config.kv_channels * config.num_attention_heads
         self.coeff = max(1, layer_number)  # query-key layer scaling: cancels in the product
         self.norm_factor = math.sqrt(config.kv_channels) * self.coeff
-        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)  # read by the adapter
 
-    def _attend(self, q, k, v, mask):  # [b, h, n, d], mask True = masked
-        scores = (q @ k.transpose(-1, -2)).float() / self.norm_factor * self.coeff
+    def _attend(self, q, k, v, mask):  # [b, h, n, d]; mask True = masked, as ChatGLM's
+        # ChatGLM2 on torch >= 2 runs SDPA: causal when there is no mask, else the inverted
+        # mask (its eager path, with the layer-number coefficient, computes the same).
         if mask is None and q.shape[2] == k.shape[2]:
-            mask = ~torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        probs = self.attention_dropout(F.softmax(scores, dim=-1).type_as(v))
-        return probs @ v
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, None if mask is None else ~mask)
 
     def forward(self, query_layer, key_layer, value_layer, attention_mask):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query_layer, key_layer, value_layer))
@@ -178,12 +177,12 @@ class ChatGLMModel(nn.Module):
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
 
     @staticmethod
-    def get_masks(n: int, past: int, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def get_masks(n: int, past: int, padding_mask: torch.Tensor | None, device=None):
         """ChatGLM's convention: [b, 1, n, past + n], True = masked."""
         b = 1 if padding_mask is None else padding_mask.shape[0]
-        full = torch.ones(b, n, n).tril()
+        full = torch.ones(b, n, n, device=device).tril()
         if past:
-            full = torch.cat([torch.ones(b, n, past), full], dim=-1)
+            full = torch.cat([torch.ones(b, n, past, device=device), full], dim=-1)
         if padding_mask is not None:
             full = full * padding_mask[:, None, :].float()
             if not past:
@@ -196,12 +195,12 @@ class ChatGLMModel(nn.Module):
             2 if self.config.batch_first else 0]  # fmt: skip
         mask = None
         if (attention_mask is not None and not attention_mask.all()) or (past and n != 1):
-            mask = self.get_masks(n, past, attention_mask)
+            mask = self.get_masks(n, past, attention_mask, input_ids.device)
         x = self.embedding(input_ids)  # [b, n, h]
         if not self.config.batch_first:
             x = x.transpose(0, 1).contiguous()  # [n, b, h]
         if position_ids is None:
-            position_ids = torch.arange(past, past + n).expand(b, n)
+            position_ids = torch.arange(past, past + n, device=input_ids.device).expand(b, n)
         rope = rotary_cache(position_ids, self.config.kv_channels // 2)
         presents = []
         for i, layer in enumerate(self.encoder.layers):
