@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> Path:
     rows = run_benchmark(args)
     payload = {
         "job": "bench attention",
-        "command": command_line(),
+        "command": command_line("bench attention"),
         "date": today(),
         "environment": environment(),
         "shape": {"batch": 1, "heads": args.heads, "kv_heads": args.kv_heads, "dtype": args.dtype},

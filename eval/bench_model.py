@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> Path:
             print(f"  {row}", flush=True)
     payload = {
         "job": "bench model",
-        "command": command_line(),
+        "command": command_line("bench model"),
         "date": today(),
         "environment": environment(),
         "model": name,

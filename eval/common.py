@@ -15,8 +15,15 @@ class JobError(Exception):
     """Bad input to a job; the CLI prints the message (which names the fix) and exits 2."""
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["hf-hyper", *sys.argv[1:]])
+def command_line(job: str) -> str:
+    """The `hf-hyper <job> ...` command that reproduces this run, also when it was started
+    as a module (`accelerate launch -m hf_hyper.eval.ppl ...` has no job word in argv)."""
+    args, words = sys.argv[1:], job.split()
+    for i in range(len(words) + 1):  # the longest tail of the job words that argv starts with
+        if args[: len(words) - i] == words[i:]:
+            args = words[:i] + args
+            break
+    return " ".join(shlex.quote(a) for a in ["hf-hyper", *args])
 
 
 def today() -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def _score(model, window: Window, device: torch.device, setting: str) -> tuple[f
     return nll, count
 
 
+def _throughput(accelerator, tokens: int, seconds: float) -> dict:
+    """Tokens this run pushed through the model (every process), per wall-clock second
+    from the first window to the last process finishing; resumed work is not counted."""
+    import torch
+
+    total = accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum")
+    tokens = int(total.item())
+    return {"tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> Path | None:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> Path | None:
     done = cache.load()
     rank, world = accelerator.process_index, accelerator.num_processes
 
+    started, computed = time.perf_counter(), 0
     for label, count in settings:
         with patched(model, count, hyper):
             for length, wins in windows.items():
@@ -139,7 +152,9 @@ def run(args: argparse.Namespace) -> Path | None:
                 for window in tqdm(mine, desc=desc, disable=not accelerator.is_main_process):
                     nll, scored = _score(model, window, accelerator.device, label)
                     cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
+                    computed += len(window.ids)
     accelerator.wait_for_everyone()
+    throughput = _throughput(accelerator, computed, time.perf_counter() - started)
     if not accelerator.is_main_process:
         return None
 
@@ -157,10 +172,11 @@ def run(args: argparse.Namespace) -> Path | None:
             )  # fmt: skip
     payload = {
         "job": "ppl",
-        "command": command_line(),
+        "command": command_line("ppl"),
         "date": today(),
         "environment": environment(),
         "processes": world,
+        "throughput": throughput,
         "model": args.model,
         "dtype": args.dtype,
         "num_layers": layer_total,

@@ -151,3 +151,30 @@ def test_from_pretrained_with_device_map_auto_patches_and_unpatches(tmp_path):
     torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
     hf_hyper.unpatch(model)
     assert torch.equal(logits(model, x), base)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_device_map_over_two_gpus_matches_one_gpu(tmp_path):
+    """Layers spread over two GPUs by accelerate: patched logits equal the one-GPU patched
+    logits (same seed, same arithmetic), generate() runs, unpatch restores bits."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("llama", num_hidden_layers=6).save_pretrained(tmp_path)
+    one = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).to("cuda:0")
+    split = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.float32, device_map="auto", max_memory={0: "200KB", 1: "10GB"}
+    )
+    devices = {p.device.index for p in split.parameters()}
+    assert devices == {0, 1}, devices  # really spread over both
+    x = ids(1, 600).to("cuda:0")
+    base = logits(split, x)
+    for model in (one, split):
+        hf_hyper.patch(model, last_layers=4, config=APPROX)
+    expected, got = logits(one, x), logits(split, x).to("cuda:0")
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert (got - base.to("cuda:0")).abs().max() > 1e-3  # HyperAttention really ran
+    out = split.generate(x, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 605)
+    hf_hyper.unpatch(split)
+    assert torch.equal(logits(split, x), base)

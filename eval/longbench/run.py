@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> Path | None:
     scores["averages"] = [a for a in scores["averages"] if a["setting"] in labels]
     payload = {
         "job": "longbench",
-        "command": command_line(),
+        "command": command_line("longbench"),
         "date": today(),
         "environment": environment(),
         "processes": world,
@@ -204,7 +204,7 @@ def score(args: argparse.Namespace) -> Path:
     out = output_dir(args.output_dir or root)
     payload = {
         "job": "longbench score",
-        "command": command_line(),
+        "command": command_line("longbench score"),
         "date": today(),
         "model": known.get("model"),
         "num_layers": layers,
