@@ -148,3 +148,17 @@ def test_chatglm2_6b_head_sizes_at_32k_bf16():
     assert torch.isfinite(out).all()
     change = ((out - base).abs().mean() / base.abs().mean()).item()
     assert change < 0.5, change
+
+
+@pytest.mark.parametrize("batch_first", LAYOUTS)
+def test_chunked_prefill_is_aligned_causally(batch_first):
+    """Forced exact, a long chunk after a cached prefix gives the one-shot logits: the
+    queries are the last rows of the keys (bottom-right causal alignment)."""
+    model = tiny_chatglm(batch_first)
+    x = ids(1, 200, seed=5)
+    full = logits(model, x)
+    hf_hyper.patch(model, last_layers=3, config=EXACT)
+    with torch.no_grad():
+        _, cache = model(x[:, :120])
+        chunk, _ = model(x[:, 120:], past_key_values=cache)
+    torch.testing.assert_close(chunk, full[:, 120:], atol=1e-4, rtol=1e-4)
