@@ -11,6 +11,7 @@ if (_root / "pyproject.toml").is_file() and (_root / "patches" / "__init__.py").
 
 from .attention import hyper_attention, hyper_attention_with_lse  # noqa: E402
 from .config import HyperAttentionConfig  # noqa: E402
+from .hype import HyPEConfig  # noqa: E402
 from .patching import (  # noqa: E402
     PatchReport,
     patch,
@@ -19,15 +20,41 @@ from .patching import (  # noqa: E402
     unpatch,
 )
 
+
+def apply_hype(model, config, replace_rope: bool = False):
+    """HyPE in every attention layer of a transformers model: on top of its position
+    encoding, or instead of RoPE (`replace_rope=True`). See hf_hyper.patches.hype_models."""
+    from hf_hyper.patches.hype_models import apply_hype as _apply
+
+    return _apply(model, config, replace_rope=replace_rope)
+
+
+def remove_hype(model) -> None:
+    from hf_hyper.patches.hype_models import remove_hype as _remove
+
+    _remove(model)
+
+
+def load_hype_model(path, **from_pretrained_kwargs):
+    """from_pretrained for a checkpoint saved after `apply_hype` (settings and mu / tau)."""
+    from hf_hyper.patches.hype_models import load_hype_model as _load
+
+    return _load(path, **from_pretrained_kwargs)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "HyPEConfig",
     "HyperAttentionConfig",
     "PatchReport",
     "hyper_attention",
     "hyper_attention_with_lse",
+    "apply_hype",
+    "load_hype_model",
     "patch",
     "patch_report",
+    "remove_hype",
     "supported_model_types",
     "unpatch",
 ]

@@ -137,6 +137,11 @@ class AttentionInterfaceAdapter:
 
     def check(self, model: PreTrainedModel) -> None:
         previous = model.config._attn_implementation
+        if previous is not None and previous.startswith("hf_hyper_hype+"):
+            raise ValueError(
+                "this model carries HyPE (apply_hype); patching it with HyperAttention would "
+                "drop the HyPE bias in the patched layers. Use HyPE's own kernel='hyper' path"
+            )
         if previous is None or previous.startswith(PREFIX):
             raise ValueError(f"unexpected attention implementation {previous!r}")
 
