@@ -201,6 +201,7 @@ def hype_attention(
     chunk_size: int | None = 1024,
     hyper_config: HyperAttentionConfig | None = None,
     q_offset: int | None = None,
+    hash_augmented: bool = False,
 ) -> Tensor:
     """Attention with the HyPE bias through a fused kernel.
 
@@ -208,6 +209,8 @@ def hype_attention(
     Query i sits at position q_offset + i (default: the last nq of nk positions).
     kernel: "sdpa" or "hyper" (HyperAttention; runs in float32, so the bias columns keep
     full precision). The softmax scale applies to q.k only: columns are divided by it.
+    hash_augmented: HyperAttention's LSH sees the HyPE columns too (default: only the
+    original head_dim features; benchmarks/hype_lsh_inputs.py measures both).
     """
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
@@ -252,7 +255,8 @@ def hype_attention(
             out = sdpa_kernel(q_aug, k_aug, v_chunk, causal=causal, scale=scale)
         else:
             out = hyper_attention(
-                q_aug, k_aug, v_chunk, causal=causal, scale=scale, config=hyper_config
+                q_aug, k_aug, v_chunk, causal=causal, scale=scale, config=hyper_config,
+                hash_dims=None if hash_augmented else dim,
             )
         outs.append(out.to(q.dtype))
     return torch.cat(outs, dim=2)

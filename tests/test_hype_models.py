@@ -116,3 +116,13 @@ def test_refusals(tmp_path):
         plain = tiny_model("llama")
         plain.save_pretrained(tmp_path)
         hf_hyper.load_hype_model(tmp_path)
+
+
+@pytest.mark.gpu
+def test_hype_only_model_at_32k_in_bf16():
+    model = tiny_model("llama", hidden_size=512, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=1024, max_position_embeddings=32768)  # fmt: skip
+    model = model.to("cuda", torch.bfloat16)
+    hf_hyper.apply_hype(model, HyPEConfig.alibi(4), replace_rope=True)
+    x = torch.randint(1, 128, (1, 32768), device="cuda")
+    assert torch.isfinite(logits(model, x)).all()

@@ -267,3 +267,37 @@ def test_cuda_error_level_matches_cpu_with_a_seed():
     exact = reference_attention(q, k, v, causal=True)[0]
     assert abs(relative_error_to_v(gpu.cpu(), exact, v) - relative_error_to_v(cpu, exact, v)) < 0.02
     assert math.isfinite(gpu.float().sum().item())
+
+
+def test_hash_dims_limits_what_the_lsh_sees():
+    from helpers import random_qkv
+
+    from hf_hyper import hyper_attention
+
+    q, k, v = random_qkv(1, 2, 2, 600, 600, dim=16, dtype=torch.float32)
+    config = HyperAttentionConfig(block_size=32, sample_size=32, min_seq_len=64, seed=0)
+    full = hyper_attention(q, k, v, causal=True, config=config)
+    assert torch.equal(hyper_attention(q, k, v, causal=True, config=config, hash_dims=16), full)
+    # extra columns that the hash ignores leave the buckets (and so the output) unchanged
+    # when they add nothing to q.k: zeros on the key side
+    q_aug = torch.cat([q, torch.randn(1, 2, 600, 4)], dim=-1)
+    k_aug = torch.cat([k, torch.zeros(1, 2, 600, 4)], dim=-1)
+    ignored = hyper_attention(q_aug, k_aug, v, causal=True, config=config, hash_dims=16,
+                              scale=16**-0.5)  # fmt: skip
+    torch.testing.assert_close(ignored, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="hash_dims must be in 1..16"):
+        hyper_attention(q, k, v, causal=True, config=config, hash_dims=17)
+
+
+@pytest.mark.gpu
+def test_hash_dims_same_in_fused_and_torch_paths():
+    from hf_hyper import hyper_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 8192, 64, device="cuda", generator=g) for _ in range(3))
+    outs = []
+    for backend in ("torch", "triton"):
+        config = HyperAttentionConfig(min_seq_len=1024, seed=0, backend=backend)
+        with torch.no_grad():
+            outs.append(hyper_attention(q, k, v, causal=True, config=config, hash_dims=48))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)

@@ -266,6 +266,7 @@ def fused_hyper_attention_with_lse(
     scale: float,
     config: HyperAttentionConfig,
     rng: _Randomness,
+    hash_dims: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """HyperAttention forward with Triton kernels; inputs already validated.
 
@@ -281,9 +282,10 @@ def fused_hyper_attention_with_lse(
     problem = _Problem(q, k, v, out, lse, scale)
     q_rank = k_rank = None
     if n_query > config.min_seq_len:
-        planes = rng.hyperplanes(dim, config.lsh_num_projs)
-        q_rank = angular_lsh_rank(q, planes).reshape(b * hk, g, n_query)
-        k_rank = angular_lsh_rank(k, planes).reshape(b * hk, n_key)
+        hd = dim if hash_dims is None else hash_dims
+        planes = rng.hyperplanes(hd, config.lsh_num_projs)
+        q_rank = angular_lsh_rank(q[..., :hd], planes).reshape(b * hk, g, n_query)
+        k_rank = angular_lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key)
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:

@@ -386,15 +386,21 @@ def hyper_attention_with_lse(
     scale: float | None = None,
     config: HyperAttentionConfig | None = None,
     generator: torch.Generator | None = None,
+    hash_dims: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """HyperAttention returning (out [b, hq, nq, dv] in q's dtype, lse [b, hq, nq] float32+).
 
     q [b, hq, nq, d], k [b, hk, nk, d], v [b, hk, nk, dv] with hq a multiple of hk.
     causal: queries are the last nq positions of the nk keys (prefill with a cache offset
     when nq < nk). generator (or config.seed) makes hyperplanes and samples reproducible.
+    hash_dims: the LSH sees only the first hash_dims features of q and k (e.g. not the
+    columns a position bias appended); None = all.
     """
     config = config or HyperAttentionConfig()
     _check_inputs(q, k, v, causal)
+    hash_dims = q.shape[-1] if hash_dims is None else int(hash_dims)
+    if not 0 < hash_dims <= q.shape[-1]:
+        raise ValueError(f"hash_dims must be in 1..{q.shape[-1]}; got {hash_dims}")
     if generator is None and config.seed is not None:
         # on the inputs' device: drawing on the CPU and copying over would stall the GPU
         generator = torch.Generator(device=q.device).manual_seed(config.seed)
@@ -405,7 +411,7 @@ def hyper_attention_with_lse(
         from .fused import fused_hyper_attention_with_lse
 
         return fused_hyper_attention_with_lse(
-            q, k, v, causal=causal, scale=scale, config=config, rng=rng
+            q, k, v, causal=causal, scale=scale, config=config, rng=rng, hash_dims=hash_dims
         )
 
     b, hq, n_query, dim = q.shape
@@ -416,8 +422,9 @@ def hyper_attention_with_lse(
     # One set of hyperplanes per call, shared by every recursion level (hash once).
     q_rank = k_rank = None
     if n_query > config.min_seq_len:
-        planes = rng.hyperplanes(dim, config.lsh_num_projs)
-        q_rank, k_rank = angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes)
+        planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
+        q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
+        k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
 
     if not causal:
         out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng)
@@ -445,10 +452,12 @@ def hyper_attention(
     scale: float | None = None,
     config: HyperAttentionConfig | None = None,
     generator: torch.Generator | None = None,
+    hash_dims: int | None = None,
 ) -> Tensor:
     """HyperAttention output [b, hq, nq, dv]; see `hyper_attention_with_lse`."""
     out, _ = hyper_attention_with_lse(
-        q, k, v, causal=causal, scale=scale, config=config, generator=generator
+        q, k, v, causal=causal, scale=scale, config=config, generator=generator,
+        hash_dims=hash_dims,
     )
     return out
 
