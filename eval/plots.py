@@ -86,7 +86,9 @@ def plot_longbench(json_path: Path, png_path: Path) -> Path:
     """Score vs number of patched final layers, one line per task category (the
     HyperAttention paper's LongBench figure)."""
     data = _load(Path(json_path))
-    points = [a for a in data["averages"] if a.get("layer_count") is not None and a["score"]]
+    points = [
+        a for a in data["averages"] if a.get("layer_count") is not None and a["score"] is not None
+    ]
     if not points:
         raise JobError("no patch settings with a known layer count to plot")
     plt = require_matplotlib()
