@@ -15,6 +15,15 @@ class JobError(Exception):
     """Bad input to a job; the CLI prints the message (which names the fix) and exits 2."""
 
 
+def release_processes() -> None:
+    """Tear the process group down before exit: one left to interpreter shutdown can abort
+    a process (SIGABRT in gloo) after its work is done, failing the whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def command_line(job: str) -> str:
     """The `hf-hyper <job> ...` command that reproduces this run, also when it was started
     as a module (`accelerate launch -m hf_hyper.eval.ppl ...` has no job word in argv)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .cache import ResultLog, run_key
-from .common import JobError, command_line, output_dir, save_results, today
+from .common import JobError, command_line, output_dir, release_processes, save_results, today
 from .models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> Path | None:
     accelerator.wait_for_everyone()
     throughput = _throughput(accelerator, computed, time.perf_counter() - started)
     if not accelerator.is_main_process:
+        release_processes()
         return None
 
     done = cache.load()
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> Path | None:
         "rows": rows,
     }
     save_results(out, "ppl", payload, COLUMNS, plot_ppl)
+    release_processes()
     return out
 
 

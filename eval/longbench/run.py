@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..common import JobError, command_line, output_dir, save_results, today
+from ..common import JobError, command_line, output_dir, release_processes, save_results, today
 from ..models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> Path | None:
                     file.append(_record(sample, prompt, pred, new_tokens))
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
+        release_processes()
         return None
 
     for label, _ in settings:
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace) -> Path | None:
         **scores,
     }
     save_results(out, "longbench", payload, (), plot_longbench, table=markdown(payload))
+    release_processes()
     return out
 
 
