@@ -42,6 +42,14 @@ def load_hype_model(path, **from_pretrained_kwargs):
     return _load(path, **from_pretrained_kwargs)
 
 
+def load_chatglm(path, *, trust_remote_code: bool = False, **from_pretrained_kwargs):
+    """ChatGLM2-6B(-32k) / ChatGLM3 remote code, made to load, run and generate on
+    transformers 5 (see hf_hyper.patches.chatglm_compat); trust_remote_code must be True."""
+    from hf_hyper.patches.chatglm_compat import load_chatglm as _load
+
+    return _load(path, trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "PatchReport",
     "hyper_attention",
     "hyper_attention_with_lse",
+    "load_chatglm",
     "apply_hype",
     "load_hype_model",
     "patch",

@@ -44,7 +44,13 @@ def supported_model_types() -> list[str]:
 
 
 def _adapter_for(model: nn.Module):
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    from hf_hyper.patches import CONFIG_CLASS_TYPES
+
+    config = getattr(model, "config", None)
+    # some remote-code configs leave model_type empty; their class name still says it
+    model_type = getattr(config, "model_type", None) or CONFIG_CLASS_TYPES.get(
+        type(config).__name__
+    )
     adapters = _adapters()
     if model_type not in adapters:
         raise ValueError(

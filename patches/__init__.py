@@ -14,5 +14,7 @@ from .chatglm import ChatGLMAdapter
 
 ADAPTERS: dict[str, object] = {t: AttentionInterfaceAdapter() for t in _INTERFACE_TYPES}
 ADAPTERS.update({t: ChatGLMAdapter() for t in _CHATGLM_TYPES})
+# Remote-code config classes whose `model_type` may be empty, by class name.
+CONFIG_CLASS_TYPES: dict[str, str] = {"ChatGLMConfig": "chatglm"}
 
-__all__ = ["ADAPTERS", "AttentionInterfaceAdapter", "ChatGLMAdapter"]
+__all__ = ["ADAPTERS", "CONFIG_CLASS_TYPES", "AttentionInterfaceAdapter", "ChatGLMAdapter"]

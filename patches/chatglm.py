@@ -28,6 +28,7 @@ from torch import nn
 from hf_hyper.attention import hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
+from .chatglm_compat import fix_generation, remove_generation_fixes
 from .masks import attention_per_sequence, key_ranges_from_mask
 
 MODEL_TYPES = ("chatglm",)
@@ -149,8 +150,11 @@ class ChatGLMAdapter:
             core = modules[i].self_attention.core_attention
             layouts[i] = detect_layout(core)
             core.forward = _make_forward(core, config, layouts[i])
-        return {"layout": sorted(set(layouts.values()))}
+        compat = fix_generation(model)  # remote code on transformers 5; [] if not needed
+        return {"layout": sorted(set(layouts.values())), "compat": compat}
 
     def unpatch(self, model: nn.Module, state: dict) -> None:
         for layer in glm_layers(model):
             vars(layer.self_attention.core_attention).pop("forward", None)
+        if state.get("compat"):
+            remove_generation_fixes(model)
