@@ -83,7 +83,7 @@ def num_layers(model) -> int:
 
 def load_model(args: argparse.Namespace, device: torch.device):
     """(model in eval mode on `device` or spread by --device-map, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     looks_local = args.model.startswith(("/", "./", "../", "~"))
     if looks_local and not Path(args.model).expanduser().exists():
@@ -92,7 +92,12 @@ def load_model(args: argparse.Namespace, device: torch.device):
     if args.device_map:
         kwargs["device_map"] = args.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        if config.model_type == "chatglm" or type(config).__name__ == "ChatGLMConfig":
+            # remote code written for transformers 4: loaded through the compatibility layer
+            model = hf_hyper.load_chatglm(args.model, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(
             args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
         )
