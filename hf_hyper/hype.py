@@ -270,11 +270,26 @@ class HyPE(nn.Module):
         self.config = config
         mu, tau = config.per_head(num_heads)
         if config.learnable:
-            self.mu = nn.Parameter(mu.float())
-            self.tau = nn.Parameter(tau.float())
+            if (mu <= 0).any() or (tau <= 0).any():
+                raise ValueError(
+                    "learnable HyPE needs mu > 0 and tau > 0: they are learned as logarithms, "
+                    f"which keeps them positive; got mu={mu.tolist()}, tau={tau.tolist()}"
+                )
+            # In log space a step changes mu by a fraction of itself: mu ~ 1e-5 next to
+            # weights ~ 1e-2 would otherwise be thrown across zero by the first update.
+            self.log_mu = nn.Parameter(mu.log().float())
+            self.log_tau = nn.Parameter(tau.log().float())
         else:
-            self.register_buffer("mu", mu.float())
-            self.register_buffer("tau", tau.float())
+            self.register_buffer("fixed_mu", mu.float())
+            self.register_buffer("fixed_tau", tau.float())
+
+    @property
+    def mu(self) -> Tensor:
+        return self.log_mu.exp() if self.config.learnable else self.fixed_mu
+
+    @property
+    def tau(self) -> Tensor:
+        return self.log_tau.exp() if self.config.learnable else self.fixed_tau
 
     def forward(
         self,

@@ -144,9 +144,16 @@ def load_hype_model(path: str | Path, **from_pretrained_kwargs) -> nn.Module:
     spec = getattr(AutoConfig.from_pretrained(path), CONFIG_KEY, None)
     if not spec:
         raise ValueError(f"{path} was not saved with HyPE (no {CONFIG_KEY} in config.json)")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, attn_implementation=spec["previous_attn_implementation"], **from_pretrained_kwargs
-    )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its report would call mu / tau "unexpected": loaded below
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, attn_implementation=spec["previous_attn_implementation"], **from_pretrained_kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)  # re-applied below
     config, replace_rope = _config_from(spec)

@@ -100,13 +100,15 @@ def test_gradients_wrt_mu_and_tau():
 
 def test_learnable_module_trains_mu_and_tau():
     module = HyPE(HyPEConfig(mu=0.01, tau=2.0, learnable=True), num_heads=4)
-    assert {n for n, _ in module.named_parameters()} == {"mu", "tau"}
+    assert {n for n, _ in module.named_parameters()} == {"log_mu", "log_tau"}
     q, k, v = random_qkv(1, 4, 2, 30, 30, dtype=torch.float32, seed=6)
     module(q, k, v).square().sum().backward()
-    assert module.mu.grad is not None and module.mu.grad.abs().sum() > 0
-    assert module.tau.grad is not None and module.tau.grad.abs().sum() > 0
+    assert module.log_mu.grad is not None and module.log_mu.grad.abs().sum() > 0
+    assert module.log_tau.grad is not None and module.log_tau.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mu > 0 and tau > 0"):
+        HyPE(HyPEConfig(mu=-0.01, tau=2.0, learnable=True), num_heads=4)
     frozen = HyPE(HyPEConfig.alibi(4), num_heads=4)
-    assert not list(frozen.parameters()) and set(frozen.state_dict()) == {"mu", "tau"}
+    assert not list(frozen.parameters()) and set(frozen.state_dict()) == {"fixed_mu", "fixed_tau"}
 
 
 def test_bad_config_and_overflowing_non_causal_use_are_refused():

@@ -85,11 +85,11 @@ def test_learnable_parameters_train_and_survive_save_and_load(tmp_path):
     loss = model(x, labels=x).loss
     loss.backward()
     hype = model.model.layers[0].self_attn.hf_hyper_hype
-    assert hype.mu.grad is not None and hype.tau.grad.abs().sum() > 0
+    assert hype.log_mu.grad is not None and hype.log_tau.grad.abs().sum() > 0
     with torch.no_grad():  # as if training had moved them
         for layer in model.model.layers:
-            layer.self_attn.hf_hyper_hype.mu.mul_(1.5)
-            layer.self_attn.hf_hyper_hype.tau.add_(0.1)
+            layer.self_attn.hf_hyper_hype.log_mu.add_(0.4)
+            layer.self_attn.hf_hyper_hype.log_tau.add_(0.1)
     model.save_pretrained(tmp_path)
     loaded = hf_hyper.load_hype_model(tmp_path).eval()
     model.eval()

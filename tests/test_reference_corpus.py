@@ -90,3 +90,46 @@ def test_build_splits_and_tokenizer_never_sees_heldout(tmp_path, monkeypatch):
 
     loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert loaded.eos_token == "<|endoftext|>" and loaded("word1 text")["input_ids"]
+
+
+def test_training_script_runs_resumes_and_saves(tmp_path):
+    """A few steps on a tiny corpus: log, resume, summary, and a model that loads."""
+    import subprocess
+
+    pytest.importorskip("tokenizers")
+    debs = tmp_path / "debs"
+    pod_dir = debs / "extracted" / "perl-doc" / "usr/share/perl/5.36.0/pod"
+    pod_dir.mkdir(parents=True)
+    for i in range(30):
+        (pod_dir / f"p{i}.pod").write_text(f"=head1 D{i}\n\n" + f"word{i} some text " * 200)
+    (debs / "perl-doc_5.36.0-7_all.deb").write_bytes(b"")
+    corpus.build(tmp_path / "corpus", debs, ["perl-doc"], 100, 10.0)
+    import tokenizer
+
+    tokenizer.train(tmp_path / "corpus", tmp_path / "tok", vocab_size=300)
+    script = Path(corpus.__file__).with_name("train.py")
+    common = [sys.executable, str(script), "--corpus", str(tmp_path / "corpus"),
+              "--tokenizer", str(tmp_path / "tok"), "--context", "64", "--hidden", "32",
+              "--layers", "2", "--heads", "2", "--batch", "2", "--eval-every", "2",
+              "--eval-windows", "2"]  # fmt: skip
+    for position in ("rope", "hype"):
+        out = tmp_path / position
+        for steps in ("2", "4"):  # the second run resumes from the saved state
+            cmd = [*common, "--position", position, "--out", str(out), "--steps", steps,
+                   "--resume"]  # fmt: skip
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr[-2000:]
+        steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").open()]
+        assert steps == [2, 4]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["step"] == 4 and summary["tokens"] == 4 * 2 * 64
+        import hf_hyper
+
+        if position == "hype":
+            model = hf_hyper.load_hype_model(out / "model")
+            assert model.config.hf_hyper_hype["learnable"]
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(out / "model")
+        assert model.config.num_hidden_layers == 2
