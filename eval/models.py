@@ -15,10 +15,22 @@ from hf_hyper import HyperAttentionConfig
 from .common import JobError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The bundled 8.9M-parameter Llama (RoPE, trained at 8k tokens on Debian documentation;
+# see results/reference_models/): what the jobs run when no --model is given, offline.
+REFERENCE_MODEL = "hf_hyper-reference"
+REFERENCE_MODEL_DIR = Path(__file__).with_name("reference_model")
+
+
+def model_source(name: str) -> str:
+    return str(REFERENCE_MODEL_DIR) if name == REFERENCE_MODEL else name
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="from_pretrained id or local path")
+    p.add_argument(
+        "--model", default=REFERENCE_MODEL,
+        help=f"from_pretrained id or local path (default: {REFERENCE_MODEL}, the bundled "
+        "8.9M-parameter reference Llama, offline)",
+    )  # fmt: skip
     p.add_argument("--tokenizer", default=None, help="default: --model")
     p.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
@@ -85,21 +97,22 @@ def load_model(args: argparse.Namespace, device: torch.device):
     """(model in eval mode on `device` or spread by --device-map, tokenizer)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    looks_local = args.model.startswith(("/", "./", "../", "~"))
-    if looks_local and not Path(args.model).expanduser().exists():
+    source = model_source(args.model)
+    looks_local = source.startswith(("/", "./", "../", "~"))
+    if looks_local and not Path(source).expanduser().exists():
         raise JobError(f"no model at {args.model} (check --model)")
     kwargs = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
     if args.device_map:
         kwargs["device_map"] = args.device_map
     try:
-        config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=args.trust_remote_code)
         if config.model_type == "chatglm" or type(config).__name__ == "ChatGLMConfig":
             # remote code written for transformers 4: loaded through the compatibility layer
-            model = hf_hyper.load_chatglm(args.model, **kwargs)
+            model = hf_hyper.load_chatglm(source, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(
-            args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
+            model_source(args.tokenizer or args.model), trust_remote_code=args.trust_remote_code
         )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0]

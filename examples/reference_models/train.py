@@ -9,7 +9,8 @@ Random windows of `--context` tokens from the training split (documents joined w
 AdamW with warm-up and cosine decay; bf16 autocast on GPUs. Every `--eval-every` steps the
 held-out loss on fixed windows is logged (train_log.jsonl) and the state is saved, so
 `--resume` continues a stopped run. The end writes the model (safetensors, shards of at
-most 15 MB), the tokenizer and summary.json (tokens seen, GPU seconds, losses).
+most 15 MB, bf16 by default), the tokenizer and summary.json (tokens seen, GPU seconds,
+losses). Losses are mean next-token NLL in nats.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def windows(stream: np.ndarray, n: int, length: int, rng: np.random.Generator) -
     return torch.from_numpy(np.stack([stream[s : s + length + 1] for s in starts]).astype(np.int64))
 
 
+def next_token_loss(model, rows: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of rows[:, 1:] given rows[:, :-1] (the window carries one extra token, so
+    the labels are passed shifted and the model's own label shift is not used)."""
+    logits = model(rows[:, :-1]).logits.float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].reshape(-1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", default="corpus")
@@ -82,6 +90,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--save-dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
     args = p.parse_args()
 
     from accelerate import Accelerator
@@ -130,18 +139,14 @@ def main() -> None:
         with torch.no_grad():
             for row in eval_batch.split(2):
                 row = row.to(accelerator.device)
-                losses.append(model(row[:, :-1], labels=row[:, 1:].clone()).loss.float())
+                losses.append(next_token_loss(model, row))
         model.train()
         return float(torch.stack(losses).mean())
 
     model.train()
     while state["step"] < args.steps:
         batch = windows(train, per_process, args.context, rng).to(accelerator.device)
-        # labels are already shifted by one: the model's own shift would skip a token
-        logits = model(batch[:, :-1]).logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
-        )
+        loss = next_token_loss(model, batch)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -165,13 +170,15 @@ def main() -> None:
             break
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
+        final_loss = held_out_loss()  # before the cast below changes the weights in place
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        final = accelerator.unwrap_model(model).to(dtypes[args.save_dtype])
         final.save_pretrained(out / "model", max_shard_size="15MB")
         tokenizer.save_pretrained(out / "model")
         summary = {**state, "parameters": params, "position": args.position,
                    "context": args.context, "processes": accelerator.num_processes,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   "torch": torch.__version__, "heldout_loss": held_out_loss(),
+                   "torch": torch.__version__, "heldout_loss": final_loss,
                    "train_tokens": int(len(train)), "heldout_tokens": int(len(held))}  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(json.dumps(summary))
