@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
 from .common import JobError, command_line, output_dir, save_results, today
-from .models import DTYPES, parse_patch_settings
+from .models import DTYPES, parse_patch_settings, patched
 from .plots import plot_model
 from .timing import environment, time_cuda
 
@@ -120,27 +119,19 @@ def run(args: argparse.Namespace) -> Path:
         for label, count in settings:
             row = dict(length=length, patched_layers=label, layer_count=count)
             rows.append(row)
-            if count:
-                try:
-                    hf_hyper.patch(model, last_layers=count, config=config)
-                except (ValueError, TypeError) as err:
-                    raise JobError(str(err)) from err
-
-            try:
+            with patched(model, count, config):
                 what = f"length {length}, patched {label}"
                 step = functools.partial(_prefill, model, ids, what)
-                timing = time_cuda(step, warmup=args.warmup, repeats=args.repeats)
-            except torch.OutOfMemoryError:
-                row["note"] = "out of memory"
-                torch.cuda.empty_cache()
-            else:
-                base_ms = timing.ms if count == 0 else base_ms
-                row.update(ms=timing.ms, peak_gib=timing.peak_gib)
-                row["speedup"] = base_ms / timing.ms if base_ms else None
-                row["tokens_per_s"] = length / timing.ms * 1e3
-            finally:
-                if count:
-                    hf_hyper.unpatch(model)
+                try:
+                    timing = time_cuda(step, warmup=args.warmup, repeats=args.repeats)
+                except torch.OutOfMemoryError:
+                    row["note"] = "out of memory"
+                    torch.cuda.empty_cache()
+                else:
+                    base_ms = timing.ms if count == 0 else base_ms
+                    row.update(ms=timing.ms, peak_gib=timing.peak_gib)
+                    row["speedup"] = base_ms / timing.ms if base_ms else None
+                    row["tokens_per_s"] = length / timing.ms * 1e3
             print(f"  {row}", flush=True)
     payload = {
         "job": "bench model",

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,19 @@ def save_results(
         plot(out / f"{stem}.json", out / f"{stem}.png")
     except JobError as err:
         print(f"no plot: {err}")
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(origin "file:line", parsed value) per non-blank line; bad JSON is an error naming
+    file and line."""
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise JobError(f"{path}:{number}: not valid JSON ({err.msg})") from None
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common import JobError
+from ..common import JobError, jsonl_records
 from .protocol import Task
 
 FIELDS = ("input", "context", "answers", "length", "dataset", "language", "all_classes", "_id")
@@ -61,17 +60,7 @@ def _sample(record: Any, origin: str) -> Sample:
 
 def read_jsonl(path: Path) -> list[Sample]:
     """Every line checked; a malformed one is an error naming file and line."""
-    samples = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise JobError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            samples.append(_sample(record, f"{path}:{number}"))
-    return samples
+    return [_sample(record, origin) for origin, record in jsonl_records(path)]
 
 
 def _from_hub(task: Task, repo: str, revision: str) -> Iterable[Sample]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import ResultLog
-from ..common import JobError, write_json
+from ..common import JobError, jsonl_records, write_json
 
 PREDICTIONS = "predictions"
 SETTING_PREFIX = "patched-"
@@ -96,14 +96,8 @@ class PredictionFile:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """A prediction file: one JSON object per line with at least pred and answers."""
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise JobError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for origin, record in jsonl_records(path):
         if not isinstance(record, dict) or "pred" not in record or "answers" not in record:
-            raise JobError(f"{path}:{number}: a prediction needs 'pred' and 'answers'")
+            raise JobError(f"{origin}: a prediction needs 'pred' and 'answers'")
         records.append(record)
     return records
