@@ -38,14 +38,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
 
 
-def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]) -> None:
+def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str] | None) -> None:
+    """HyperAttention settings; --patch-layers too unless patch_default is None."""
     hyp = p.add_argument_group("HyperAttention")
-    hyp.add_argument(
-        "--patch-layers",
-        nargs="+",
-        default=list(patch_default),
-        help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
-    )
+    if patch_default is not None:
+        hyp.add_argument(
+            "--patch-layers",
+            nargs="+",
+            default=list(patch_default),
+            help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
+        )
     hyp.add_argument("--block-size", type=int, default=256)
     hyp.add_argument("--sample-size", type=int, default=256)
     hyp.add_argument("--min-seq-len", type=int, default=4096)

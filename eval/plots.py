@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .common import JobError, require_matplotlib
@@ -103,4 +104,34 @@ def plot_longbench(json_path: Path, png_path: Path) -> Path:
     ax.set_title(str(data.get("model", "")), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, png_path)
+
+
+def plot_diagnose(json_path: Path, png_path: Path) -> Path:
+    """Per layer x head heat maps: output error, log10 alpha, log10 kappa (p99/p1)."""
+    data = _load(Path(json_path))
+    heads = data["heads"]
+    layers = sorted({h["layer"] for h in heads})
+    n_heads = max(h["head"] for h in heads) + 1
+    panels = [
+        ("error", "error ‖O−O*‖/‖V‖", lambda x: x),
+        ("alpha", "log10 α", math.log10),
+        ("log10_kappa_99", "log10 κ (p99/p1 rows)", lambda x: x),
+    ]
+    height = 1.5 + 0.35 * len(layers)
+    plt = require_matplotlib()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), height))
+    for ax, (field, title, f) in zip(axes, panels, strict=True):
+        grid = [[math.nan] * n_heads for _ in layers]
+        for h in heads:
+            value = h[field]
+            if value is not None and (value > 0 or f is not math.log10):
+                grid[layers.index(h["layer"])][h["head"]] = f(value)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        fig.colorbar(image, ax=ax)
+        ax.set_yticks(range(len(layers)), [str(i) for i in layers])
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{data.get('model', '')} at {data.get('length')} tokens", fontsize=9)
     return _save(plt, fig, png_path)

@@ -34,7 +34,7 @@ from .models import (
 )
 from .nll import window_nll
 from .plots import plot_ppl
-from .texts import TextSource, load_documents
+from .texts import add_text_arguments, load_documents, text_source, token_streams
 from .timing import environment
 from .windows import Window, make_windows
 
@@ -50,18 +50,7 @@ COLUMNS = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    text = p.add_argument_group("text (default: the bundled offline text)")
-    text.add_argument("--dataset", default=None, help="HF dataset name or path")
-    text.add_argument("--dataset-config", default=None)
-    text.add_argument("--split", default="test")
-    text.add_argument("--text-field", default="text")
-    text.add_argument("--files", nargs="+", default=(), help=".txt / .jsonl / .parquet files")
-    text.add_argument("--max-documents", type=int, default=None)
-    text.add_argument(
-        "--per-document",
-        action="store_true",
-        help="windows inside each document (default: documents joined with EOS)",
-    )
+    add_text_arguments(p)
     win = p.add_argument_group("windows")
     win.add_argument("--lengths", type=int, nargs="+", default=[4096])
     win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
@@ -71,20 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="ppl-results")
 
 
-def _token_streams(tokenizer, docs, per_document: bool) -> list[tuple[str, list[int]]]:
-    encoded = [(d.id, tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs]
-    if per_document:
-        return encoded
-    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    joined: list[int] = []
-    for _, ids in encoded:
-        joined += ids + sep
-    return [("joined", joined)]
-
-
-def _check_lengths(args: argparse.Namespace, model) -> None:
+def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
-    too_long = [n for n in args.lengths if limit and n > limit]
+    too_long = [n for n in lengths if limit and n > limit]
     if too_long and not args.allow_beyond_max_positions:
         raise JobError(
             f"--lengths {too_long} exceed the model's max_position_embeddings={limit}; "
@@ -124,16 +102,13 @@ def run(args: argparse.Namespace) -> Path | None:
     check_patch_values(args.patch_layers)
     hyper = hyper_config(args)
     out = output_dir(args.output_dir)
-    source = TextSource(
-        args.dataset, args.dataset_config, args.split, args.text_field,
-        tuple(args.files), args.max_documents,
-    )  # fmt: skip
+    source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)
-    _check_lengths(args, model)
+    check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
     settings = parse_patch_settings(args.patch_layers, layer_total)
-    streams = _token_streams(tokenizer, docs, args.per_document)
+    streams = token_streams(tokenizer, docs, args.per_document)
     windows = {n: make_windows(streams, n, args.stride, args.max_windows) for n in args.lengths}
     key = run_key(
         dict(model=args.model, dtype=args.dtype, text=source.describe(), docs=len(docs),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 from dataclasses import dataclass
@@ -96,3 +97,39 @@ def load_documents(source: TextSource) -> list[Document]:
     if not docs:
         raise JobError(f"no non-empty text in {source.describe()}")
     return docs[: source.max_documents] if source.max_documents else docs
+
+
+def add_text_arguments(p: argparse.ArgumentParser) -> None:
+    text = p.add_argument_group("text (default: the bundled offline text)")
+    text.add_argument("--dataset", default=None, help="HF dataset name or path")
+    text.add_argument("--dataset-config", default=None)
+    text.add_argument("--split", default="test")
+    text.add_argument("--text-field", default="text")
+    text.add_argument("--files", nargs="+", default=(), help=".txt / .jsonl / .parquet files")
+    text.add_argument("--max-documents", type=int, default=None)
+    text.add_argument(
+        "--per-document",
+        action="store_true",
+        help="windows inside each document (default: documents joined with EOS)",
+    )
+
+
+def text_source(args: argparse.Namespace) -> TextSource:
+    return TextSource(
+        args.dataset, args.dataset_config, args.split, args.text_field,
+        tuple(args.files), args.max_documents,
+    )  # fmt: skip
+
+
+def token_streams(
+    tokenizer, docs: list[Document], per_document: bool
+) -> list[tuple[str, list[int]]]:
+    """Token ids per document, or all documents joined with EOS as one stream."""
+    encoded = [(d.id, tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs]
+    if per_document:
+        return encoded
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    joined: list[int] = []
+    for _, ids in encoded:
+        joined += ids + sep
+    return [("joined", joined)]

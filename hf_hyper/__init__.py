@@ -9,11 +9,17 @@ _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "patches" / "__init__.py").is_file():
     __path__.append(str(_root))
 
-from .attention import hyper_attention, hyper_attention_with_lse  # noqa: E402
+from .attention import (  # noqa: E402
+    AttentionDiagnostics,
+    attention_diagnostics,
+    hyper_attention,
+    hyper_attention_with_lse,
+)
 from .config import HyperAttentionConfig  # noqa: E402
 from .hype import HyPEConfig  # noqa: E402
 from .patching import (  # noqa: E402
     PatchReport,
+    capture_attention,
     patch,
     patch_report,
     supported_model_types,
@@ -53,6 +59,7 @@ def load_chatglm(path, *, trust_remote_code: bool = False, **from_pretrained_kwa
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionDiagnostics",
     "HyPEConfig",
     "HyperAttentionConfig",
     "PatchReport",
@@ -60,6 +67,8 @@ __all__ = [
     "hyper_attention_with_lse",
     "load_chatglm",
     "apply_hype",
+    "attention_diagnostics",
+    "capture_attention",
     "load_hype_model",
     "patch",
     "patch_report",

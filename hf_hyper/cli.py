@@ -29,6 +29,10 @@ EXAMPLES = {
         "hf-hyper longbench score longbench-results\n"
         "accelerate launch -m hf_hyper.eval.longbench --model ./my-model --datasets hotpotqa"
     ),
+    "diagnose": (
+        "hf-hyper diagnose --model meta-llama/Llama-2-7b-hf --length 32768\n"
+        "hf-hyper diagnose --length 8192 --ppl-budget 0.02"
+    ),
     "plot": "hf-hyper plot attention bench-attention/attention.json\n"
     "hf-hyper plot ppl ppl-results/ppl.json\n"
     "hf-hyper plot longbench longbench-results/longbench.json",
@@ -48,7 +52,7 @@ def _job(subparsers, name: str, module, help_text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hf_hyper.eval import bench_attention, bench_model, ppl
+    from hf_hyper.eval import bench_attention, bench_model, diagnose, ppl
     from hf_hyper.eval.longbench import run as longbench
 
     top = argparse.ArgumentParser(
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs = top.add_subparsers(dest="job", required=True, metavar="JOB")
     _job(jobs, "ppl", ppl, "long-context perplexity, unpatched vs patched layers")
     _job(jobs, "longbench", longbench, "LongBench v1 scores ('longbench score DIR' re-scores)")
+    _job(jobs, "diagnose", diagnose, "per-layer/head error and alpha, kappa; layer choice")
     bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
     _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels")
@@ -69,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  " + EXAMPLES["plot"].replace("\n", "\n  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plot.add_argument("kind", choices=["attention", "ppl", "model", "longbench"])
+    plot.add_argument("kind", choices=["attention", "ppl", "model", "longbench", "diagnose"])
     plot.add_argument("json_path")
     plot.add_argument("--png", default=None, help="default: next to the JSON")
     plot.set_defaults(run=_plot)
@@ -86,6 +91,7 @@ def _plot(args: argparse.Namespace) -> None:
         "ppl": plots.plot_ppl,
         "model": plots.plot_model,
         "longbench": plots.plot_longbench,
+        "diagnose": plots.plot_diagnose,
     }
     src = Path(args.json_path)
     print(draw[args.kind](src, Path(args.png) if args.png else src.with_suffix(".png")))

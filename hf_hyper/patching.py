@@ -6,6 +6,8 @@ module only selects layers, keeps the state needed to undo, and reports what it 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -13,6 +15,10 @@ from torch import nn
 from .config import HyperAttentionConfig
 
 STATE_ATTR = "_hf_hyper_patch"
+CAPTURE_ATTR = "_hf_hyper_capture"
+
+# observer(layer, q, k, v, *, causal, scale): q [b, hq, n, d], k and v [b, hk, n, d]
+AttentionObserver = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ def patch(
         raise RuntimeError(
             f"model is already patched ({getattr(model, STATE_ATTR)}); call hf_hyper.unpatch first"
         )
+    if getattr(model, CAPTURE_ATTR, None) is not None:
+        raise RuntimeError("model is inside capture_attention; patch it after that block ends")
     config = config or HyperAttentionConfig()
     if not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig; got {type(config).__name__}")
@@ -125,3 +133,31 @@ def unpatch(model: nn.Module) -> None:
 
 def patch_report(model: nn.Module) -> PatchReport | None:
     return getattr(model, STATE_ATTR, None)
+
+
+@contextmanager
+def capture_attention(
+    model: nn.Module, observer: AttentionObserver, *, layers=None
+) -> Iterator[list[int]]:
+    """Inside the block, every forward hands the attention inputs of the chosen layers
+    (default: all) to `observer(layer, q, k, v, causal=..., scale=...)` (q, k, v in
+    [batch, heads, seq, head_dim], after the position encoding; GQA keys not repeated)
+    and then computes the layer's own attention, so outputs are unchanged. For measuring
+    attention on real activations (`attention_diagnostics`); inputs must be unpadded.
+    Yields the chosen layer indices.
+    """
+    if getattr(model, STATE_ATTR, None) is not None:
+        raise RuntimeError("capture_attention needs an unpatched model; call hf_hyper.unpatch")
+    if getattr(model, CAPTURE_ATTR, None) is not None:
+        raise RuntimeError("capture_attention blocks cannot be nested")
+    _, adapter = _adapter_for(model)
+    adapter.check(model)
+    num_layers = adapter.num_layers(model)
+    chosen = list(range(num_layers)) if layers is None else select_layers(num_layers, None, layers)
+    state = adapter.observe(model, chosen, observer)
+    setattr(model, CAPTURE_ATTR, state)
+    try:
+        yield chosen
+    finally:
+        adapter.unpatch(model, state)
+        delattr(model, CAPTURE_ATTR)

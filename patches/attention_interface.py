@@ -26,6 +26,7 @@ from .masks import attention_per_sequence, key_ranges_from_mask
 
 PREFIX = "hf_hyper+"
 CONFIG_ATTR = "hf_hyper_config"
+OBSERVER_ATTR = "hf_hyper_observer"
 
 MODEL_TYPES = (
     "llama",
@@ -85,6 +86,9 @@ def _make_attention_function(previous: str) -> Callable:
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         config: HyperAttentionConfig | None = getattr(module, CONFIG_ATTR, None)
+        observer = getattr(module, OBSERVER_ATTR, None)
+        if observer is not None:
+            _observe(observer, module, query, key, value, attention_mask, scaling, kwargs)
         if config is None or query.shape[2] <= config.min_seq_len:
             # not patched, a decoding step, or short enough to be exact anyway
             fn = _previous_function(module, previous)
@@ -103,8 +107,7 @@ def _make_attention_function(previous: str) -> Callable:
             raise ValueError(
                 "HyperAttention has no attention dropout; set the model's attention_dropout=0"
             )
-        causal = kwargs.get("is_causal")
-        causal = getattr(module, "is_causal", True) if causal is None else causal
+        causal = _is_causal(module, kwargs)
         ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
         if ranges is None:
             out = hyper_attention(query, key, value, causal=causal, scale=scaling, config=config)
@@ -113,6 +116,20 @@ def _make_attention_function(previous: str) -> Callable:
         return out.transpose(1, 2).contiguous(), None  # [b, h, n, d] -> [b, n, h, d]
 
     return attention
+
+
+def _is_causal(module: nn.Module, kwargs: dict) -> bool:
+    causal = kwargs.get("is_causal")
+    return getattr(module, "is_causal", True) if causal is None else bool(causal)
+
+
+def _observe(observer, module, query, key, value, attention_mask, scaling, kwargs) -> None:
+    causal = _is_causal(module, kwargs)
+    ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
+    if ranges is not None and any(r != (0, key.shape[2]) for r in ranges):
+        raise ValueError("capture_attention needs unpadded inputs; this batch has padding")
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    observer(module.layer_idx, query, key, value, causal=causal, scale=scale)
 
 
 def _register(previous: str) -> str:
@@ -164,6 +181,17 @@ class AttentionInterfaceAdapter:
 
     def unpatch(self, model: PreTrainedModel, state: dict) -> None:
         for layer in decoder_layers(model):
-            if hasattr(layer.self_attn, CONFIG_ATTR):
-                delattr(layer.self_attn, CONFIG_ATTR)
+            for attr in (CONFIG_ATTR, OBSERVER_ATTR):
+                if hasattr(layer.self_attn, attr):
+                    delattr(layer.self_attn, attr)
         model.set_attn_implementation(state["previous_attn_implementation"])
+
+    def observe(self, model: PreTrainedModel, layers: list[int], observer) -> dict:
+        """Hand each chosen layer's q, k, v to `observer`; attention itself is unchanged."""
+        previous = model.config._attn_implementation
+        name = _register(previous)
+        modules = decoder_layers(model)
+        for i in layers:
+            setattr(modules[i].self_attn, OBSERVER_ATTR, observer)
+        model.set_attn_implementation(name)
+        return {"previous_attn_implementation": previous, "attn_implementation": name}

@@ -130,6 +130,21 @@ def _make_forward(core: nn.Module, config: HyperAttentionConfig, layout: str):
     return forward
 
 
+def _make_observing_forward(core: nn.Module, layer: int, observer, layout: str):
+    original = type(core).forward.__get__(core)
+
+    def forward(query_layer, key_layer, value_layer, attention_mask):
+        _check_shapes(core, layout, query_layer)
+        q, k, v = (_to_bhnd(t, layout) for t in (query_layer, key_layer, value_layer))
+        ranges = chatglm_key_ranges(attention_mask, q.shape[2], k.shape[2])
+        if ranges is not None and any(r != (0, k.shape[2]) for r in ranges):
+            raise ValueError("capture_attention needs unpadded inputs; this batch has padding")
+        observer(layer, q, k, v, causal=True, scale=1.0 / math.sqrt(q.shape[-1]))
+        return original(query_layer, key_layer, value_layer, attention_mask)
+
+    return forward
+
+
 class ChatGLMAdapter:
     """Forward replacement of the selected layers' core attention."""
 
@@ -152,6 +167,14 @@ class ChatGLMAdapter:
             core.forward = _make_forward(core, config, layouts[i])
         compat = fix_generation(model)  # remote code on transformers 5; [] if not needed
         return {"layout": sorted(set(layouts.values())), "compat": compat}
+
+    def observe(self, model: nn.Module, layers: list[int], observer) -> dict:
+        """Hand each chosen layer's q, k, v to `observer`; attention itself is unchanged."""
+        modules = glm_layers(model)
+        for i in layers:
+            core = modules[i].self_attention.core_attention
+            core.forward = _make_observing_forward(core, i, observer, detect_layout(core))
+        return {"compat": fix_generation(model)}
 
     def unpatch(self, model: nn.Module, state: dict) -> None:
         for layer in glm_layers(model):

@@ -85,10 +85,10 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
     from transformers import AutoTokenizer
 
-    from hf_hyper.eval.ppl import _token_streams  # same tokenisation as the job
+    from hf_hyper.eval.texts import token_streams  # same tokenisation as the job
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    stream = _token_streams(tok, load_documents(TextSource()), per_document=False)
+    stream = token_streams(tok, load_documents(TextSource()), per_document=False)
     nll = sum(window_nll(model, torch.tensor(w.ids))[0] for w in make_windows(stream, 64)[:3])
     assert rows[("0", 64)]["ppl"] == pytest.approx(math.exp(nll / (3 * 63)), rel=1e-6)
 

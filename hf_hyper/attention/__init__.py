@@ -1,6 +1,7 @@
 """Attention kernels and their references. Knows nothing of transformers."""
 
 from .blockwise import attention_with_lse, merge_by_lse
+from .diagnostics import AttentionDiagnostics, attention_diagnostics
 from .hyper import (
     exact_attention_with_lse,
     hyper_attention,
@@ -11,6 +12,8 @@ from .lsh import angular_lsh_rank, gray_code_rank
 from .reference import reference_attention
 
 __all__ = [
+    "AttentionDiagnostics",
+    "attention_diagnostics",
     "angular_lsh_rank",
     "attention_with_lse",
     "exact_attention_with_lse",

@@ -1,0 +1,268 @@
+"""How well HyperAttention fits one attention problem, measured against exact attention.
+
+For every query head this reports the output error on the scale of the paper's
+guarantee, ||O - O*||_F / ||V||_F, and the two parameters the paper's bound depends on
+(Han et al. 2023, Theorem 1), measured on the actual LSH blocks of the call:
+
+- alpha = n * max_j ||D^-1 A e_j||^2: the largest squared column norm of the
+  row-normalised attention matrix. 1 when attention is spread evenly; n when one key
+  (an "attention sink") takes all the mass. The uniform sample needs more keys as it grows.
+- kappa = max_i r_i / min_i r_i, with r_i the unnormalised attention mass of row i left
+  over after removing the entries the algorithm computes exactly (M^H). Reported as
+  log10; `log10_kappa_99` uses the 99th and 1st percentile rows instead of the extremes.
+
+Both are defined for one non-causal problem. Causal HyperAttention applies its estimator
+to the lower-left rectangle of every split of its recursion, each a non-causal problem
+with its own D; the reported value is the worst rectangle.
+`heavy_mass` is the share of each row's (full) softmax mass that falls in M^H, averaged
+over rows: what the exact part of the algorithm captures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ..config import HyperAttentionConfig
+from .blockwise import SCORE_BUDGET, accumulation_dtype
+from .hyper import (
+    _check_inputs,
+    _Randomness,
+    causal_levels,
+    hyper_attention,
+    level_ranks,
+    plan_blocks,
+)
+from .lsh import angular_lsh_rank
+
+
+@dataclass
+class _Level:
+    """One family of sub-problems: queries with q_block >= 0 attend exactly the keys of
+    the same pair (causal) whose k_block equals theirs."""
+
+    size: int | None  # half-split length (causal); None: one non-causal problem
+    q_block: Tensor  # [z, g, nq], -1 where the row is not a query of this level
+    k_block: Tensor  # [z, nk], -2 where the key is not a key of this level
+
+
+@dataclass
+class ExactRegion:
+    """The (query, key) pairs HyperAttention computes exactly (M^H), for one call."""
+
+    causal: bool
+    n_query: int
+    n_key: int
+    base: int | None  # causal: length of the exact diagonal blocks
+    levels: list[_Level]
+    everything: bool  # the problem is short enough to be exact throughout
+    device: torch.device
+
+    def rows(self, z: int, r0: int, r1: int, k0: int = 0, k1: int | None = None) -> Tensor:
+        """bool [g, r1 - r0, k1 - k0]: True where the pair is computed exactly (and allowed)."""
+        k1 = self.n_key if k1 is None else k1
+        dev = self.device
+        rows = torch.arange(r0, r1, device=dev)[:, None]
+        cols = torch.arange(k0, k1, device=dev)[None, :]
+        allowed = cols <= rows if self.causal else torch.ones_like(cols <= rows)
+        if self.everything:
+            return allowed[None]
+        exact = (rows // self.base == cols // self.base) & allowed if self.causal else None
+        out = None
+        for level in self.levels:
+            hit = level.q_block[z, :, r0:r1, None] == level.k_block[z, None, None, k0:k1]
+            if level.size is not None:
+                hit = hit & (rows // (2 * level.size) == cols // (2 * level.size))
+            out = hit if out is None else out | hit
+        if exact is not None:
+            out = exact[None] if out is None else out | exact
+        return out
+
+
+def _key_blocks(k_order: Tensor, key_block: int) -> Tensor:
+    """Block of each key (inverse of the sort): k_order [z, nk] -> [z, nk]."""
+    positions = torch.arange(k_order.shape[-1], device=k_order.device).expand_as(k_order)
+    return torch.empty_like(k_order).scatter_(1, k_order, positions // key_block)
+
+
+def exact_region(
+    q_rank: Tensor, k_rank: Tensor, causal: bool, config: HyperAttentionConfig
+) -> ExactRegion:
+    """M^H from the LSH ranks of one call: q_rank [z, g, nq], k_rank [z, nk]."""
+    z, g, n_query = q_rank.shape
+    n_key = k_rank.shape[-1]
+    plan_config = replace(config, sample_size=0)  # the sample is not part of M^H
+    if not causal:
+        plan = plan_blocks(q_rank, k_rank, plan_config, rng=None)
+        level = _Level(None, plan.q_block, _key_blocks(plan.k_order, plan.key_block))
+        return ExactRegion(False, n_query, n_key, None, [level], False, q_rank.device)
+
+    padded_n, base, levels = causal_levels(n_query, config.min_seq_len)
+    pad = padded_n - n_query
+    q_rank = torch.nn.functional.pad(q_rank, (0, pad))  # as the causal recursion pads
+    k_rank = torch.nn.functional.pad(k_rank, (0, pad))
+    out = []
+    for level in levels:
+        q_l, k_l = level_ranks(q_rank, k_rank, level)
+        plan = plan_blocks(q_l, k_l, plan_config, rng=None)
+        size, pairs = level.size, level.pairs
+        q_block = torch.full((z, g, pairs, 2, size), -1, dtype=torch.int64, device=q_rank.device)
+        q_block[:, :, :, 1] = plan.q_block.view(z, pairs, g, size).transpose(1, 2)
+        k_block = torch.full((z, pairs, 2, size), -2, dtype=torch.int64, device=q_rank.device)
+        k_block[:, :, 0] = _key_blocks(plan.k_order, plan.key_block).view(z, pairs, size)
+        out.append(
+            _Level(size, q_block.view(z, g, -1)[..., :n_query], k_block.view(z, -1)[:, :n_key])
+        )
+    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device)
+
+
+@dataclass
+class AttentionDiagnostics:
+    """Per query head, [batch, heads] float64 tensors (NaN where nothing is approximated)."""
+
+    error: Tensor  # ||O - O*||_F / ||V||_F
+    alpha: Tensor
+    log10_kappa: Tensor
+    log10_kappa_99: Tensor
+    heavy_mass: Tensor
+    output_sq_error: Tensor  # ||O - O*||_F^2 and ||V||_F^2, to pool heads or layers
+    value_sq_norm: Tensor
+
+
+def _rectangles(region: ExactRegion) -> list[tuple[int, int, int, int]]:
+    """(row0, row1, key0, key1) of every sub-problem the sampling estimator serves."""
+    if region.everything:
+        return []
+    if not region.causal:
+        return [(0, region.n_query, 0, region.n_key)]
+    rects = []
+    for level in region.levels:
+        s = level.size
+        for start in range(0, region.n_query, 2 * s):
+            if start + s < region.n_query:  # second half has real rows
+                rects.append((start + s, min(start + 2 * s, region.n_query), start, start + s))
+    return rects
+
+
+def _row_step(g: int, width: int) -> int:
+    return max(1, SCORE_BUDGET // max(1, g * width))
+
+
+@torch.no_grad()
+def attention_diagnostics(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    config: HyperAttentionConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> AttentionDiagnostics:
+    """Compare `hyper_attention` with exact attention on these inputs ([b, h, n, d]).
+
+    The LSH blocks are those of the very call measured: the hyperplanes are drawn from
+    `generator` (or config.seed; else a seed from the global RNG), as hyper_attention
+    draws them. Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
+    """
+    config = config or HyperAttentionConfig()
+    _check_inputs(q, k, v, causal)
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(
+            "attention_diagnostics measures causal attention without a cache: "
+            f"n_query must equal n_key; got {q.shape[2]} and {k.shape[2]}"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if generator is None:
+        seed = config.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        generator = torch.Generator(device=q.device).manual_seed(seed)
+    state = generator.get_state()
+    approx = hyper_attention(q, k, v, causal=causal, scale=scale, config=config,
+                             generator=generator)  # fmt: skip
+
+    b, hq, n_query, dim = q.shape
+    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
+    g = hq // hk
+    acc = accumulation_dtype(q.dtype)
+    qz = q.reshape(b * hk, g, n_query, dim).to(acc)
+    kz, vz = k.reshape(b * hk, n_key, dim).to(acc), v.reshape(b * hk, n_key, dv).to(acc)
+    approx = approx.reshape(b * hk, g, n_query, dv).to(acc)
+    short = n_query <= config.min_seq_len if causal else min(n_query, n_key) <= config.min_seq_len
+    if not short:
+        generator.set_state(state)  # the same hyperplanes the call above drew
+        planes = _Randomness(generator, q.device).hyperplanes(dim, config.lsh_num_projs)
+        region = exact_region(angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes),
+                              causal, config)  # fmt: skip
+    else:
+        region = ExactRegion(causal, n_query, n_key, None, [], True, q.device)
+    rects = _rectangles(region)
+
+    f64 = torch.float64
+    stats = {name: torch.zeros(b * hk, g, dtype=f64) for name in
+             ("sq_err", "alpha", "kappa", "kappa99", "heavy")}  # fmt: skip
+    value_sq = torch.zeros(b * hk, dtype=f64)
+    for z in range(b * hk):
+        value_sq[z] = vz[z].double().pow(2).sum().cpu()
+        full_lse = torch.empty(g, n_query, dtype=acc, device=q.device)
+        heavy = torch.zeros(g, dtype=f64, device=q.device)
+        step = _row_step(g, n_key)
+        for r0 in range(0, n_query, step):  # exact output, row normalisers, exact-part mass
+            r1 = min(n_query, r0 + step)
+            scores = torch.einsum("gnd,md->gnm", qz[z, :, r0:r1], kz[z]) * scale
+            if causal:
+                hidden = torch.arange(n_key, device=q.device)[None] > torch.arange(
+                    r0, r1, device=q.device)[:, None]  # fmt: skip
+                scores = scores.masked_fill(hidden, float("-inf"))
+            lse = torch.logsumexp(scores, dim=-1)
+            probs = torch.exp(scores - lse[..., None])
+            exact = torch.einsum("gnm,md->gnd", probs, vz[z])
+            stats["sq_err"][z] += (approx[z, :, r0:r1] - exact).double().pow(2).sum((1, 2)).cpu()
+            heavy += (probs * region.rows(z, r0, r1)).sum((1, 2)).double()
+            full_lse[:, r0:r1] = lse
+        stats["heavy"][z] = (heavy / n_query).cpu()
+
+        alpha = torch.full((g,), float("nan"), dtype=f64)
+        kappa, kappa99 = alpha.clone(), alpha.clone()
+        for r0, r1, k0, k1 in rects:
+            width = k1 - k0
+            colsq = torch.zeros(g, width, dtype=acc, device=q.device)
+            residual = []
+            step = _row_step(g, width)
+            for c0 in range(r0, r1, step):
+                c1 = min(r1, c0 + step)
+                scores = torch.einsum("gnd,md->gnm", qz[z, :, c0:c1], kz[z, k0:k1]) * scale
+                probs = torch.softmax(scores, dim=-1)  # D of this rectangle alone
+                colsq += probs.pow(2).sum(1)
+                exact = region.rows(z, c0, c1, k0, k1)
+                residual.append(torch.logsumexp(scores.masked_fill(exact, float("-inf")), -1))
+            alpha = torch.fmax(alpha, (width * colsq.amax(-1)).double().cpu())
+            res = torch.cat(residual, dim=1).double()  # [g, rows], log of r_i
+            res = torch.where(torch.isfinite(res), res, torch.nan)
+            log10 = 1 / torch.log(torch.tensor(10.0, dtype=f64))
+            spread = res.nan_to_num(-torch.inf).amax(1) - res.nan_to_num(torch.inf).amin(1)
+            kappa = torch.fmax(kappa, (spread * log10).cpu())
+            hi, lo = torch.nanquantile(res, 0.99, dim=1), torch.nanquantile(res, 0.01, dim=1)
+            kappa99 = torch.fmax(kappa99, ((hi - lo) * log10).cpu())
+        stats["alpha"][z], stats["kappa"][z], stats["kappa99"][z] = alpha, kappa, kappa99
+
+    def per_head(t: Tensor) -> Tensor:
+        return t.reshape(b, hq)
+
+    value_heads = value_sq.repeat_interleave(g).reshape(b, hq)
+    sq_err = per_head(stats["sq_err"])
+    return AttentionDiagnostics(
+        error=(sq_err / value_heads).sqrt(),
+        alpha=per_head(stats["alpha"]),
+        log10_kappa=per_head(stats["kappa"]),
+        log10_kappa_99=per_head(stats["kappa99"]),
+        heavy_mass=per_head(stats["heavy"]),
+        output_sq_error=sq_err,
+        value_sq_norm=value_heads,
+    )
+
+
+__all__ = ["AttentionDiagnostics", "ExactRegion", "attention_diagnostics", "exact_region"]
