@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
     win.add_argument("--max-windows", type=int, default=None, help="per length")
     win.add_argument("--allow-beyond-max-positions", action="store_true")
+    win.add_argument(
+        "--no-warmup", action="store_true",
+        help="skip the untimed forward per setting and length that compiles kernels before "
+        "throughput is timed",
+    )  # fmt: skip
     add_hyper_arguments(p, patch_default=["0", "all"])
     p.add_argument("--output-dir", default="ppl-results")
 
@@ -83,13 +88,26 @@ def _score(model, window: Window, device: torch.device, setting: str) -> tuple[f
 
 def _throughput(accelerator, tokens: int, seconds: float) -> dict:
     """Tokens this run pushed through the model (every process), per wall-clock second
-    from the first window to the last process finishing; resumed work is not counted."""
+    from the first window (after the warm-up) to the last process finishing; resumed
+    work is not counted."""
     import torch
 
     total = accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum")
     tokens = int(total.item())
     return {"tokens": tokens, "seconds": round(seconds, 3),
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}  # fmt: skip
+
+
+def _warm_up(model, settings, windows: dict, hyper, device: torch.device) -> None:
+    """One unscored forward per patch setting and length, so one-off costs (kernel
+    compilation, autotuning, allocator growth) stay out of the timed throughput. The
+    results never depend on it."""
+    for _, count in settings:
+        with patched(model, count, hyper), torch.no_grad():
+            for wins in windows.values():
+                if wins:
+                    ids = torch.tensor(wins[0].ids, device=device)[None]
+                    model.get_decoder()(input_ids=ids, use_cache=False)
 
 
 def run(args: argparse.Namespace) -> Path | None:
@@ -118,6 +136,10 @@ def run(args: argparse.Namespace) -> Path | None:
     done = cache.load()
     rank, world = accelerator.process_index, accelerator.num_processes
 
+    mine_all = [w for wins in windows.values() for w in wins[rank::world]]
+    todo = any(f"{label}|{w.id}" not in done for label, _ in settings for w in mine_all)
+    if todo and not args.no_warmup:
+        _warm_up(model, settings, windows, hyper, accelerator.device)
     started, computed = time.perf_counter(), 0
     for label, count in settings:
         with patched(model, count, hyper):
