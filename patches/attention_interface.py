@@ -25,6 +25,7 @@ from hf_hyper.config import HyperAttentionConfig
 from .masks import attention_per_sequence, key_ranges_from_mask
 
 PREFIX = "hf_hyper+"
+HYPE_PREFIX = "hf_hyper_hype+"  # HyPE models' attention (hype_models) reads CONFIG_ATTR too
 CONFIG_ATTR = "hf_hyper_config"
 OBSERVER_ATTR = "hf_hyper_observer"
 
@@ -154,11 +155,6 @@ class AttentionInterfaceAdapter:
 
     def check(self, model: PreTrainedModel) -> None:
         previous = model.config._attn_implementation
-        if previous is not None and previous.startswith("hf_hyper_hype+"):
-            raise ValueError(
-                "this model carries HyPE (apply_hype); patching it with HyperAttention would "
-                "drop the HyPE bias in the patched layers. Use HyPE's own kernel='hyper' path"
-            )
         if previous is None or previous.startswith(PREFIX):
             raise ValueError(f"unexpected attention implementation {previous!r}")
 
@@ -166,7 +162,9 @@ class AttentionInterfaceAdapter:
         self, model: PreTrainedModel, layers: list[int], config: HyperAttentionConfig
     ) -> dict:
         previous = model.config._attn_implementation
-        name = _register(previous)
+        # A HyPE model's attention function runs HyperAttention itself (bias included) in
+        # the layers that carry a config; other models get the hf_hyper+ function.
+        name = previous if previous.startswith(HYPE_PREFIX) else _register(previous)
         modules = decoder_layers(model)
         for i in layers:
             if getattr(modules[i].self_attn, "attn_logit_softcapping", None):
@@ -189,6 +187,11 @@ class AttentionInterfaceAdapter:
     def observe(self, model: PreTrainedModel, layers: list[int], observer) -> dict:
         """Hand each chosen layer's q, k, v to `observer`; attention itself is unchanged."""
         previous = model.config._attn_implementation
+        if previous.startswith(HYPE_PREFIX):
+            raise ValueError(
+                "capture_attention sees q and k without the HyPE bias, so its measurements "
+                "would not be of this model's attention; remove_hype first or measure without"
+            )
         name = _register(previous)
         modules = decoder_layers(model)
         for i in layers:

@@ -9,6 +9,8 @@ head; parameters when `learnable`) and routes attention through
   without touching the model's code.
 The settings go into `config.hf_hyper_hype`, the HyPE tensors into the state dict, so
 `save_pretrained` keeps both and `load_hype_model` restores them.
+`hf_hyper.patch` on such a model runs HyperAttention with the HyPE bias (its columns
+appended to q and k, hashed on the original ones) in the patched layers.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_hyper.hype import HyPE, HyPEConfig
 
-from .attention_interface import _previous_function, decoder_layers
+from .attention_interface import CONFIG_ATTR, HYPE_PREFIX, _previous_function, decoder_layers
 from .masks import key_ranges_from_mask
 
-PREFIX = "hf_hyper_hype+"
+PREFIX = HYPE_PREFIX
 CHILD = "hf_hyper_hype"
 CONFIG_KEY = "hf_hyper_hype"
 
@@ -68,7 +70,13 @@ def _attention(previous: str):
                 "HyPE attention takes unpadded batches (its positions are the token indices); "
                 "run sequences of different lengths one at a time"
             )
-        out = hype(query, key, value, causal=causal, scale=scaling)
+        # hf_hyper.patch tags layers with a HyperAttention config: HyPE runs inside it there
+        config = getattr(module, CONFIG_ATTR, None)
+        if config is not None and n_query > config.min_seq_len:
+            out = hype(query, key, value, causal=causal, scale=scaling, kernel="hyper",
+                       hyper_config=config)  # fmt: skip
+        else:
+            out = hype(query, key, value, causal=causal, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
 
     return attention
@@ -119,6 +127,8 @@ def remove_hype(model: nn.Module) -> None:
     spec = getattr(model.config, CONFIG_KEY, None)
     if not spec:
         raise RuntimeError("model has no HyPE to remove")
+    if getattr(model, "_hf_hyper_patch", None) is not None:
+        raise RuntimeError("model is patched with HyperAttention; hf_hyper.unpatch it first")
     for layer in decoder_layers(model):
         delattr(layer.self_attn, CHILD)
     if spec["replace_rope"]:

@@ -104,8 +104,9 @@ def test_refusals(tmp_path):
     hf_hyper.apply_hype(model, CONFIG)
     with pytest.raises(RuntimeError, match="already has HyPE"):
         hf_hyper.apply_hype(model, CONFIG)
-    with pytest.raises(ValueError, match="drop the HyPE bias"):
-        hf_hyper.patch(model, last_layers=1)
+    with pytest.raises(ValueError, match="without the HyPE bias"), \
+            hf_hyper.capture_attention(model, print):  # fmt: skip
+        pass
     mask = torch.ones(2, 30, dtype=torch.long)
     mask[1, :5] = 0
     with pytest.raises(ValueError, match="unpadded batches"):
@@ -116,6 +117,30 @@ def test_refusals(tmp_path):
         plain = tiny_model("llama")
         plain.save_pretrained(tmp_path)
         hf_hyper.load_hype_model(tmp_path)
+
+
+def test_patch_runs_hyper_attention_with_the_hype_bias():
+    """Patched layers of a HyPE model run HyPE inside HyperAttention: exact when the
+    blocks cover everything, an approximation otherwise, and unpatch restores the bits."""
+    model = tiny_model("llama")
+    # one kernel call for all queries (chunks of 16 would each be short enough to be exact)
+    hf_hyper.apply_hype(model, HyPEConfig(mu=CONFIG.mu, tau=CONFIG.tau), replace_rope=True)
+    x = ids(120)
+    base = logits(model, x)
+    exact = hf_hyper.HyperAttentionConfig(block_size=1 << 16, sample_size=0, min_seq_len=16)
+    report = hf_hyper.patch(model, last_layers=4, config=exact)
+    assert report.state["attn_implementation"] == "hf_hyper_hype+sdpa"
+    torch.testing.assert_close(logits(model, x), base, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="unpatch it first"):
+        hf_hyper.remove_hype(model)
+    hf_hyper.unpatch(model)
+    approx = hf_hyper.HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=16, seed=0)
+    hf_hyper.patch(model, last_layers=2, config=approx)
+    changed = logits(model, x)
+    assert 1e-4 < ((changed - base).abs().mean() / base.abs().mean()).item() < 0.5
+    hf_hyper.unpatch(model)
+    assert torch.equal(logits(model, x), base)
+    assert model.config._attn_implementation == "hf_hyper_hype+sdpa"
 
 
 @pytest.mark.gpu
