@@ -28,10 +28,16 @@ import hf_hyper
 
 from .cache import ResultLog, run_key
 from .common import JobError, command_line, markdown_table, output_dir, save_results, today
-from .models import add_hyper_arguments, add_model_arguments, hyper_config, load_model, num_layers
-from .nll import window_nll
+from .models import (
+    add_hyper_arguments,
+    add_model_arguments,
+    check_lengths,
+    hyper_config,
+    load_model,
+    num_layers,
+)
+from .nll import score_window
 from .plots import plot_diagnose
-from .ppl import check_lengths
 from .texts import add_text_arguments, load_documents, text_source, token_streams
 from .timing import environment
 from .windows import Window, make_windows
@@ -113,14 +119,9 @@ def _layer_rows(results: dict[int, hf_hyper.AttentionDiagnostics]):
     return heads, layers
 
 
-def _mean_nll(model, windows: list[Window], device: torch.device) -> float:
-    total, count = 0.0, 0
-    for window in windows:
-        nll, scored = window_nll(model, torch.tensor(window.ids, device=device), window.score_from)
-        total, count = total + nll, count + scored
-    if not math.isfinite(total):
-        raise JobError("non-finite NLL while scoring; check the dtype (try --dtype fp32)")
-    return total / count
+def _mean_nll(model, windows: list[Window], device: torch.device, setting: str) -> float:
+    scores = [score_window(model, window, device, setting) for window in windows]
+    return sum(nll for nll, _ in scores) / sum(count for _, count in scores)
 
 
 class PplTrials:
@@ -137,7 +138,7 @@ class PplTrials:
             if layers:
                 hf_hyper.patch(self.model, layers=list(layers), config=self.config)
             try:
-                nll = _mean_nll(self.model, self.windows, self.device)
+                nll = _mean_nll(self.model, self.windows, self.device, key or "none")
             finally:
                 if layers:
                     hf_hyper.unpatch(self.model)
@@ -199,6 +200,8 @@ def run(args: argparse.Namespace) -> Path:
         raise JobError("diagnose runs in one process (it measures one window)")
     if args.ppl_budget is not None and not args.ppl_budget >= 0:
         raise JobError(f"--ppl-budget must be >= 0 (a relative increase); got {args.ppl_budget}")
+    if args.ppl_windows < 1:
+        raise JobError(f"--ppl-windows must be at least 1; got {args.ppl_windows}")
     config = hyper_config(args)
     out = output_dir(args.output_dir)
     source = text_source(args)
@@ -207,7 +210,7 @@ def run(args: argparse.Namespace) -> Path:
     check_lengths([args.length], args, model)
     total = num_layers(model)
     streams = token_streams(tokenizer, docs, args.per_document)
-    windows = make_windows(streams, args.length, None, max(1, args.ppl_windows))
+    windows = make_windows(streams, args.length, None, args.ppl_windows)
     if not windows:
         raise JobError(f"the text has fewer than --length={args.length} tokens")
     device = next(model.parameters()).device

@@ -65,6 +65,16 @@ def hyper_config(args: argparse.Namespace) -> HyperAttentionConfig:
         raise JobError(str(err)) from err
 
 
+def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    too_long = [n for n in lengths if limit and n > limit]
+    if too_long and not args.allow_beyond_max_positions:
+        raise JobError(
+            f"--lengths {too_long} exceed the model's max_position_embeddings={limit}; "
+            "drop them or pass --allow-beyond-max-positions"
+        )
+
+
 def check_patch_values(values: Sequence[str]) -> None:
     """Syntax only, before a model is loaded (the layer count comes with the model)."""
     for value in values:

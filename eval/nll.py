@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from .common import JobError
+from .windows import Window
 
 LOGIT_CHUNK = 4096  # positions per lm_head call: 4096 x 128k vocab x fp32 = 2 GiB at most
 
@@ -40,3 +45,15 @@ def window_nll(
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
         total += loss.double()
     return total.item(), ids.numel() - score_from
+
+
+def score_window(model, window: Window, device: torch.device, setting: str) -> tuple[float, int]:
+    """(NLL sum, scored tokens) of one window; a non-finite NLL is an error naming it."""
+    ids = torch.tensor(window.ids, device=device)
+    nll, count = window_nll(model, ids, window.score_from)
+    if not math.isfinite(nll):
+        raise JobError(
+            f"non-finite NLL ({nll}) in window {window.id} (patched layers {setting}); "
+            "check the dtype (try --dtype fp32) and the HyperAttention settings"
+        )
+    return nll, count

@@ -25,6 +25,7 @@ from .common import JobError, command_line, output_dir, release_processes, save_
 from .models import (
     add_hyper_arguments,
     add_model_arguments,
+    check_lengths,
     check_patch_values,
     hyper_config,
     load_model,
@@ -32,11 +33,11 @@ from .models import (
     parse_patch_settings,
     patched,
 )
-from .nll import window_nll
+from .nll import score_window
 from .plots import plot_ppl
 from .texts import add_text_arguments, load_documents, text_source, token_streams
 from .timing import environment
-from .windows import Window, make_windows
+from .windows import make_windows
 
 COLUMNS = [
     ("patched_layers", "patched layers"),
@@ -58,32 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     win.add_argument("--allow-beyond-max-positions", action="store_true")
     win.add_argument(
         "--no-warmup", action="store_true",
-        help="skip the untimed forward per setting and length that compiles kernels before "
-        "throughput is timed",
+        help="on a GPU, skip the untimed forward per setting and length that compiles kernels "
+        "before throughput is timed",
     )  # fmt: skip
     add_hyper_arguments(p, patch_default=["0", "all"])
     p.add_argument("--output-dir", default="ppl-results")
-
-
-def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    too_long = [n for n in lengths if limit and n > limit]
-    if too_long and not args.allow_beyond_max_positions:
-        raise JobError(
-            f"--lengths {too_long} exceed the model's max_position_embeddings={limit}; "
-            "drop them or pass --allow-beyond-max-positions"
-        )
-
-
-def _score(model, window: Window, device: torch.device, setting: str) -> tuple[float, int]:
-    ids = torch.tensor(window.ids, device=device)
-    nll, count = window_nll(model, ids, window.score_from)
-    if not math.isfinite(nll):
-        raise JobError(
-            f"non-finite NLL ({nll}) in window {window.id} (patched layers {setting}); "
-            "check the dtype (try --dtype fp32) and the HyperAttention settings"
-        )
-    return nll, count
 
 
 def _throughput(accelerator, tokens: int, seconds: float) -> dict:
@@ -138,7 +118,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
     mine_all = [w for wins in windows.values() for w in wins[rank::world]]
     todo = any(f"{label}|{w.id}" not in done for label, _ in settings for w in mine_all)
-    if todo and not args.no_warmup:
+    if todo and not args.no_warmup and accelerator.device.type == "cuda":
         _warm_up(model, settings, windows, hyper, accelerator.device)
     started, computed = time.perf_counter(), 0
     for label, count in settings:
@@ -147,7 +127,7 @@ def run(args: argparse.Namespace) -> Path | None:
                 mine = [w for w in wins[rank::world] if f"{label}|{w.id}" not in done]
                 desc = f"patched {label:>3} len {length}"
                 for window in tqdm(mine, desc=desc, disable=not accelerator.is_main_process):
-                    nll, scored = _score(model, window, accelerator.device, label)
+                    nll, scored = score_window(model, window, accelerator.device, label)
                     cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
                     computed += len(window.ids)
     accelerator.wait_for_everyone()

@@ -22,7 +22,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from hf_hyper.attention import hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
-from .masks import attention_per_sequence, key_ranges_from_mask
+from .masks import attention_per_sequence, is_unpadded, key_ranges_from_mask
 
 PREFIX = "hf_hyper+"
 HYPE_PREFIX = "hf_hyper_hype+"  # HyPE models' attention (hype_models) reads CONFIG_ATTR too
@@ -127,7 +127,7 @@ def _is_causal(module: nn.Module, kwargs: dict) -> bool:
 def _observe(observer, module, query, key, value, attention_mask, scaling, kwargs) -> None:
     causal = _is_causal(module, kwargs)
     ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
-    if ranges is not None and any(r != (0, key.shape[2]) for r in ranges):
+    if not is_unpadded(ranges, key.shape[2]):
         raise ValueError("capture_attention needs unpadded inputs; this batch has padding")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     observer(module.layer_idx, query, key, value, causal=causal, scale=scale)

@@ -29,7 +29,7 @@ from hf_hyper.attention import hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
 from .chatglm_compat import fix_generation, remove_generation_fixes
-from .masks import attention_per_sequence, key_ranges_from_mask
+from .masks import attention_per_sequence, is_unpadded, key_ranges_from_mask
 
 MODEL_TYPES = ("chatglm",)
 SEQ_FIRST, BATCH_FIRST = "seq-first", "batch-first"
@@ -137,7 +137,7 @@ def _make_observing_forward(core: nn.Module, layer: int, observer, layout: str):
         _check_shapes(core, layout, query_layer)
         q, k, v = (_to_bhnd(t, layout) for t in (query_layer, key_layer, value_layer))
         ranges = chatglm_key_ranges(attention_mask, q.shape[2], k.shape[2])
-        if ranges is not None and any(r != (0, k.shape[2]) for r in ranges):
+        if not is_unpadded(ranges, k.shape[2]):
             raise ValueError("capture_attention needs unpadded inputs; this batch has padding")
         observer(layer, q, k, v, causal=True, scale=1.0 / math.sqrt(q.shape[-1]))
         return original(query_layer, key_layer, value_layer, attention_mask)
@@ -174,7 +174,7 @@ class ChatGLMAdapter:
         for i in layers:
             core = modules[i].self_attention.core_attention
             core.forward = _make_observing_forward(core, i, observer, detect_layout(core))
-        return {"compat": fix_generation(model)}
+        return {"compat": []}  # forward passes only: no generation fixes to install
 
     def unpatch(self, model: nn.Module, state: dict) -> None:
         for layer in glm_layers(model):

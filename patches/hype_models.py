@@ -28,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from hf_hyper.hype import HyPE, HyPEConfig
 
 from .attention_interface import CONFIG_ATTR, HYPE_PREFIX, _previous_function, decoder_layers
-from .masks import key_ranges_from_mask
+from .masks import is_unpadded, key_ranges_from_mask
 
 PREFIX = HYPE_PREFIX
 CHILD = "hf_hyper_hype"
@@ -65,7 +65,7 @@ def _attention(previous: str):
         causal = kw.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else causal
         ranges = key_ranges_from_mask(attention_mask, n_query, n_key, causal)
-        if ranges is not None and any(r != (0, n_key) for r in ranges):
+        if not is_unpadded(ranges, n_key):
             raise ValueError(
                 "HyPE attention takes unpadded batches (its positions are the token indices); "
                 "run sequences of different lengths one at a time"

@@ -46,6 +46,11 @@ def key_ranges_from_mask(
     return ranges
 
 
+def is_unpadded(ranges: list[tuple[int, int]] | None, n_key: int) -> bool:
+    """True if `key_ranges_from_mask` found every sequence seeing all n_key keys."""
+    return ranges is None or all(r == (0, n_key) for r in ranges)
+
+
 def _check_pattern(allowed, valid, n_query: int, n_key: int, causal: bool) -> None:
     offset = n_key - n_query
     cols = torch.arange(n_key, device=allowed.device)

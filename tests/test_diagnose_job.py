@@ -91,6 +91,8 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     base = ["diagnose", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
     assert cli.main([*base, "--ppl-budget", "-1"]) == 2
     assert "--ppl-budget must be >= 0" in capsys.readouterr().err
+    assert cli.main([*base, "--ppl-windows", "0"]) == 2
+    assert "--ppl-windows must be at least 1" in capsys.readouterr().err
     assert cli.main([*base, "--layers", "9", "--length", "64"]) == 2
     assert "do not exist" in capsys.readouterr().err
     assert cli.main([*base, "--length", "100000"]) == 2

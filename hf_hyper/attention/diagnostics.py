@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
-from .blockwise import SCORE_BUDGET, accumulation_dtype
+from .blockwise import SCORE_BUDGET, accumulation_dtype, causal_mask_fn
 from .hyper import (
     _check_inputs,
     _Randomness,
@@ -205,6 +205,7 @@ def attention_diagnostics(
     stats = {name: torch.zeros(b * hk, g, dtype=f64) for name in
              ("sq_err", "alpha", "kappa", "kappa99", "heavy")}  # fmt: skip
     value_sq = torch.zeros(b * hk, dtype=f64)
+    hidden = causal_mask_fn(n_query, n_key, q.device)
     for z in range(b * hk):
         value_sq[z] = vz[z].double().pow(2).sum().cpu()
         full_lse = torch.empty(g, n_query, dtype=acc, device=q.device)
@@ -214,9 +215,7 @@ def attention_diagnostics(
             r1 = min(n_query, r0 + step)
             scores = torch.einsum("gnd,md->gnm", qz[z, :, r0:r1], kz[z]) * scale
             if causal:
-                hidden = torch.arange(n_key, device=q.device)[None] > torch.arange(
-                    r0, r1, device=q.device)[:, None]  # fmt: skip
-                scores = scores.masked_fill(hidden, float("-inf"))
+                scores = scores.masked_fill(hidden(0, 1, r0, r1), float("-inf"))
             lse = torch.logsumexp(scores, dim=-1)
             probs = torch.exp(scores - lse[..., None])
             exact = torch.einsum("gnm,md->gnd", probs, vz[z])
