@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention.fused import fused_hyper_attention_with_lse
+from hf_hyper.attention.fused import fused_hyper_attention_with_lse, fused_lsh_rank
 from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
+from hf_hyper.attention.lsh import gray_code_rank, rank_dtype
 
 
 @dataclass
@@ -47,6 +48,7 @@ SMALL_CASES = [
     Case(1, 2, 1, 10, 70, 16, 16, True, SMALL),  # short: exact with prefix
     Case(1, 2, 1, 10, 70, 16, 16, False, SMALL),
     Case(1, 2, 2, 33, 33, 20, 12, True, dict(block_size=8, sample_size=0, min_seq_len=8)),
+    Case(1, 2, 1, 64, 64, 16, 16, True, dict(SMALL, lsh_num_projs=13)),  # planned in torch
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -56,6 +58,7 @@ GPU_CASES = [
     Case(1, 4, 1, 1024, 3000, 64, 32, True, GPU),
     Case(1, 2, 2, 700, 1800, 96, 96, False, GPU),
     Case(1, 4, 2, 200, 900, 64, 64, True, GPU),  # short query block with prefix: exact
+    Case(1, 4, 2, 2048, 2048, 64, 64, True, dict(GPU, lsh_num_projs=13)),  # torch planning
 ]
 
 
@@ -83,7 +86,66 @@ def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
     return out_err, lse_err
 
 
+# (shape of x, hyperplanes, transpose heads and sequence first)
+LSH_CASES = [((2, 3, 50, 16), 7, False), ((2, 3, 50, 20), 3, True), ((70, 8), 15, False),
+             ((4, 33, 64), 0, False), ((1, 2, 300, 128), 7, True)]  # fmt: skip
+
+
+def lsh_mismatches(shape, num_projs: int, seq_first: bool, dtype, device: str) -> int:
+    """Rows whose fused rank differs from the torch formula, among rows whose every
+    projection is clear of zero (where summation order cannot flip a sign)."""
+    g = torch.Generator().manual_seed(num_projs)
+    x = torch.randn(*shape, generator=g)
+    if seq_first:
+        x = x.transpose(-2, -3).contiguous().transpose(-2, -3)
+    x = x.to(device=device, dtype=dtype)
+    planes = torch.randn(shape[-1], num_projs, generator=g).to(device)
+    got = fused_lsh_rank(x, planes)
+    proj = x.double() @ planes.to(dtype).double()
+    want = gray_code_rank(proj > 0).to(rank_dtype(num_projs))
+    clear = (proj.abs() > 1e-2 * proj.abs().mean()).all(-1) if num_projs else proj.sum(-1) == 0
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape)
+    return int((got != want)[clear].sum()) + int((~clear).all())
+
+
+def plan_mismatches(device: str) -> list[str]:
+    """Fields in which the Triton planner differs from plan_blocks + pack_query_tiles."""
+    from hf_hyper.attention import fused
+
+    g = torch.Generator().manual_seed(0)
+    config = HyperAttentionConfig(block_size=16, sample_size=8, lsh_num_projs=4)
+    q_rank = torch.randint(0, 16, (3, 2, 150), generator=g).to(device, torch.int16)
+    k_rank = torch.randint(0, 16, (3, 200), generator=g).to(device, torch.int16)
+    plans = []
+    for max_projs in (fused.FUSED_PLAN_MAX_PROJS, -1):  # Triton, then torch
+        saved, fused.FUSED_PLAN_MAX_PROJS = fused.FUSED_PLAN_MAX_PROJS, max_projs
+        rng = _Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
+        try:
+            plans.append(fused._plan_tiles(q_rank, k_rank, config, rng, lambda _: (32, 16, 4, 2)))
+        finally:
+            fused.FUSED_PLAN_MAX_PROJS = saved
+    a, b = plans
+    used = (a.slot_query.view(3, a.n_tiles, 32)[:, :, 0] < 300).cpu()
+    checks = {
+        "k_order": torch.equal(a.k_order.cpu(), b.k_order.cpu()),
+        "sample": torch.equal(a.sample.cpu(), b.sample.cpu()),
+        "slot_query": torch.equal(a.slot_query.long().cpu(), b.slot_query.long().cpu()),
+        "tile_block": torch.equal(a.tile_block.cpu()[used], b.tile_block.cpu()[used]),
+        "n_tiles": a.n_tiles == b.n_tiles,
+    }
+    return [name for name, same in checks.items() if not same]
+
+
 def main() -> int:
+    bad_plan = plan_mismatches("cpu")
+    print(f"planner mismatches: {bad_plan}")
+    if bad_plan:
+        return 1
+    for shape, num_projs, seq_first in LSH_CASES:
+        bad = lsh_mismatches(shape, num_projs, seq_first, torch.float32, "cpu")
+        print(f"lsh {shape} r={num_projs}: {bad} mismatched rows")
+        if bad:
+            return 1
     for case in SMALL_CASES:
         out_err, lse_err = compare(case, torch.float32, "cpu")
         print(f"{case}: out {out_err:.2e} lse {lse_err:.2e}")

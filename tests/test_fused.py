@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fused_cases import GPU_CASES, compare, make_inputs
+from fused_cases import (
+    GPU_CASES,
+    LSH_CASES,
+    compare,
+    lsh_mismatches,
+    make_inputs,
+    plan_mismatches,
+)
 from helpers import random_qkv, relative_error_to_v
 
 from hf_hyper import HyperAttentionConfig
@@ -35,6 +42,27 @@ def test_kernels_match_torch_path_in_triton_interpreter():
         [sys.executable, str(HERE / "fused_cases.py")], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", LSH_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_fused_hash_matches_torch_formula(case, dtype):
+    assert lsh_mismatches(*case, dtype, "cuda") == 0
+
+
+@pytest.mark.gpu
+def test_triton_planner_matches_torch_planner():
+    assert plan_mismatches("cuda") == []
+
+
+@pytest.mark.gpu
+def test_fused_forward_is_deterministic():
+    q, k, v = random_qkv(1, 4, 2, 3000, 3000, dim=64, dtype=torch.bfloat16, device="cuda", seed=8)
+    config = HyperAttentionConfig(block_size=64, sample_size=64, min_seq_len=200, seed=2)
+    first = hyper_attention(q, k, v, causal=True, config=config)
+    for _ in range(4):
+        assert torch.equal(first, hyper_attention(q, k, v, causal=True, config=config))
 
 
 @pytest.mark.gpu

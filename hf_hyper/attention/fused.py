@@ -1,23 +1,26 @@
 """Fused HyperAttention forward on CUDA: the same algorithm and random draws as the
-plain-torch path, with the attention itself in two Triton kernels.
+plain-torch path, with the work in a few kernels.
 
-Hashing, sorting and tile packing stay in torch (cheap, O(n) passes over integers);
-each recursion level is one kernel launch that merges into the output in place, and
-the exact diagonal blocks are one launch. Nothing of size O(n * d) is copied except
-when the causal recursion needs padding (lengths not divisible by 2**levels).
+The hash is one Triton pass over q and k; sorting and tile packing stay in torch
+(O(n) passes over narrow integers); each recursion level is one Triton launch that
+forms its addresses from the plan and merges into the output in place. The exact
+diagonal blocks of causal attention go to cuDNN's fused attention where it runs (the
+fastest exact kernel on Hopper), else to the Triton dense kernel. Nothing of size
+O(n * d) is copied except when the causal recursion needs padding (lengths not
+divisible by 2**levels) or cuDNN's output needs a layout change.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .hyper import (
-    BlockPlan,
     _Randomness,
     causal_levels,
     level_ranks,
@@ -34,11 +37,15 @@ FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 64; (128, 64, 8, 3) beat it by 7% at 128; the dense kernel was flat within 2%.
 TUNING = {
     "dense": (128, 64, 8, 3),
-    "block_sample_d64": (64, 64, 4, 2),
-    "block_sample_d128": (128, 64, 8, 3),
+    "block_sample_d64": (128, 64, 4, 3),
+    "block_sample_d128": (128, 32, 4, 3),
     "block_sample_small": (64, 64, 4, 2),
 }
 MAX_HEAD_DIM = 256
+# Query rows per program of the planning kernels; the bucket table they read has
+# 2**lsh_num_projs + 1 entries per problem, so larger hash widths plan in torch.
+PLAN_ROWS = 1024
+FUSED_PLAN_MAX_PROJS = 12
 
 
 @functools.cache
@@ -77,23 +84,159 @@ def _row_alignment(*tensors: Tensor) -> int:
     return per_16b
 
 
+def cudnn_attention_usable(q: Tensor, v: Tensor) -> bool:
+    """Whether cuDNN's fused attention (with its log-sum-exp) can run exact blocks of
+    these inputs: Hopper or newer, 16-bit, equal q/v head sizes it supports, and the
+    cuDNN SDPA backend not switched off by the user."""
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] != v.shape[-1]:
+        return False
+    if q.shape[-1] % 8 or q.shape[-1] > 128:
+        return False
+    if not hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention"):
+        return False
+    if not (torch.backends.cudnn.is_available() and torch.backends.cuda.cudnn_sdp_enabled()):
+        return False
+    return torch.cuda.get_device_capability(q.device) >= (9, 0)
+
+
+def _diagonal_block_view(x: Tensor, blocks: int) -> Tensor | None:
+    """x [b, h, n, d] as a 4-D view of its `blocks` diagonal blocks of n/blocks rows,
+    without a copy: [b, h*blocks, n/blocks, d] when heads are outer to sequence
+    (contiguous [b, h, n, d]), [b*blocks, h, n/blocks, d] when the sequence is outer
+    ([b, n, h, d] storage, the models' layout); None if neither is a view."""
+    b, h, n, d = x.shape
+    base = n // blocks
+    split = x.unflatten(2, (blocks, base))  # [b, h, blocks, base, d]
+    heads_outer = ((0, 1, 2, 3, 4), (b, h * blocks, base, d))
+    seq_outer = ((0, 2, 1, 3, 4), (b * blocks, h, base, d))
+    for dims, shape in (heads_outer, seq_outer):
+        try:
+            return split.permute(*dims).view(shape)
+        except RuntimeError:
+            continue
+    return None
+
+
+def fused_lsh_rank(x: Tensor, hyperplanes: Tensor) -> Tensor:
+    """`angular_lsh_rank` in one Triton pass (x on CUDA, at most 15 hyperplanes)."""
+    from .lsh import rank_dtype
+    from .triton_kernels import lsh_rank_kernel
+
+    *lead, n, d = x.shape
+    x4 = x.reshape(-1, 1, n, d) if len(lead) != 2 else x
+    if x4.stride(-1) != 1:
+        x4 = x4.contiguous()
+    b, h = x4.shape[:2]
+    r = hyperplanes.shape[1]
+    d_pad = _pow2(d)
+    planes = torch.zeros(d_pad, 16, dtype=x.dtype, device=x.device)
+    planes[:d, :r] = hyperplanes.to(device=x.device, dtype=x.dtype)
+    rank = torch.empty(b, h, n, dtype=rank_dtype(r), device=x.device)
+    block = 128 if d_pad <= 128 else 64
+    grid = (math.ceil(n / block), b * h)
+    lsh_rank_kernel[grid](
+        x4, planes, rank, n, h, x4.stride(0), x4.stride(1), x4.stride(2),
+        D=d, D_PAD=d_pad, R=r, BLOCK=block, IEEE=x.dtype == torch.float32, num_warps=4,
+    )  # fmt: skip
+    return rank.view(*lead, n)
+
+
 def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
+
+
+@dataclass
+class _TilePlan:
+    """One batch of non-causal problems, planned for the block-sample kernel.
+
+    k_order [zp, nk]: key index at each sorted position; sample [zp, m] or None: sorted
+    positions of the sampled keys; slot_query [zp, n_tiles * tile]: query row in each
+    slot (n_rows = empty); tile_block [zp, n_tiles]: key block of each tile.
+    """
+
+    k_order: Tensor
+    sample: Tensor | None
+    key_block: int
+    n_blocks: int
+    slot_query: Tensor
+    tile_block: Tensor
+    n_tiles: int
+    kernel_tiles: tuple[int, int, int, int]
+
+
+def _plan_tiles(
+    q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: _Randomness, tiles_for
+) -> _TilePlan:
+    """`plan_blocks` + `pack_query_tiles` with the per-query work in two Triton passes
+    around one narrow sort: the same key order, query blocks, tiles and draws."""
+    from .triton_kernels import query_block_kernel, tile_slot_kernel
+
+    zp, g, rows_per_head = q_rank.shape
+    n_rows, n_key = g * rows_per_head, k_rank.shape[1]
+    n_blocks = math.ceil(n_key / config.block_size)
+    key_block = math.ceil(n_key / n_blocks)
+    kernel_tiles = tiles_for(n_rows / n_blocks)
+    tile = kernel_tiles[0]
+    if config.lsh_num_projs > FUSED_PLAN_MAX_PROJS:  # bucket table too large: torch
+        plan = plan_blocks(q_rank, k_rank, config, rng)
+        pack = pack_query_tiles(plan.q_block.reshape(zp, n_rows), n_blocks, tile)
+        return _TilePlan(
+            plan.k_order, plan.sample, key_block, n_blocks, pack.slot_query,
+            pack.tile_block, pack.n_tiles, kernel_tiles,
+        )  # fmt: skip
+    dev = q_rank.device
+    k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
+    buckets = torch.arange((1 << config.lsh_num_projs) + 1, device=dev)
+    buckets = buckets.to(k_rank_sorted.dtype).expand(zp, -1).contiguous()
+    starts = torch.searchsorted(k_rank_sorted, buckets)  # [zp, buckets + 1]: keys of rank < r
+    sample = None
+    if config.sample_size > 0 and n_blocks > 1:
+        sample = rng.indices(n_key, (zp, config.sample_size))
+
+    narrow = torch.int16 if n_blocks <= 2**15 else torch.int32  # sorts faster
+    block = torch.empty(zp, n_rows, dtype=narrow, device=dev)
+    counts = torch.zeros(zp, n_blocks, dtype=torch.int32, device=dev)
+    grid = (math.ceil(n_rows / PLAN_ROWS), zp)
+    query_block_kernel[grid](
+        q_rank.reshape(zp, n_rows).contiguous(), starts, block, counts,
+        n_rows, rows_per_head, starts.shape[1], key_block, n_blocks, BLOCK=PLAN_ROWS,
+    )  # fmt: skip
+    sorted_block, order = torch.sort(block, dim=-1, stable=True)
+    tiles_per_block = (counts + tile - 1) // tile
+    tile_end = tiles_per_block.cumsum(1)
+    row_end = counts.cumsum(1)
+    n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on the tiles used
+    tiles = torch.arange(n_tiles, device=dev).expand(zp, -1).contiguous()
+    tile_block = torch.searchsorted(tile_end, tiles, right=True).clamp_(max=n_blocks - 1)
+    slot_query = torch.full((zp, n_tiles * tile), n_rows, dtype=torch.int32, device=dev)
+    tile_slot_kernel[grid](
+        sorted_block, order, (tile_end - tiles_per_block) * tile, row_end - counts,
+        slot_query, n_rows, n_blocks, n_tiles * tile, BLOCK=PLAN_ROWS,
+    )  # fmt: skip
+    return _TilePlan(
+        k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles
+    )
 
 
 class _Problem:
     """Strided inputs [b, hq, n, d] / [b, hk, n, d], the output rows and kernel options."""
 
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float):
-        self.q, self.k, self.v, self.out, self.lse = q, k, v, out, lse
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, scale: float):
+        self.q, self.k, self.v = q, k, v
+        # out [b, hq, n, dv] row-major, lse [b, hq, n] float32: allocated by the first
+        # kernel that writes them (or adopted from cuDNN), so no second copy is held
+        self.out: Tensor | None = None
+        self.lse: Tensor | None = None
         b, hq, self.n_query, self.dim = q.shape
         hk = k.shape[1]
         self.g, self.z, self.dv = hq // hk, b * hk, v.shape[-1]
+        self.scale = scale
         self.qk_scale = scale * 1.4426950408889634
         self.ieee = q.dtype == torch.float32
         self.align = _row_alignment(q, k, v)
         # 32-bit offsets halve the index traffic whenever every element offset fits
-        spans = (t.untyped_storage().nbytes() // t.element_size() for t in (q, k, v, out))
+        spans = [t.untyped_storage().nbytes() // t.element_size() for t in (q, k, v)]
+        spans.append(b * hq * self.n_query * v.shape[-1])
         self.index_dtype = torch.int32 if max(spans) < 2**31 else torch.int64
         dev = q.device
         bi = torch.arange(b, device=dev).repeat_interleave(hk)
@@ -105,6 +248,12 @@ class _Problem:
         self.v_base = bi * v.stride(0) + hki * v.stride(1)
         # output rows: [b, hq, n] row-major == [z, g, n]
         self.o_base = (torch.arange(self.z * self.g, device=dev) * self.n_query).view(self.z, -1)
+
+    def allocate(self) -> None:
+        if self.out is None:
+            b, hq = self.q.shape[:2]
+            self.out = self.q.new_empty(b, hq, self.n_query, self.dv)
+            self.lse = torch.empty(b, hq, self.n_query, dtype=torch.float32, device=self.q.device)
 
     def common(self) -> dict:
         return dict(
@@ -133,6 +282,7 @@ class _Problem:
         """Exact attention for each problem zq: rows q_base[zq] + t * stride(seq)."""
         from .triton_kernels import dense_kernel
 
+        self.allocate()
         block_m, block_n, warps, stages = self.tiles()
         grid = (q_base.numel() * math.ceil(n_query / block_m),)
         dense_kernel[grid](
@@ -145,47 +295,41 @@ class _Problem:
         )  # fmt: skip
 
     def block_sample(
-        self, q_off: Tensor, o_row: Tensor, k_pos: Tensor, k_base: Tensor, v_base: Tensor,
-        plan: BlockPlan, *, merge: bool,
+        self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
+        q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: _Randomness,
+        *, merge: bool,
     ) -> None:  # fmt: skip
-        """HyperAttention of one batch of problems zp.
+        """HyperAttention of one batch of problems zp, addressed in the kernel.
 
-        q_off, o_row [zp, rows]: element offset in q and output row of each query;
-        k_pos [zp, nk]: key sequence position at each sorted position (plan.k_order
-        already shifted); k_base, v_base [zp]: element offset of position 0.
+        q_base, o_base [zp, g]: element offset in q and output row of each problem's
+        query head at position 0 (its rows follow at stride(2) and 1); k_base, v_base
+        [zp]: element offset of the problem's key position 0; q_rank [zp, g, nq] and
+        k_rank [zp, nk]: their LSH ranks.
         """
         from .triton_kernels import block_sample_kernel
 
-        zp, n_rows = q_off.shape
-        n_key = k_pos.shape[1]
-        block_m, block_n, warps, stages = self.sample_tiles(n_rows / plan.n_blocks)
-        pack = pack_query_tiles(plan.q_block.reshape(zp, n_rows), plan.n_blocks, block_m)
-        sentinel = torch.full((zp, 1), -1, dtype=torch.int64, device=q_off.device)
-        slot_q = torch.gather(torch.cat((q_off, sentinel), 1), 1, pack.slot_query)
-        slot_o = torch.gather(torch.cat((o_row, sentinel), 1), 1, pack.slot_query)
-        k_off = k_base[:, None] + k_pos * self.k.stride(2)
-        v_off = v_base[:, None] + k_pos * self.v.stride(2)
+        self.allocate()
+        zp, g, rows_per_head = q_rank.shape
+        n_rows, n_key = g * rows_per_head, k_rank.shape[1]
+        plan = _plan_tiles(q_rank, k_rank, config, rng, self.sample_tiles)
+        block_m, block_n, warps, stages = plan.kernel_tiles
         if plan.sample is not None:
-            s_pos = torch.gather(k_pos, 1, plan.sample)
-            s_koff = k_base[:, None] + s_pos * self.k.stride(2)
-            s_voff = v_base[:, None] + s_pos * self.v.stride(2)
-            s_block = plan.sample // plan.key_block
-            n_sample = plan.sample.shape[1]
+            sample, n_sample = plan.sample, plan.sample.shape[1]
+            sample_key = torch.gather(plan.k_order, 1, sample)
             bias = math.log2(n_key / n_sample)
         else:
-            s_koff = s_voff = s_block = k_off
+            sample = sample_key = plan.k_order
             n_sample, bias = 0, 0.0
         index = self.index_dtype
-        slot_q, slot_o, k_off, v_off, s_koff, s_voff = (
-            t.to(index) for t in (slot_q, slot_o, k_off, v_off, s_koff, s_voff)
-        )
-        grid = (zp * pack.n_tiles,)
+        grid = (zp * plan.n_tiles,)
         block_sample_kernel[grid](
             self.q, self.k, self.v, self.out, self.lse,
-            slot_q, slot_o, pack.tile_block.to(torch.int32), k_off, v_off, s_koff, s_voff,
-            s_block.to(torch.int32),
-            pack.n_tiles * block_m, pack.n_tiles, n_key, plan.key_block, n_sample,
-            self.qk_scale, bias,
+            plan.slot_query, plan.tile_block, q_base.to(index).contiguous(),
+            o_base.to(index).contiguous(), plan.k_order, k_base.to(index).contiguous(),
+            v_base.to(index).contiguous(), sample, sample_key,
+            plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
+            plan.key_block, n_sample,
+            self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
             MERGE=merge, num_warps=warps, num_stages=stages,
             **self.common(),
@@ -207,21 +351,16 @@ class _Problem:
         self, q_rank: Tensor, k_rank: Tensor, k_start: int, config, rng, *, merge: bool
     ) -> None:
         """Non-causal HyperAttention of all queries against keys [k_start, k_start + nk)."""
-        plan = plan_blocks(q_rank, k_rank, config, rng)
-        t = torch.arange(self.n_query, device=self.q.device)
-        q_off = (self.q_base[:, :, None] + t * self.q.stride(2)).reshape(self.z, -1)
-        o_row = (self.o_base[:, :, None] + t).reshape(self.z, -1)
         self.block_sample(
-            q_off, o_row, plan.k_order + k_start,
-            self.k_base, self.v_base, plan, merge=merge,
+            self.q_base, self.o_base,
+            self.k_base + k_start * self.k.stride(2), self.v_base + k_start * self.v.stride(2),
+            q_rank, k_rank, config, rng, merge=merge,
         )  # fmt: skip
 
-    def causal_square(self, q_rank: Tensor, k_rank: Tensor, config, rng) -> None:
-        """Causal HyperAttention when q, k, v have the same (padded) length N."""
-        n = self.n_query
-        _, base, levels = causal_levels(n, config.min_seq_len)
-        blocks = n // base
+    def dense_diagonal(self, blocks: int) -> None:
+        """Exact causal attention inside each of `blocks` equal diagonal blocks (Triton)."""
         z, g, dev = self.z, self.g, self.q.device
+        base = self.n_query // blocks
         # diagonal blocks, problems ordered (z, g, block)
         blk = torch.arange(blocks, device=dev)
         q_base = (self.q_base[:, :, None] + blk * base * self.q.stride(2)).reshape(-1)
@@ -234,22 +373,60 @@ class _Problem:
             causal=True, merge=False,
         )  # fmt: skip
 
+    def cudnn_diagonal(self, blocks: int) -> bool:
+        """The diagonal blocks through cuDNN's fused attention, which on Hopper runs them
+        about 1.4x faster than the Triton dense kernel; False (nothing written) where it
+        cannot run: GQA, fp32, head sizes cuDNN does not take, layouts with no view."""
+        if self.g != 1 or not cudnn_attention_usable(self.q, self.v):
+            return False
+        views = [_diagonal_block_view(t, blocks) for t in (self.q, self.k, self.v)]
+        if any(t is None for t in views) or len({t.shape[:2] for t in views}) != 1:
+            return False
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                *views, None, True, 0.0, True, False, scale=self.scale
+            )[:2]
+        except RuntimeError:  # a configuration this cuDNN build rejects: Triton runs it
+            return False
+        b, hq, n = self.q.shape[:3]
+        base, dv = n // blocks, self.dv
+        if views[0].shape[1] == hq * blocks and out.is_contiguous():
+            # [b, h*blocks, base, d] row-major is [b, h, n, d] row-major: adopt it
+            self.out, self.lse = out.view(b, hq, n, dv), lse.reshape(b, hq, n)
+            return True
+        self.allocate()
+        if views[0].shape[1] == hq * blocks:
+            self.out.view(b, hq * blocks, base, dv).copy_(out)
+            self.lse.view(b, hq * blocks, base).copy_(lse.view(b, hq * blocks, base))
+        else:  # [b*blocks, h, base, d]
+            blocked = out.unflatten(0, (b, blocks)).transpose(1, 2)
+            self.out.view(b, hq, blocks, base, dv).copy_(blocked)
+            lse = lse.reshape(b, blocks, hq, base).transpose(1, 2)
+            self.lse.view(b, hq, blocks, base).copy_(lse)
+        return True
+
+    def causal_square(self, q_rank: Tensor, k_rank: Tensor, config, rng) -> None:
+        """Causal HyperAttention when q, k, v have the same (padded) length N."""
+        n = self.n_query
+        _, base, levels = causal_levels(n, config.min_seq_len)
+        blocks = n // base
+        z, g, dev = self.z, self.g, self.q.device
+        if not self.cudnn_diagonal(blocks):
+            self.dense_diagonal(blocks)
+
         for level in levels:
             size, pairs = level.size, level.pairs
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-            plan = plan_blocks(q_rank_l, k_rank_l, config, rng)
             pair = torch.arange(pairs, device=dev)
-            t = torch.arange(size, device=dev)
-            # query (z, pair, g, t) sits at sequence position (2 pair + 1) size + t
-            q_pos = (2 * pair + 1)[:, None, None] * size + t  # [pairs, 1, size]
-            q_off = self.q_base[:, None, :, None] + q_pos * self.q.stride(2)
-            o_row = self.o_base[:, None, :, None] + q_pos
-            k_first = (2 * pair * size)[None, :]  # first key position of each pair
-            zp_k_base = (self.k_base[:, None] + k_first * self.k.stride(2)).reshape(-1)
-            zp_v_base = (self.v_base[:, None] + k_first * self.v.stride(2)).reshape(-1)
+            # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
+            q_first = ((2 * pair + 1) * size)[None, :, None]
+            k_first = (2 * pair * size)[None, :]
             self.block_sample(
-                q_off.reshape(z * pairs, g * size), o_row.reshape(z * pairs, g * size),
-                plan.k_order, zp_k_base, zp_v_base, plan, merge=True,
+                (self.q_base[:, None, :] + q_first * self.q.stride(2)).reshape(z * pairs, g),
+                (self.o_base[:, None, :] + q_first).reshape(z * pairs, g),
+                (self.k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
+                (self.v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
+                q_rank_l, k_rank_l, config, rng, merge=True,
             )  # fmt: skip
 
 
@@ -275,11 +452,9 @@ def fused_hyper_attention_with_lse(
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, n_query, dim = q.shape
-    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
+    hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
-    out = torch.empty(b, hq, n_query, dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, hq, n_query, dtype=torch.float32, device=q.device)
-    problem = _Problem(q, k, v, out, lse, scale)
+    problem = _Problem(q, k, v, scale)
     q_rank = k_rank = None
     if n_query > config.min_seq_len:
         hd = dim if hash_dims is None else hash_dims
@@ -292,37 +467,43 @@ def fused_hyper_attention_with_lse(
             problem.exact(0, n_key, causal=False, merge=False)
         else:
             problem.hyper(q_rank, k_rank, 0, config, rng, merge=False)
-        return out, lse
+        return problem.out, problem.lse
 
     if n_query <= config.min_seq_len:  # short: exact, cached prefix included
         problem.exact(0, n_key, causal=True, merge=False)
-        return out, lse
+        return problem.out, problem.lse
 
     offset = n_key - n_query
     padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
     pad = padded_n - n_query
     q_sq, k_sq, v_sq = q, k[:, :, offset:], v[:, :, offset:]
-    square_out, square_lse = out, lse
     q_rank_sq, k_rank_sq = q_rank, k_rank[:, offset:]
     if pad:
         # Zero rows at the end, seen only by discarded padded queries; they hash to 0.
         q_sq, k_sq, v_sq = (_pad_seq(t, pad) for t in (q_sq, k_sq, v_sq))
-        square_out = out.new_empty(b, hq, padded_n, dv)
-        square_lse = lse.new_empty(b, hq, padded_n)
         q_rank_sq = torch.nn.functional.pad(q_rank_sq, (0, pad))
         k_rank_sq = torch.nn.functional.pad(k_rank_sq, (0, pad))
-    square = _Problem(q_sq, k_sq, v_sq, square_out, square_lse, scale)
+    square = _Problem(q_sq, k_sq, v_sq, scale)
     square.causal_square(q_rank_sq, k_rank_sq.contiguous(), config, rng)
     if pad:
-        out.copy_(square_out[:, :, :n_query])
-        lse.copy_(square_lse[:, :, :n_query])
-        del square_out, square_lse
+        problem.allocate()
+        problem.out.copy_(square.out[:, :, :n_query])
+        problem.lse.copy_(square.lse[:, :, :n_query])
+    else:  # the same rows in the same layout
+        problem.out, problem.lse = square.out, square.lse
+    del square
     if offset:  # the cached prefix is visible to every query
         if min(n_query, offset) <= config.min_seq_len:
             problem.exact(0, offset, causal=False, merge=True)
         else:
             problem.hyper(q_rank, k_rank[:, :offset].contiguous(), 0, config, rng, merge=True)
-    return out, lse
+    return problem.out, problem.lse
 
 
-__all__ = ["fused_hyper_attention_with_lse", "fused_unsupported_reason", "triton_available"]
+__all__ = [
+    "cudnn_attention_usable",
+    "fused_hyper_attention_with_lse",
+    "fused_lsh_rank",
+    "fused_unsupported_reason",
+    "triton_available",
+]

@@ -53,8 +53,34 @@ def _pad_rows(x: Tensor, rows: int) -> Tensor:
     return x if rows == 0 else torch.nn.functional.pad(x, (0, 0, 0, rows))
 
 
-def _query_blocks(q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int) -> Tensor:
-    """Key block each query attends: q_rank [z, g, nq], k_rank_sorted [z, nk] -> [z, g, nq].
+def _bucket_bounds(
+    q_rank: Tensor, k_rank: Tensor, k_rank_sorted: Tensor, num_projs: int
+) -> tuple[Tensor, Tensor]:
+    """(first, last) sorted key positions of each query's bucket: q_rank [z, rows],
+    k_rank [z, nk] -> int64 [z, rows] each (keys with rank < r, keys with rank <= r).
+
+    With few hyperplanes a histogram of the buckets answers it with two gathers; the
+    binary search is kept for configurations with too many buckets to count.
+    """
+    if num_projs > 16:
+        return (
+            torch.searchsorted(k_rank_sorted, q_rank),
+            torch.searchsorted(k_rank_sorted, q_rank, right=True),
+        )
+    z = k_rank.shape[0]
+    counts = torch.zeros(z, (1 << num_projs) + 1, dtype=torch.int64, device=k_rank.device)
+    ones = torch.ones(1, 1, dtype=torch.int64, device=k_rank.device).expand(k_rank.shape)
+    counts.scatter_add_(1, k_rank.long() + 1, ones)
+    starts = counts.cumsum_(1)  # starts[r] = keys with rank < r
+    index = q_rank.long()
+    return torch.gather(starts, 1, index), torch.gather(starts, 1, index + 1)
+
+
+def _query_blocks(
+    q_rank: Tensor, k_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int,
+    num_projs: int,
+) -> Tensor:  # fmt: skip
+    """Key block each query attends: q_rank [z, g, nq], k_rank [z, nk] -> [z, g, nq].
 
     A query goes where it would fall among the sorted keys; inside the run of keys that
     share its bucket it takes the spot matching its relative sequence position (keys
@@ -64,10 +90,11 @@ def _query_blocks(q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_block
     """
     z, g, n_query = q_rank.shape
     flat = q_rank.reshape(z, g * n_query).contiguous()
-    first = torch.searchsorted(k_rank_sorted, flat).view(z, g, n_query)
-    last = torch.searchsorted(k_rank_sorted, flat, right=True).view(z, g, n_query)
-    frac = (torch.arange(n_query, device=q_rank.device, dtype=torch.float64) + 0.5) / n_query
-    position = first + ((last - first).to(torch.float64) * frac).long()
+    first, last = _bucket_bounds(flat, k_rank, k_rank_sorted, num_projs)
+    first, last = first.view(z, g, n_query), last.view(z, g, n_query)
+    # spot (t + 1/2) / nq of the way through the bucket, in exact integer arithmetic
+    twice_t = 2 * torch.arange(n_query, device=q_rank.device) + 1
+    position = first + (last - first) * twice_t // (2 * n_query)
     return torch.clamp(position // key_block, max=n_blocks - 1)
 
 
@@ -93,7 +120,10 @@ def pack_query_tiles(block: Tensor, n_blocks: int, tile: int) -> TilePacking:
     z, n_rows = block.shape
     n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on sum of ceil(count / tile)
     dev = block.device
-    sorted_block, order = torch.sort(block, dim=-1, stable=True)
+    # narrow keys sort several times faster; the values are block numbers < n_blocks
+    narrow = torch.int16 if n_blocks <= 2**15 else torch.int32
+    sorted_block, order = torch.sort(block.to(narrow), dim=-1, stable=True)
+    sorted_block = sorted_block.long()
     counts = torch.zeros(z, n_blocks, dtype=torch.int64, device=dev)
     counts.scatter_add_(1, block, torch.ones_like(block))
     tiles_per_block = (counts + tile - 1) // tile
@@ -139,7 +169,9 @@ def plan_blocks(
     k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
     n_blocks = math.ceil(n_key / config.block_size)
     key_block = math.ceil(n_key / n_blocks)
-    q_block = _query_blocks(q_rank, k_rank_sorted, key_block, n_blocks)
+    q_block = _query_blocks(
+        q_rank, k_rank, k_rank_sorted, key_block, n_blocks, config.lsh_num_projs
+    )
     sample = None
     if config.sample_size > 0 and n_blocks > 1:
         sample = rng.indices(n_key, (k_rank.shape[0], config.sample_size))

@@ -79,27 +79,42 @@ def _finish(
 @triton.jit
 def block_sample_kernel(
     Q, K, V, Out, LSE,
-    q_off_ptr, o_row_ptr, tile_block_ptr, k_off_ptr, v_off_ptr,
-    s_koff_ptr, s_voff_ptr, s_block_ptr,
-    n_slots, n_tiles, n_key, key_block, n_sample,
-    qk_scale, sample_bias,
+    slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, k_order_ptr, k_base_ptr,
+    v_base_ptr, sample_ptr, sample_key_ptr,
+    n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_sample,
+    q_stride, k_stride, v_stride, qk_scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """One tile of queries that share a key block: exact over the block's sorted keys,
-    then the shared uniform sample (own-block keys masked, logits + log2(n/m))."""
+    """One tile of queries that share a key block of problem zp: exact over the block's
+    sorted keys, then the problem's uniform sample (sample: sorted positions, sample_key:
+    their key indices; own-block keys masked, logits + log2(n/m)).
+
+    Addresses are formed here from the plan itself (query row -> head and position,
+    sorted position -> key index), so no per-level offset arrays are built in memory:
+    query row r of zp is head r // rows_per_head at position r % rows_per_head, at
+    element q_base[zp, head] + position * q_stride; key index j at k_base[zp] + j * k_stride.
+    The base arrays' integer type (int32 when every offset fits) sets the index maths.
+    """
     pid = tl.program_id(0)
     zp = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
     slots = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    if tl.load(q_off_ptr + zp * n_slots + tile * BLOCK_M) < 0:
+    if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
         return  # tiles fill from their first slot: an empty first slot is an unused tile
-    q_off = tl.load(q_off_ptr + zp * n_slots + slots)
-    row_ok = q_off >= 0
+    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
+    row_ok = row < n_rows
+    row = tl.where(row_ok, row, 0)
+    head = row // rows_per_head
+    t = row - head * rows_per_head
+    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
     q_off = tl.multiple_of(q_off, ALIGN)
-    o_row = tl.load(o_row_ptr + zp * n_slots + slots, mask=row_ok, other=0)
-    blk = tl.load(tile_block_ptr + zp * n_tiles + tile)
+    o_row = tl.load(o_base_ptr + zp * heads + head) + t
+    idx_ty = k_base_ptr.dtype.element_ty
+    k_base = tl.load(k_base_ptr + zp)
+    v_base = tl.load(v_base_ptr + zp)
+    blk = tl.load(tile_block_ptr + zp * n_tiles + tile).to(tl.int32)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     offs_n = tl.arange(0, BLOCK_N)
@@ -112,13 +127,15 @@ def block_sample_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    order = k_order_ptr + zp * n_key
     lo = blk * key_block
     hi = tl.minimum(lo + key_block, n_key)
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         ok = pos < hi
-        k_off = tl.multiple_of(tl.load(k_off_ptr + zp * n_key + pos, mask=ok, other=0), ALIGN)
-        v_off = tl.multiple_of(tl.load(v_off_ptr + zp * n_key + pos, mask=ok, other=0), ALIGN)
+        key = tl.load(order + pos, mask=ok, other=0).to(idx_ty)
+        k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+        v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = _load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
         v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update(q, k, v, ok[None, :], 0.0, m_i, l_i, acc, qk_scale, IEEE)
@@ -126,11 +143,13 @@ def block_sample_kernel(
         for start in range(0, n_sample, BLOCK_N):
             idx = start + offs_n
             ok = idx < n_sample
-            s_blk = tl.load(s_block_ptr + zp * n_sample + idx, mask=ok, other=-1)
-            ok = ok & (s_blk != blk)
-            k_off = tl.load(s_koff_ptr + zp * n_sample + idx, mask=ok, other=0)
-            v_off = tl.load(s_voff_ptr + zp * n_sample + idx, mask=ok, other=0)
-            k_off, v_off = tl.multiple_of(k_off, ALIGN), tl.multiple_of(v_off, ALIGN)
+            spot = tl.load(sample_ptr + zp * n_sample + idx, mask=ok, other=0).to(tl.int32)
+            ok = ok & (spot // key_block != blk)
+            # the key index comes pre-gathered: a load through `order` would chain two
+            # dependent loads per key tile
+            key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=ok, other=0).to(idx_ty)
+            k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+            v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
             k = _load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
             v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
             m_i, l_i, acc = _update(
@@ -207,4 +226,89 @@ def dense_kernel(
     _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
 
 
-__all__ = ["LOG2E", "block_sample_kernel", "dense_kernel"]
+@triton.jit
+def lsh_rank_kernel(
+    X, Planes, Rank,
+    n_rows, heads, stride_b, stride_h, stride_n,
+    D: tl.constexpr, D_PAD: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
+    IEEE: tl.constexpr,
+):  # fmt: skip
+    """Gray-code rank of the sign pattern of BLOCK rows of x[b, h] against R <= 15
+    hyperplanes (Planes: [D_PAD, 16] in x's dtype, zero-padded). One read of each row,
+    one small write: the hash costs a pass over q and k, not a skinny GEMM plus a
+    dozen integer passes."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    offs_r = tl.arange(0, 16)
+    ptrs = X + b * stride_b + h * stride_h + rows.to(tl.int64)[:, None] * stride_n
+    x = tl.load(ptrs + offs_d[None, :], mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    planes = tl.load(Planes + offs_d[:, None] * 16 + offs_r[None, :])
+    if IEEE:  # noqa: SIM108 (constexpr branch)
+        proj = tl.dot(x, planes, input_precision="ieee")
+    else:
+        proj = tl.dot(x, planes)
+    # hyperplane i is bit R-1-i of the Gray code (most significant first)
+    weight = tl.where(offs_r < R, 1 << tl.maximum(R - 1 - offs_r, 0), 0)
+    code = tl.sum(tl.where(proj > 0, weight[None, :], 0), 1)
+    # Gray -> binary: every bit XORs all more significant bits
+    code = code ^ (code >> 1)
+    code = code ^ (code >> 2)
+    code = code ^ (code >> 4)
+    code = code ^ (code >> 8)
+    tl.store(Rank + bh.to(tl.int64) * n_rows + rows, code.to(Rank.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def query_block_kernel(
+    q_rank_ptr, starts_ptr, block_ptr, counts_ptr,
+    n_rows, rows_per_head, n_starts, key_block, n_blocks,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Key block of each query row of problem zp (the rule of `hyper._query_blocks`:
+    the spot (t + 1/2) / n of the way through its bucket's run of sorted keys, where
+    starts[r] counts the keys of rank < r), and a count of the rows of each block."""
+    zp = tl.program_id(1).to(tl.int64)
+    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = row < n_rows
+    rank = tl.load(q_rank_ptr + zp * n_rows + row, mask=ok, other=0).to(tl.int32)
+    first = tl.load(starts_ptr + zp * n_starts + rank, mask=ok, other=0).to(tl.int64)
+    last = tl.load(starts_ptr + zp * n_starts + rank + 1, mask=ok, other=0).to(tl.int64)
+    twice_t = 2 * (row % rows_per_head).to(tl.int64) + 1
+    position = first + (last - first) * twice_t // (2 * rows_per_head)
+    blk = tl.minimum(position // key_block, n_blocks - 1).to(tl.int32)
+    tl.store(block_ptr + zp * n_rows + row, blk.to(block_ptr.dtype.element_ty), mask=ok)
+    tl.atomic_add(counts_ptr + zp * n_blocks + blk, 1, mask=ok, sem="relaxed")
+
+
+@triton.jit
+def tile_slot_kernel(
+    sorted_block_ptr, order_ptr, first_slot_ptr, row_start_ptr, slot_query_ptr,
+    n_rows, n_blocks, n_slots,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Put the i-th row of the block-sorted order in slot i - row_start[blk] of its
+    block's run of tiles: rows keep their order (a stable sort by block), so the
+    placement, and with it every result bit, is deterministic."""
+    zp = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n_rows
+    blk = tl.load(sorted_block_ptr + zp * n_rows + i, mask=ok, other=0).to(tl.int32)
+    row = tl.load(order_ptr + zp * n_rows + i, mask=ok, other=0)
+    first = tl.load(first_slot_ptr + zp * n_blocks + blk, mask=ok, other=0)
+    start = tl.load(row_start_ptr + zp * n_blocks + blk, mask=ok, other=0)
+    tl.store(slot_query_ptr + zp * n_slots + first + (i - start), row.to(tl.int32), mask=ok)
+
+
+__all__ = [
+    "LOG2E",
+    "block_sample_kernel",
+    "dense_kernel",
+    "lsh_rank_kernel",
+    "query_block_kernel",
+    "tile_slot_kernel",
+]
