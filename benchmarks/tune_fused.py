@@ -17,9 +17,8 @@ from hf_hyper.eval.timing import time_cuda
 
 N = 131072
 VARIANTS = [
-    *(("block_sample_d64", t) for t in [(128, 64, 8, 2), (64, 64, 4, 2), (64, 128, 4, 2)]),
-    *(("block_sample_d128", t) for t in [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 3)]),
-    *(("dense", t) for t in [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]),
+    *(("block_sample_d64", t) for t in [(128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3)]),
+    *(("block_sample_d128", t) for t in [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)]),
 ]
 
 

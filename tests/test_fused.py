@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from fused_cases import (
+    GPU,
     GPU_CASES,
     LSH_CASES,
+    Case,
     compare,
     lsh_mismatches,
     make_inputs,
@@ -21,7 +23,7 @@ from fused_cases import (
 from helpers import random_qkv, relative_error_to_v
 
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import hyper_attention, reference_attention
+from hf_hyper.attention import hyper_attention, hyper_attention_with_lse, reference_attention
 
 HERE = Path(__file__).parent
 
@@ -54,6 +56,24 @@ def test_fused_hash_matches_torch_formula(case, dtype):
 @pytest.mark.gpu
 def test_triton_planner_matches_torch_planner():
     assert plan_mismatches("cuda") == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq_first", [False, True], ids=["bhnd", "bnhd"])
+@pytest.mark.parametrize("n_query, n_key", [(2048, 2048), (1900, 2300)])
+def test_cudnn_diagonal_blocks_match_triton_dense(seq_first, n_query, n_key):
+    # the exact diagonal blocks go to cuDNN where it runs; with it off, Triton runs them
+    case = Case(1, 4, 4, n_query, n_key, 64, 64, True, GPU, seq_first=seq_first)
+    q, k, v = make_inputs(case, torch.bfloat16, "cuda")
+    config = HyperAttentionConfig(seed=1, backend="triton", **GPU)
+    with_cudnn = hyper_attention_with_lse(q, k, v, causal=True, config=config)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        without = hyper_attention_with_lse(q, k, v, causal=True, config=config)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    assert (with_cudnn[0].float() - without[0].float()).abs().max().item() < 2e-2
+    assert (with_cudnn[1] - without[1]).abs().max().item() < 1e-2
 
 
 @pytest.mark.gpu

@@ -31,10 +31,11 @@ from .lsh import angular_lsh_rank
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs with head_dim <= 128,
-# chosen by timing on an H100 (benchmarks/tune_fused.py; float32 and larger heads use
-# small tiles).
-# Causal 131k, 32 heads, bf16: (64, 64, 4, 2) beat (128, 64, 8, 2) by 18% at head_dim
-# 64; (128, 64, 8, 3) beat it by 7% at 128; the dense kernel was flat within 2%.
+# chosen by timing the causal forward at 131k, 32 heads, bf16 on an H100
+# (benchmarks/tune_fused.py; float32 and larger heads use small tiles): (128, 32, 4, 3)
+# beat (128, 64, 8, 3) by 13% at head_dim 128, (128, 64, 4, 3) beat (64, 64, 4, 2) by
+# 18% at 64 (results/attention/tune.txt). The dense kernel, now used only for GQA/fp32
+# diagonals and short inputs, was flat across shapes.
 TUNING = {
     "dense": (128, 64, 8, 3),
     "block_sample_d64": (128, 64, 4, 3),
@@ -375,8 +376,9 @@ class _Problem:
 
     def cudnn_diagonal(self, blocks: int) -> bool:
         """The diagonal blocks through cuDNN's fused attention, which on Hopper runs them
-        about 1.4x faster than the Triton dense kernel; False (nothing written) where it
-        cannot run: GQA, fp32, head sizes cuDNN does not take, layouts with no view."""
+        1.3x faster than the Triton dense kernel at head_dim 128; False (nothing
+        written) where it cannot run: GQA, fp32, head sizes cuDNN does not take, layouts
+        with no view."""
         if self.g != 1 or not cudnn_attention_usable(self.q, self.v):
             return False
         views = [_diagonal_block_view(t, blocks) for t in (self.q, self.k, self.v)]
