@@ -40,7 +40,11 @@ SHAPES = {
     ),
 }  # fmt: skip
 UNAVAILABLE_SHAPES = {
-    "chatglm2-6b": "ChatGLM2 runs remote code, and its hf_hyper adapter is not written yet",
+    "chatglm2-6b": (
+        "ChatGLM2's modeling code is remote code that transformers does not ship, so no "
+        "offline preset can build it; time a downloaded checkpoint with --model PATH "
+        "--trust-remote-code"
+    ),
 }
 COLUMNS = [
     ("length", "length"),
