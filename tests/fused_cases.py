@@ -117,13 +117,13 @@ def plan_mismatches(device: str) -> list[str]:
     q_rank = torch.randint(0, 16, (3, 2, 150), generator=g).to(device, torch.int16)
     k_rank = torch.randint(0, 16, (3, 200), generator=g).to(device, torch.int16)
     plans = []
-    for max_projs in (fused.FUSED_PLAN_MAX_PROJS, -1):  # Triton, then torch
-        saved, fused.FUSED_PLAN_MAX_PROJS = fused.FUSED_PLAN_MAX_PROJS, max_projs
+    for max_projs in (fused.BUCKET_TABLE_MAX_PROJS, -1):  # Triton, then torch
+        saved, fused.BUCKET_TABLE_MAX_PROJS = fused.BUCKET_TABLE_MAX_PROJS, max_projs
         rng = _Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
         try:
             plans.append(fused._plan_tiles(q_rank, k_rank, config, rng, lambda _: (32, 16, 4, 2)))
         finally:
-            fused.FUSED_PLAN_MAX_PROJS = saved
+            fused.BUCKET_TABLE_MAX_PROJS = saved
     a, b = plans
     used = (a.slot_query.view(3, a.n_tiles, 32)[:, :, 0] < 300).cpu()
     checks = {

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .hyper import (
+    BUCKET_TABLE_MAX_PROJS,
     _Randomness,
+    bucket_starts,
     causal_levels,
     level_ranks,
     pack_query_tiles,
@@ -43,10 +45,9 @@ TUNING = {
     "block_sample_small": (64, 64, 4, 2),
 }
 MAX_HEAD_DIM = 256
-# Query rows per program of the planning kernels; the bucket table they read has
-# 2**lsh_num_projs + 1 entries per problem, so larger hash widths plan in torch.
+# Query rows per program of the planning kernels. They read the bucket table of
+# `bucket_starts`, so hash widths above BUCKET_TABLE_MAX_PROJS plan in torch.
 PLAN_ROWS = 1024
-FUSED_PLAN_MAX_PROJS = 12
 
 
 @functools.cache
@@ -178,7 +179,7 @@ def _plan_tiles(
     key_block = math.ceil(n_key / n_blocks)
     kernel_tiles = tiles_for(n_rows / n_blocks)
     tile = kernel_tiles[0]
-    if config.lsh_num_projs > FUSED_PLAN_MAX_PROJS:  # bucket table too large: torch
+    if config.lsh_num_projs > BUCKET_TABLE_MAX_PROJS:  # no bucket table: torch
         plan = plan_blocks(q_rank, k_rank, config, rng)
         pack = pack_query_tiles(plan.q_block.reshape(zp, n_rows), n_blocks, tile)
         return _TilePlan(
@@ -187,9 +188,7 @@ def _plan_tiles(
         )  # fmt: skip
     dev = q_rank.device
     k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
-    buckets = torch.arange((1 << config.lsh_num_projs) + 1, device=dev)
-    buckets = buckets.to(k_rank_sorted.dtype).expand(zp, -1).contiguous()
-    starts = torch.searchsorted(k_rank_sorted, buckets)  # [zp, buckets + 1]: keys of rank < r
+    starts = bucket_starts(k_rank_sorted, config.lsh_num_projs)
     sample = None
     if config.sample_size > 0 and n_blocks > 1:
         sample = rng.indices(n_key, (zp, config.sample_size))

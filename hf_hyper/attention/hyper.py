@@ -53,34 +53,38 @@ def _pad_rows(x: Tensor, rows: int) -> Tensor:
     return x if rows == 0 else torch.nn.functional.pad(x, (0, 0, 0, rows))
 
 
-def _bucket_bounds(
-    q_rank: Tensor, k_rank: Tensor, k_rank_sorted: Tensor, num_projs: int
-) -> tuple[Tensor, Tensor]:
-    """(first, last) sorted key positions of each query's bucket: q_rank [z, rows],
-    k_rank [z, nk] -> int64 [z, rows] each (keys with rank < r, keys with rank <= r).
+# Up to this many hyperplanes, a table of where each bucket starts among the sorted
+# keys (2**r + 1 entries per problem) replaces a binary search per query.
+BUCKET_TABLE_MAX_PROJS = 12
 
-    With few hyperplanes a histogram of the buckets answers it with two gathers; the
-    binary search is kept for configurations with too many buckets to count.
-    """
-    if num_projs > 16:
+
+def bucket_starts(k_rank_sorted: Tensor, num_projs: int) -> Tensor:
+    """[z, 2**num_projs + 1] int64: starts[r] = keys of rank < r (k_rank_sorted [z, nk])."""
+    z = k_rank_sorted.shape[0]
+    buckets = torch.arange((1 << num_projs) + 1, device=k_rank_sorted.device)
+    buckets = buckets.to(k_rank_sorted.dtype).expand(z, -1).contiguous()
+    return torch.searchsorted(k_rank_sorted, buckets)
+
+
+def _bucket_bounds(
+    q_rank: Tensor, k_rank_sorted: Tensor, num_projs: int
+) -> tuple[Tensor, Tensor]:
+    """(first, last) sorted key positions of each query's bucket: q_rank [z, rows] ->
+    int64 [z, rows] each (keys with rank < r, keys with rank <= r)."""
+    if num_projs > BUCKET_TABLE_MAX_PROJS:
         return (
             torch.searchsorted(k_rank_sorted, q_rank),
             torch.searchsorted(k_rank_sorted, q_rank, right=True),
         )
-    z = k_rank.shape[0]
-    counts = torch.zeros(z, (1 << num_projs) + 1, dtype=torch.int64, device=k_rank.device)
-    ones = torch.ones(1, 1, dtype=torch.int64, device=k_rank.device).expand(k_rank.shape)
-    counts.scatter_add_(1, k_rank.long() + 1, ones)
-    starts = counts.cumsum_(1)  # starts[r] = keys with rank < r
+    starts = bucket_starts(k_rank_sorted, num_projs)
     index = q_rank.long()
     return torch.gather(starts, 1, index), torch.gather(starts, 1, index + 1)
 
 
 def _query_blocks(
-    q_rank: Tensor, k_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int,
-    num_projs: int,
-) -> Tensor:  # fmt: skip
-    """Key block each query attends: q_rank [z, g, nq], k_rank [z, nk] -> [z, g, nq].
+    q_rank: Tensor, k_rank_sorted: Tensor, key_block: int, n_blocks: int, num_projs: int
+) -> Tensor:
+    """Key block each query attends: q_rank [z, g, nq], k_rank_sorted [z, nk] -> [z, g, nq].
 
     A query goes where it would fall among the sorted keys; inside the run of keys that
     share its bucket it takes the spot matching its relative sequence position (keys
@@ -90,7 +94,7 @@ def _query_blocks(
     """
     z, g, n_query = q_rank.shape
     flat = q_rank.reshape(z, g * n_query).contiguous()
-    first, last = _bucket_bounds(flat, k_rank, k_rank_sorted, num_projs)
+    first, last = _bucket_bounds(flat, k_rank_sorted, num_projs)
     first, last = first.view(z, g, n_query), last.view(z, g, n_query)
     # spot (t + 1/2) / nq of the way through the bucket, in exact integer arithmetic
     twice_t = 2 * torch.arange(n_query, device=q_rank.device) + 1
@@ -169,9 +173,7 @@ def plan_blocks(
     k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
     n_blocks = math.ceil(n_key / config.block_size)
     key_block = math.ceil(n_key / n_blocks)
-    q_block = _query_blocks(
-        q_rank, k_rank, k_rank_sorted, key_block, n_blocks, config.lsh_num_projs
-    )
+    q_block = _query_blocks(q_rank, k_rank_sorted, key_block, n_blocks, config.lsh_num_projs)
     sample = None
     if config.sample_size > 0 and n_blocks > 1:
         sample = rng.indices(n_key, (k_rank.shape[0], config.sample_size))
