@@ -71,6 +71,17 @@ def save_results(
         print(f"no plot: {err}")
 
 
+def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
+    """Run a job: 0 when it finishes; a JobError becomes one line on stderr naming the
+    job and exit status 2, with no traceback."""
+    try:
+        job(args)
+    except JobError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(origin "file:line", parsed value) per non-blank line; bad JSON is an error naming
     file and line."""

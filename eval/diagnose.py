@@ -27,7 +27,15 @@ import torch
 import hf_hyper
 
 from .cache import ResultLog, run_key
-from .common import JobError, command_line, markdown_table, output_dir, save_results, today
+from .common import (
+    JobError,
+    command_line,
+    exit_status,
+    markdown_table,
+    output_dir,
+    save_results,
+    today,
+)
 from .models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -261,12 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except JobError as err:
-        print(f"hf-hyper diagnose: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("hf-hyper diagnose", run, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 
 from .cache import ResultLog, run_key
-from .common import JobError, command_line, output_dir, release_processes, save_results, today
+from .common import (
+    JobError,
+    command_line,
+    exit_status,
+    output_dir,
+    release_processes,
+    save_results,
+    today,
+)
 from .models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -178,12 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except JobError as err:
-        print(f"hf-hyper ppl: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("hf-hyper ppl", run, args)
 
 
 if __name__ == "__main__":

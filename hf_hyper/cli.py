@@ -98,7 +98,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hf_hyper.eval.common import JobError
+    from hf_hyper.eval.common import exit_status
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["longbench", "score"]:  # a second form of one job, not a sub-job
@@ -106,12 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return longbench_main(argv[1:])
     args = _parser().parse_args(argv)
-    try:
-        args.run(args)
-    except JobError as err:
-        print(f"hf-hyper: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("hf-hyper", args.run, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..common import JobError, command_line, output_dir, release_processes, save_results, today
+from ..common import (
+    JobError,
+    command_line,
+    exit_status,
+    output_dir,
+    release_processes,
+    save_results,
+    today,
+)
 from ..models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -228,9 +236,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     (add_score_arguments if scoring else add_arguments)(parser)
     args = parser.parse_args(argv[1:] if scoring else argv)
-    try:
-        (score if scoring else run)(args)
-    except JobError as err:
-        print(f"hf-hyper longbench: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(parser.prog, score if scoring else run, args)
