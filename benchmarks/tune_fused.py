@@ -1,46 +1,72 @@
-"""Time the fused causal forward at 131k tokens under alternative kernel tile shapes.
+"""Time the fused causal attention at 131k tokens under alternative kernel tile shapes.
 
-    python benchmarks/tune_fused.py      # on a GPU; prints ms per TUNING variant
+    python benchmarks/tune_fused.py              # forward: TUNING variants
+    python benchmarks/tune_fused.py --backward   # forward+backward: BACKWARD_TUNING
 
-The winners are the defaults in `hf_hyper.attention.fused.TUNING`.
+On a GPU; prints ms per variant (one entry changed at a time, the rest at their
+defaults). The winners are the defaults in `hf_hyper.attention.fused.TUNING` and
+`hf_hyper.attention.fused_backward.BACKWARD_TUNING`.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import fused
+from hf_hyper.attention import fused, fused_backward
 from hf_hyper.eval.bench_attention import planted_inputs
 from hf_hyper.eval.timing import time_cuda
 
 N = 131072
-VARIANTS = [
-    *(("block_sample_d64", t) for t in [(128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3)]),
-    *(("block_sample_d128", t) for t in [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)]),
-]
+VARIANTS = {
+    64: [("block_sample_d64", t) for t in [(128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3)]],
+    128: [("block_sample_d128", t) for t in [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)]],
+}
+BACKWARD_VARIANTS = {
+    64: [
+        *(("dq", t) for t in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3)]),
+        *(("dkdv", t) for t in [(32, 128, 4, 3), (64, 128, 4, 3), (64, 64, 4, 3)]),
+    ],
+    128: [
+        *(("dq_d128", t) for t in [(128, 32, 8, 3), (128, 32, 4, 3), (128, 64, 8, 3)]),
+        *(("dkdv_d128", t) for t in [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3)]),
+        *(("dkdv_d128", t) for t in [(32, 64, 4, 3), (64, 64, 4, 3)]),
+    ],
+}
 
 
 def main() -> None:
-    default = dict(fused.TUNING)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backward", action="store_true", help="time forward+backward")
+    args = parser.parse_args()
+    table = fused_backward.BACKWARD_TUNING if args.backward else fused.TUNING
+    variants = BACKWARD_VARIANTS if args.backward else VARIANTS
+    default = dict(table)
     config = HyperAttentionConfig(seed=0)
     for dim in (64, 128):
         q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, True, 0)
-        for key, tiles in VARIANTS:
-            fused.TUNING.update(default)
-            fused.TUNING[key] = tiles
-            with torch.no_grad():
-                t = time_cuda(
-                    lambda q=q, k=k, v=v: hf_hyper.hyper_attention(
-                        q, k, v, causal=True, config=config
-                    ),
-                    warmup=1,
-                    repeats=3,
-                )
+        grad = torch.randn_like(q)
+        for t in (q, k, v):
+            t.requires_grad_(args.backward)
+
+        def run(q=q, k=k, v=v, grad=grad) -> None:
+            for t in (q, k, v):
+                t.grad = None
+            with torch.set_grad_enabled(args.backward):
+                out = hf_hyper.hyper_attention(q, k, v, causal=True, config=config)
+            if args.backward:
+                out.backward(grad)
+
+        for key, tiles in variants[dim]:
+            table.update(default)
+            table[key] = tiles
+            t = time_cuda(run, warmup=1, repeats=3)
             print(f"d={dim} {key}={tiles}: {t.ms:.2f} ms", flush=True)
-        del q, k, v
-    fused.TUNING.update(default)
+        del q, k, v, grad
+    table.update(default)
 
 
 if __name__ == "__main__":

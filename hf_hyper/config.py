@@ -27,9 +27,10 @@ class HyperAttentionConfig:
         the diagonal blocks of the recursion are at most this long and exact.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded
         with it, so calls are reproducible; if None the global torch RNG is used.
-    backend: "torch" (differentiable, any device), "triton" (fused CUDA forward; an
-        error where it cannot run) or "auto" (triton where it can run, else torch).
-        Both compute the same algorithm with the same random draws.
+    backend: "torch" (plain torch ops, any device), "triton" (fused CUDA kernels,
+        forward and backward; an error where they cannot run) or "auto" (triton where it
+        can run, else torch). Both compute the same algorithm with the same random draws
+        and are differentiable (the sampled and hashed choices are held fixed).
     """
 
     lsh_num_projs: int = 7

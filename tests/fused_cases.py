@@ -13,6 +13,7 @@ import torch
 
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention.fused import fused_hyper_attention_with_lse, fused_lsh_rank
+from hf_hyper.attention.fused_backward import fused_hyper_attention_trainable
 from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
 from hf_hyper.attention.lsh import gray_code_rank, rank_dtype
 
@@ -86,6 +87,50 @@ def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
     return out_err, lse_err
 
 
+def gradients(case: Case, inputs, fused: bool, weight: torch.Tensor) -> list[torch.Tensor]:
+    """(dq, dk, dv) in float32 of sum(out * weight), through the fused backward or
+    autograd over the torch path; the same draws (seed 3) either way."""
+    config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    if fused:
+        dev = leaves[0].device
+        rng = _Randomness(torch.Generator(device=dev).manual_seed(3), dev)
+        out, _ = fused_hyper_attention_trainable(
+            *leaves, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng
+        )
+    else:
+        out, _ = hyper_attention_with_lse(*leaves, causal=case.causal, config=config)
+    (out * weight.to(out.dtype)).sum().backward()
+    return [t.grad.float() for t in leaves]
+
+
+def output_weight(case: Case, device: str) -> torch.Tensor:
+    shape = (case.batch, case.q_heads, case.n_query, case.v_dim)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def compare_grads(case: Case, dtype: torch.dtype, device: str) -> float:
+    """Largest |dq, dk, dv difference| of the fused backward vs autograd through the torch
+    path (same draws), relative to the largest torch-path gradient entry."""
+    inputs, weight = make_inputs(case, dtype, device), output_weight(case, device)
+    want, got = (gradients(case, inputs, fused, weight) for fused in (False, True))
+    return max(((w - g).abs().max() / w.abs().max()).item() for w, g in zip(want, got, strict=True))
+
+
+def low_precision_grad_errors(case: Case, dtype: torch.dtype, device: str) -> dict[str, float]:
+    """Worst relative Frobenius error of (dq, dk, dv) against the float32 torch path on
+    the same (rounded) inputs, for the fused backward and the torch path in `dtype`."""
+    inputs, weight = make_inputs(case, dtype, device), output_weight(case, device)
+    truth = gradients(case, [t.float() for t in inputs], False, weight)
+    errors = {}
+    for name, fused in (("torch", False), ("fused", True)):
+        got = gradients(case, inputs, fused, weight)
+        errors[name] = max(
+            ((g - t).norm() / t.norm()).item() for g, t in zip(got, truth, strict=True)
+        )
+    return errors
+
+
 # (shape of x, hyperplanes, transpose heads and sequence first)
 LSH_CASES = [((2, 3, 50, 16), 7, False), ((2, 3, 50, 20), 3, True), ((70, 8), 15, False),
              ((4, 33, 64), 0, False), ((1, 2, 300, 128), 7, True)]  # fmt: skip
@@ -150,6 +195,11 @@ def main() -> int:
         out_err, lse_err = compare(case, torch.float32, "cpu")
         print(f"{case}: out {out_err:.2e} lse {lse_err:.2e}")
         if not (out_err < 1e-5 and lse_err < 1e-5):
+            return 1
+    for case in SMALL_CASES:
+        grad_err = compare_grads(case, torch.float32, "cpu")
+        print(f"{case}: gradients {grad_err:.2e}")
+        if not grad_err < 1e-5:
             return 1
     return 0
 

@@ -16,8 +16,12 @@ from fused_cases import (
     LSH_CASES,
     Case,
     compare,
+    compare_grads,
+    gradients,
+    low_precision_grad_errors,
     lsh_mismatches,
     make_inputs,
+    output_weight,
     plan_mismatches,
 )
 from helpers import random_qkv, relative_error_to_v
@@ -133,14 +137,64 @@ def test_fused_causal_outputs_never_see_the_future():
 
 
 @pytest.mark.gpu
-def test_auto_backend_keeps_gradients_on_the_torch_path():
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_fused_backward_matches_torch_path_fp32(case):
+    assert compare_grads(case, torch.float32, "cuda") < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[:3], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fused_backward_low_precision_error_matches_torch_path(case, dtype):
+    # FlashAttention's rule: at most about twice plain PyTorch's error in that precision
+    errors = low_precision_grad_errors(case, dtype, "cuda")
+    assert errors["fused"] <= 2 * errors["torch"] + 1e-3, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq_first", [False, True], ids=["bhnd", "bnhd"])
+def test_cudnn_diagonal_backward_matches_triton(seq_first):
+    case = Case(1, 4, 4, 2048, 2048, 64, 64, True, GPU, seq_first=seq_first)
+    inputs, weight = make_inputs(case, torch.bfloat16, "cuda"), output_weight(case, "cuda")
+    with_cudnn = gradients(case, inputs, True, weight)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        without = gradients(case, inputs, True, weight)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    for a, b in zip(with_cudnn, without, strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+def test_fused_backward_sends_no_gradient_from_the_past_to_the_future():
+    n, cut = 3000, 1700
+    q, k, v = random_qkv(1, 4, 2, n, n, dim=64, dtype=torch.bfloat16, device="cuda", seed=8)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    config = HyperAttentionConfig(
+        block_size=64, sample_size=64, min_seq_len=200, seed=2, backend="triton"
+    )
+    out = hyper_attention(q, k, v, causal=True, config=config)
+    out[:, :, :cut].float().square().sum().backward()
+    for t in (q, k, v):
+        assert torch.count_nonzero(t.grad[:, :, cut:]) == 0
+        assert torch.count_nonzero(t.grad[:, :, :cut]) > 0
+
+
+@pytest.mark.gpu
+def test_auto_backend_trains_through_the_fused_kernels():
     q, k, v = random_qkv(1, 2, 2, 600, 600, dim=32, dtype=torch.float32, device="cuda")
-    q.requires_grad_(True)
-    config = HyperAttentionConfig(block_size=32, sample_size=32, min_seq_len=128)
-    hyper_attention(q, k, v, causal=True, config=config).sum().backward()
-    assert q.grad is not None and torch.isfinite(q.grad).all()
-    with pytest.raises(ValueError, match="forward-only"):
-        hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(backend="triton"))
+    config = dict(block_size=32, sample_size=32, min_seq_len=128, seed=4)
+    grads = {}
+    for backend in ("auto", "triton"):
+        leaf = q.clone().requires_grad_(True)
+        out = hyper_attention(
+            leaf, k, v, causal=True, config=HyperAttentionConfig(**config, backend=backend)
+        )
+        out.sum().backward()
+        grads[backend] = leaf.grad
+    assert torch.equal(grads["auto"], grads["triton"]) and torch.isfinite(grads["auto"]).all()
 
 
 def test_triton_backend_on_cpu_names_the_problem():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -71,8 +71,6 @@ def fused_unsupported_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"the fused kernels support fp16/bf16/fp32; got {q.dtype}"
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return f"the fused kernels support head_dim <= {MAX_HEAD_DIM}"
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return "the fused kernels are forward-only; gradients need backend='torch'"
     return None
 
 
@@ -218,11 +216,60 @@ def _plan_tiles(
     )
 
 
-class _Problem:
-    """Strided inputs [b, hq, n, d] / [b, hk, n, d], the output rows and kernel options."""
+@dataclass
+class DenseCall:
+    """One `_Problem.dense` launch, kept for the backward."""
 
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, scale: float):
+    q_base: Tensor
+    o_base: Tensor
+    kv_index: Tensor
+    k_base: Tensor
+    v_base: Tensor
+    n_query: int
+    n_key: int
+    causal: bool
+
+
+@dataclass
+class BlockSampleCall:
+    """One `_Problem.block_sample` launch (bases already in the index type), kept for
+    the backward."""
+
+    q_base: Tensor
+    o_base: Tensor
+    k_base: Tensor
+    v_base: Tensor
+    plan: _TilePlan
+    sample: Tensor
+    sample_key: Tensor
+    n_sample: int
+    sample_bias: float
+    n_rows: int
+    rows_per_head: int
+    n_key: int
+
+
+@dataclass
+class DiagonalCall:
+    """The causal diagonal blocks run by cuDNN, kept for the backward: the forward's
+    auxiliary results (cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset)
+    and the shape of its log-sum-exp, which cuDNN's backward takes back."""
+
+    blocks: int
+    aux: tuple
+    lse_shape: tuple[int, ...]
+
+
+class _Problem:
+    """Strided inputs [b, hq, n, d] / [b, hk, n, d], the output rows and kernel options.
+
+    With `calls` a list, every launch is also recorded there, so the backward can replay
+    the same plan (see fused_backward.py).
+    """
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, calls: list | None = None):
         self.q, self.k, self.v = q, k, v
+        self.calls = calls
         # out [b, hq, n, dv] row-major, lse [b, hq, n] float32: allocated by the first
         # kernel that writes them (or adopted from cuDNN), so no second copy is held
         self.out: Tensor | None = None
@@ -282,6 +329,10 @@ class _Problem:
         """Exact attention for each problem zq: rows q_base[zq] + t * stride(seq)."""
         from .triton_kernels import dense_kernel
 
+        if self.calls is not None:
+            self.calls.append(
+                DenseCall(q_base, o_base, kv_index, k_base, v_base, n_query, n_key, causal)
+            )
         self.allocate()
         block_m, block_n, warps, stages = self.tiles()
         grid = (q_base.numel() * math.ceil(n_query / block_m),)
@@ -321,12 +372,21 @@ class _Problem:
             sample = sample_key = plan.k_order
             n_sample, bias = 0, 0.0
         index = self.index_dtype
+        q_base, o_base, k_base, v_base = (
+            t.to(index).contiguous() for t in (q_base, o_base, k_base, v_base)
+        )
+        if self.calls is not None:
+            self.calls.append(
+                BlockSampleCall(
+                    q_base, o_base, k_base, v_base, plan, sample, sample_key, n_sample,
+                    bias, n_rows, rows_per_head, n_key,
+                )  # fmt: skip
+            )
         grid = (zp * plan.n_tiles,)
         block_sample_kernel[grid](
             self.q, self.k, self.v, self.out, self.lse,
-            plan.slot_query, plan.tile_block, q_base.to(index).contiguous(),
-            o_base.to(index).contiguous(), plan.k_order, k_base.to(index).contiguous(),
-            v_base.to(index).contiguous(), sample, sample_key,
+            plan.slot_query, plan.tile_block, q_base, o_base, plan.k_order, k_base,
+            v_base, sample, sample_key,
             plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
             plan.key_block, n_sample,
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
@@ -357,21 +417,23 @@ class _Problem:
             q_rank, k_rank, config, rng, merge=merge,
         )  # fmt: skip
 
-    def dense_diagonal(self, blocks: int) -> None:
-        """Exact causal attention inside each of `blocks` equal diagonal blocks (Triton)."""
+    def diagonal_problems(self, blocks: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(q_base, o_base, kv_index, k_base, v_base) of the `blocks` equal diagonal
+        blocks as dense problems, ordered (z, g, block)."""
         z, g, dev = self.z, self.g, self.q.device
         base = self.n_query // blocks
-        # diagonal blocks, problems ordered (z, g, block)
         blk = torch.arange(blocks, device=dev)
         q_base = (self.q_base[:, :, None] + blk * base * self.q.stride(2)).reshape(-1)
         o_base = (self.o_base[:, :, None] + blk * base).reshape(-1)
         kv_index = (torch.arange(z, device=dev)[:, None, None] * blocks + blk).expand(z, g, -1)
         k_base = (self.k_base[:, None] + blk * base * self.k.stride(2)).reshape(-1)
         v_base = (self.v_base[:, None] + blk * base * self.v.stride(2)).reshape(-1)
-        self.dense(
-            q_base, o_base, kv_index.reshape(-1), k_base, v_base, base, base,
-            causal=True, merge=False,
-        )  # fmt: skip
+        return q_base, o_base, kv_index.reshape(-1), k_base, v_base
+
+    def dense_diagonal(self, blocks: int) -> None:
+        """Exact causal attention inside each of `blocks` equal diagonal blocks (Triton)."""
+        base = self.n_query // blocks
+        self.dense(*self.diagonal_problems(blocks), base, base, causal=True, merge=False)
 
     def cudnn_diagonal(self, blocks: int) -> bool:
         """The diagonal blocks through cuDNN's fused attention, which on Hopper runs them
@@ -384,11 +446,13 @@ class _Problem:
         if any(t is None for t in views) or len({t.shape[:2] for t in views}) != 1:
             return False
         try:
-            out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            out, lse, *aux = torch.ops.aten._scaled_dot_product_cudnn_attention(
                 *views, None, True, 0.0, True, False, scale=self.scale
-            )[:2]
+            )
         except RuntimeError:  # a configuration this cuDNN build rejects: Triton runs it
             return False
+        if self.calls is not None:
+            self.calls.append(DiagonalCall(blocks, tuple(aux[:6]), tuple(lse.shape)))
         b, hq, n = self.q.shape[:3]
         base, dv = n // blocks, self.dv
         if views[0].shape[1] == hq * blocks and out.is_contiguous():
@@ -435,6 +499,18 @@ def _pad_seq(x: Tensor, rows: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, rows))
 
 
+@dataclass
+class ForwardRecord:
+    """The launches of one forward, for its backward: `whole` ran on all queries against
+    keys from 0 (exact or non-causal problems, the cached prefix); `square` on the causal
+    square of keys from `offset`, zero-padded by `pad` rows."""
+
+    whole: list = field(default_factory=list)
+    square: list = field(default_factory=list)
+    offset: int = 0
+    pad: int = 0
+
+
 def fused_hyper_attention_with_lse(
     q: Tensor,
     k: Tensor,
@@ -445,17 +521,19 @@ def fused_hyper_attention_with_lse(
     config: HyperAttentionConfig,
     rng: _Randomness,
     hash_dims: int | None = None,
+    record: ForwardRecord | None = None,
 ) -> tuple[Tensor, Tensor]:
     """HyperAttention forward with Triton kernels; inputs already validated.
 
     Same draws in the same order as the torch path (hyperplanes once, then one sample
     per level, then the prefix's), so both give the same result up to rounding.
+    record: if given, filled with the launches, for `fused_backward`.
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
-    problem = _Problem(q, k, v, scale)
+    problem = _Problem(q, k, v, scale, None if record is None else record.whole)
     q_rank = k_rank = None
     if n_query > config.min_seq_len:
         hd = dim if hash_dims is None else hash_dims
@@ -484,7 +562,9 @@ def fused_hyper_attention_with_lse(
         q_sq, k_sq, v_sq = (_pad_seq(t, pad) for t in (q_sq, k_sq, v_sq))
         q_rank_sq = torch.nn.functional.pad(q_rank_sq, (0, pad))
         k_rank_sq = torch.nn.functional.pad(k_rank_sq, (0, pad))
-    square = _Problem(q_sq, k_sq, v_sq, scale)
+    square = _Problem(q_sq, k_sq, v_sq, scale, None if record is None else record.square)
+    if record is not None:
+        record.offset, record.pad = offset, pad
     square.causal_square(q_rank_sq, k_rank_sq.contiguous(), config, rng)
     if pad:
         problem.allocate()
@@ -502,6 +582,7 @@ def fused_hyper_attention_with_lse(
 
 
 __all__ = [
+    "ForwardRecord",
     "cudnn_attention_usable",
     "fused_hyper_attention_with_lse",
     "fused_lsh_rank",

@@ -443,8 +443,12 @@ def hyper_attention_with_lse(
 
     if _use_fused(q, k, v, config):
         from .fused import fused_hyper_attention_with_lse
+        from .fused_backward import fused_hyper_attention_trainable
 
-        return fused_hyper_attention_with_lse(
+        fused = fused_hyper_attention_with_lse
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            fused = fused_hyper_attention_trainable  # the fused backward attached
+        return fused(
             q, k, v, causal=causal, scale=scale, config=config, rng=rng, hash_dims=hash_dims
         )
 

@@ -1,0 +1,309 @@
+"""Fused HyperAttention backward: the forward records its launches (plans, samples,
+bases), and the backward replays them with the backward kernels of
+`triton_backward.py`, given the final output and log-sum-exp.
+
+The hash, the sort and the samples are discrete choices, so for fixed choices the
+output is a smooth function of q, k, v and this is its exact gradient (the same as
+autograd through the torch path with the same draws).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import HyperAttentionConfig
+from .fused import (
+    BlockSampleCall,
+    DenseCall,
+    DiagonalCall,
+    ForwardRecord,
+    _diagonal_block_view,
+    _pad_seq,
+    _pow2,
+    _Problem,
+    fused_hyper_attention_with_lse,
+)
+from .hyper import _Randomness
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward kernels for 16-bit inputs
+# with head_dim <= 128 (float32 and larger heads take "small"). Query-centric dQ
+# kernels hold BLOCK_M rows and walk keys BLOCK_N at a time (the block-sample one holds
+# the plan's tile of rows); key-centric dK/dV kernels hold BLOCK_N keys and walk rows
+# BLOCK_M at a time (a divisor of the plan's tile).
+# Chosen by timing the causal forward+backward at 131k, 32 heads, bf16 on an H100
+# (the sweep of benchmarks/tune_fused.py --backward, results/attention/tune_backward.txt).
+BACKWARD_TUNING = {
+    "dq": (128, 32, 4, 3),
+    "dq_d128": (128, 64, 8, 3),
+    "dkdv": (32, 128, 4, 3),
+    "dkdv_d128": (64, 128, 8, 3),
+    "small": (32, 32, 4, 1),
+}
+# Tiles of one problem that one program of the sampled-key kernel reads: its atomics
+# then add (tiles / SAMPLE_CHUNK_TILES) partial sums per sampled key.
+SAMPLE_CHUNK_TILES = 16
+DELTA_ROWS = 64  # rows per program of the D = rowsum(dO * O) kernel
+
+
+def _dense_layout(t: Tensor) -> bool:
+    """Whether t covers its memory without gaps or overlaps (any dimension order), so
+    `zeros_like` gives a gradient buffer with the same strides."""
+    expected = 1
+    for i in sorted(range(t.dim()), key=t.stride):
+        if t.shape[i] != 1 and t.stride(i) != expected:
+            return False
+        expected *= t.shape[i]
+    return True
+
+
+def _row_delta(dout: Tensor, out: Tensor) -> Tensor:
+    """D = rowsum(dO * O) in float32, [b, h, n] (both row-major [b, h, n, dv])."""
+    from .triton_backward import row_delta_kernel
+
+    dv = out.shape[-1]
+    delta = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
+    rows = delta.numel()
+    row_delta_kernel[(math.ceil(rows / DELTA_ROWS),)](
+        dout, out, delta, rows, DV=dv, DV_PAD=_pow2(dv), BLOCK=DELTA_ROWS, num_warps=4
+    )
+    return delta
+
+
+class _Backward:
+    """Gradient launches on one `_Problem`: dq, dk, dv float32 buffers with the
+    strides of its q, k, v; out, dout, lse, delta its output rows' final values
+    (row-major [b, hq, n, .])."""
+
+    def __init__(self, problem: _Problem, grads: tuple[Tensor, Tensor, Tensor],
+                 out: Tensor, dout: Tensor, lse: Tensor, delta: Tensor) -> None:  # fmt: skip
+        self.p = problem
+        self.dq, self.dk, self.dv = grads
+        self.out, self.dout, self.lse, self.delta = out, dout, lse, delta
+        # True while the buffers are uninitialised: the first launch, cuDNN's diagonal
+        # blocks (which cover every row), then writes instead of adding
+        self.fresh = False
+
+    def tiles(self, kind: str) -> tuple[int, int, int, int]:
+        p = self.p
+        if p.ieee or max(p.dim, p.dv) > 128:
+            return BACKWARD_TUNING["small"]
+        return BACKWARD_TUNING[kind + ("_d128" if max(p.dim, p.dv) > 64 else "")]
+
+    def common(self) -> dict:
+        p = self.p
+        return dict(
+            D=p.dim, DV=p.dv, D_PAD=_pow2(p.dim), DV_PAD=_pow2(p.dv), IEEE=p.ieee,
+            ALIGN=p.align,  # a fact about the element offsets, which the buffers share
+        )  # fmt: skip
+
+    def strides(self) -> tuple[int, int, int]:
+        return self.p.q.stride(2), self.p.k.stride(2), self.p.v.stride(2)
+
+    def run(self, call) -> None:
+        if isinstance(call, DiagonalCall):
+            if not self.cudnn_diagonal(call):
+                self.initialise()
+                base = self.p.n_query // call.blocks
+                self.dense(DenseCall(*self.p.diagonal_problems(call.blocks), base, base, True))
+            return
+        self.initialise()
+        if isinstance(call, DenseCall):
+            self.dense(call)
+        elif isinstance(call, BlockSampleCall):
+            self.block_sample(call)
+        else:
+            raise TypeError(f"no backward for recorded launch {call!r}")
+
+    def initialise(self) -> None:
+        if self.fresh:
+            for t in (self.dq, self.dk, self.dv):
+                t.zero_()
+            self.fresh = False
+
+    def cudnn_diagonal(self, call: DiagonalCall) -> bool:
+        """The diagonal blocks' gradient through cuDNN's backward, fed the final output
+        and log-sum-exp (its D = rowsum(dO * O) is then the whole row's); False where
+        the blocks' rows have no 4-D view cuDNN can take (then Triton runs them)."""
+        p, blocks = self.p, call.blocks
+        views = [_diagonal_block_view(t, blocks) for t in (p.q, p.k, p.v)]
+        grads = [_diagonal_block_view(t, blocks) for t in (self.dq, self.dk, self.dv)]
+        b, hq, n = p.q.shape[:3]
+        base = n // blocks
+        if any(t is None for t in views + grads):
+            return False
+        if views[0].shape[1] == hq * blocks:  # heads outer: row-major rows are a view
+            rows = (b, hq * blocks, base)
+            out, dout = (t.view(*rows, -1) for t in (self.out, self.dout))
+            lse = self.lse.view(rows)
+        elif b == 1:  # sequence outer: [blocks, h, base, .] strided views
+            out, dout = (
+                t.view(hq, blocks, base, -1).transpose(0, 1) for t in (self.out, self.dout)
+            )
+            lse = self.lse.view(hq, blocks, base).transpose(0, 1).contiguous()
+        else:
+            return False
+        try:
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+                dout, *views, out, lse.view(call.lse_shape), call.aux[4], call.aux[5], None,
+                call.aux[0], call.aux[1], call.aux[2], call.aux[3], 0.0, True, scale=p.scale,
+            )  # fmt: skip
+        except RuntimeError:
+            return False
+        for acc, grad in zip(grads, (dq, dk, dv), strict=True):
+            acc.copy_(grad) if self.fresh else acc.add_(grad)
+        self.fresh = False
+        return True
+
+    def dense(self, call: DenseCall) -> None:
+        from .triton_backward import dense_dkdv_kernel, dense_dq_kernel
+
+        p = self.p
+        tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
+        block_m, block_n, warps, stages = self.tiles("dq")
+        dense_dq_kernel[(call.q_base.numel() * math.ceil(call.n_query / block_m),)](
+            *tensors, self.dq, call.q_base, call.o_base, call.kv_index, call.k_base,
+            call.v_base, call.n_query, call.n_key, *self.strides(), p.qk_scale, p.scale,
+            BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=call.causal,
+            num_warps=warps, num_stages=stages, **self.common(),
+        )  # fmt: skip
+        # the g query problems that read each key problem, [n_key_problems, g]
+        q_problems = torch.argsort(call.kv_index, stable=True).view(-1, p.g)
+        block_m, block_n, warps, stages = self.tiles("dkdv")
+        dense_dkdv_kernel[(q_problems.shape[0] * math.ceil(call.n_key / block_n),)](
+            *tensors, self.dk, self.dv, call.q_base, call.o_base, q_problems, call.k_base,
+            call.v_base, call.n_query, call.n_key, *self.strides(), p.qk_scale, p.scale,
+            p.g, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=call.causal,
+            num_warps=warps, num_stages=stages, **self.common(),
+        )  # fmt: skip
+
+    def block_sample(self, call: BlockSampleCall) -> None:
+        from .triton_backward import block_dkdv_kernel, block_sample_dq_kernel, sample_dkdv_kernel
+
+        p, plan = self.p, call.plan
+        tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
+        zp = plan.slot_query.shape[0]
+        tile = plan.kernel_tiles[0]  # the tile the plan packed rows into
+        n_slots = plan.n_tiles * tile
+        has_sample = plan.sample is not None
+        _, block_n, warps, stages = self.tiles("dq")
+        block_sample_dq_kernel[(zp * plan.n_tiles,)](
+            *tensors, self.dq, plan.slot_query, plan.tile_block, call.q_base, call.o_base,
+            plan.k_order, call.k_base, call.v_base, call.sample, call.sample_key,
+            n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, call.n_key,
+            plan.key_block, call.n_sample, *self.strides(), p.qk_scale, p.scale,
+            call.sample_bias, BLOCK_M=tile, BLOCK_N=block_n, HAS_SAMPLE=has_sample,
+            num_warps=warps, num_stages=stages, **self.common(),
+        )  # fmt: skip
+
+        # tiles of each key block: used tiles come first, in block order
+        used = plan.slot_query.view(zp, plan.n_tiles, tile)[:, :, 0] < call.n_rows
+        block_tiles = torch.zeros(zp, plan.n_blocks, dtype=torch.int32, device=used.device)
+        block_tiles.scatter_add_(1, plan.tile_block.long(), used.int())
+        block_tile = block_tiles.cumsum(1, dtype=torch.int32) - block_tiles
+        block_m, block_n, warps, stages = self.tiles("dkdv")
+        block_m = math.gcd(block_m, tile)  # row steps that tile the plan's tiles
+        sub_tiles = math.ceil(plan.key_block / block_n)
+        block_dkdv_kernel[(zp * plan.n_blocks * sub_tiles,)](
+            *tensors, self.dk, self.dv, plan.slot_query, block_tile, block_tiles,
+            call.q_base, call.o_base, plan.k_order, call.k_base, call.v_base,
+            n_slots, plan.n_blocks, call.n_rows, call.rows_per_head, p.g, call.n_key,
+            plan.key_block, sub_tiles, *self.strides(), p.qk_scale, p.scale,
+            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            num_stages=stages, **self.common(),
+        )  # fmt: skip
+        if not has_sample:
+            return
+        sub_tiles = math.ceil(call.n_sample / block_n)
+        n_chunks = math.ceil(plan.n_tiles / SAMPLE_CHUNK_TILES)
+        sample_dkdv_kernel[(zp * sub_tiles * n_chunks,)](
+            *tensors, self.dk, self.dv, plan.slot_query, plan.tile_block,
+            block_tiles.sum(1, dtype=torch.int32), call.q_base, call.o_base, call.k_base,
+            call.v_base, call.sample, call.sample_key,
+            n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, plan.key_block,
+            call.n_sample, sub_tiles, SAMPLE_CHUNK_TILES, n_chunks,
+            *self.strides(), p.qk_scale, p.scale, call.sample_bias,
+            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            num_stages=stages, **self.common(),
+        )  # fmt: skip
+
+
+def fused_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+    record: ForwardRecord, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv) in float32 with the strides of q, k, v, for the forward that filled
+    `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] (row-major)
+    and lse."""
+    dout, out = dout.contiguous(), out.contiguous()
+    delta = _row_delta(dout, out)
+    # When cuDNN's diagonal blocks cover all of q, k, v, they initialise the buffers
+    square_first = sorted(record.square, key=lambda call: not isinstance(call, DiagonalCall))
+    fresh = not (record.whole or record.pad) and isinstance(
+        next(iter(square_first), None), DiagonalCall
+    )
+    new = torch.empty_like if fresh else torch.zeros_like
+    grads = tuple(new(t, dtype=torch.float32) for t in (q, k, v))
+    if record.whole:
+        problem = _Problem(q, k, v, scale)
+        run = _Backward(problem, grads, out, dout, lse, delta)
+        for call in record.whole:
+            run.run(call)
+    if record.square:
+        offset, pad = record.offset, record.pad
+        dq, dk, dv = grads
+        square = (q, k[:, :, offset:], v[:, :, offset:])
+        square_grads = (dq, dk[:, :, offset:], dv[:, :, offset:])
+        sq_out, sq_dout, sq_lse, sq_delta = out, dout, lse, delta
+        if pad:  # as in the forward; padded rows get dO = 0 and L = +inf (p = 0)
+            square = tuple(_pad_seq(t, pad) for t in square)
+            square_grads = tuple(torch.zeros_like(t, dtype=torch.float32) for t in square)
+            sq_out, sq_dout = _pad_seq(out, pad), _pad_seq(dout, pad)
+            sq_lse = torch.nn.functional.pad(lse, (0, pad), value=math.inf)
+            sq_delta = torch.nn.functional.pad(delta, (0, pad))
+        run = _Backward(
+            _Problem(*square, scale), square_grads, sq_out, sq_dout, sq_lse, sq_delta
+        )
+        run.fresh = fresh
+        for call in square_first:
+            run.run(call)
+        if pad:
+            n = q.shape[2]
+            dq.add_(square_grads[0][:, :, :n])
+            dk[:, :, offset:].add_(square_grads[1][:, :, :n])
+            dv[:, :, offset:].add_(square_grads[2][:, :, :n])
+    return grads
+
+
+class _FusedHyperAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, config, rng, hash_dims):
+        record = ForwardRecord()
+        out, lse = fused_hyper_attention_with_lse(
+            q, k, v, causal=causal, scale=scale, config=config, rng=rng,
+            hash_dims=hash_dims, record=record,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.record, ctx.scale = record, scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def fused_hyper_attention_trainable(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
+    config: HyperAttentionConfig, rng: _Randomness, hash_dims: int | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The fused forward with the fused backward attached (lse carries no gradient)."""
+    q, k, v = (t if _dense_layout(t) else t.contiguous() for t in (q, k, v))
+    return _FusedHyperAttention.apply(q, k, v, causal, scale, config, rng, hash_dims)
+
+
+__all__ = ["fused_backward", "fused_hyper_attention_trainable"]

@@ -1,0 +1,407 @@
+"""Triton kernels of the fused HyperAttention backward (CUDA only; imported lazily).
+
+Every output row of HyperAttention is one softmax over a union of key sets (its
+diagonal block, its LSH block and its weighted sample at each recursion level), so with
+the final log-sum-exp L and D = rowsum(dO * O) each part's gradient is independent:
+p = exp(s + bias - L), dS = p * (dO.v - D). The kernels replay the forward's plan with
+that rule and add into float32 gradient buffers laid out like q, k, v:
+
+- query-centric kernels (dense_dq, block_sample_dq) own their rows and add dQ;
+- key-centric kernels own their keys (dense_dkdv over key tiles, block_dkdv over the
+  sorted key blocks and the query tiles packed for them) and add dK, dV;
+- sample_dkdv: sampled keys are seen by every tile of a problem, so it splits the tiles
+  into chunks and adds with atomics.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_kernels import _load
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _dq_step(q, do, k, v, keep, bias, lse2, delta, dq, qk_scale, IEEE: tl.constexpr):
+    """dQ of query rows [M] from one key tile [N] (scores in log2 units, lse2 = L*log2e)."""
+    s = _dot(q, tl.trans(k), IEEE)
+    s = tl.where(keep, s * qk_scale + bias, float("-inf"))
+    p = tl.math.exp2(s - lse2[:, None])
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds = p * (dp - delta[:, None])
+    return dq + _dot(ds.to(k.dtype), k, IEEE)
+
+
+@triton.jit
+def _dkdv_step(k, v, q, do, keep, bias, lse2, delta, dk, dv, qk_scale, IEEE: tl.constexpr):
+    """dK, dV of key rows [N] from one query tile [M] (transposed scores, keep [N, M])."""
+    st = _dot(k, tl.trans(q), IEEE)
+    st = tl.where(keep, st * qk_scale + bias, float("-inf"))
+    pt = tl.math.exp2(st - lse2[None, :])
+    dv += _dot(pt.to(do.dtype), do, IEEE)
+    dpt = _dot(v, tl.trans(do), IEEE)
+    dst = pt * (dpt - delta[None, :])
+    dk += _dot(dst.to(q.dtype), q, IEEE)
+    return dk, dv
+
+
+@triton.jit
+def _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV: tl.constexpr, FULL_DV: tl.constexpr):
+    """dO rows, L in log2 units (+inf on empty rows: p = 0 there) and D of rows o_row."""
+    do = _load(DO + o_row[:, None] * DV + offs_dv[None, :], row_ok[:, None],
+               (offs_dv < DV)[None, :], FULL_DV)  # fmt: skip
+    lse2 = tl.load(LSE + o_row, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + o_row, mask=row_ok, other=0.0)
+    return do, lse2, delta
+
+
+@triton.jit
+def _add_rows(ptrs, value, mask):
+    """Read-modify-write of float32 rows this program owns."""
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def dense_dq_kernel(
+    Q, K, V, DO, LSE, Delta, DQ,
+    q_base_ptr, o_base_ptr, kv_index_ptr, k_base_ptr, v_base_ptr,
+    n_query, n_key, q_stride, k_stride, v_stride, qk_scale, scale,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """dQ of one query tile of problem zq against all its keys (`dense_kernel`'s rows)."""
+    pid = tl.program_id(0)
+    n_row_tiles = tl.cdiv(n_query, BLOCK_M)
+    zq = pid // n_row_tiles
+    tile = pid % n_row_tiles
+    q_base = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN)
+    kz = tl.load(kv_index_ptr + zq)
+    k_base = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN)
+    v_base = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_query
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    rows64 = rows.to(tl.int64)
+    q_off = q_base + rows64 * q_stride
+    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
+    o_row = tl.load(o_base_ptr + zq) + rows64
+    do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    shift = n_key - n_query
+    hi = n_key
+    if CAUSAL:
+        hi = tl.minimum(n_key, (tile + 1) * BLOCK_M + shift)
+    for start in range(0, hi, BLOCK_N):
+        pos = start + offs_n
+        ok = pos < n_key
+        keep = ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            keep = keep & (pos[None, :] <= rows[:, None] + shift)
+        pos64 = pos.to(tl.int64)
+        k = _load(K + k_base + pos64[:, None] * k_stride + offs_d[None, :], ok[:, None],
+                  d_ok[None, :], FULL_D)  # fmt: skip
+        v = _load(V + v_base + pos64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
+                  dv_ok[None, :], FULL_DV)  # fmt: skip
+        dq = _dq_step(q, do, k, v, keep, 0.0, lse2, delta, dq, qk_scale, IEEE)
+    _add_rows(DQ + q_off[:, None] + offs_d[None, :], dq * scale, row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def dense_dkdv_kernel(
+    Q, K, V, DO, LSE, Delta, DK, DV_,
+    q_base_ptr, o_base_ptr, q_problems_ptr, k_base_ptr, v_base_ptr,
+    n_query, n_key, q_stride, k_stride, v_stride, qk_scale, scale, G,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """dK, dV of one key tile of key problem kz from the G query problems that read it
+    (q_problems [nkz, G]); causal skips query tiles wholly before the key tile."""
+    pid = tl.program_id(0)
+    n_key_tiles = tl.cdiv(n_key, BLOCK_N)
+    kz = pid // n_key_tiles
+    ktile = pid % n_key_tiles
+    k_base = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN)
+    v_base = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN)
+    keys = ktile * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < n_key
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_m = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    keys64 = keys.to(tl.int64)
+    k_off = k_base + keys64 * k_stride
+    v_off = v_base + keys64 * v_stride
+    k = _load(K + k_off[:, None] + offs_d[None, :], key_ok[:, None], d_ok[None, :], FULL_D)
+    v = _load(V + v_off[:, None] + offs_dv[None, :], key_ok[:, None], dv_ok[None, :], FULL_DV)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    shift = n_key - n_query
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(0, ktile * BLOCK_N - shift) // BLOCK_M * BLOCK_M
+    for j in range(G):
+        zq = tl.load(q_problems_ptr + kz * G + j)
+        q_base = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN)
+        o_base = tl.load(o_base_ptr + zq)
+        for start in range(lo, n_query, BLOCK_M):
+            rows = start + offs_m
+            row_ok = rows < n_query
+            rows64 = rows.to(tl.int64)
+            q_ptrs = Q + q_base + rows64[:, None] * q_stride + offs_d[None, :]
+            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
+            do, lse2, delta = _row_stats(
+                DO, LSE, Delta, o_base + rows64, row_ok, offs_dv, DV, FULL_DV
+            )
+            keep = key_ok[:, None] & row_ok[None, :]
+            if CAUSAL:
+                keep = keep & (keys[:, None] <= rows[None, :] + shift)
+            dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
+    _add_rows(DK + k_off[:, None] + offs_d[None, :], dk * scale, key_ok[:, None] & d_ok[None, :])
+    _add_rows(DV_ + v_off[:, None] + offs_dv[None, :], dv, key_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _slot_rows(
+    slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
+    heads, q_stride, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Query element offsets, output rows and validity of slots slot0 .. slot0+BLOCK_M."""
+    slots = slot0 + tl.arange(0, BLOCK_M)
+    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
+    row_ok = row < n_rows
+    row = tl.where(row_ok, row, 0)
+    head = row // rows_per_head
+    t = row - head * rows_per_head
+    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
+    o_row = tl.load(o_base_ptr + zp * heads + head) + t
+    return q_off, o_row, row_ok
+
+
+@triton.jit
+def block_sample_dq_kernel(
+    Q, K, V, DO, LSE, Delta, DQ,
+    slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, k_order_ptr, k_base_ptr,
+    v_base_ptr, sample_ptr, sample_key_ptr,
+    n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_sample,
+    q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SAMPLE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """dQ of one packed query tile: its key block, then the problem's sample (the keys
+    and masks of `block_sample_kernel`)."""
+    pid = tl.program_id(0)
+    zp = (pid // n_tiles).to(tl.int64)
+    tile = pid % n_tiles
+    if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
+        return
+    q_off, o_row, row_ok = _slot_rows(
+        slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M, n_slots, n_rows,
+        rows_per_head, heads, q_stride, BLOCK_M,
+    )  # fmt: skip
+    q_off = tl.multiple_of(q_off, ALIGN)
+    idx_ty = k_base_ptr.dtype.element_ty
+    k_base = tl.load(k_base_ptr + zp)
+    v_base = tl.load(v_base_ptr + zp)
+    blk = tl.load(tile_block_ptr + zp * n_tiles + tile).to(tl.int32)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
+    do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    order = k_order_ptr + zp * n_key
+    lo = blk * key_block
+    hi = tl.minimum(lo + key_block, n_key)
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + offs_n
+        ok = pos < hi
+        key = tl.load(order + pos, mask=ok, other=0).to(idx_ty)
+        k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+        v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
+        k = _load(K + k_off[:, None] + offs_d[None, :], ok[:, None], d_ok[None, :], FULL_D)
+        v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+        keep = ok[None, :] & row_ok[:, None]
+        dq = _dq_step(q, do, k, v, keep, 0.0, lse2, delta, dq, qk_scale, IEEE)
+    if HAS_SAMPLE:
+        for start in range(0, n_sample, BLOCK_N):
+            idx = start + offs_n
+            ok = idx < n_sample
+            spot = tl.load(sample_ptr + zp * n_sample + idx, mask=ok, other=0).to(tl.int32)
+            ok = ok & (spot // key_block != blk)
+            key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=ok, other=0).to(idx_ty)
+            k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+            v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
+            k = _load(K + k_off[:, None] + offs_d[None, :], ok[:, None], d_ok[None, :], FULL_D)
+            v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+            keep = ok[None, :] & row_ok[:, None]
+            dq = _dq_step(q, do, k, v, keep, sample_bias, lse2, delta, dq, qk_scale, IEEE)
+    _add_rows(DQ + q_off[:, None] + offs_d[None, :], dq * scale, row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def block_dkdv_kernel(
+    Q, K, V, DO, LSE, Delta, DK, DV_,
+    slot_query_ptr, block_tile_ptr, block_tiles_ptr, q_base_ptr, o_base_ptr, k_order_ptr,
+    k_base_ptr, v_base_ptr,
+    n_slots, n_blocks, n_rows, rows_per_head, heads, n_key, key_block, sub_tiles,
+    q_stride, k_stride, v_stride, qk_scale, scale,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """dK, dV of BLOCK_N sorted keys of one key block from the query tiles packed for that
+    block (block_tile [zp, n_blocks]: first tile, block_tiles: how many), read BLOCK_M
+    slots at a time; slots past a tile's last row are skipped."""
+    pid = tl.program_id(0)
+    per_problem = n_blocks * sub_tiles
+    zp = (pid // per_problem).to(tl.int64)
+    blk = (pid % per_problem) // sub_tiles
+    sub = pid % sub_tiles
+    count = tl.load(block_tiles_ptr + zp * n_blocks + blk)
+    lo = blk * key_block + sub * BLOCK_N
+    hi = tl.minimum(blk * key_block + key_block, n_key)
+    if count == 0 or lo >= hi:
+        return
+    first = tl.load(block_tile_ptr + zp * n_blocks + blk)
+    pos = lo + tl.arange(0, BLOCK_N)
+    key_ok = pos < hi
+    idx_ty = k_base_ptr.dtype.element_ty
+    key = tl.load(k_order_ptr + zp * n_key + pos, mask=key_ok, other=0).to(idx_ty)
+    k_off = tl.multiple_of(tl.load(k_base_ptr + zp) + key * k_stride, ALIGN)
+    v_off = tl.multiple_of(tl.load(v_base_ptr + zp) + key * v_stride, ALIGN)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    k = _load(K + k_off[:, None] + offs_d[None, :], key_ok[:, None], d_ok[None, :], FULL_D)
+    v = _load(V + v_off[:, None] + offs_dv[None, :], key_ok[:, None], dv_ok[None, :], FULL_DV)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    # the block's tiles are consecutive, so their slots are one run
+    for slot0 in range(first * TILE, (first + count) * TILE, BLOCK_M):
+        if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
+            q_off, o_row, row_ok = _slot_rows(
+                slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows,
+                rows_per_head, heads, q_stride, BLOCK_M,
+            )  # fmt: skip
+            q_off = tl.multiple_of(q_off, ALIGN)
+            q_ptrs = Q + q_off[:, None] + offs_d[None, :]
+            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
+            do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
+            keep = key_ok[:, None] & row_ok[None, :]
+            dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
+    _add_rows(DK + k_off[:, None] + offs_d[None, :], dk * scale, key_ok[:, None] & d_ok[None, :])
+    _add_rows(DV_ + v_off[:, None] + offs_dv[None, :], dv, key_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def sample_dkdv_kernel(
+    Q, K, V, DO, LSE, Delta, DK, DV_,
+    slot_query_ptr, tile_block_ptr, used_tiles_ptr, q_base_ptr, o_base_ptr, k_base_ptr,
+    v_base_ptr, sample_ptr, sample_key_ptr,
+    n_slots, n_tiles, n_rows, rows_per_head, heads, key_block, n_sample, sub_tiles,
+    chunk_tiles, n_chunks,
+    q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    """dK, dV of BLOCK_N sampled keys from one chunk of a problem's query tiles (read
+    BLOCK_M slots at a time), added atomically: every chunk, and repeated draws of one
+    key, add to the same rows."""
+    pid = tl.program_id(0)
+    per_problem = sub_tiles * n_chunks
+    zp = (pid // per_problem).to(tl.int64)
+    sub = (pid % per_problem) // n_chunks
+    chunk = pid % n_chunks
+    t0 = chunk * chunk_tiles
+    t1 = tl.minimum(t0 + chunk_tiles, tl.load(used_tiles_ptr + zp))
+    if t0 >= t1:
+        return
+    idx = sub * BLOCK_N + tl.arange(0, BLOCK_N)
+    s_ok = idx < n_sample
+    spot_blk = tl.load(sample_ptr + zp * n_sample + idx, mask=s_ok, other=0).to(tl.int32)
+    spot_blk = spot_blk // key_block
+    idx_ty = k_base_ptr.dtype.element_ty
+    key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=s_ok, other=0).to(idx_ty)
+    k_off = tl.multiple_of(tl.load(k_base_ptr + zp) + key * k_stride, ALIGN)
+    v_off = tl.multiple_of(tl.load(v_base_ptr + zp) + key * v_stride, ALIGN)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    k = _load(K + k_off[:, None] + offs_d[None, :], s_ok[:, None], d_ok[None, :], FULL_D)
+    v = _load(V + v_off[:, None] + offs_dv[None, :], s_ok[:, None], dv_ok[None, :], FULL_DV)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    for slot0 in range(t0 * TILE, t1 * TILE, BLOCK_M):
+        if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
+            q_off, o_row, row_ok = _slot_rows(
+                slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows,
+                rows_per_head, heads, q_stride, BLOCK_M,
+            )  # fmt: skip
+            q_off = tl.multiple_of(q_off, ALIGN)
+            blk = tl.load(tile_block_ptr + zp * n_tiles + slot0 // TILE).to(tl.int32)
+            q_ptrs = Q + q_off[:, None] + offs_d[None, :]
+            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
+            do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
+            keep = (s_ok & (spot_blk != blk))[:, None] & row_ok[None, :]
+            dk, dv = _dkdv_step(
+                k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE
+            )
+    dk_mask = s_ok[:, None] & d_ok[None, :]
+    tl.atomic_add(DK + k_off[:, None] + offs_d[None, :], dk * scale, mask=dk_mask, sem="relaxed")
+    dv_mask = s_ok[:, None] & dv_ok[None, :]
+    tl.atomic_add(DV_ + v_off[:, None] + offs_dv[None, :], dv, mask=dv_mask, sem="relaxed")
+
+
+@triton.jit
+def row_delta_kernel(DO, Out, Delta, n_rows, DV: tl.constexpr, DV_PAD: tl.constexpr,
+                     BLOCK: tl.constexpr):  # fmt: skip
+    """D = rowsum(dO * O) in float32 over row-major [n_rows, DV] tensors."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.arange(0, DV_PAD)
+    mask = (rows < n_rows)[:, None] & (offs < DV)[None, :]
+    ptrs = rows[:, None] * DV + offs[None, :]
+    do = tl.load(DO + ptrs, mask=mask, other=0.0).to(tl.float32)
+    out = tl.load(Out + ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Delta + rows, tl.sum(do * out, 1), mask=rows < n_rows)
+
+
+__all__ = [
+    "block_dkdv_kernel",
+    "block_sample_dq_kernel",
+    "dense_dkdv_kernel",
+    "dense_dq_kernel",
+    "row_delta_kernel",
+    "sample_dkdv_kernel",
+]
