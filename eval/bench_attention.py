@@ -39,6 +39,7 @@ COLUMNS = [
     ("peak_gib", "peak GiB"),
     ("err_v", "‖O−O*‖/‖V‖"),
     ("err_rel", "‖O−O*‖/‖O*‖"),
+    ("err_grad", "max ‖∇−∇*‖/‖∇*‖"),
 ]
 
 
@@ -87,7 +88,9 @@ def _exact_fn(backend: str, q, k, v, causal: bool) -> Callable[[], torch.Tensor]
     raise JobError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 
-def _run_fn(backend: str, q, k, v, causal: bool, config: HyperAttentionConfig, mode: str):
+def _run_fn(
+    backend: str, q, k, v, causal: bool, config: HyperAttentionConfig, mode: str, grad=None
+):
     if backend == "hyper":
         forward = lambda: hf_hyper.hyper_attention(q, k, v, causal=causal, config=config)  # noqa: E731
     else:
@@ -99,7 +102,6 @@ def _run_fn(backend: str, q, k, v, causal: bool, config: HyperAttentionConfig, m
                 return forward()
 
         return run
-    grad = torch.randn_like(q[..., : v.shape[-1]])
 
     def run_backward():
         for t in (q, k, v):
@@ -113,6 +115,11 @@ def _errors(out: torch.Tensor, exact: torch.Tensor, v: torch.Tensor) -> tuple[fl
     diff = (out.float() - exact.float()).norm().item()
     v_norm = v.float().norm().item() * math.sqrt(out.shape[1] / v.shape[1])  # per query head
     return diff / v_norm, diff / exact.float().norm().item()
+
+
+def _grad_error(grads: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
+    """Worst relative Frobenius error of dq, dk, dv against the exact gradients."""
+    return max(((g - e).norm() / e.norm()).item() for g, e in zip(grads, exact, strict=True))
 
 
 def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
@@ -144,18 +151,29 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                     exact = torch.nn.functional.scaled_dot_product_attention(
                         q, k, v, is_causal=causal, enable_gqa=args.heads != args.kv_heads
                     )
+                # one upstream gradient for every backend, so their gradients compare
+                gen = torch.Generator(device="cuda").manual_seed(1)
+                out_grad = torch.randn(exact.shape, generator=gen, device="cuda", dtype=dtype)
                 for mode in args.modes:
-                    base_ms = None
+                    base_ms = exact_grads = None
                     for backend in args.backends:
                         row = dict(n=n, head_dim=dim, causal=causal, mode=mode, backend=backend)
                         rows.append(row)
                         grad = mode == "fwd+bwd"
                         q.requires_grad_(grad), k.requires_grad_(grad), v.requires_grad_(grad)
                         try:
-                            fn = _run_fn(backend, q, k, v, causal, config, mode)
+                            fn = _run_fn(backend, q, k, v, causal, config, mode, out_grad)
                             if mode == "fwd":
                                 with torch.no_grad():
                                     row["err_v"], row["err_rel"] = _errors(fn(), exact, v)
+                            else:
+                                fn()
+                                grads = [t.grad.float() for t in (q, k, v)]
+                                if backend == "cudnn":
+                                    exact_grads = grads
+                                elif exact_grads is not None:
+                                    row["err_grad"] = _grad_error(grads, exact_grads)
+                                del grads
                             timing = time_cuda(fn, warmup=args.warmup, repeats=args.repeats)
                         except torch.OutOfMemoryError:
                             row["note"] = "out of memory"
@@ -174,7 +192,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                         row["speedup"] = base_ms / timing.ms if base_ms else None
                         print(f"  {row}", flush=True)
                 q.requires_grad_(False), k.requires_grad_(False), v.requires_grad_(False)
-                del q, k, v, exact
+                del q, k, v, exact, exact_grads, out_grad
                 torch.cuda.empty_cache()
     return rows
 

@@ -77,14 +77,14 @@ class _Backward:
     strides of its q, k, v; out, dout, lse, delta its output rows' final values
     (row-major [b, hq, n, .])."""
 
-    def __init__(self, problem: _Problem, grads: tuple[Tensor, Tensor, Tensor],
+    def __init__(self, problem: _Problem, grads: tuple[Tensor, Tensor, Tensor] | None,
                  out: Tensor, dout: Tensor, lse: Tensor, delta: Tensor) -> None:  # fmt: skip
         self.p = problem
-        self.dq, self.dk, self.dv = grads
+        # None: not allocated yet. If cuDNN's diagonal blocks run first they cover every
+        # row, and its gradients become the buffers' first contents (no zero fill, and
+        # cuDNN's own outputs are freed before the buffers all exist).
+        self.dq, self.dk, self.dv = grads if grads is not None else (None, None, None)
         self.out, self.dout, self.lse, self.delta = out, dout, lse, delta
-        # True while the buffers are uninitialised: the first launch, cuDNN's diagonal
-        # blocks (which cover every row), then writes instead of adding
-        self.fresh = False
 
     def tiles(self, kind: str) -> tuple[int, int, int, int]:
         p = self.p
@@ -118,10 +118,10 @@ class _Backward:
             raise TypeError(f"no backward for recorded launch {call!r}")
 
     def initialise(self) -> None:
-        if self.fresh:
-            for t in (self.dq, self.dk, self.dv):
-                t.zero_()
-            self.fresh = False
+        if self.dq is None:
+            self.dq, self.dk, self.dv = (
+                torch.zeros_like(t, dtype=torch.float32) for t in (self.p.q, self.p.k, self.p.v)
+            )
 
     def cudnn_diagonal(self, call: DiagonalCall) -> bool:
         """The diagonal blocks' gradient through cuDNN's backward, fed the final output
@@ -129,10 +129,9 @@ class _Backward:
         the blocks' rows have no 4-D view cuDNN can take (then Triton runs them)."""
         p, blocks = self.p, call.blocks
         views = [_diagonal_block_view(t, blocks) for t in (p.q, p.k, p.v)]
-        grads = [_diagonal_block_view(t, blocks) for t in (self.dq, self.dk, self.dv)]
         b, hq, n = p.q.shape[:3]
         base = n // blocks
-        if any(t is None for t in views + grads):
+        if any(t is None for t in views):
             return False
         if views[0].shape[1] == hq * blocks:  # heads outer: row-major rows are a view
             rows = (b, hq * blocks, base)
@@ -152,9 +151,18 @@ class _Backward:
             )  # fmt: skip
         except RuntimeError:
             return False
-        for acc, grad in zip(grads, (dq, dk, dv), strict=True):
-            acc.copy_(grad) if self.fresh else acc.add_(grad)
-        self.fresh = False
+        grads = [dq, dk, dv]
+        del dq, dk, dv
+        for name, like in (("dq", p.q), ("dk", p.k), ("dv", p.v)):
+            grad = grads.pop(0)
+            acc = getattr(self, name)
+            if acc is None:
+                acc = torch.empty_like(like, dtype=torch.float32)
+                setattr(self, name, acc)
+                _diagonal_block_view(acc, blocks).copy_(grad)
+            else:
+                _diagonal_block_view(acc, blocks).add_(grad)
+            del grad  # cuDNN's output, freed before the next buffer is allocated
         return True
 
     def dense(self, call: DenseCall) -> None:
@@ -233,24 +241,23 @@ class _Backward:
 def fused_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
     record: ForwardRecord, scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv) in float32 with the strides of q, k, v, for the forward that filled
-    `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] (row-major)
-    and lse."""
+) -> list[Tensor]:  # fmt: skip
+    """[dq, dk, dv] in float32 with the strides of q, k, v, for the forward that filled
+    `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] and lse."""
     dout, out = dout.contiguous(), out.contiguous()
     delta = _row_delta(dout, out)
-    # When cuDNN's diagonal blocks cover all of q, k, v, they initialise the buffers
-    square_first = sorted(record.square, key=lambda call: not isinstance(call, DiagonalCall))
-    fresh = not (record.whole or record.pad) and isinstance(
-        next(iter(square_first), None), DiagonalCall
-    )
-    new = torch.empty_like if fresh else torch.zeros_like
-    grads = tuple(new(t, dtype=torch.float32) for t in (q, k, v))
-    if record.whole:
-        problem = _Problem(q, k, v, scale)
-        run = _Backward(problem, grads, out, dout, lse, delta)
-        for call in record.whole:
+    diagonal_first = sorted(record.square, key=lambda call: not isinstance(call, DiagonalCall))
+    if not (record.whole or record.pad):  # the square is all of q, k, v
+        run = _Backward(_Problem(q, k, v, scale), None, out, dout, lse, delta)
+        for call in diagonal_first:
             run.run(call)
+        run.initialise()
+        return [run.dq, run.dk, run.dv]
+
+    grads = [torch.zeros_like(t, dtype=torch.float32) for t in (q, k, v)]
+    run = _Backward(_Problem(q, k, v, scale), grads, out, dout, lse, delta)
+    for call in record.whole:
+        run.run(call)
     if record.square:
         offset, pad = record.offset, record.pad
         dq, dk, dv = grads
@@ -266,8 +273,7 @@ def fused_backward(
         run = _Backward(
             _Problem(*square, scale), square_grads, sq_out, sq_dout, sq_lse, sq_delta
         )
-        run.fresh = fresh
-        for call in square_first:
+        for call in diagonal_first:
             run.run(call)
         if pad:
             n = q.shape[2]
@@ -293,8 +299,10 @@ class _FusedHyperAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+        grads = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale)
+        for i, like in enumerate((q, k, v)):  # each float32 buffer freed once converted
+            grads[i] = grads[i].to(like.dtype)
+        return *grads, None, None, None, None, None
 
 
 def fused_hyper_attention_trainable(
