@@ -121,6 +121,27 @@ def test_fused_exact_limit_matches_float64_reference(causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("causal, n_key", [(True, 1000), (False, 1000), (False, 1500)])
+def test_short_exact_inputs_match_sdpa_forward_and_backward(causal, n_key):
+    # short inputs are exact attention; in 16-bit MHA that runs through cuDNN, whose
+    # results (and gradients) must match SDPA's own
+    q, k, v = random_qkv(2, 4, 4, 1000, n_key, dim=64, dtype=torch.bfloat16, device="cuda")
+    grad = torch.randn_like(q)
+    results = []
+    for run in ("hyper", "sdpa"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        if run == "hyper":
+            config = HyperAttentionConfig(min_seq_len=2048, backend="triton")
+            out = hyper_attention(*leaves, causal=causal, config=config)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=causal)
+        out.backward(grad)
+        results.append([out.float(), *(t.grad.float() for t in leaves)])
+    for got, want in zip(*results, strict=True):
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
 def test_fused_causal_outputs_never_see_the_future():
     n, cut = 3000, 1700
     q, k, v = random_qkv(1, 4, 2, n, n, dim=64, dtype=torch.bfloat16, device="cuda", seed=8)

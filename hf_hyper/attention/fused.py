@@ -251,11 +251,13 @@ class BlockSampleCall:
 
 @dataclass
 class DiagonalCall:
-    """The causal diagonal blocks run by cuDNN, kept for the backward: the forward's
+    """Diagonal blocks (or, blocks=1, the whole exact problem) run by cuDNN, kept for the
+    backward: the forward's
     auxiliary results (cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset)
     and the shape of its log-sum-exp, which cuDNN's backward takes back."""
 
     blocks: int
+    causal: bool
     aux: tuple
     lse_shape: tuple[int, ...]
 
@@ -285,16 +287,29 @@ class _Problem:
         spans = [t.untyped_storage().nbytes() // t.element_size() for t in (q, k, v)]
         spans.append(b * hq * self.n_query * v.shape[-1])
         self.index_dtype = torch.int32 if max(spans) < 2**31 else torch.int64
-        dev = q.device
+
+    @functools.cached_property
+    def _bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(q_base [z, g], k_base [z], v_base [z], o_base [z, g]): element offsets of each
+        head's position 0, and its first output row. Built on first use, so a call that
+        cuDNN runs whole launches none of these small ops."""
+        q, k, v, dev = self.q, self.k, self.v, self.q.device
+        b, hk = q.shape[0], k.shape[1]
         bi = torch.arange(b, device=dev).repeat_interleave(hk)
         hki = torch.arange(hk, device=dev).repeat(b)
         gi = torch.arange(self.g, device=dev)
         heads = hki[:, None] * self.g + gi[None, :]  # [z, g] query head index
-        self.q_base = bi[:, None] * q.stride(0) + heads * q.stride(1)  # [z, g]
-        self.k_base = bi * k.stride(0) + hki * k.stride(1)  # [z]
-        self.v_base = bi * v.stride(0) + hki * v.stride(1)
+        q_base = bi[:, None] * q.stride(0) + heads * q.stride(1)
         # output rows: [b, hq, n] row-major == [z, g, n]
-        self.o_base = (torch.arange(self.z * self.g, device=dev) * self.n_query).view(self.z, -1)
+        o_base = (torch.arange(self.z * self.g, device=dev) * self.n_query).view(self.z, -1)
+        k_base = bi * k.stride(0) + hki * k.stride(1)
+        v_base = bi * v.stride(0) + hki * v.stride(1)
+        return q_base, k_base, v_base, o_base
+
+    q_base = property(lambda self: self._bases[0])
+    k_base = property(lambda self: self._bases[1])
+    v_base = property(lambda self: self._bases[2])
+    o_base = property(lambda self: self._bases[3])
 
     def allocate(self) -> None:
         if self.out is None:
@@ -435,24 +450,27 @@ class _Problem:
         base = self.n_query // blocks
         self.dense(*self.diagonal_problems(blocks), base, base, causal=True, merge=False)
 
-    def cudnn_diagonal(self, blocks: int) -> bool:
+    def cudnn_diagonal(self, blocks: int, causal: bool = True) -> bool:
         """The diagonal blocks through cuDNN's fused attention, which on Hopper runs them
-        1.3x faster than the Triton dense kernel at head_dim 128; False (nothing
+        1.3x faster than the Triton dense kernel at head_dim 128 (blocks=1: the whole
+        problem, 3x faster; causal needs n_query == n_key there); False (nothing
         written) where it cannot run: GQA, fp32, head sizes cuDNN does not take, layouts
         with no view."""
         if self.g != 1 or not cudnn_attention_usable(self.q, self.v):
+            return False
+        if causal and self.k.shape[2] != self.n_query:  # cuDNN aligns the mask top-left
             return False
         views = [_diagonal_block_view(t, blocks) for t in (self.q, self.k, self.v)]
         if any(t is None for t in views) or len({t.shape[:2] for t in views}) != 1:
             return False
         try:
             out, lse, *aux = torch.ops.aten._scaled_dot_product_cudnn_attention(
-                *views, None, True, 0.0, True, False, scale=self.scale
+                *views, None, True, 0.0, causal, False, scale=self.scale
             )
         except RuntimeError:  # a configuration this cuDNN build rejects: Triton runs it
             return False
         if self.calls is not None:
-            self.calls.append(DiagonalCall(blocks, tuple(aux[:6]), tuple(lse.shape)))
+            self.calls.append(DiagonalCall(blocks, causal, tuple(aux[:6]), tuple(lse.shape)))
         b, hq, n = self.q.shape[:3]
         base, dv = n // blocks, self.dv
         if views[0].shape[1] == hq * blocks and out.is_contiguous():
@@ -543,13 +561,15 @@ def fused_hyper_attention_with_lse(
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
-            problem.exact(0, n_key, causal=False, merge=False)
+            if not problem.cudnn_diagonal(1, causal=False):
+                problem.exact(0, n_key, causal=False, merge=False)
         else:
             problem.hyper(q_rank, k_rank, 0, config, rng, merge=False)
         return problem.out, problem.lse
 
     if n_query <= config.min_seq_len:  # short: exact, cached prefix included
-        problem.exact(0, n_key, causal=True, merge=False)
+        if not problem.cudnn_diagonal(1, causal=True):
+            problem.exact(0, n_key, causal=True, merge=False)
         return problem.out, problem.lse
 
     offset = n_key - n_query

@@ -106,8 +106,9 @@ class _Backward:
         if isinstance(call, DiagonalCall):
             if not self.cudnn_diagonal(call):
                 self.initialise()
-                base = self.p.n_query // call.blocks
-                self.dense(DenseCall(*self.p.diagonal_problems(call.blocks), base, base, True))
+                rows, keys = self.p.n_query // call.blocks, self.p.k.shape[2] // call.blocks
+                diagonal = self.p.diagonal_problems(call.blocks)
+                self.dense(DenseCall(*diagonal, rows, keys, call.causal))
             return
         self.initialise()
         if isinstance(call, DenseCall):
@@ -147,7 +148,8 @@ class _Backward:
         try:
             dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
                 dout, *views, out, lse.view(call.lse_shape), call.aux[4], call.aux[5], None,
-                call.aux[0], call.aux[1], call.aux[2], call.aux[3], 0.0, True, scale=p.scale,
+                call.aux[0], call.aux[1], call.aux[2], call.aux[3], 0.0, call.causal,
+                scale=p.scale,
             )  # fmt: skip
         except RuntimeError:
             return False
