@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import _load
+from .triton_kernels import _load, slot_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -55,19 +55,41 @@ def _dkdv_step(k, v, q, do, keep, bias, lse2, delta, dk, dv, qk_scale, IEEE: tl.
 
 
 @triton.jit
-def _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV: tl.constexpr, FULL_DV: tl.constexpr):
-    """dO rows, L in log2 units (+inf on empty rows: p = 0 there) and D of rows o_row."""
-    do = _load(DO + o_row[:, None] * DV + offs_dv[None, :], row_ok[:, None],
-               (offs_dv < DV)[None, :], FULL_DV)  # fmt: skip
-    lse2 = tl.load(LSE + o_row, mask=row_ok, other=float("inf")) * LOG2E
-    delta = tl.load(Delta + o_row, mask=row_ok, other=0.0)
-    return do, lse2, delta
+def _rows(X, off, ok, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
+    """Rows X[off + 0 .. DIM) as [len(off), DIM_PAD] (rows not ok and pad columns: 0)."""
+    cols = tl.arange(0, DIM_PAD)
+    return _load(X + off[:, None] + cols[None, :], ok[:, None], (cols < DIM)[None, :],
+                 DIM == DIM_PAD)  # fmt: skip
 
 
 @triton.jit
-def _add_rows(ptrs, value, mask):
+def _add_rows(X, off, ok, value, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
     """Read-modify-write of float32 rows this program owns."""
+    cols = tl.arange(0, DIM_PAD)
+    ptrs = X + off[:, None] + cols[None, :]
+    mask = ok[:, None] & (cols < DIM)[None, :]
     tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def _atomic_add_rows(X, off, ok, value, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
+    """Add to float32 rows that other programs (or repeated offsets) also add to."""
+    cols = tl.arange(0, DIM_PAD)
+    mask = ok[:, None] & (cols < DIM)[None, :]
+    tl.atomic_add(X + off[:, None] + cols[None, :], value, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _query_rows(
+    Q, DO, LSE, Delta, q_off, o_row, row_ok,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+):  # fmt: skip
+    """q and dO rows, L in log2 units (+inf on empty rows: p = 0 there) and D."""
+    q = _rows(Q, q_off, row_ok, D, D_PAD)
+    do = _rows(DO, o_row * DV, row_ok, DV, DV_PAD)
+    lse2 = tl.load(LSE + o_row, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + o_row, mask=row_ok, other=0.0)
+    return q, do, lse2, delta
 
 
 @triton.jit
@@ -84,42 +106,33 @@ def dense_dq_kernel(
     n_row_tiles = tl.cdiv(n_query, BLOCK_M)
     zq = pid // n_row_tiles
     tile = pid % n_row_tiles
-    q_base = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN)
     kz = tl.load(kv_index_ptr + zq)
     k_base = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN)
     v_base = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_query
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    offs_n = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
-    dv_ok = offs_dv < DV
-    FULL_D: tl.constexpr = D == D_PAD
-    FULL_DV: tl.constexpr = DV == DV_PAD
     rows64 = rows.to(tl.int64)
-    q_off = q_base + rows64 * q_stride
-    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
+    q_off = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN) + rows64 * q_stride
     o_row = tl.load(o_base_ptr + zq) + rows64
-    do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
+    q, do, lse2, delta = _query_rows(
+        Q, DO, LSE, Delta, q_off, o_row, row_ok, D, DV, D_PAD, DV_PAD
+    )
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     shift = n_key - n_query
     hi = n_key
     if CAUSAL:
         hi = tl.minimum(n_key, (tile + 1) * BLOCK_M + shift)
     for start in range(0, hi, BLOCK_N):
-        pos = start + offs_n
+        pos = start + tl.arange(0, BLOCK_N)
         ok = pos < n_key
         keep = ok[None, :] & row_ok[:, None]
         if CAUSAL:
             keep = keep & (pos[None, :] <= rows[:, None] + shift)
         pos64 = pos.to(tl.int64)
-        k = _load(K + k_base + pos64[:, None] * k_stride + offs_d[None, :], ok[:, None],
-                  d_ok[None, :], FULL_D)  # fmt: skip
-        v = _load(V + v_base + pos64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
-                  dv_ok[None, :], FULL_DV)  # fmt: skip
+        k = _rows(K, k_base + pos64 * k_stride, ok, D, D_PAD)
+        v = _rows(V, v_base + pos64 * v_stride, ok, DV, DV_PAD)
         dq = _dq_step(q, do, k, v, keep, 0.0, lse2, delta, dq, qk_scale, IEEE)
-    _add_rows(DQ + q_off[:, None] + offs_d[None, :], dq * scale, row_ok[:, None] & d_ok[None, :])
+    _add_rows(DQ, q_off, row_ok, dq * scale, D, D_PAD)
 
 
 @triton.jit
@@ -137,22 +150,13 @@ def dense_dkdv_kernel(
     n_key_tiles = tl.cdiv(n_key, BLOCK_N)
     kz = pid // n_key_tiles
     ktile = pid % n_key_tiles
-    k_base = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN)
-    v_base = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN)
     keys = ktile * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < n_key
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    offs_m = tl.arange(0, BLOCK_M)
-    d_ok = offs_d < D
-    dv_ok = offs_dv < DV
-    FULL_D: tl.constexpr = D == D_PAD
-    FULL_DV: tl.constexpr = DV == DV_PAD
     keys64 = keys.to(tl.int64)
-    k_off = k_base + keys64 * k_stride
-    v_off = v_base + keys64 * v_stride
-    k = _load(K + k_off[:, None] + offs_d[None, :], key_ok[:, None], d_ok[None, :], FULL_D)
-    v = _load(V + v_off[:, None] + offs_dv[None, :], key_ok[:, None], dv_ok[None, :], FULL_DV)
+    k_off = tl.multiple_of(tl.load(k_base_ptr + kz), ALIGN) + keys64 * k_stride
+    v_off = tl.multiple_of(tl.load(v_base_ptr + kz), ALIGN) + keys64 * v_stride
+    k = _rows(K, k_off, key_ok, D, D_PAD)
+    v = _rows(V, v_off, key_ok, DV, DV_PAD)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
     shift = n_key - n_query
@@ -164,37 +168,36 @@ def dense_dkdv_kernel(
         q_base = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN)
         o_base = tl.load(o_base_ptr + zq)
         for start in range(lo, n_query, BLOCK_M):
-            rows = start + offs_m
+            rows = start + tl.arange(0, BLOCK_M)
             row_ok = rows < n_query
             rows64 = rows.to(tl.int64)
-            q_ptrs = Q + q_base + rows64[:, None] * q_stride + offs_d[None, :]
-            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
-            do, lse2, delta = _row_stats(
-                DO, LSE, Delta, o_base + rows64, row_ok, offs_dv, DV, FULL_DV
-            )
+            q, do, lse2, delta = _query_rows(
+                Q, DO, LSE, Delta, q_base + rows64 * q_stride, o_base + rows64, row_ok,
+                D, DV, D_PAD, DV_PAD,
+            )  # fmt: skip
             keep = key_ok[:, None] & row_ok[None, :]
             if CAUSAL:
                 keep = keep & (keys[:, None] <= rows[None, :] + shift)
             dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
-    _add_rows(DK + k_off[:, None] + offs_d[None, :], dk * scale, key_ok[:, None] & d_ok[None, :])
-    _add_rows(DV_ + v_off[:, None] + offs_dv[None, :], dv, key_ok[:, None] & dv_ok[None, :])
+    _add_rows(DK, k_off, key_ok, dk * scale, D, D_PAD)
+    _add_rows(DV_, v_off, key_ok, dv, DV, DV_PAD)
 
 
 @triton.jit
-def _slot_rows(
-    slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
-    heads, q_stride, BLOCK_M: tl.constexpr,
+def _slot_query_rows(
+    Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots,
+    n_rows, rows_per_head, heads, q_stride,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """Query element offsets, output rows and validity of slots slot0 .. slot0+BLOCK_M."""
-    slots = slot0 + tl.arange(0, BLOCK_M)
-    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
-    row_ok = row < n_rows
-    row = tl.where(row_ok, row, 0)
-    head = row // rows_per_head
-    t = row - head * rows_per_head
-    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
-    o_row = tl.load(o_base_ptr + zp * heads + head) + t
-    return q_off, o_row, row_ok
+    """`_query_rows` of packed slots slot0 + [0, BLOCK_M), with their q offsets."""
+    q_off, o_row, row_ok = slot_rows(
+        slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
+        heads, q_stride, BLOCK_M,
+    )  # fmt: skip
+    q_off = tl.multiple_of(q_off, ALIGN)
+    q, do, lse2, delta = _query_rows(Q, DO, LSE, Delta, q_off, o_row, row_ok, D, DV, D_PAD, DV_PAD)
+    return q, do, lse2, delta, q_off, row_ok
 
 
 @triton.jit
@@ -215,24 +218,16 @@ def block_sample_dq_kernel(
     tile = pid % n_tiles
     if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
         return
-    q_off, o_row, row_ok = _slot_rows(
-        slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M, n_slots, n_rows,
-        rows_per_head, heads, q_stride, BLOCK_M,
+    q, do, lse2, delta, q_off, row_ok = _slot_query_rows(
+        Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M,
+        n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD, BLOCK_M,
+        ALIGN,
     )  # fmt: skip
-    q_off = tl.multiple_of(q_off, ALIGN)
     idx_ty = k_base_ptr.dtype.element_ty
     k_base = tl.load(k_base_ptr + zp)
     v_base = tl.load(v_base_ptr + zp)
     blk = tl.load(tile_block_ptr + zp * n_tiles + tile).to(tl.int32)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
     offs_n = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
-    dv_ok = offs_dv < DV
-    FULL_D: tl.constexpr = D == D_PAD
-    FULL_DV: tl.constexpr = DV == DV_PAD
-    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
-    do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     order = k_order_ptr + zp * n_key
     lo = blk * key_block
@@ -241,10 +236,8 @@ def block_sample_dq_kernel(
         pos = start + offs_n
         ok = pos < hi
         key = tl.load(order + pos, mask=ok, other=0).to(idx_ty)
-        k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
-        v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
-        k = _load(K + k_off[:, None] + offs_d[None, :], ok[:, None], d_ok[None, :], FULL_D)
-        v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+        k = _rows(K, tl.multiple_of(k_base + key * k_stride, ALIGN), ok, D, D_PAD)
+        v = _rows(V, tl.multiple_of(v_base + key * v_stride, ALIGN), ok, DV, DV_PAD)
         keep = ok[None, :] & row_ok[:, None]
         dq = _dq_step(q, do, k, v, keep, 0.0, lse2, delta, dq, qk_scale, IEEE)
     if HAS_SAMPLE:
@@ -254,13 +247,11 @@ def block_sample_dq_kernel(
             spot = tl.load(sample_ptr + zp * n_sample + idx, mask=ok, other=0).to(tl.int32)
             ok = ok & (spot // key_block != blk)
             key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=ok, other=0).to(idx_ty)
-            k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
-            v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
-            k = _load(K + k_off[:, None] + offs_d[None, :], ok[:, None], d_ok[None, :], FULL_D)
-            v = _load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :], FULL_DV)
+            k = _rows(K, tl.multiple_of(k_base + key * k_stride, ALIGN), ok, D, D_PAD)
+            v = _rows(V, tl.multiple_of(v_base + key * v_stride, ALIGN), ok, DV, DV_PAD)
             keep = ok[None, :] & row_ok[:, None]
             dq = _dq_step(q, do, k, v, keep, sample_bias, lse2, delta, dq, qk_scale, IEEE)
-    _add_rows(DQ + q_off[:, None] + offs_d[None, :], dq * scale, row_ok[:, None] & d_ok[None, :])
+    _add_rows(DQ, q_off, row_ok, dq * scale, D, D_PAD)
 
 
 @triton.jit
@@ -294,31 +285,22 @@ def block_dkdv_kernel(
     key = tl.load(k_order_ptr + zp * n_key + pos, mask=key_ok, other=0).to(idx_ty)
     k_off = tl.multiple_of(tl.load(k_base_ptr + zp) + key * k_stride, ALIGN)
     v_off = tl.multiple_of(tl.load(v_base_ptr + zp) + key * v_stride, ALIGN)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_ok = offs_d < D
-    dv_ok = offs_dv < DV
-    FULL_D: tl.constexpr = D == D_PAD
-    FULL_DV: tl.constexpr = DV == DV_PAD
-    k = _load(K + k_off[:, None] + offs_d[None, :], key_ok[:, None], d_ok[None, :], FULL_D)
-    v = _load(V + v_off[:, None] + offs_dv[None, :], key_ok[:, None], dv_ok[None, :], FULL_DV)
+    k = _rows(K, k_off, key_ok, D, D_PAD)
+    v = _rows(V, v_off, key_ok, DV, DV_PAD)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
     # the block's tiles are consecutive, so their slots are one run
     for slot0 in range(first * TILE, (first + count) * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
-            q_off, o_row, row_ok = _slot_rows(
-                slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows,
-                rows_per_head, heads, q_stride, BLOCK_M,
+            q, do, lse2, delta, _, row_ok = _slot_query_rows(
+                Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0,
+                n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD,
+                BLOCK_M, ALIGN,
             )  # fmt: skip
-            q_off = tl.multiple_of(q_off, ALIGN)
-            q_ptrs = Q + q_off[:, None] + offs_d[None, :]
-            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
-            do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
             keep = key_ok[:, None] & row_ok[None, :]
             dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
-    _add_rows(DK + k_off[:, None] + offs_d[None, :], dk * scale, key_ok[:, None] & d_ok[None, :])
-    _add_rows(DV_ + v_off[:, None] + offs_dv[None, :], dv, key_ok[:, None] & dv_ok[None, :])
+    _add_rows(DK, k_off, key_ok, dk * scale, D, D_PAD)
+    _add_rows(DV_, v_off, key_ok, dv, DV, DV_PAD)
 
 
 @triton.jit
@@ -353,35 +335,24 @@ def sample_dkdv_kernel(
     key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=s_ok, other=0).to(idx_ty)
     k_off = tl.multiple_of(tl.load(k_base_ptr + zp) + key * k_stride, ALIGN)
     v_off = tl.multiple_of(tl.load(v_base_ptr + zp) + key * v_stride, ALIGN)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_ok = offs_d < D
-    dv_ok = offs_dv < DV
-    FULL_D: tl.constexpr = D == D_PAD
-    FULL_DV: tl.constexpr = DV == DV_PAD
-    k = _load(K + k_off[:, None] + offs_d[None, :], s_ok[:, None], d_ok[None, :], FULL_D)
-    v = _load(V + v_off[:, None] + offs_dv[None, :], s_ok[:, None], dv_ok[None, :], FULL_DV)
+    k = _rows(K, k_off, s_ok, D, D_PAD)
+    v = _rows(V, v_off, s_ok, DV, DV_PAD)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
     for slot0 in range(t0 * TILE, t1 * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
-            q_off, o_row, row_ok = _slot_rows(
-                slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows,
-                rows_per_head, heads, q_stride, BLOCK_M,
+            q, do, lse2, delta, _, row_ok = _slot_query_rows(
+                Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0,
+                n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD,
+                BLOCK_M, ALIGN,
             )  # fmt: skip
-            q_off = tl.multiple_of(q_off, ALIGN)
             blk = tl.load(tile_block_ptr + zp * n_tiles + slot0 // TILE).to(tl.int32)
-            q_ptrs = Q + q_off[:, None] + offs_d[None, :]
-            q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
-            do, lse2, delta = _row_stats(DO, LSE, Delta, o_row, row_ok, offs_dv, DV, FULL_DV)
             keep = (s_ok & (spot_blk != blk))[:, None] & row_ok[None, :]
             dk, dv = _dkdv_step(
                 k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE
             )
-    dk_mask = s_ok[:, None] & d_ok[None, :]
-    tl.atomic_add(DK + k_off[:, None] + offs_d[None, :], dk * scale, mask=dk_mask, sem="relaxed")
-    dv_mask = s_ok[:, None] & dv_ok[None, :]
-    tl.atomic_add(DV_ + v_off[:, None] + offs_dv[None, :], dv, mask=dv_mask, sem="relaxed")
+    _atomic_add_rows(DK, k_off, s_ok, dk * scale, D, D_PAD)
+    _atomic_add_rows(DV_, v_off, s_ok, dv, DV, DV_PAD)
 
 
 @triton.jit

@@ -77,6 +77,25 @@ def _finish(
 
 
 @triton.jit
+def slot_rows(
+    slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
+    heads, q_stride, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Query element offsets, output rows and validity of packed slots slot0 + [0,
+    BLOCK_M) of problem zp: row r is head r // rows_per_head at position
+    r % rows_per_head; an empty slot holds n_rows."""
+    slots = slot0 + tl.arange(0, BLOCK_M)
+    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
+    row_ok = row < n_rows
+    row = tl.where(row_ok, row, 0)
+    head = row // rows_per_head
+    t = row - head * rows_per_head
+    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
+    o_row = tl.load(o_base_ptr + zp * heads + head) + t
+    return q_off, o_row, row_ok
+
+
+@triton.jit
 def block_sample_kernel(
     Q, K, V, Out, LSE,
     slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, k_order_ptr, k_base_ptr,
@@ -100,17 +119,13 @@ def block_sample_kernel(
     pid = tl.program_id(0)
     zp = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
-    slots = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
         return  # tiles fill from their first slot: an empty first slot is an unused tile
-    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
-    row_ok = row < n_rows
-    row = tl.where(row_ok, row, 0)
-    head = row // rows_per_head
-    t = row - head * rows_per_head
-    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
+    q_off, o_row, row_ok = slot_rows(
+        slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M, n_slots, n_rows,
+        rows_per_head, heads, q_stride, BLOCK_M,
+    )  # fmt: skip
     q_off = tl.multiple_of(q_off, ALIGN)
-    o_row = tl.load(o_base_ptr + zp * heads + head) + t
     idx_ty = k_base_ptr.dtype.element_ty
     k_base = tl.load(k_base_ptr + zp)
     v_base = tl.load(v_base_ptr + zp)
@@ -310,5 +325,6 @@ __all__ = [
     "dense_kernel",
     "lsh_rank_kernel",
     "query_block_kernel",
+    "slot_rows",
     "tile_slot_kernel",
 ]
