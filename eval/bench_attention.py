@@ -20,7 +20,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
-from .common import JobError, command_line, output_dir, save_results, today
+from .common import (
+    EXACT_UP_TO_HELP,
+    JobError,
+    command_line,
+    exact_up_to,
+    output_dir,
+    save_results,
+    today,
+)
 from .plots import plot_attention
 from .timing import environment, time_cuda
 
@@ -130,7 +138,7 @@ def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
 def hyper_config_from(args: argparse.Namespace) -> HyperAttentionConfig:
     return HyperAttentionConfig(
         block_size=args.block_size, sample_size=args.sample_size,
-        min_seq_len=args.min_seq_len, seed=0,
+        min_seq_len=args.min_seq_len, exact_up_to=args.exact_up_to, seed=0,
     )  # fmt: skip
 
 
@@ -210,6 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--sample-size", type=int, default=256)
     p.add_argument("--min-seq-len", type=int, default=4096)
+    p.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--output-dir", default="bench-attention")

@@ -16,7 +16,15 @@ import torch
 
 from hf_hyper import HyperAttentionConfig
 
-from .common import JobError, command_line, output_dir, save_results, today
+from .common import (
+    EXACT_UP_TO_HELP,
+    JobError,
+    command_line,
+    exact_up_to,
+    output_dir,
+    save_results,
+    today,
+)
 from .models import DTYPES, parse_patch_settings, patched
 from .plots import plot_model
 from .timing import environment, time_cuda
@@ -67,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--sample-size", type=int, default=256)
     p.add_argument("--min-seq-len", type=int, default=4096)
+    p.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output-dir", default="bench-model")
@@ -113,7 +122,7 @@ def run(args: argparse.Namespace) -> Path:
     settings = parse_patch_settings(args.patch_layers, num_layers)
     config = HyperAttentionConfig(
         block_size=args.block_size, sample_size=args.sample_size,
-        min_seq_len=args.min_seq_len, seed=0,
+        min_seq_len=args.min_seq_len, exact_up_to=args.exact_up_to, seed=0,
     )  # fmt: skip
     vocab = model.config.vocab_size
     rows = []

@@ -12,7 +12,7 @@ import torch
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
-from .common import JobError
+from .common import EXACT_UP_TO_HELP, JobError, exact_up_to
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The bundled 8.9M-parameter Llama (RoPE, trained at 8k tokens on Debian documentation;
@@ -51,6 +51,7 @@ def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]
     hyp.add_argument("--block-size", type=int, default=256)
     hyp.add_argument("--sample-size", type=int, default=256)
     hyp.add_argument("--min-seq-len", type=int, default=4096)
+    hyp.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
     hyp.add_argument("--lsh-num-projs", type=int, default=7)
     hyp.add_argument("--seed", type=int, default=0)
 
@@ -59,7 +60,8 @@ def hyper_config(args: argparse.Namespace) -> HyperAttentionConfig:
     try:
         return HyperAttentionConfig(
             lsh_num_projs=args.lsh_num_projs, block_size=args.block_size,
-            sample_size=args.sample_size, min_seq_len=args.min_seq_len, seed=args.seed,
+            sample_size=args.sample_size, min_seq_len=args.min_seq_len,
+            exact_up_to=args.exact_up_to, seed=args.seed,
         )  # fmt: skip
     except (ValueError, TypeError) as err:
         raise JobError(str(err)) from err

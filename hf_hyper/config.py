@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 BACKENDS = ("auto", "torch", "triton")
+# Query lengths up to which HyperAttention's fused kernels were not faster than cuDNN's
+# exact attention, forward or forward+backward, head_dim 64 or 128, with the default
+# parameters on an H100 (results/attention/crossover.md): `exact_up_to="auto"`.
+MEASURED_CROSSOVER = {False: 12288, True: 24576}
 
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -25,6 +29,10 @@ class HyperAttentionConfig:
     sample_size: keys drawn uniformly to estimate the mass outside the block; 0 disables.
     min_seq_len: problems no longer than this run exact attention; in causal attention
         the diagonal blocks of the recursion are at most this long and exact.
+    exact_up_to: calls with at most this many queries run exact attention, however long
+        min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
+        the crossover measured on an H100 (MEASURED_CROSSOVER: 12288 non-causal, 24576
+        causal), below which the approximation is slower than the exact kernel.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded
         with it, so calls are reproducible; if None the global torch RNG is used.
     backend: "torch" (plain torch ops, any device), "triton" (fused CUDA kernels,
@@ -37,6 +45,7 @@ class HyperAttentionConfig:
     block_size: int = 256
     sample_size: int = 256
     min_seq_len: int = 4096
+    exact_up_to: int | str = 0
     seed: int | None = None
     backend: str = "auto"
 
@@ -45,12 +54,24 @@ class HyperAttentionConfig:
         _require_int("block_size", self.block_size, 1)
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
+        if self.exact_up_to != "auto":
+            if isinstance(self.exact_up_to, str):
+                raise ValueError(
+                    f"HyperAttentionConfig.exact_up_to must be an int >= 0 or 'auto'; "
+                    f"got {self.exact_up_to!r}"
+                )
+            _require_int("exact_up_to", self.exact_up_to, 0)
         if self.seed is not None:
             _require_int("seed", self.seed, 0)
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"HyperAttentionConfig.backend must be one of {BACKENDS}; got {self.backend!r}"
             )
+
+    def exact_query_len(self, causal: bool) -> int:
+        """Calls with at most this many queries run exact attention."""
+        limit = MEASURED_CROSSOVER[causal] if self.exact_up_to == "auto" else self.exact_up_to
+        return max(self.min_seq_len, limit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -90,7 +90,7 @@ def _make_attention_function(previous: str) -> Callable:
         observer = getattr(module, OBSERVER_ATTR, None)
         if observer is not None:
             _observe(observer, module, query, key, value, attention_mask, scaling, kwargs)
-        if config is None or query.shape[2] <= config.min_seq_len:
+        if config is None or query.shape[2] <= config.exact_query_len(_is_causal(module, kwargs)):
             # not patched, a decoding step, or short enough to be exact anyway
             fn = _previous_function(module, previous)
             return fn(

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from unittest.mock import patch
 
 import torch
 
 from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import fused as fused_module
+from hf_hyper.attention import fused_backward
 from hf_hyper.attention.fused import fused_hyper_attention_with_lse, fused_lsh_rank
 from hf_hyper.attention.fused_backward import fused_hyper_attention_trainable
 from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
@@ -154,31 +157,38 @@ def lsh_mismatches(shape, num_projs: int, seq_first: bool, dtype, device: str) -
 
 
 def plan_mismatches(device: str) -> list[str]:
-    """Fields in which the Triton planner differs from plan_blocks + pack_query_tiles."""
-    from hf_hyper.attention import fused
+    """Fields in which the fused planner (Triton, or torch for wide hashes) differs from
+    the torch path's plan_blocks + pack_query_tiles."""
+    from hf_hyper.attention.hyper import pack_query_tiles, plan_blocks
 
     g = torch.Generator().manual_seed(0)
     config = HyperAttentionConfig(block_size=16, sample_size=8, lsh_num_projs=4)
     q_rank = torch.randint(0, 16, (3, 2, 150), generator=g).to(device, torch.int16)
     k_rank = torch.randint(0, 16, (3, 200), generator=g).to(device, torch.int16)
-    plans = []
-    for max_projs in (fused.BUCKET_TABLE_MAX_PROJS, -1):  # Triton, then torch
-        saved, fused.BUCKET_TABLE_MAX_PROJS = fused.BUCKET_TABLE_MAX_PROJS, max_projs
-        rng = _Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
+
+    def rng() -> _Randomness:
+        return _Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
+
+    ref = plan_blocks(q_rank, k_rank, config, rng())
+    pack = pack_query_tiles(ref.q_block.reshape(3, 300), ref.n_blocks, 32)
+    bad = []
+    for name, max_projs in (("triton", fused_module.BUCKET_TABLE_MAX_PROJS), ("torch", -1)):
+        saved, fused_module.BUCKET_TABLE_MAX_PROJS = fused_module.BUCKET_TABLE_MAX_PROJS, max_projs
         try:
-            plans.append(fused._plan_tiles(q_rank, k_rank, config, rng, lambda _: (32, 16, 4, 2)))
+            sample = fused_module._draw_sample(200, 3, config, rng())
+            a = fused_module._plan_tiles(q_rank, k_rank, config, sample, lambda _: (32, 16, 4, 2))
         finally:
-            fused.BUCKET_TABLE_MAX_PROJS = saved
-    a, b = plans
-    used = (a.slot_query.view(3, a.n_tiles, 32)[:, :, 0] < 300).cpu()
-    checks = {
-        "k_order": torch.equal(a.k_order.cpu(), b.k_order.cpu()),
-        "sample": torch.equal(a.sample.cpu(), b.sample.cpu()),
-        "slot_query": torch.equal(a.slot_query.long().cpu(), b.slot_query.long().cpu()),
-        "tile_block": torch.equal(a.tile_block.cpu()[used], b.tile_block.cpu()[used]),
-        "n_tiles": a.n_tiles == b.n_tiles,
-    }
-    return [name for name, same in checks.items() if not same]
+            fused_module.BUCKET_TABLE_MAX_PROJS = saved
+        used = (a.slot_query.view(3, a.n_tiles, 32)[:, :, 0] < 300).cpu()
+        checks = {
+            "k_order": torch.equal(a.k_order.long().cpu(), ref.k_order.cpu()),
+            "sample": torch.equal(a.sample.cpu(), ref.sample.cpu()),
+            "slot_query": torch.equal(a.slot_query.long().cpu(), pack.slot_query.long().cpu()),
+            "tile_block": torch.equal(a.tile_block.cpu()[used], pack.tile_block.cpu()[used]),
+            "n_tiles": a.n_tiles == pack.n_tiles,
+        }
+        bad += [f"{name}: {field}" for field, same in checks.items() if not same]
+    return bad
 
 
 def main() -> int:
@@ -201,6 +211,18 @@ def main() -> int:
         print(f"{case}: gradients {grad_err:.2e}")
         if not grad_err < 1e-5:
             return 1
+    # one problem per launch: the plan's chunks and the sampled keys' scratch
+    with (
+        patch.object(fused_backward, "SAMPLE_SCRATCH_BYTES", 1),
+        patch.object(fused_module, "PLAN_CHUNK_ROWS", 1),
+    ):
+        for case in SMALL_CASES[:4]:
+            out_err, lse_err = compare(case, torch.float32, "cpu")
+            grad_err = compare_grads(case, torch.float32, "cpu")
+            print(f"{case}: one problem per launch: out {out_err:.2e} lse {lse_err:.2e} "
+                  f"gradients {grad_err:.2e}")  # fmt: skip
+            if not (out_err < 1e-5 and lse_err < 1e-5 and grad_err < 1e-5):
+                return 1
     return 0
 
 

@@ -39,6 +39,30 @@ def test_short_problems_run_exact(causal, n_query, n_key):
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_up_to_runs_calls_up_to_it_exactly(causal):
+    # min_seq_len=8 alone approximates n=100; exact_up_to=100 makes it exact, 99 does not
+    q, k, v = random_qkv(1, 4, 2, 100, 100, seed=3)
+    ref = reference_attention(q, k, v, causal=causal)[0]
+    for exact_up_to, exact in ((100, True), (99, False)):
+        config = HyperAttentionConfig(
+            block_size=8, sample_size=4, min_seq_len=8, exact_up_to=exact_up_to, seed=0
+        )
+        error = (hyper_attention(q, k, v, causal=causal, config=config) - ref).abs().max()
+        assert (error < 1e-6) == exact, (exact_up_to, error)
+
+
+def test_exact_up_to_auto_is_the_measured_crossover():
+    from hf_hyper.config import MEASURED_CROSSOVER
+
+    config = HyperAttentionConfig(exact_up_to="auto")
+    for causal in (False, True):
+        assert config.exact_query_len(causal) == MEASURED_CROSSOVER[causal] >= 8192
+    assert HyperAttentionConfig().exact_query_len(True) == 4096  # min_seq_len alone
+    long_base = HyperAttentionConfig(min_seq_len=50_000, exact_up_to="auto")
+    assert long_base.exact_query_len(False) == 50_000
+
+
 def test_merge_by_lse_is_exact():
     q, k, v = random_qkv(2, 3, 3, 17, 50, seed=2)
     full, full_lse = reference_attention(q, k, v, causal=False)
@@ -235,6 +259,8 @@ def test_lse_of_sampled_part_is_an_unbiased_mass_estimate():
         (dict(sample_size=-1), "sample_size"),
         (dict(lsh_num_projs=100), "lsh_num_projs"),
         (dict(min_seq_len=2.5), "min_seq_len"),
+        (dict(exact_up_to="always"), "exact_up_to"),
+        (dict(exact_up_to=-1), "exact_up_to"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

@@ -30,6 +30,20 @@ def test_forced_exact_patch_matches_unpatched(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exact_up_to_keeps_calls_up_to_it_on_the_models_own_attention(family):
+    model = tiny_model(family)
+    x = ids(1, 120)
+    base = logits(model, x)
+    hf_hyper.patch(model, last_layers=2, config=HyperAttentionConfig(
+        block_size=16, sample_size=16, min_seq_len=32, exact_up_to=120, seed=0))  # fmt: skip
+    assert torch.equal(logits(model, x), base)
+    hf_hyper.unpatch(model)
+    hf_hyper.patch(model, last_layers=2, config=HyperAttentionConfig(
+        block_size=16, sample_size=16, min_seq_len=32, exact_up_to=119, seed=0))  # fmt: skip
+    assert not torch.allclose(logits(model, x), base, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_long_input_approximates_and_unpatch_restores_bits(family):
     # Random weights give near-uniform attention, the hardest case for sampling; still the
     # logit change must shrink as the exact block and the sample grow (measured for llama:

@@ -191,7 +191,9 @@ def attention_diagnostics(
     qz = q.reshape(b * hk, g, n_query, dim).to(acc)
     kz, vz = k.reshape(b * hk, n_key, dim).to(acc), v.reshape(b * hk, n_key, dv).to(acc)
     approx = approx.reshape(b * hk, g, n_query, dv).to(acc)
-    short = n_query <= config.min_seq_len if causal else min(n_query, n_key) <= config.min_seq_len
+    short = n_query <= config.exact_query_len(causal) or (
+        not causal and n_key <= config.min_seq_len
+    )
     if not short:
         generator.set_state(state)  # the same hyperplanes the call above drew
         planes = _Randomness(generator, q.device).hyperplanes(dim, config.lsh_num_projs)

@@ -22,12 +22,12 @@ from torch import Tensor
 from ..config import HyperAttentionConfig
 from .hyper import (
     BUCKET_TABLE_MAX_PROJS,
+    _query_blocks,
     _Randomness,
     bucket_starts,
     causal_levels,
     level_ranks,
     pack_query_tiles,
-    plan_blocks,
 )
 from .lsh import angular_lsh_rank
 
@@ -48,6 +48,11 @@ MAX_HEAD_DIM = 256
 # Query rows per program of the planning kernels. They read the bucket table of
 # `bucket_starts`, so hash widths above BUCKET_TABLE_MAX_PROJS plan in torch.
 PLAN_ROWS = 1024
+# Query plus key rows planned and run per launch of the block-sample kernel: larger
+# batches of problems go in chunks, so the plan's sorts and integer arrays stay a few
+# percent of the output (at 131k tokens and 32 heads, 8 chunks non-causal, 4 per
+# causal level).
+PLAN_CHUNK_ROWS = 2**20
 
 
 @functools.cache
@@ -164,11 +169,22 @@ class _TilePlan:
     kernel_tiles: tuple[int, int, int, int]
 
 
+def _draw_sample(n_key: int, zp: int, config: HyperAttentionConfig, rng: _Randomness):
+    """The uniform sample of every problem, [zp, m] sorted positions (None if none):
+    drawn for all problems at once, as the torch path does, whatever the chunking."""
+    n_blocks = math.ceil(n_key / config.block_size)
+    if config.sample_size > 0 and n_blocks > 1:
+        return rng.indices(n_key, (zp, config.sample_size))
+    return None
+
+
 def _plan_tiles(
-    q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: _Randomness, tiles_for
-) -> _TilePlan:
+    q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, sample: Tensor | None,
+    tiles_for,
+) -> _TilePlan:  # fmt: skip
     """`plan_blocks` + `pack_query_tiles` with the per-query work in two Triton passes
-    around one narrow sort: the same key order, query blocks, tiles and draws."""
+    around one narrow sort: the same key order, query blocks and tiles (k_order in
+    int32, half the memory)."""
     from .triton_kernels import query_block_kernel, tile_slot_kernel
 
     zp, g, rows_per_head = q_rank.shape
@@ -178,18 +194,18 @@ def _plan_tiles(
     kernel_tiles = tiles_for(n_rows / n_blocks)
     tile = kernel_tiles[0]
     if config.lsh_num_projs > BUCKET_TABLE_MAX_PROJS:  # no bucket table: torch
-        plan = plan_blocks(q_rank, k_rank, config, rng)
-        pack = pack_query_tiles(plan.q_block.reshape(zp, n_rows), n_blocks, tile)
+        k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
+        q_block = _query_blocks(q_rank, k_rank_sorted, key_block, n_blocks, config.lsh_num_projs)
+        pack = pack_query_tiles(q_block.reshape(zp, n_rows), n_blocks, tile)
         return _TilePlan(
-            plan.k_order, plan.sample, key_block, n_blocks, pack.slot_query,
+            k_order.to(torch.int32), sample, key_block, n_blocks, pack.slot_query,
             pack.tile_block, pack.n_tiles, kernel_tiles,
         )  # fmt: skip
     dev = q_rank.device
     k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
+    k_order = k_order.to(torch.int32)
     starts = bucket_starts(k_rank_sorted, config.lsh_num_projs)
-    sample = None
-    if config.sample_size > 0 and n_blocks > 1:
-        sample = rng.indices(n_key, (zp, config.sample_size))
+    del k_rank_sorted
 
     narrow = torch.int16 if n_blocks <= 2**15 else torch.int32  # sorts faster
     block = torch.empty(zp, n_rows, dtype=narrow, device=dev)
@@ -200,6 +216,7 @@ def _plan_tiles(
         n_rows, rows_per_head, starts.shape[1], key_block, n_blocks, BLOCK=PLAN_ROWS,
     )  # fmt: skip
     sorted_block, order = torch.sort(block, dim=-1, stable=True)
+    del block
     tiles_per_block = (counts + tile - 1) // tile
     tile_end = tiles_per_block.cumsum(1)
     row_end = counts.cumsum(1)
@@ -372,12 +389,31 @@ class _Problem:
         [zp]: element offset of the problem's key position 0; q_rank [zp, g, nq] and
         k_rank [zp, nk]: their LSH ranks.
         """
-        from .triton_kernels import block_sample_kernel
-
-        self.allocate()
         zp, g, rows_per_head = q_rank.shape
         n_rows, n_key = g * rows_per_head, k_rank.shape[1]
-        plan = _plan_tiles(q_rank, k_rank, config, rng, self.sample_tiles)
+        sample = _draw_sample(n_key, zp, config, rng)
+        # plan and run at most PLAN_CHUNK_ROWS rows at a time: the plan's sorts and
+        # integer arrays then stay small next to the output
+        per_chunk = max(1, PLAN_CHUNK_ROWS // (n_rows + n_key))
+        for z0 in range(0, zp, per_chunk):
+            z1 = min(zp, z0 + per_chunk)
+            self._block_sample_chunk(
+                q_base[z0:z1], o_base[z0:z1], k_base[z0:z1], v_base[z0:z1],
+                q_rank[z0:z1], k_rank[z0:z1],
+                None if sample is None else sample[z0:z1], config, merge=merge,
+            )  # fmt: skip
+
+    def _block_sample_chunk(
+        self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
+        q_rank: Tensor, k_rank: Tensor, sample: Tensor | None, config: HyperAttentionConfig,
+        *, merge: bool,
+    ) -> None:  # fmt: skip
+        from .triton_kernels import block_sample_kernel
+
+        zp, g, rows_per_head = q_rank.shape
+        n_rows, n_key = g * rows_per_head, k_rank.shape[1]
+        plan = _plan_tiles(q_rank, k_rank, config, sample, self.sample_tiles)
+        self.allocate()  # after the plan, whose sorts then never meet the output
         block_m, block_n, warps, stages = plan.kernel_tiles
         if plan.sample is not None:
             sample, n_sample = plan.sample, plan.sample.shape[1]

@@ -43,8 +43,12 @@ BACKWARD_TUNING = {
     "small": (32, 32, 4, 1),
 }
 # Tiles of one problem that one program of the sampled-key kernel reads: its atomics
-# then add (tiles / SAMPLE_CHUNK_TILES) partial sums per sampled key.
+# then add (tiles / SAMPLE_CHUNK_TILES) partial sums per sample slot.
 SAMPLE_CHUNK_TILES = 16
+# Bound on the float32 scratch of the sampled keys' dK, dV (one row per sample slot):
+# problems beyond it run in several launches that reuse it.
+SAMPLE_SCRATCH_BYTES = 32 * 2**20
+SCATTER_SLOTS = 64  # sample slots compared per step of the scatter kernel
 DELTA_ROWS = 64  # rows per program of the D = rowsum(dO * O) kernel
 
 
@@ -73,16 +77,21 @@ def _row_delta(dout: Tensor, out: Tensor) -> Tensor:
 
 
 class _Backward:
-    """Gradient launches on one `_Problem`: dq, dk, dv float32 buffers with the
+    """Gradient launches on one `_Problem`: dq, dk, dv buffers with the dtype and
     strides of its q, k, v; out, dout, lse, delta its output rows' final values
-    (row-major [b, hq, n, .])."""
+    (row-major [b, hq, n, .]).
+
+    The buffers are the gradients themselves, not float32 copies: every kernel sums its
+    part in float32 and rounds once when it adds it in (a row takes one rounding per
+    part and recursion level), so the backward holds no more than the gradients, where
+    exact kernels hold a float32 dQ accumulator besides."""
 
     def __init__(self, problem: _Problem, grads: tuple[Tensor, Tensor, Tensor] | None,
                  out: Tensor, dout: Tensor, lse: Tensor, delta: Tensor) -> None:  # fmt: skip
         self.p = problem
         # None: not allocated yet. If cuDNN's diagonal blocks run first they cover every
-        # row, and its gradients become the buffers' first contents (no zero fill, and
-        # cuDNN's own outputs are freed before the buffers all exist).
+        # row, and its gradients become the buffers (no zero fill, no copy where the
+        # layouts agree).
         self.dq, self.dk, self.dv = grads if grads is not None else (None, None, None)
         self.out, self.dout, self.lse, self.delta = out, dout, lse, delta
 
@@ -120,9 +129,8 @@ class _Backward:
 
     def initialise(self) -> None:
         if self.dq is None:
-            self.dq, self.dk, self.dv = (
-                torch.zeros_like(t, dtype=torch.float32) for t in (self.p.q, self.p.k, self.p.v)
-            )
+            p = self.p
+            self.dq, self.dk, self.dv = (torch.zeros_like(t) for t in (p.q, p.k, p.v))
 
     def cudnn_diagonal(self, call: DiagonalCall) -> bool:
         """The diagonal blocks' gradient through cuDNN's backward, fed the final output
@@ -153,18 +161,12 @@ class _Backward:
             )  # fmt: skip
         except RuntimeError:
             return False
-        grads = [dq, dk, dv]
-        del dq, dk, dv
-        for name, like in (("dq", p.q), ("dk", p.k), ("dv", p.v)):
-            grad = grads.pop(0)
+        for name, like, grad in (("dq", p.q, dq), ("dk", p.k, dk), ("dv", p.v, dv)):
             acc = getattr(self, name)
             if acc is None:
-                acc = torch.empty_like(like, dtype=torch.float32)
-                setattr(self, name, acc)
-                _diagonal_block_view(acc, blocks).copy_(grad)
+                setattr(self, name, _adopt(grad, like, blocks))
             else:
                 _diagonal_block_view(acc, blocks).add_(grad)
-            del grad  # cuDNN's output, freed before the next buffer is allocated
         return True
 
     def dense(self, call: DenseCall) -> None:
@@ -190,7 +192,7 @@ class _Backward:
         )  # fmt: skip
 
     def block_sample(self, call: BlockSampleCall) -> None:
-        from .triton_backward import block_dkdv_kernel, block_sample_dq_kernel, sample_dkdv_kernel
+        from .triton_backward import block_dkdv_kernel, block_sample_dq_kernel
 
         p, plan = self.p, call.plan
         tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
@@ -224,27 +226,62 @@ class _Backward:
             TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
             num_stages=stages, **self.common(),
         )  # fmt: skip
-        if not has_sample:
-            return
-        sub_tiles = math.ceil(call.n_sample / block_n)
-        n_chunks = math.ceil(plan.n_tiles / SAMPLE_CHUNK_TILES)
-        sample_dkdv_kernel[(zp * sub_tiles * n_chunks,)](
-            *tensors, self.dk, self.dv, plan.slot_query, plan.tile_block,
-            block_tiles.sum(1, dtype=torch.int32), call.q_base, call.o_base, call.k_base,
-            call.v_base, call.sample, call.sample_key,
-            n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, plan.key_block,
-            call.n_sample, sub_tiles, SAMPLE_CHUNK_TILES, n_chunks,
-            *self.strides(), p.qk_scale, p.scale, call.sample_bias,
-            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-            num_stages=stages, **self.common(),
-        )  # fmt: skip
+        if has_sample:
+            self.sample_dkdv(call, tensors, block_tiles.sum(1, dtype=torch.int32), block_m)
 
+    def sample_dkdv(self, call: BlockSampleCall, tensors: tuple, used_tiles: Tensor,
+                    block_m: int) -> None:  # fmt: skip
+        """dK, dV of the sampled keys: chunks of tiles add atomically into float32
+        scratch rows (one per sample slot), then each key's slots go into dK, dV once."""
+        from .triton_backward import sample_dkdv_kernel, sample_scatter_kernel
+
+        p, plan = self.p, call.plan
+        zp, m = plan.slot_query.shape[0], call.n_sample
+        tile = plan.kernel_tiles[0]
+        _, block_n, warps, stages = self.tiles("dkdv")
+        sub_tiles = math.ceil(m / block_n)
+        n_chunks = math.ceil(plan.n_tiles / SAMPLE_CHUNK_TILES)
+        per_launch = max(1, SAMPLE_SCRATCH_BYTES // (4 * m * (p.dim + p.dv)))
+        per_launch = min(per_launch, zp)
+        scratch = torch.empty(per_launch * m * (p.dim + p.dv), dtype=torch.float32,
+                              device=p.q.device)  # fmt: skip
+        for zp0 in range(0, zp, per_launch):
+            problems = min(per_launch, zp - zp0)
+            sk = scratch[: problems * m * p.dim]
+            sv = scratch[problems * m * p.dim : problems * m * (p.dim + p.dv)]
+            sk.zero_(), sv.zero_()
+            sample_dkdv_kernel[(problems * sub_tiles * n_chunks,)](
+                *tensors, sk, sv, plan.slot_query, plan.tile_block, used_tiles,
+                call.q_base, call.o_base, call.k_base, call.v_base, call.sample,
+                call.sample_key, zp0, plan.n_tiles * tile, plan.n_tiles, call.n_rows,
+                call.rows_per_head, p.g, plan.key_block, m, sub_tiles, SAMPLE_CHUNK_TILES,
+                n_chunks, *self.strides(), p.qk_scale, p.scale, call.sample_bias,
+                TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+                num_stages=stages, **self.common(),
+            )  # fmt: skip
+            sample_scatter_kernel[(m, problems)](
+                self.dk, self.dv, sk, sv, call.k_base, call.v_base, call.sample_key, zp0, m,
+                p.k.stride(2), p.v.stride(2), D=p.dim, DV=p.dv, D_PAD=_pow2(p.dim),
+                DV_PAD=_pow2(p.dv), SLOTS=SCATTER_SLOTS, num_warps=1,
+            )  # fmt: skip
+
+
+def _adopt(grad: Tensor, like: Tensor, blocks: int) -> Tensor:
+    """cuDNN's gradient of the diagonal blocks as the gradient buffer of `like` (it
+    covers every row): its own memory where its layout is the blocks' view of a tensor
+    laid out like `like`, else a copy."""
+    acc = torch.empty_like(like)
+    view = _diagonal_block_view(acc, blocks)
+    if view.stride() == grad.stride():
+        return grad.as_strided(acc.shape, acc.stride())
+    view.copy_(grad)
+    return acc
 
 def fused_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
     record: ForwardRecord, scale: float,
 ) -> list[Tensor]:  # fmt: skip
-    """[dq, dk, dv] in float32 with the strides of q, k, v, for the forward that filled
+    """[dq, dk, dv] in the dtype and strides of q, k, v, for the forward that filled
     `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] and lse."""
     dout, out = dout.contiguous(), out.contiguous()
     delta = _row_delta(dout, out)
@@ -256,7 +293,7 @@ def fused_backward(
         run.initialise()
         return [run.dq, run.dk, run.dv]
 
-    grads = [torch.zeros_like(t, dtype=torch.float32) for t in (q, k, v)]
+    grads = [torch.zeros_like(t) for t in (q, k, v)]
     run = _Backward(_Problem(q, k, v, scale), grads, out, dout, lse, delta)
     for call in record.whole:
         run.run(call)
@@ -268,7 +305,7 @@ def fused_backward(
         sq_out, sq_dout, sq_lse, sq_delta = out, dout, lse, delta
         if pad:  # as in the forward; padded rows get dO = 0 and L = +inf (p = 0)
             square = tuple(_pad_seq(t, pad) for t in square)
-            square_grads = tuple(torch.zeros_like(t, dtype=torch.float32) for t in square)
+            square_grads = tuple(torch.zeros_like(t) for t in square)
             sq_out, sq_dout = _pad_seq(out, pad), _pad_seq(dout, pad)
             sq_lse = torch.nn.functional.pad(lse, (0, pad), value=math.inf)
             sq_delta = torch.nn.functional.pad(delta, (0, pad))
@@ -302,8 +339,6 @@ class _FusedHyperAttention(torch.autograd.Function):
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
         grads = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale)
-        for i, like in enumerate((q, k, v)):  # each float32 buffer freed once converted
-            grads[i] = grads[i].to(like.dtype)
         return *grads, None, None, None, None, None
 
 

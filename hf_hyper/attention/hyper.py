@@ -7,7 +7,7 @@ query heads (GQA/MQA) and the key head_dim may differ from the value head_dim.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -432,6 +432,10 @@ def hyper_attention_with_lse(
     """
     config = config or HyperAttentionConfig()
     _check_inputs(q, k, v, causal)
+    if config.min_seq_len < q.shape[2] <= config.exact_query_len(causal):
+        # short enough to run exact by exact_up_to: below min_seq_len, so every path
+        # (fused, torch) takes its exact branch
+        config = replace(config, min_seq_len=q.shape[2])
     hash_dims = q.shape[-1] if hash_dims is None else int(hash_dims)
     if not 0 < hash_dims <= q.shape[-1]:
         raise ValueError(f"hash_dims must be in 1..{q.shape[-1]}; got {hash_dims}")

@@ -10,7 +10,8 @@ that rule and add into float32 gradient buffers laid out like q, k, v:
 - key-centric kernels own their keys (dense_dkdv over key tiles, block_dkdv over the
   sorted key blocks and the query tiles packed for them) and add dK, dV;
 - sample_dkdv: sampled keys are seen by every tile of a problem, so it splits the tiles
-  into chunks and adds with atomics.
+  into chunks that add atomically into a float32 scratch row per sample slot, and
+  sample_scatter adds each key's slots (a key drawn twice has two) into dK, dV once.
 """
 
 from __future__ import annotations
@@ -64,16 +65,17 @@ def _rows(X, off, ok, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
 
 @triton.jit
 def _add_rows(X, off, ok, value, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
-    """Read-modify-write of float32 rows this program owns."""
+    """Read-modify-write of rows this program owns: the sum in float32, stored in X's dtype."""
     cols = tl.arange(0, DIM_PAD)
     ptrs = X + off[:, None] + cols[None, :]
     mask = ok[:, None] & (cols < DIM)[None, :]
-    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+    total = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + value
+    tl.store(ptrs, total.to(X.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _atomic_add_rows(X, off, ok, value, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
-    """Add to float32 rows that other programs (or repeated offsets) also add to."""
+    """Add to float32 rows that other programs also add to."""
     cols = tl.arange(0, DIM_PAD)
     mask = ok[:, None] & (cols < DIM)[None, :]
     tl.atomic_add(X + off[:, None] + cols[None, :], value, mask=mask, sem="relaxed")
@@ -305,22 +307,24 @@ def block_dkdv_kernel(
 
 @triton.jit
 def sample_dkdv_kernel(
-    Q, K, V, DO, LSE, Delta, DK, DV_,
+    Q, K, V, DO, LSE, Delta, SK, SV,
     slot_query_ptr, tile_block_ptr, used_tiles_ptr, q_base_ptr, o_base_ptr, k_base_ptr,
     v_base_ptr, sample_ptr, sample_key_ptr,
-    n_slots, n_tiles, n_rows, rows_per_head, heads, key_block, n_sample, sub_tiles,
+    zp0, n_slots, n_tiles, n_rows, rows_per_head, heads, key_block, n_sample, sub_tiles,
     chunk_tiles, n_chunks,
     q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """dK, dV of BLOCK_N sampled keys from one chunk of a problem's query tiles (read
-    BLOCK_M slots at a time), added atomically: every chunk, and repeated draws of one
-    key, add to the same rows."""
+    """dK, dV of BLOCK_N sample slots of problem zp0 + i from one chunk of its query tiles
+    (read BLOCK_M slots at a time), added atomically into the float32 scratch rows of
+    those slots (SK [zp, n_sample, D], SV [.., DV], problems counted from zp0), which
+    every chunk adds to."""
     pid = tl.program_id(0)
     per_problem = sub_tiles * n_chunks
-    zp = (pid // per_problem).to(tl.int64)
+    zs = (pid // per_problem).to(tl.int64)  # problem within this launch's scratch
+    zp = zp0 + zs
     sub = (pid % per_problem) // n_chunks
     chunk = pid % n_chunks
     t0 = chunk * chunk_tiles
@@ -351,8 +355,51 @@ def sample_dkdv_kernel(
             dk, dv = _dkdv_step(
                 k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE
             )
-    _atomic_add_rows(DK, k_off, s_ok, dk * scale, D, D_PAD)
-    _atomic_add_rows(DV_, v_off, s_ok, dv, DV, DV_PAD)
+    slot = zs * n_sample + idx
+    _atomic_add_rows(SK, slot * D, s_ok, dk * scale, D, D_PAD)
+    _atomic_add_rows(SV, slot * DV, s_ok, dv, DV, DV_PAD)
+
+
+@triton.jit
+def sample_scatter_kernel(
+    DK, DV_, SK, SV, k_base_ptr, v_base_ptr, sample_key_ptr,
+    zp0, n_sample, k_stride, v_stride,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    SLOTS: tl.constexpr,
+):  # fmt: skip
+    """Add the scratch rows of sample slot i of problem zp0 + zs into its key's dK, dV
+    rows: the first slot holding a key sums all slots holding it (SLOTS at a time) and
+    does one read-modify-write; later slots of that key do nothing. No atomics, so
+    the order of the sum, and every result bit, is fixed."""
+    zs = tl.program_id(1).to(tl.int64)
+    zp = zp0 + zs
+    i = tl.program_id(0)
+    idx_ty = k_base_ptr.dtype.element_ty
+    keys = sample_key_ptr + zp * n_sample
+    key = tl.load(keys + i).to(idx_ty)
+    cols_k = tl.arange(0, D_PAD)
+    cols_v = tl.arange(0, DV_PAD)
+    dk = tl.zeros([D_PAD], tl.float32)
+    dv = tl.zeros([DV_PAD], tl.float32)
+    earlier = 0
+    for start in range(0, n_sample, SLOTS):
+        j = start + tl.arange(0, SLOTS)
+        same = (j < n_sample) & (tl.load(keys + j, mask=j < n_sample, other=-1) == key)
+        earlier += tl.sum((same & (j < i)).to(tl.int32), 0)
+        rows = zs * n_sample + j
+        sk = tl.load(SK + rows[:, None] * D + cols_k[None, :],
+                     mask=same[:, None] & (cols_k < D)[None, :], other=0.0)  # fmt: skip
+        sv = tl.load(SV + rows[:, None] * DV + cols_v[None, :],
+                     mask=same[:, None] & (cols_v < DV)[None, :], other=0.0)  # fmt: skip
+        dk += tl.sum(sk, 0)
+        dv += tl.sum(sv, 0)
+    if earlier == 0:
+        k_ptrs = DK + tl.load(k_base_ptr + zp) + key * k_stride + cols_k
+        v_ptrs = DV_ + tl.load(v_base_ptr + zp) + key * v_stride + cols_v
+        dk += tl.load(k_ptrs, mask=cols_k < D, other=0.0).to(tl.float32)
+        dv += tl.load(v_ptrs, mask=cols_v < DV, other=0.0).to(tl.float32)
+        tl.store(k_ptrs, dk.to(DK.dtype.element_ty), mask=cols_k < D)
+        tl.store(v_ptrs, dv.to(DV_.dtype.element_ty), mask=cols_v < DV)
 
 
 @triton.jit
@@ -375,4 +422,5 @@ __all__ = [
     "dense_dq_kernel",
     "row_delta_kernel",
     "sample_dkdv_kernel",
+    "sample_scatter_kernel",
 ]
