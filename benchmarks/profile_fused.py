@@ -1,6 +1,7 @@
-"""Where the fused HyperAttention forward spends its time (torch profiler, CUDA kernels).
+"""Where the fused HyperAttention forward (or forward+backward) spends its time (torch
+profiler, CUDA kernels).
 
-    python benchmarks/profile_fused.py --seq-len 131072 --head-dim 128 --causal
+    python benchmarks/profile_fused.py --seq-len 131072 --head-dim 128 --causal [--backward]
 """
 
 from __future__ import annotations
@@ -21,19 +22,29 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--causal", action="store_true")
+    p.add_argument("--backward", action="store_true", help="profile forward+backward")
     args = p.parse_args()
     q, k, v = planted_inputs(
         args.seq_len, args.heads, args.heads, args.head_dim, torch.bfloat16, args.causal, 0
     )
+    grad = torch.randn_like(q)
+    for t in (q, k, v):
+        t.requires_grad_(args.backward)
     config = HyperAttentionConfig(seed=0)
-    with torch.no_grad():
-        for _ in range(2):
-            hf_hyper.hyper_attention(q, k, v, causal=args.causal, config=config)
+
+    def run() -> None:
+        with torch.set_grad_enabled(args.backward):
+            out = hf_hyper.hyper_attention(q, k, v, causal=args.causal, config=config)
+        if args.backward:
+            out.backward(grad)
+
+    for _ in range(2):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            hf_hyper.hyper_attention(q, k, v, causal=args.causal, config=config)
-            torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
 
 
 if __name__ == "__main__":

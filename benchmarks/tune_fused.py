@@ -2,6 +2,7 @@
 
     python benchmarks/tune_fused.py              # forward: TUNING variants
     python benchmarks/tune_fused.py --backward   # forward+backward: BACKWARD_TUNING
+    python benchmarks/tune_fused.py --plan-chunks  # forward: PLAN_CHUNK_ROWS, ms and peak
 
 On a GPU; prints ms per variant (one entry changed at a time, the rest at their
 defaults). The winners are the defaults in `hf_hyper.attention.fused.TUNING` and
@@ -38,10 +39,39 @@ BACKWARD_VARIANTS = {
 }
 
 
+PLAN_CHUNK_ROWS = [2**20, 2**21, 2**22, 2**23]
+
+
+def plan_chunks() -> None:
+    """Forward time and peak memory (above the inputs) per PLAN_CHUNK_ROWS, both masks."""
+    default = fused.PLAN_CHUNK_ROWS
+    config = HyperAttentionConfig(seed=0)
+    for dim in (64, 128):
+        for causal in (False, True):
+            q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, causal, 0)
+            for rows in PLAN_CHUNK_ROWS:
+                fused.PLAN_CHUNK_ROWS = rows
+                with torch.no_grad():
+                    t = time_cuda(
+                        lambda q=q, k=k, v=v, causal=causal: hf_hyper.hyper_attention(
+                            q, k, v, causal=causal, config=config
+                        ),
+                        warmup=1, repeats=5,
+                    )  # fmt: skip
+                print(f"d={dim} causal={causal} PLAN_CHUNK_ROWS=2**{rows.bit_length() - 1}: "
+                      f"{t.ms:.2f} ms, peak {t.peak_gib:.3f} GiB", flush=True)  # fmt: skip
+            del q, k, v
+    fused.PLAN_CHUNK_ROWS = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backward", action="store_true", help="time forward+backward")
+    parser.add_argument("--plan-chunks", action="store_true", help="time PLAN_CHUNK_ROWS")
     args = parser.parse_args()
+    if args.plan_chunks:
+        plan_chunks()
+        return
     table = fused_backward.BACKWARD_TUNING if args.backward else fused.TUNING
     variants = BACKWARD_VARIANTS if args.backward else VARIANTS
     default = dict(table)

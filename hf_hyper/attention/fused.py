@@ -49,10 +49,11 @@ MAX_HEAD_DIM = 256
 # `bucket_starts`, so hash widths above BUCKET_TABLE_MAX_PROJS plan in torch.
 PLAN_ROWS = 1024
 # Query plus key rows planned and run per launch of the block-sample kernel: larger
-# batches of problems go in chunks, so the plan's sorts and integer arrays stay a few
-# percent of the output (at 131k tokens and 32 heads, 8 chunks non-causal, 4 per
-# causal level).
-PLAN_CHUNK_ROWS = 2**20
+# batches of problems go in chunks, so the plan's sorts and integer arrays stay small
+# next to the output. Smaller chunks cost launches: at 131k tokens and 32 heads (one
+# chunk here) 2**20 took the peak from 1.07x to 1.05x of the output's size at
+# head_dim 128 but the time from 8.65 to 10.4 ms (results/attention/plan_chunks.txt).
+PLAN_CHUNK_ROWS = 2**23
 
 
 @functools.cache

@@ -272,7 +272,9 @@ def _adopt(grad: Tensor, like: Tensor, blocks: int) -> Tensor:
     laid out like `like`, else a copy."""
     acc = torch.empty_like(like)
     view = _diagonal_block_view(acc, blocks)
-    if view.stride() == grad.stride():
+    strides = zip(grad.shape, view.stride(), grad.stride(), strict=True)
+    if view.shape == grad.shape and all(size == 1 or a == b for size, a, b in strides):
+        # the same layout (a size-1 dimension's stride is arbitrary)
         return grad.as_strided(acc.shape, acc.stride())
     view.copy_(grad)
     return acc
