@@ -8,7 +8,7 @@ from typing import Any
 BACKENDS = ("auto", "torch", "triton")
 # Query lengths up to which HyperAttention's fused kernels were not faster than cuDNN's
 # exact attention, forward or forward+backward, head_dim 64 or 128, with the default
-# parameters on an H100 (results/attention/crossover.md): `exact_up_to="auto"`.
+# parameters on an H100 (results/attention/h100_auto.md): `exact_up_to="auto"`.
 MEASURED_CROSSOVER = {False: 12288, True: 24576}
 
 
