@@ -63,6 +63,9 @@ GPU_CASES = [
     Case(1, 2, 2, 700, 1800, 96, 96, False, GPU),
     Case(1, 4, 2, 200, 900, 64, 64, True, GPU),  # short query block with prefix: exact
     Case(1, 4, 2, 2048, 2048, 64, 64, True, dict(GPU, lsh_num_projs=13)),  # torch planning
+    # ~256 rows per key block: 16-bit inputs take 128-row tiles
+    Case(1, 4, 4, 4096, 4096, 128, 128, True, dict(block_size=256, sample_size=256,
+                                                   min_seq_len=1024)),  # fmt: skip
 ]
 
 

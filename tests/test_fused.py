@@ -102,7 +102,7 @@ def test_fused_matches_torch_path_fp32(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES[:3], ids=str)
+@pytest.mark.parametrize("case", [*GPU_CASES[:3], GPU_CASES[-1]], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_fused_low_precision_error_matches_torch_path(case, dtype):
     q, k, v = make_inputs(case, dtype, "cuda")
@@ -169,7 +169,7 @@ def test_fused_backward_matches_torch_path_fp32(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES[:3], ids=str)
+@pytest.mark.parametrize("case", [*GPU_CASES[:3], GPU_CASES[-1]], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_fused_backward_low_precision_error_matches_torch_path(case, dtype):
     # FlashAttention's rule: at most about twice plain PyTorch's error in that precision

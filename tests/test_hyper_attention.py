@@ -40,6 +40,24 @@ def test_short_problems_run_exact(causal, n_query, n_key):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_exact_calls_give_the_reference_gradients(causal):
+    # the short-call route (PyTorch's fused attention, GQA included) is trainable too
+    q, k, v = random_qkv(1, 4, 2, 48, 48, seed=4)
+    grad = torch.randn(1, 4, 48, q.shape[-1], dtype=q.dtype)
+    config = HyperAttentionConfig(block_size=8, sample_size=4, min_seq_len=8, exact_up_to=48)
+    grads = []
+    for attend in (
+        lambda *t: hyper_attention(*t, causal=causal, config=config),
+        lambda *t: reference_attention(*t, causal=causal)[0],
+    ):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        attend(*leaves).backward(grad)
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_exact_up_to_runs_calls_up_to_it_exactly(causal):
     # min_seq_len=8 alone approximates n=100; exact_up_to=100 makes it exact, 99 does not
     q, k, v = random_qkv(1, 4, 2, 100, 100, seed=3)
