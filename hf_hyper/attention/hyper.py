@@ -488,8 +488,8 @@ def hyper_attention_with_lse(
 def _exact_by_sdpa(q: Tensor, k: Tensor, causal: bool, config: HyperAttentionConfig) -> bool:
     """Whether the call is exact by its length and SDPA's mask means the same: its
     causal mask is aligned top-left, so only n_query == n_key (no cached prefix)."""
-    if q.dim() != 4 or k.dim() != 4:
-        return False
+    if config.backend != "auto" or q.dim() != 4 or k.dim() != 4:
+        return False  # a named backend runs (or refuses) every call itself
     n_query = q.shape[2]
     return n_query <= config.exact_query_len(causal) and (not causal or n_query == k.shape[2])
 
@@ -507,9 +507,10 @@ def hyper_attention(
 ) -> Tensor:
     """HyperAttention output [b, hq, nq, dv]; see `hyper_attention_with_lse`.
 
-    Calls short enough to be exact (`config.exact_query_len`) go straight to PyTorch's
-    fused attention (no log-sum-exp is asked for here, so none is computed): the same
-    exact result without this module's per-call work, 10-20% of the time at 8k tokens.
+    With backend "auto", calls short enough to be exact (`config.exact_query_len`) go
+    straight to PyTorch's fused attention (no log-sum-exp is asked for here, so none is
+    computed): the same exact result without this module's per-call work, which cost
+    10-20% of the time at 8k tokens.
     """
     config = config or HyperAttentionConfig()
     if _exact_by_sdpa(q, k, causal, config):
