@@ -313,13 +313,16 @@ class _Problem:
         cuDNN runs whole launches none of these small ops."""
         q, k, v, dev = self.q, self.k, self.v, self.q.device
         b, hk = q.shape[0], k.shape[1]
-        bi = torch.arange(b, device=dev).repeat_interleave(hk)
-        hki = torch.arange(hk, device=dev).repeat(b)
-        gi = torch.arange(self.g, device=dev)
+        # in the index type already: the kernels then take them (and the levels' sums)
+        # as they are, with no conversion launches
+        ints = dict(device=dev, dtype=self.index_dtype)
+        bi = torch.arange(b, **ints).repeat_interleave(hk)
+        hki = torch.arange(hk, **ints).repeat(b)
+        gi = torch.arange(self.g, **ints)
         heads = hki[:, None] * self.g + gi[None, :]  # [z, g] query head index
         q_base = bi[:, None] * q.stride(0) + heads * q.stride(1)
         # output rows: [b, hq, n] row-major == [z, g, n]
-        o_base = (torch.arange(self.z * self.g, device=dev) * self.n_query).view(self.z, -1)
+        o_base = (torch.arange(self.z * self.g, **ints) * self.n_query).view(self.z, -1)
         k_base = bi * k.stride(0) + hki * k.stride(1)
         v_base = bi * v.stride(0) + hki * v.stride(1)
         return q_base, k_base, v_base, o_base
@@ -537,7 +540,7 @@ class _Problem:
         for level in levels:
             size, pairs = level.size, level.pairs
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-            pair = torch.arange(pairs, device=dev)
+            pair = torch.arange(pairs, device=dev, dtype=self.index_dtype)
             # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
             q_first = ((2 * pair + 1) * size)[None, :, None]
             k_first = (2 * pair * size)[None, :]
