@@ -1,0 +1,86 @@
+"""What the block-sample kernel's time depends on: the same launch of the non-causal
+forward at 131k tokens with one thing changed at a time.
+
+    python benchmarks/kernel_anatomy.py
+
+Variants: `keys` (sorted position j holds key j, so the LSH block's keys are read
+contiguously), `rows` (slot i holds query row i: queries and outputs contiguous),
+`nosample` (the block's keys only), `merge` (the causal levels' in-place LSE merge).
+The outputs of the variants are wrong by design; only their times mean something.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import triton_kernels
+from hf_hyper.eval.bench_attention import planted_inputs
+
+N = 131072
+# positional arguments of block_sample_kernel that the variants replace
+SLOT_QUERY, K_ORDER, SAMPLE, SAMPLE_KEY, N_ROWS = 5, 9, 12, 13, 16
+VARIANTS = ["base", "keys", "rows", "keys+rows", "nosample", "merge", "keys+rows+nosample"]
+
+
+class TimedLaunch:
+    """Stands in for the kernel: changes the launch as the variant says, times it."""
+
+    def __init__(self, kernel, variant: str) -> None:
+        self.kernel, self.variant, self.ms = kernel, variant, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs) -> None:
+            args = list(args)
+            if "keys" in self.variant:
+                zp, n_key = args[K_ORDER].shape
+                identity = torch.arange(n_key, device="cuda", dtype=torch.int32)
+                args[K_ORDER] = identity.expand(zp, n_key).contiguous()
+                args[SAMPLE_KEY] = args[SAMPLE].to(args[SAMPLE_KEY].dtype)
+            if "rows" in self.variant:
+                slots = args[SLOT_QUERY]
+                i = torch.arange(slots.shape[1], device="cuda", dtype=slots.dtype)
+                rows = torch.where(i < args[N_ROWS], i, args[N_ROWS])
+                args[SLOT_QUERY] = rows.expand_as(slots).contiguous()
+            kwargs["HAS_SAMPLE"] = kwargs["HAS_SAMPLE"] and "nosample" not in self.variant
+            kwargs["MERGE"] = kwargs["MERGE"] or "merge" in self.variant
+            for timed in (False, False, True, True, True, True, True):
+                start = torch.cuda.Event(enable_timing=True)
+                stop = torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.kernel[grid](*args, **kwargs)
+                stop.record()
+                stop.synchronize()
+                if timed:
+                    self.ms.append(start.elapsed_time(stop))
+
+        return launch
+
+
+def main() -> None:
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+          f"non-causal, {N} tokens, 32 heads, bf16; median of 5 launches")  # fmt: skip
+    kernel = triton_kernels.block_sample_kernel
+    config = HyperAttentionConfig(seed=0)
+    for dim in (128, 64):
+        q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, False, 0)
+        base = None
+        for variant in VARIANTS:
+            timed = TimedLaunch(kernel, variant)
+            triton_kernels.block_sample_kernel = timed
+            try:
+                with torch.no_grad():
+                    hf_hyper.hyper_attention(q, k, v, causal=False, config=config)
+            finally:
+                triton_kernels.block_sample_kernel = kernel
+            ms = statistics.median(timed.ms)
+            base = base or ms
+            print(f"d={dim} {variant}: {ms:.3f} ms ({ms / base:.2f}x)", flush=True)
+        del q, k, v
+
+
+if __name__ == "__main__":
+    main()
