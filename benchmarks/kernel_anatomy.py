@@ -21,8 +21,11 @@ from hf_hyper.attention import triton_kernels
 from hf_hyper.eval.bench_attention import planted_inputs
 
 N = 131072
-# positional arguments of block_sample_kernel that the variants replace
-SLOT_QUERY, K_ORDER, SAMPLE, SAMPLE_KEY, N_ROWS = 5, 9, 12, 13, 16
+# positions of the block_sample_kernel arguments that the variants replace
+SLOT_QUERY, K_ORDER, SAMPLE, SAMPLE_KEY, N_ROWS = (
+    triton_kernels.block_sample_kernel.arg_names.index(name)
+    for name in ("slot_query_ptr", "k_order_ptr", "sample_ptr", "sample_key_ptr", "n_rows")
+)
 VARIANTS = ["base", "keys", "rows", "keys+rows", "nosample", "merge", "keys+rows+nosample"]
 
 
