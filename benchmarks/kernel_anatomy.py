@@ -22,9 +22,9 @@ from hf_hyper.eval.bench_attention import planted_inputs
 
 N = 131072
 # positions of the block_sample_kernel arguments that the variants replace
-SLOT_QUERY, K_ORDER, SAMPLE, SAMPLE_KEY, N_ROWS = (
+SLOT_QUERY, KEY_LIST, N_ROWS, N_KEY, SAMPLE_PAD = (
     triton_kernels.block_sample_kernel.arg_names.index(name)
-    for name in ("slot_query_ptr", "k_order_ptr", "sample_ptr", "sample_key_ptr", "n_rows")
+    for name in ("slot_query_ptr", "key_list_ptr", "n_rows", "n_key", "sample_pad")
 )
 VARIANTS = ["base", "keys", "rows", "keys+rows", "nosample", "merge", "keys+rows+nosample"]
 
@@ -39,16 +39,18 @@ class TimedLaunch:
         def launch(*args, **kwargs) -> None:
             args = list(args)
             if "keys" in self.variant:
-                zp, n_key = args[K_ORDER].shape
-                identity = torch.arange(n_key, device="cuda", dtype=torch.int32)
-                args[K_ORDER] = identity.expand(zp, n_key).contiguous()
-                args[SAMPLE_KEY] = args[SAMPLE].to(args[SAMPLE_KEY].dtype)
+                n_key = args[N_KEY]
+                key_list = args[KEY_LIST].clone()
+                key_list[:, :n_key] = torch.arange(n_key, device="cuda", dtype=key_list.dtype)
+                args[KEY_LIST] = key_list
             if "rows" in self.variant:
                 slots = args[SLOT_QUERY]
                 i = torch.arange(slots.shape[1], device="cuda", dtype=slots.dtype)
                 rows = torch.where(i < args[N_ROWS], i, args[N_ROWS])
                 args[SLOT_QUERY] = rows.expand_as(slots).contiguous()
-            kwargs["HAS_SAMPLE"] = kwargs["HAS_SAMPLE"] and "nosample" not in self.variant
+            if "nosample" in self.variant:
+                kwargs["HAS_SAMPLE"] = False
+                args[SAMPLE_PAD] = 0
             kwargs["MERGE"] = kwargs["MERGE"] or "merge" in self.variant
             for timed in (False, False, True, True, True, True, True):
                 start = torch.cuda.Event(enable_timing=True)

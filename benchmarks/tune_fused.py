@@ -23,8 +23,14 @@ from hf_hyper.eval.timing import time_cuda
 
 N = 131072
 VARIANTS = {
-    64: [("block_sample_d64", t) for t in [(128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3)]],
-    128: [("block_sample_d128", t) for t in [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)]],
+    64: [
+        ("block_sample_d64", t)
+        for t in [(128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
+    ],
+    128: [
+        ("block_sample_d128", t)
+        for t in [(128, 32, 4, 3), (128, 32, 4, 4), (64, 32, 4, 3), (64, 64, 4, 3)]
+    ],
 }
 BACKWARD_VARIANTS = {
     64: [

@@ -34,13 +34,13 @@ from .lsh import angular_lsh_rank
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs with head_dim <= 128,
 # chosen by timing the causal forward at 131k, 32 heads, bf16 on an H100
-# (benchmarks/tune_fused.py; float32 and larger heads use small tiles): (128, 32, 4, 3)
-# beat (128, 64, 8, 3) by 13% at head_dim 128, (128, 64, 4, 3) beat (64, 64, 4, 2) by
-# 18% at 64 (results/attention/tune.txt). The dense kernel, now used only for GQA/fp32
-# diagonals and short inputs, was flat across shapes.
+# (benchmarks/tune_fused.py; float32 and larger heads use small tiles). With the
+# one-loop kernel, (128, 32, 4, 3) beat (128, 64, 4, 3) by 4% at head_dim 64 and tied
+# (64, 32, 4, 3) at 128 (results/attention/tune.txt). The dense kernel, now used only
+# for GQA/fp32 diagonals and short inputs, was flat across shapes.
 TUNING = {
     "dense": (128, 64, 8, 3),
-    "block_sample_d64": (128, 64, 4, 3),
+    "block_sample_d64": (128, 32, 4, 3),
     "block_sample_d128": (128, 32, 4, 3),
     "block_sample_small": (64, 64, 4, 2),
 }
@@ -232,6 +232,32 @@ def _plan_tiles(
     return _TilePlan(
         k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles
     )
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _key_list(
+    plan: _TilePlan, sample_key: Tensor | None, block_n: int
+) -> tuple[Tensor, Tensor]:
+    """The block-sample kernel's key walk: (key_list [zp, n_blocks * block_pad +
+    sample_pad] int32, sample_block [zp, sample_pad] int32). Each block's sorted key
+    indices padded to a multiple of block_n, then the sampled keys' (padded likewise);
+    sample_block: each sampled key's block, -1 on padding (None: no sample, an empty
+    [zp, 0])."""
+    order = plan.k_order
+    zp, n_key = order.shape
+    block_pad = _round_up(plan.key_block, block_n)
+    blocks = torch.nn.functional.pad(order, (0, plan.n_blocks * plan.key_block - n_key))
+    blocks = blocks.view(zp, plan.n_blocks, plan.key_block)
+    blocks = torch.nn.functional.pad(blocks, (0, block_pad - plan.key_block)).view(zp, -1)
+    if sample_key is None:
+        return blocks, order.new_empty(zp, 0)
+    pad = _round_up(sample_key.shape[1], block_n) - sample_key.shape[1]
+    sample_block = (plan.sample // plan.key_block).to(torch.int32)
+    sample_block = torch.nn.functional.pad(sample_block, (0, pad), value=-1)
+    return torch.cat([blocks, torch.nn.functional.pad(sample_key, (0, pad))], 1), sample_block
 
 
 @dataclass
@@ -426,6 +452,7 @@ class _Problem:
         else:
             sample = sample_key = plan.k_order
             n_sample, bias = 0, 0.0
+        key_list, sample_block = _key_list(plan, sample_key if n_sample else None, block_n)
         index = self.index_dtype
         q_base, o_base, k_base, v_base = (
             t.to(index).contiguous() for t in (q_base, o_base, k_base, v_base)
@@ -440,10 +467,11 @@ class _Problem:
         grid = (zp * plan.n_tiles,)
         block_sample_kernel[grid](
             self.q, self.k, self.v, self.out, self.lse,
-            plan.slot_query, plan.tile_block, q_base, o_base, plan.k_order, k_base,
-            v_base, sample, sample_key,
+            plan.slot_query, plan.tile_block, q_base, o_base, key_list, k_base,
+            v_base, sample_block,
             plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
-            plan.key_block, n_sample,
+            plan.key_block, plan.n_blocks, _round_up(plan.key_block, block_n),
+            sample_block.shape[1] if n_sample else 0, key_list.shape[1],
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
             MERGE=merge, num_warps=warps, num_stages=stages,
