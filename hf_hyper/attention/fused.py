@@ -32,16 +32,20 @@ from .hyper import (
 from .lsh import angular_lsh_rank
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs with head_dim <= 128,
-# chosen by timing the causal forward at 131k, 32 heads, bf16 on an H100
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) for 16-bit inputs with head_dim
+# <= 128, chosen by timing the causal forward at 131k, 32 heads, bf16 on an H100
 # (benchmarks/tune_fused.py; float32 and larger heads use small tiles). With the
-# one-loop kernel, (128, 32, 4, 3) beat (128, 64, 4, 3) by 4% at head_dim 64 and tied
-# (64, 32, 4, 3) at 128 (results/attention/tune.txt). The dense kernel, now used only
-# for GQA/fp32 diagonals and short inputs, was flat across shapes.
+# one-loop kernel, (128, 32, 4, 3) beat (128, 64, 4, 3) by 4% at head_dim 64; at 128,
+# 64-row tiles capped at 128 registers (four programs per SM instead of two) beat
+# (128, 32, 4, 3) by 3% (results/attention/tune.txt). A forward recorded for a backward
+# keeps 128-row tiles there: the backward replays the plan's tiles, and with 64 rows
+# its causal 131k pass took 127 ms instead of 119. The dense kernel, now used only for
+# GQA/fp32 diagonals and short inputs, was flat across shapes.
 TUNING = {
     "dense": (128, 64, 8, 3),
     "block_sample_d64": (128, 32, 4, 3),
-    "block_sample_d128": (128, 32, 4, 3),
+    "block_sample_d128": (64, 32, 4, 3, 128),
+    "block_sample_d128_backward": (128, 32, 4, 3),
     "block_sample_small": (64, 64, 4, 2),
 }
 MAX_HEAD_DIM = 256
@@ -167,7 +171,7 @@ class _TilePlan:
     slot_query: Tensor
     tile_block: Tensor
     n_tiles: int
-    kernel_tiles: tuple[int, int, int, int]
+    kernel_tiles: tuple[int, ...]
 
 
 def _draw_sample(n_key: int, zp: int, config: HyperAttentionConfig, rng: _Randomness):
@@ -376,13 +380,17 @@ class _Problem:
             return 64, 32, 4, 2
         return TUNING["dense"]
 
-    def sample_tiles(self, rows_per_block: float) -> tuple[int, int, int, int]:
-        """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the block-sample kernel."""
+    def sample_tiles(self, rows_per_block: float) -> tuple[int, ...]:
+        """(BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) of the block-sample
+        kernel."""
         if self.ieee or max(self.dim, self.dv) > 128:
             return 64, 32, 4, 2
         if rows_per_block < 192:
             return TUNING["block_sample_small"]
-        return TUNING["block_sample_d64" if max(self.dim, self.dv) <= 64 else "block_sample_d128"]
+        if max(self.dim, self.dv) <= 64:
+            return TUNING["block_sample_d64"]
+        recorded = self.calls is not None  # the backward will replay these tiles
+        return TUNING["block_sample_d128_backward" if recorded else "block_sample_d128"]
 
     def dense(
         self, q_base: Tensor, o_base: Tensor, kv_index: Tensor, k_base: Tensor,
@@ -444,7 +452,9 @@ class _Problem:
         n_rows, n_key = g * rows_per_head, k_rank.shape[1]
         plan = _plan_tiles(q_rank, k_rank, config, sample, self.sample_tiles)
         self.allocate()  # after the plan, whose sorts then never meet the output
-        block_m, block_n, warps, stages = plan.kernel_tiles
+        block_m, block_n, warps, stages, *registers = plan.kernel_tiles
+        # a register cap only where the tuning names one
+        launch_options = dict(maxnreg=registers[0]) if registers else {}
         if plan.sample is not None:
             sample, n_sample = plan.sample, plan.sample.shape[1]
             sample_key = torch.gather(plan.k_order, 1, sample)
@@ -475,7 +485,7 @@ class _Problem:
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
             MERGE=merge, num_warps=warps, num_stages=stages,
-            **self.common(),
+            **launch_options, **self.common(),
         )  # fmt: skip
 
     # -- whole problems ------------------------------------------------------------
