@@ -39,8 +39,9 @@ FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 64-row tiles capped at 128 registers (four programs per SM instead of two) beat
 # (128, 32, 4, 3) by 3% (results/attention/tune.txt). A forward recorded for a backward
 # keeps 128-row tiles there: the backward replays the plan's tiles, and with 64 rows
-# its causal 131k pass took 127 ms instead of 119. The dense kernel, now used only for
-# GQA/fp32 diagonals and short inputs, was flat across shapes.
+# the causal 131k forward+backward took 126-127 ms instead of 117-123 (one process).
+# The dense kernel, now used only for GQA/fp32 diagonals and short inputs, was flat
+# across shapes.
 TUNING = {
     "dense": (128, 64, 8, 3),
     "block_sample_d64": (128, 32, 4, 3),

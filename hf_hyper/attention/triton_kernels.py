@@ -26,13 +26,17 @@ def _load(ptrs, row_mask, col_mask, FULL: tl.constexpr):
 
 
 @triton.jit
-def _update(q, k, v, keep, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
-    """One online-softmax step over a key tile; scores in log2 units, masked = -inf."""
+def _scores(q, k, IEEE: tl.constexpr):
     if IEEE:  # noqa: SIM108 (constexpr branch)
         s = tl.dot(q, k, input_precision="ieee")
     else:
         s = tl.dot(q, k)
-    s = tl.where(keep, s * qk_scale + bias, float("-inf"))
+    return s
+
+
+@triton.jit
+def _online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
+    """Fold a tile of scores s (log2 units, -inf = excluded) into (m_i, l_i, acc)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_safe)
@@ -46,23 +50,17 @@ def _update(q, k, v, keep, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _update(q, k, v, keep, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
+    """One online-softmax step over a key tile; keep [BLOCK_M, BLOCK_N] masks scores."""
+    s = tl.where(keep, _scores(q, k, IEEE) * qk_scale + bias, float("-inf"))
+    return _online_step(s, v, m_i, l_i, acc, IEEE)
+
+
+@triton.jit
 def _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """`_update` with a per-key bias [BLOCK_N] in log2 units (-inf excludes a key)."""
-    if IEEE:  # noqa: SIM108 (constexpr branch)
-        s = tl.dot(q, k, input_precision="ieee")
-    else:
-        s = tl.dot(q, k)
-    s = s * qk_scale + bias[None, :]
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if IEEE:  # noqa: SIM108 (constexpr branch)
-        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-    else:
-        pv = tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc * alpha[:, None] + pv
+    s = _scores(q, k, IEEE) * qk_scale + bias[None, :]
+    return _online_step(s, v, m_i, l_i, acc, IEEE)
 
 
 @triton.jit
@@ -168,8 +166,8 @@ def block_sample_kernel(
     # One loop over the block's sorted keys, then the sample's: every key tile is BLOCK_N
     # consecutive entries of key_list, so the index loads are contiguous, the K/V loads
     # unmasked, and exclusions (padding, the sample's own-block keys) are -inf biases.
-    # Two loops with masked loads ran 1.25x slower: each ramped its own pipeline and the
-    # sample's masks chained its loads.
+    # Two loops with masked loads ran 1.25-1.3x slower: each ramped its own pipeline and
+    # the sample's masks chained its loads.
     keys = key_list_ptr + zp * list_stride
     lo = blk * key_block
     in_block = tl.minimum(key_block, n_key - lo)
