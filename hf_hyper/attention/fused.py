@@ -243,6 +243,11 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _pad_end(x: Tensor, count: int, value: float = 0) -> Tensor:
+    """x with `count` entries of `value` appended to its last dim (x itself if none)."""
+    return torch.nn.functional.pad(x, (0, count), value=value) if count else x
+
+
 def _key_list(
     plan: _TilePlan, sample_key: Tensor | None, block_n: int
 ) -> tuple[Tensor, Tensor]:
@@ -250,19 +255,18 @@ def _key_list(
     sample_pad] int32, sample_block [zp, sample_pad] int32). Each block's sorted key
     indices padded to a multiple of block_n, then the sampled keys' (padded likewise);
     sample_block: each sampled key's block, -1 on padding (None: no sample, an empty
-    [zp, 0])."""
+    [zp, 0]). Pads of nothing copy nothing (the usual case: 256-key blocks)."""
     order = plan.k_order
     zp, n_key = order.shape
     block_pad = _round_up(plan.key_block, block_n)
-    blocks = torch.nn.functional.pad(order, (0, plan.n_blocks * plan.key_block - n_key))
+    blocks = _pad_end(order, plan.n_blocks * plan.key_block - n_key)
     blocks = blocks.view(zp, plan.n_blocks, plan.key_block)
-    blocks = torch.nn.functional.pad(blocks, (0, block_pad - plan.key_block)).view(zp, -1)
+    blocks = _pad_end(blocks, block_pad - plan.key_block).reshape(zp, -1)
     if sample_key is None:
         return blocks, order.new_empty(zp, 0)
     pad = _round_up(sample_key.shape[1], block_n) - sample_key.shape[1]
-    sample_block = (plan.sample // plan.key_block).to(torch.int32)
-    sample_block = torch.nn.functional.pad(sample_block, (0, pad), value=-1)
-    return torch.cat([blocks, torch.nn.functional.pad(sample_key, (0, pad))], 1), sample_block
+    sample_block = _pad_end((plan.sample // plan.key_block).to(torch.int32), pad, value=-1)
+    return torch.cat([blocks, _pad_end(sample_key, pad)], 1), sample_block
 
 
 @dataclass

@@ -50,9 +50,9 @@ def _online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _update(q, k, v, keep, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
+def _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """One online-softmax step over a key tile; keep [BLOCK_M, BLOCK_N] masks scores."""
-    s = tl.where(keep, _scores(q, k, IEEE) * qk_scale + bias, float("-inf"))
+    s = tl.where(keep, _scores(q, k, IEEE) * qk_scale, float("-inf"))
     return _online_step(s, v, m_i, l_i, acc, IEEE)
 
 
@@ -243,7 +243,7 @@ def dense_kernel(
         k = _load(k_ptrs, True, d_ok[:, None], FULL_D)
         v = _load(v_ptrs, True, dv_ok[None, :], FULL_DV)
         keep = offs_n[None, :] >= 0
-        m_i, l_i, acc = _update(q, k, v, keep, 0.0, m_i, l_i, acc, qk_scale, IEEE)
+        m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     for start in range(full, hi, BLOCK_N):
         pos = start + offs_n
         ok = pos < n_key
@@ -255,7 +255,7 @@ def dense_kernel(
         v_ptrs = V + v_base + pos64[:, None] * v_stride + offs_dv[None, :]
         k = _load(k_ptrs, ok[None, :], d_ok[:, None], FULL_D)
         v = _load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
-        m_i, l_i, acc = _update(q, k, v, keep, 0.0, m_i, l_i, acc, qk_scale, IEEE)
+        m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     o_row = o_base + rows64
     _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
 
