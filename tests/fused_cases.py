@@ -13,8 +13,8 @@ from unittest.mock import patch
 import torch
 
 from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import bucket_sort, fused_backward
 from hf_hyper.attention import fused as fused_module
-from hf_hyper.attention import fused_backward
 from hf_hyper.attention.fused import fused_hyper_attention_with_lse, fused_lsh_rank
 from hf_hyper.attention.fused_backward import fused_hyper_attention_trainable
 from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
@@ -194,7 +194,57 @@ def plan_mismatches(device: str) -> list[str]:
     return bad
 
 
+# (rows, n, buckets, key dtype, rows strided): with 256-key chunks (the interpreter's)
+# several chunks and a partial one, the 8-bit ranks, int16 block numbers, a chunk
+# widened to 1024 for 600 buckets, torch beyond 4096 buckets.
+BUCKET_SORT_CASES = [
+    (2, 600, 128, torch.uint8, True),
+    (2, 300, 16, torch.int16, False),
+    (1, 1500, 600, torch.int16, True),
+    (1, 3000, 5000, torch.int32, False),
+]
+
+
+def bucket_sort_mismatches(device: str) -> list[str]:
+    """Cases where the counting sort's order or bucket starts differ from torch's
+    stable sort, or (first case) a scatter to shifted spots moves an untouched one."""
+    from hf_hyper.attention.bucket_sort import (
+        bucket_histogram,
+        bucket_scatter,
+        stable_bucket_argsort,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    bad = []
+    for i, (rows, n, buckets, dtype, strided) in enumerate(BUCKET_SORT_CASES):
+        keys = torch.randint(0, buckets, (rows, 2 * n), generator=g).to(device, dtype)
+        keys = keys[:, :n] if strided else keys[:, :n].contiguous()
+        order, starts = stable_bucket_argsort(keys, buckets)
+        want = torch.sort(keys.long(), dim=-1, stable=True).indices
+        count = torch.nn.functional.one_hot(keys.long(), buckets).sum(1)
+        name = f"{(rows, n, buckets, dtype)}"
+        if not torch.equal(order.long(), want):
+            bad.append(f"{name}: order")
+        if not torch.equal(starts[:, 1:].long(), count.cumsum(1)):
+            bad.append(f"{name}: starts")
+        if i == 0:  # into the second half of rows twice as long: the first half stays
+            shifted = torch.full((rows, 2 * n), -1, dtype=torch.int32, device=device)
+            bucket_scatter(keys, bucket_histogram(keys, buckets), n + starts[:, :-1], shifted)
+            if not torch.equal(shifted[:, n:], order) or not (shifted[:, :n] == -1).all():
+                bad.append(f"{name}: shifted scatter")
+    return bad
+
+
 def main() -> int:
+    # The interpreter sorts every slot of a chunk, full or not, at ~3 ms each: chunks of
+    # 256 here, and of 32 for the planner and attention cases below (the GPU's 1024 is
+    # only a bigger constant), which also gives their small rows several chunks each.
+    patch.object(bucket_sort, "MIN_CHUNK", 256).start()
+    bad_sort = bucket_sort_mismatches("cpu")
+    print(f"bucket sort mismatches: {bad_sort}")
+    if bad_sort:
+        return 1
+    patch.object(bucket_sort, "MIN_CHUNK", 32).start()
     bad_plan = plan_mismatches("cpu")
     print(f"planner mismatches: {bad_plan}")
     if bad_plan:

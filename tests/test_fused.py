@@ -15,6 +15,7 @@ from fused_cases import (
     GPU_CASES,
     LSH_CASES,
     Case,
+    bucket_sort_mismatches,
     compare,
     compare_grads,
     gradients,
@@ -60,6 +61,16 @@ def test_kernels_match_torch_path_in_triton_interpreter():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_fused_hash_matches_torch_formula(case, dtype):
     assert lsh_mismatches(*case, dtype, "cuda") == 0
+
+
+def test_counting_sort_fallback_matches_stable_sort():
+    # on the CPU (no interpreter) every case takes the torch path that wide keys take
+    assert bucket_sort_mismatches("cpu") == []
+
+
+@pytest.mark.gpu
+def test_counting_sort_matches_stable_sort():
+    assert bucket_sort_mismatches("cuda") == []
 
 
 @pytest.mark.gpu

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
+from .bucket_sort import bucket_histogram, bucket_scatter, stable_bucket_argsort
 from .hyper import (
     BUCKET_TABLE_MAX_PROJS,
     _query_blocks,
     _Randomness,
-    bucket_starts,
+    block_id_dtype,
     causal_levels,
     level_ranks,
     pack_query_tiles,
@@ -50,8 +51,8 @@ TUNING = {
     "block_sample_small": (64, 64, 4, 2),
 }
 MAX_HEAD_DIM = 256
-# Query rows per program of the planning kernels. They read the bucket table of
-# `bucket_starts`, so hash widths above BUCKET_TABLE_MAX_PROJS plan in torch.
+# Query rows per program of the planning kernels. They read a table of where each
+# bucket's keys start, so hash widths above BUCKET_TABLE_MAX_PROJS plan in torch.
 PLAN_ROWS = 1024
 # Query plus key rows planned and run per launch of the block-sample kernel: larger
 # batches of problems go in chunks, so the plan's sorts and integer arrays stay small
@@ -188,10 +189,10 @@ def _plan_tiles(
     q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, sample: Tensor | None,
     tiles_for,
 ) -> _TilePlan:  # fmt: skip
-    """`plan_blocks` + `pack_query_tiles` with the per-query work in two Triton passes
-    around one narrow sort: the same key order, query blocks and tiles (k_order in
-    int32, half the memory)."""
-    from .triton_kernels import query_block_kernel, tile_slot_kernel
+    """`plan_blocks` + `pack_query_tiles` with the per-query work in Triton passes and
+    the two sorts as counting sorts (bucket_sort.py): the same key order, query blocks
+    and tiles (k_order in int32, half the memory)."""
+    from .triton_kernels import query_block_kernel
 
     zp, g, rows_per_head = q_rank.shape
     n_rows, n_key = g * rows_per_head, k_rank.shape[1]
@@ -208,32 +209,23 @@ def _plan_tiles(
             pack.tile_block, pack.n_tiles, kernel_tiles,
         )  # fmt: skip
     dev = q_rank.device
-    k_rank_sorted, k_order = torch.sort(k_rank, dim=-1, stable=True)
-    k_order = k_order.to(torch.int32)
-    starts = bucket_starts(k_rank_sorted, config.lsh_num_projs)
-    del k_rank_sorted
-
-    narrow = torch.int16 if n_blocks <= 2**15 else torch.int32  # sorts faster
-    block = torch.empty(zp, n_rows, dtype=narrow, device=dev)
-    counts = torch.zeros(zp, n_blocks, dtype=torch.int32, device=dev)
+    k_order, starts = stable_bucket_argsort(k_rank, 1 << config.lsh_num_projs)
+    block = torch.empty(zp, n_rows, dtype=block_id_dtype(n_blocks), device=dev)
     grid = (math.ceil(n_rows / PLAN_ROWS), zp)
     query_block_kernel[grid](
-        q_rank.reshape(zp, n_rows).contiguous(), starts, block, counts,
+        q_rank.reshape(zp, n_rows).contiguous(), starts, block,
         n_rows, rows_per_head, starts.shape[1], key_block, n_blocks, BLOCK=PLAN_ROWS,
     )  # fmt: skip
-    sorted_block, order = torch.sort(block, dim=-1, stable=True)
-    del block
+    # the rows of each block go, in row order, to consecutive slots of its tiles
+    hist = bucket_histogram(block, n_blocks)
+    counts = hist.sum(1, dtype=torch.int32)[:, :n_blocks]
     tiles_per_block = (counts + tile - 1) // tile
     tile_end = tiles_per_block.cumsum(1)
-    row_end = counts.cumsum(1)
     n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on the tiles used
     tiles = torch.arange(n_tiles, device=dev).expand(zp, -1).contiguous()
     tile_block = torch.searchsorted(tile_end, tiles, right=True).clamp_(max=n_blocks - 1)
     slot_query = torch.full((zp, n_tiles * tile), n_rows, dtype=torch.int32, device=dev)
-    tile_slot_kernel[grid](
-        sorted_block, order, (tile_end - tiles_per_block) * tile, row_end - counts,
-        slot_query, n_rows, n_blocks, n_tiles * tile, BLOCK=PLAN_ROWS,
-    )  # fmt: skip
+    bucket_scatter(block, hist, (tile_end - tiles_per_block) * tile, slot_query)
     return _TilePlan(
         k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles
     )
@@ -571,15 +563,20 @@ class _Problem:
             self.lse.view(b, hq, blocks, base).copy_(lse)
         return True
 
-    def causal_square(self, q_rank: Tensor, k_rank: Tensor, config, rng) -> None:
-        """Causal HyperAttention when q, k, v have the same (padded) length N."""
-        n = self.n_query
-        _, base, levels = causal_levels(n, config.min_seq_len)
-        blocks = n // base
-        z, g, dev = self.z, self.g, self.q.device
+    def causal_diagonal(self, config: HyperAttentionConfig) -> None:
+        """The exact diagonal blocks of the causal recursion (q, k, v of the same padded
+        length N). Launched before the hash: the GPU runs this long kernel while the
+        host hashes and plans the first level, instead of waiting for it."""
+        _, base, _ = causal_levels(self.n_query, config.min_seq_len)
+        blocks = self.n_query // base
         if not self.cudnn_diagonal(blocks):
             self.dense_diagonal(blocks)
 
+    def causal_levels(self, q_rank: Tensor, k_rank: Tensor, config, rng) -> None:
+        """The off-diagonal blocks of the causal recursion, merged into the diagonal's
+        output: one batched block-sample launch per level."""
+        _, _, levels = causal_levels(self.n_query, config.min_seq_len)
+        z, g, dev = self.z, self.g, self.q.device
         for level in levels:
             size, pairs = level.size, level.pairs
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
@@ -635,19 +632,20 @@ def fused_hyper_attention_with_lse(
     hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
     problem = _Problem(q, k, v, scale, None if record is None else record.whole)
-    q_rank = k_rank = None
-    if n_query > config.min_seq_len:
+
+    def ranks() -> tuple[Tensor, Tensor]:
+        """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]."""
         hd = dim if hash_dims is None else hash_dims
         planes = rng.hyperplanes(hd, config.lsh_num_projs)
         q_rank = angular_lsh_rank(q[..., :hd], planes).reshape(b * hk, g, n_query)
-        k_rank = angular_lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key)
+        return q_rank, angular_lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key)
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
             if not problem.cudnn_diagonal(1, causal=False):
                 problem.exact(0, n_key, causal=False, merge=False)
         else:
-            problem.hyper(q_rank, k_rank, 0, config, rng, merge=False)
+            problem.hyper(*ranks(), 0, config, rng, merge=False)
         return problem.out, problem.lse
 
     if n_query <= config.min_seq_len:  # short: exact, cached prefix included
@@ -659,16 +657,16 @@ def fused_hyper_attention_with_lse(
     padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
     pad = padded_n - n_query
     q_sq, k_sq, v_sq = q, k[:, :, offset:], v[:, :, offset:]
-    q_rank_sq, k_rank_sq = q_rank, k_rank[:, offset:]
     if pad:
-        # Zero rows at the end, seen only by discarded padded queries; they hash to 0.
+        # Zero rows at the end, seen only by discarded padded queries; they rank 0.
         q_sq, k_sq, v_sq = (_pad_seq(t, pad) for t in (q_sq, k_sq, v_sq))
-        q_rank_sq = torch.nn.functional.pad(q_rank_sq, (0, pad))
-        k_rank_sq = torch.nn.functional.pad(k_rank_sq, (0, pad))
     square = _Problem(q_sq, k_sq, v_sq, scale, None if record is None else record.square)
     if record is not None:
         record.offset, record.pad = offset, pad
-    square.causal_square(q_rank_sq, k_rank_sq.contiguous(), config, rng)
+    square.causal_diagonal(config)  # no draws: the random stream's order is unchanged
+    q_rank, k_rank = ranks()
+    k_rank_sq = _pad_end(k_rank[:, offset:], pad).contiguous()
+    square.causal_levels(_pad_end(q_rank, pad), k_rank_sq, config, rng)
     if pad:
         problem.allocate()
         problem.out.copy_(square.out[:, :, :n_query])

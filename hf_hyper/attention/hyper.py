@@ -119,14 +119,20 @@ class TilePacking:
     n_tiles: int
 
 
+def block_id_dtype(n_blocks: int) -> torch.dtype:
+    """Narrowest integer type for block numbers < n_blocks: a radix sort takes one pass
+    per byte of its keys."""
+    if n_blocks <= 256:
+        return torch.uint8
+    return torch.int16 if n_blocks <= 2**15 else torch.int32
+
+
 def pack_query_tiles(block: Tensor, n_blocks: int, tile: int) -> TilePacking:
     """block [z, rows] (key block of each query) -> TilePacking."""
     z, n_rows = block.shape
     n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on sum of ceil(count / tile)
     dev = block.device
-    # narrow keys sort several times faster; the values are block numbers < n_blocks
-    narrow = torch.int16 if n_blocks <= 2**15 else torch.int32
-    sorted_block, order = torch.sort(block.to(narrow), dim=-1, stable=True)
+    sorted_block, order = torch.sort(block.to(block_id_dtype(n_blocks)), dim=-1, stable=True)
     sorted_block = sorted_block.long()
     counts = torch.zeros(z, n_blocks, dtype=torch.int64, device=dev)
     counts.scatter_add_(1, block, torch.ones_like(block))

@@ -10,8 +10,11 @@ FUSED_MAX_PROJS = 15
 
 
 def rank_dtype(num_projs: int) -> torch.dtype:
-    """Smallest signed integer type holding ranks of num_projs hyperplanes: narrow keys
-    make the per-level sorts several times faster than int64 ones."""
+    """Smallest integer type holding ranks of num_projs hyperplanes and the bucket count
+    2**num_projs: narrow keys make the per-level sorts several times faster than int64
+    ones, and 8-bit keys take one radix pass where 16-bit ones take two."""
+    if num_projs <= 7:
+        return torch.uint8
     if num_projs <= 15:
         return torch.int16
     return torch.int32 if num_projs <= 31 else torch.int64

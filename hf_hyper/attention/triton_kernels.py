@@ -299,13 +299,13 @@ def lsh_rank_kernel(
 
 @triton.jit
 def query_block_kernel(
-    q_rank_ptr, starts_ptr, block_ptr, counts_ptr,
+    q_rank_ptr, starts_ptr, block_ptr,
     n_rows, rows_per_head, n_starts, key_block, n_blocks,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Key block of each query row of problem zp (the rule of `hyper._query_blocks`:
     the spot (t + 1/2) / n of the way through its bucket's run of sorted keys, where
-    starts[r] counts the keys of rank < r), and a count of the rows of each block."""
+    starts[r] counts the keys of rank < r)."""
     zp = tl.program_id(1).to(tl.int64)
     row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = row < n_rows
@@ -316,34 +316,62 @@ def query_block_kernel(
     position = first + (last - first) * twice_t // (2 * rows_per_head)
     blk = tl.minimum(position // key_block, n_blocks - 1).to(tl.int32)
     tl.store(block_ptr + zp * n_rows + row, blk.to(block_ptr.dtype.element_ty), mask=ok)
-    tl.atomic_add(counts_ptr + zp * n_blocks + blk, 1, mask=ok, sem="relaxed")
 
 
 @triton.jit
-def tile_slot_kernel(
-    sorted_block_ptr, order_ptr, first_slot_ptr, row_start_ptr, slot_query_ptr,
-    n_rows, n_blocks, n_slots,
-    BLOCK: tl.constexpr,
+def chunk_histogram_kernel(
+    keys_ptr, hist_ptr, n, row_stride, n_chunks,
+    NB: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """Put the i-th row of the block-sorted order in slot i - row_start[blk] of its
-    block's run of tiles: rows keep their order (a stable sort by block), so the
-    placement, and with it every result bit, is deterministic."""
+    """hist[zp, c, b]: how many of keys[zp, c*CHUNK : (c+1)*CHUNK] equal b (< NB)."""
+    c = tl.program_id(0)
     zp = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < n_rows
-    blk = tl.load(sorted_block_ptr + zp * n_rows + i, mask=ok, other=0).to(tl.int32)
-    row = tl.load(order_ptr + zp * n_rows + i, mask=ok, other=0)
-    first = tl.load(first_slot_ptr + zp * n_blocks + blk, mask=ok, other=0)
-    start = tl.load(row_start_ptr + zp * n_blocks + blk, mask=ok, other=0)
-    tl.store(slot_query_ptr + zp * n_slots + first + (i - start), row.to(tl.int32), mask=ok)
+    i = c * CHUNK + tl.arange(0, CHUNK)
+    ok = i < n
+    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
+    counts = tl.histogram(key, NB, mask=ok)
+    tl.store(hist_ptr + (zp * n_chunks + c) * NB + tl.arange(0, NB), counts)
+
+
+@triton.jit
+def bucket_scatter_kernel(
+    keys_ptr, start_ptr, out_ptr, n, row_stride, n_chunks, out_stride,
+    NB: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The stable counting sort's placement: out[zp, start[zp, c, b] + j] = i for the
+    j-th element of key b (in index order) of chunk c, i its index in keys[zp].
+
+    start[zp, c, b] arrives as (the bucket's first output spot + its elements in
+    earlier chunks) and is turned in place into that minus the chunk's elements of
+    smaller keys; an element's spot is then start[its key] + its position in the
+    chunk sorted by (key, index)."""
+    c = tl.program_id(0)
+    zp = tl.program_id(1).to(tl.int64)
+    local = tl.arange(0, CHUNK)
+    i = c * CHUNK + local
+    ok = i < n
+    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
+    bins = tl.arange(0, NB)
+    row_ptr = start_ptr + (zp * n_chunks + c) * NB
+    counts = tl.histogram(key, NB, mask=ok)
+    tl.store(row_ptr + bins, tl.load(row_ptr + bins) - (tl.cumsum(counts, 0) - counts))
+    tl.debug_barrier()  # the row just written is gathered by every thread below
+    # sort (key, index) pairs packed in one int32; elements past n sort last
+    packed = tl.sort(tl.where(ok, key, NB) * CHUNK + local)
+    key_sorted = packed // CHUNK
+    valid = key_sorted < NB
+    start = tl.load(row_ptr + key_sorted, mask=valid, other=0)
+    value = (c * CHUNK + packed % CHUNK).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + zp * out_stride + start + local, value, mask=valid)
 
 
 __all__ = [
     "LOG2E",
     "block_sample_kernel",
+    "bucket_scatter_kernel",
+    "chunk_histogram_kernel",
     "dense_kernel",
     "lsh_rank_kernel",
     "query_block_kernel",
     "slot_rows",
-    "tile_slot_kernel",
 ]

@@ -1,0 +1,98 @@
+"""Stable counting sort of small integer keys, for the fused planner's per-level sorts.
+
+The keys there are LSH ranks (< 2**lsh_num_projs) and key-block numbers (< n_blocks).
+torch.sort runs a general segmented radix sort on them: a dozen launches and several
+passes per call, about 0.14 ms each at 131k tokens and 32 heads on an H100, twice per
+recursion level. Knowing the key range, one histogram pass and one placement pass do
+the same work. Wider key ranges fall back to torch.sort with the same result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+# Buckets the Triton passes take (a chunk holds at least this many elements, so the
+# histogram [rows, chunks, buckets] stays within one int32 per key).
+MAX_BUCKETS = 4096
+MIN_CHUNK = 1024
+
+
+def _buckets_pad(n_buckets: int) -> int:
+    return 1 << max(n_buckets - 1, 1).bit_length()
+
+
+def _chunk(n_buckets: int) -> int:
+    return max(MIN_CHUNK, _buckets_pad(n_buckets))
+
+
+def _use_triton(keys: Tensor, n_buckets: int) -> bool:
+    """CUDA keys, or any under Triton's interpreter (how the CPU tests run the kernels)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return (keys.is_cuda or interpreted) and n_buckets <= MAX_BUCKETS
+
+
+def bucket_histogram(keys: Tensor, n_buckets: int) -> Tensor:
+    """Counts of each key per chunk of each row: keys [rows, n] (integers in
+    [0, n_buckets), last dim contiguous) -> int32 [rows, chunks, >= n_buckets];
+    pass it to `bucket_scatter`, and take `.sum(1)` for the row totals."""
+    rows, n = keys.shape
+    if not _use_triton(keys, n_buckets):
+        counts = torch.zeros(rows, 1, n_buckets, dtype=torch.int32, device=keys.device)
+        return counts.scatter_add_(2, keys.long()[:, None], counts.new_ones(rows, 1, n))
+    from .triton_kernels import chunk_histogram_kernel
+
+    chunk, width = _chunk(n_buckets), _buckets_pad(n_buckets)
+    n_chunks = math.ceil(n / chunk)
+    hist = torch.empty(rows, n_chunks, width, dtype=torch.int32, device=keys.device)
+    chunk_histogram_kernel[(n_chunks, rows)](
+        keys, hist, n, keys.stride(0), n_chunks, NB=width, CHUNK=chunk, num_warps=4
+    )
+    return hist
+
+
+def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> None:
+    """Stable counting-sort placement: the j-th element (in index order) of key b in
+    row r writes its index to out[r, first[r, b] + j].
+
+    keys [rows, n] as given to `bucket_histogram`, hist its result, first [rows,
+    n_buckets] integers, out [rows, m] int32 (spots no element reaches keep their value).
+    With first = exclusive cumsum of the totals, out[:, :n] is the stable argsort.
+    """
+    rows, n = keys.shape
+    n_buckets = first.shape[1]
+    if not _use_triton(keys, n_buckets):
+        sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
+        totals = hist.sum(1, dtype=torch.int64)
+        bucket_first = totals.cumsum(1) - totals  # sorted position of each key's first
+        key = sorted_keys.long()
+        within = torch.arange(n, device=keys.device) - bucket_first.gather(1, key)
+        out.scatter_(1, first.long().gather(1, key) + within, order.to(out.dtype))
+        return
+    from .triton_kernels import bucket_scatter_kernel
+
+    chunk, width = _chunk(n_buckets), hist.shape[2]
+    first = torch.nn.functional.pad(first.to(torch.int32), (0, width - n_buckets))
+    # each chunk's spot for its first element of each key
+    start = first[:, None, :] + hist.cumsum(1, dtype=torch.int32) - hist
+    bucket_scatter_kernel[(hist.shape[1], rows)](
+        keys, start, out, n, keys.stride(0), hist.shape[1], out.stride(0),
+        NB=width, CHUNK=chunk, num_warps=4 if chunk <= 1024 else 8,
+    )  # fmt: skip
+
+
+def stable_bucket_argsort(keys: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:
+    """(order int32 [rows, n], starts int32 [rows, n_buckets + 1]): the stable argsort
+    of keys [rows, n] in [0, n_buckets) and where each key's run begins in it."""
+    hist = bucket_histogram(keys, n_buckets)
+    totals = hist.sum(1, dtype=torch.int32)[:, :n_buckets]
+    starts = torch.nn.functional.pad(totals.cumsum(1, dtype=torch.int32), (1, 0))
+    order = torch.empty(keys.shape, dtype=torch.int32, device=keys.device)
+    bucket_scatter(keys, hist, starts[:, :-1], order)
+    return order, starts
+
+
+__all__ = ["bucket_histogram", "bucket_scatter", "stable_bucket_argsort"]
