@@ -194,7 +194,7 @@ def plan_mismatches(device: str) -> list[str]:
     return bad
 
 
-# (rows, n, buckets, key dtype, rows strided): with 256-key chunks (the interpreter's)
+# (rows, n, buckets, key dtype, rows strided): with 256-key chunks
 # several chunks and a partial one, the 8-bit ranks, int16 block numbers, a chunk
 # widened to 1024 for 600 buckets, torch beyond 4096 buckets.
 BUCKET_SORT_CASES = [
@@ -237,8 +237,8 @@ def bucket_sort_mismatches(device: str) -> list[str]:
 
 def main() -> int:
     # The interpreter sorts every slot of a chunk, full or not, at ~3 ms each: chunks of
-    # 256 here, and of 32 for the planner and attention cases below (the GPU's 1024 is
-    # only a bigger constant), which also gives their small rows several chunks each.
+    # 256 here (as on the GPU), and of 32 for the planner and attention cases below,
+    # which also gives their small rows several chunks each.
     patch.object(bucket_sort, "MIN_CHUNK", 256).start()
     bad_sort = bucket_sort_mismatches("cpu")
     print(f"bucket sort mismatches: {bad_sort}")

@@ -334,15 +334,13 @@ class _Problem:
         self.index_dtype = torch.int32 if max(spans) < 2**31 else torch.int64
 
     @functools.cached_property
-    def _bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(q_base [z, g], k_base [z], v_base [z], o_base [z, g]): element offsets of each
-        head's position 0, and its first output row. Built on first use, so a call that
-        cuDNN runs whole launches none of these small ops."""
-        q, k, v, dev = self.q, self.k, self.v, self.q.device
+    def _host_bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(q_base [z, g], k_base [z], v_base [z], o_base [z, g]) on the host: element
+        offsets of each head's position 0, and its first output row. Pure arithmetic on
+        shapes and strides, so it needs no launches."""
+        q, k, v = self.q, self.k, self.v
         b, hk = q.shape[0], k.shape[1]
-        # in the index type already: the kernels then take them (and the levels' sums)
-        # as they are, with no conversion launches
-        ints = dict(device=dev, dtype=self.index_dtype)
+        ints = dict(dtype=torch.int64)
         bi = torch.arange(b, **ints).repeat_interleave(hk)
         hki = torch.arange(hk, **ints).repeat(b)
         gi = torch.arange(self.g, **ints)
@@ -353,6 +351,23 @@ class _Problem:
         k_base = bi * k.stride(0) + hki * k.stride(1)
         v_base = bi * v.stride(0) + hki * v.stride(1)
         return q_base, k_base, v_base, o_base
+
+    def _to_device(self, *arrays: Tensor) -> list[Tensor]:
+        """Host integer arrays on the device in the index type, in one copy: a dozen
+        tiny arithmetic launches per recursion level cost more than that."""
+        flat = torch.cat([a.reshape(-1) for a in arrays]).to(self.index_dtype)
+        if self.q.is_cuda:
+            flat = flat.pin_memory()
+        flat = flat.to(self.q.device, non_blocking=True)
+        parts = flat.split([a.numel() for a in arrays])
+        return [part.view(a.shape) for part, a in zip(parts, arrays, strict=True)]
+
+    @functools.cached_property
+    def _bases(self) -> list[Tensor]:
+        """`_host_bases` on the device, in the index type already: the kernels then take
+        them (and the levels' sums) as they are. Built on first use, so a call that cuDNN
+        runs whole copies nothing."""
+        return self._to_device(*self._host_bases)
 
     q_base = property(lambda self: self._bases[0])
     k_base = property(lambda self: self._bases[1])
@@ -576,21 +591,22 @@ class _Problem:
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
         output: one batched block-sample launch per level."""
         _, _, levels = causal_levels(self.n_query, config.min_seq_len)
-        z, g, dev = self.z, self.g, self.q.device
+        z, g = self.z, self.g
+        q_base, k_base, v_base, o_base = self._host_bases
         for level in levels:
             size, pairs = level.size, level.pairs
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-            pair = torch.arange(pairs, device=dev, dtype=self.index_dtype)
+            pair = torch.arange(pairs)
             # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
             q_first = ((2 * pair + 1) * size)[None, :, None]
             k_first = (2 * pair * size)[None, :]
-            self.block_sample(
-                (self.q_base[:, None, :] + q_first * self.q.stride(2)).reshape(z * pairs, g),
-                (self.o_base[:, None, :] + q_first).reshape(z * pairs, g),
-                (self.k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
-                (self.v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
-                q_rank_l, k_rank_l, config, rng, merge=True,
+            bases = self._to_device(
+                (q_base[:, None, :] + q_first * self.q.stride(2)).reshape(z * pairs, g),
+                (o_base[:, None, :] + q_first).reshape(z * pairs, g),
+                (k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
+                (v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
             )  # fmt: skip
+            self.block_sample(*bases, q_rank_l, k_rank_l, config, rng, merge=True)
 
 
 def _pad_seq(x: Tensor, rows: int) -> Tensor:
