@@ -2,9 +2,11 @@
 
 The keys there are LSH ranks (< 2**lsh_num_projs) and key-block numbers (< n_blocks).
 torch.sort runs a general segmented radix sort on them: a dozen launches and several
-passes per call, about 0.14 ms each at 131k tokens and 32 heads on an H100, twice per
-recursion level. Knowing the key range, one histogram pass and one placement pass do
-the same work. Wider key ranges fall back to torch.sort with the same result.
+passes per call, about 0.13 ms of GPU time each at 131k tokens and 32 heads on an H100,
+twice per recursion level. Knowing the key range, one histogram pass and one placement
+pass do the same work. Wider key ranges fall back to torch.sort with the same result.
+The gain is GPU time: called alone, the few launches here leave the GPU waiting on the
+host (results/attention/bucket_sort.txt); in the forward they queue behind the kernels.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from torch import Tensor
 # buckets, so the histogram [rows, chunks, buckets] stays within one int32 per key.
 MAX_BUCKETS = 4096
 # Each chunk is sorted in registers by one program: 256-element chunks with one warp
-# placed 32 x 65536 8-bit keys in 35-41 us on an H100, 1024 with four warps in 61-64
-# (torch.sort: 130 us; benchmarks/bucket_sort.py).
+# placed 32 x 65536 8-bit keys in 37 us on an H100, 1024-element ones in 50-64 us with
+# one to four warps (torch.sort: 126 us; benchmarks/bucket_sort.py).
 MIN_CHUNK = 256
 
 
@@ -41,7 +43,7 @@ def _use_triton(keys: Tensor, n_buckets: int) -> bool:
 def bucket_histogram(keys: Tensor, n_buckets: int) -> Tensor:
     """Counts of each key per chunk of each row: keys [rows, n] (integers in
     [0, n_buckets), last dim contiguous) -> int32 [rows, chunks, >= n_buckets];
-    pass it to `bucket_scatter`, and take `.sum(1)` for the row totals."""
+    pass it to `bucket_scatter` and `bucket_totals`."""
     rows, n = keys.shape
     if not _use_triton(keys, n_buckets):
         counts = torch.zeros(rows, 1, n_buckets, dtype=torch.int32, device=keys.device)
@@ -55,6 +57,11 @@ def bucket_histogram(keys: Tensor, n_buckets: int) -> Tensor:
         keys, hist, n, keys.stride(0), n_chunks, NB=width, CHUNK=chunk, num_warps=4
     )
     return hist
+
+
+def bucket_totals(hist: Tensor, n_buckets: int) -> Tensor:
+    """int32 [rows, n_buckets]: each key's count in its row, from `bucket_histogram`."""
+    return hist.sum(1, dtype=torch.int32)[:, :n_buckets]
 
 
 def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> None:
@@ -91,11 +98,11 @@ def stable_bucket_argsort(keys: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]
     """(order int32 [rows, n], starts int32 [rows, n_buckets + 1]): the stable argsort
     of keys [rows, n] in [0, n_buckets) and where each key's run begins in it."""
     hist = bucket_histogram(keys, n_buckets)
-    totals = hist.sum(1, dtype=torch.int32)[:, :n_buckets]
+    totals = bucket_totals(hist, n_buckets)
     starts = torch.nn.functional.pad(totals.cumsum(1, dtype=torch.int32), (1, 0))
     order = torch.empty(keys.shape, dtype=torch.int32, device=keys.device)
     bucket_scatter(keys, hist, starts[:, :-1], order)
     return order, starts
 
 
-__all__ = ["bucket_histogram", "bucket_scatter", "stable_bucket_argsort"]
+__all__ = ["bucket_histogram", "bucket_scatter", "bucket_totals", "stable_bucket_argsort"]

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
-from .bucket_sort import bucket_histogram, bucket_scatter, stable_bucket_argsort
+from .bucket_sort import (
+    bucket_histogram,
+    bucket_scatter,
+    bucket_totals,
+    stable_bucket_argsort,
+)
 from .hyper import (
     BUCKET_TABLE_MAX_PROJS,
     _query_blocks,
@@ -218,8 +223,7 @@ def _plan_tiles(
     )  # fmt: skip
     # the rows of each block go, in row order, to consecutive slots of its tiles
     hist = bucket_histogram(block, n_blocks)
-    counts = hist.sum(1, dtype=torch.int32)[:, :n_blocks]
-    tiles_per_block = (counts + tile - 1) // tile
+    tiles_per_block = (bucket_totals(hist, n_blocks) + tile - 1) // tile
     tile_end = tiles_per_block.cumsum(1)
     n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on the tiles used
     tiles = torch.arange(n_tiles, device=dev).expand(zp, -1).contiguous()
