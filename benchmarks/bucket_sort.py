@@ -42,7 +42,7 @@ def placement_us(keys: torch.Tensor, buckets: int, chunk: int, warps: int) -> tu
     )
     totals = hist.sum(1, dtype=torch.int32)
     first = totals.cumsum(1, dtype=torch.int32) - totals
-    start0 = first[:, None, :] + hist.cumsum(1, dtype=torch.int32) - hist
+    start0 = first[:, None, :] + hist.cumsum(1, dtype=torch.int32)  # as bucket_scatter passes
     out = torch.empty(rows, n, dtype=torch.int32, device=keys.device)
 
     def place() -> None:

@@ -53,6 +53,11 @@ SMALL_CASES = [
     Case(1, 2, 1, 10, 70, 16, 16, False, SMALL),
     Case(1, 2, 2, 33, 33, 20, 12, True, dict(block_size=8, sample_size=0, min_seq_len=8)),
     Case(1, 2, 1, 64, 64, 16, 16, True, dict(SMALL, lsh_num_projs=13)),  # planned in torch
+    # blocks a multiple of the key tiles: the sort writes the key list in place (a short
+    # last block; causal levels with a sample padded to the tiles)
+    Case(1, 2, 1, 63, 63, 16, 16, False, dict(SMALL, block_size=32)),
+    Case(1, 2, 2, 128, 128, 16, 16, True, dict(SMALL, block_size=32, sample_size=40,
+                                                min_seq_len=32)),  # fmt: skip
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -207,7 +212,8 @@ BUCKET_SORT_CASES = [
 
 def bucket_sort_mismatches(device: str) -> list[str]:
     """Cases where the counting sort's order or bucket starts differ from torch's
-    stable sort, or (first case) a scatter to shifted spots moves an untouched one."""
+    stable sort, or (first case) a scatter to shifted spots moves an untouched one, or
+    (second case) a sort into the head of wider rows writes past it."""
     from hf_hyper.attention.bucket_sort import (
         bucket_histogram,
         bucket_scatter,
@@ -232,6 +238,11 @@ def bucket_sort_mismatches(device: str) -> list[str]:
             bucket_scatter(keys, bucket_histogram(keys, buckets), n + starts[:, :-1], shifted)
             if not torch.equal(shifted[:, n:], order) or not (shifted[:, :n] == -1).all():
                 bad.append(f"{name}: shifted scatter")
+        if i == 1:  # into the head of rows n + 5 long: the tail stays
+            wide = torch.full((rows, n + 5), -1, dtype=torch.int32, device=device)
+            stable_bucket_argsort(keys, buckets, out=wide[:, :n])
+            if not torch.equal(wide[:, :n], order) or not (wide[:, n:] == -1).all():
+                bad.append(f"{name}: sort into a wider row")
     return bad
 
 

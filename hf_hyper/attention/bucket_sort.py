@@ -68,9 +68,11 @@ def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> No
     """Stable counting-sort placement: the j-th element (in index order) of key b in
     row r writes its index to out[r, first[r, b] + j].
 
-    keys [rows, n] as given to `bucket_histogram`, hist its result, first [rows,
-    n_buckets] integers, out [rows, m] int32 (spots no element reaches keep their value).
-    With first = exclusive cumsum of the totals, out[:, :n] is the stable argsort.
+    keys [rows, n] as given to `bucket_histogram`, hist its result (consumed: it is
+    overwritten with the chunks' spots, so the placement needs no second table of its
+    size), first [rows, n_buckets] integers, out [rows, m] int32, any row stride (spots
+    no element reaches keep their value). With first = exclusive cumsum of the totals,
+    out[:, :n] is the stable argsort.
     """
     rows, n = keys.shape
     n_buckets = first.shape[1]
@@ -86,21 +88,25 @@ def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> No
 
     chunk, width = _chunk(n_buckets), hist.shape[2]
     first = torch.nn.functional.pad(first.to(torch.int32), (0, width - n_buckets))
-    # each chunk's spot for its first element of each key
-    start = first[:, None, :] + hist.cumsum(1, dtype=torch.int32) - hist
+    # in place, each chunk's spot just past its own elements of each key
+    hist.cumsum_(1).add_(first[:, None, :])
     bucket_scatter_kernel[(hist.shape[1], rows)](
-        keys, start, out, n, keys.stride(0), hist.shape[1], out.stride(0),
+        keys, hist, out, n, keys.stride(0), hist.shape[1], out.stride(0),
         NB=width, CHUNK=chunk, num_warps=max(1, chunk // 1024),
     )  # fmt: skip
 
 
-def stable_bucket_argsort(keys: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:
+def stable_bucket_argsort(
+    keys: Tensor, n_buckets: int, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(order int32 [rows, n], starts int32 [rows, n_buckets + 1]): the stable argsort
-    of keys [rows, n] in [0, n_buckets) and where each key's run begins in it."""
+    of keys [rows, n] in [0, n_buckets) and where each key's run begins in it. out: an
+    int32 [rows, n] view (any row stride) to write the order into, e.g. the head of a
+    larger per-row list, which then needs no copy."""
     hist = bucket_histogram(keys, n_buckets)
     totals = bucket_totals(hist, n_buckets)
     starts = torch.nn.functional.pad(totals.cumsum(1, dtype=torch.int32), (1, 0))
-    order = torch.empty(keys.shape, dtype=torch.int32, device=keys.device)
+    order = torch.empty(keys.shape, dtype=torch.int32, device=keys.device) if out is None else out
     bucket_scatter(keys, hist, starts[:, :-1], order)
     return order, starts
 

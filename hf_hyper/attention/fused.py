@@ -168,7 +168,9 @@ class _TilePlan:
 
     k_order [zp, nk]: key index at each sorted position; sample [zp, m] or None: sorted
     positions of the sampled keys; slot_query [zp, n_tiles * tile]: query row in each
-    slot (n_rows = empty); tile_block [zp, n_tiles]: key block of each tile.
+    slot (n_rows = empty); tile_block [zp, n_tiles]: key block of each tile. key_list:
+    where the blocks need no padding for the kernel's key tiles, the kernel's key list
+    (see `_key_list`) whose head k_order is (a view), so the list costs no copy.
     """
 
     k_order: Tensor
@@ -179,6 +181,7 @@ class _TilePlan:
     tile_block: Tensor
     n_tiles: int
     kernel_tiles: tuple[int, ...]
+    key_list: Tensor | None = None
 
 
 def _draw_sample(n_key: int, zp: int, config: HyperAttentionConfig, rng: _Randomness):
@@ -214,7 +217,14 @@ def _plan_tiles(
             pack.tile_block, pack.n_tiles, kernel_tiles,
         )  # fmt: skip
     dev = q_rank.device
-    k_order, starts = stable_bucket_argsort(k_rank, 1 << config.lsh_num_projs)
+    key_list = order_view = None
+    block_n = kernel_tiles[1]
+    if key_block % block_n == 0:  # blocks then end on key tiles: sort into the list
+        n_sample = 0 if sample is None else sample.shape[1]
+        width = n_blocks * key_block + _round_up(n_sample, block_n)
+        key_list = torch.empty(zp, width, dtype=torch.int32, device=dev)
+        order_view = key_list[:, :n_key]
+    k_order, starts = stable_bucket_argsort(k_rank, 1 << config.lsh_num_projs, order_view)
     block = torch.empty(zp, n_rows, dtype=block_id_dtype(n_blocks), device=dev)
     grid = (math.ceil(n_rows / PLAN_ROWS), zp)
     query_block_kernel[grid](
@@ -231,8 +241,9 @@ def _plan_tiles(
     slot_query = torch.full((zp, n_tiles * tile), n_rows, dtype=torch.int32, device=dev)
     bucket_scatter(block, hist, (tile_end - tiles_per_block) * tile, slot_query)
     return _TilePlan(
-        k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles
-    )
+        k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles,
+        key_list,
+    )  # fmt: skip
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -251,9 +262,12 @@ def _key_list(
     sample_pad] int32, sample_block [zp, sample_pad] int32). Each block's sorted key
     indices padded to a multiple of block_n, then the sampled keys' (padded likewise);
     sample_block: each sampled key's block, -1 on padding (None: no sample, an empty
-    [zp, 0]). Pads of nothing copy nothing (the usual case: 256-key blocks)."""
+    [zp, 0]). Pads of nothing copy nothing (the usual case: 256-key blocks), and a plan
+    that sorted into its list only fills the list's tail."""
     order = plan.k_order
     zp, n_key = order.shape
+    if plan.key_list is not None:
+        return _fill_key_list(plan, sample_key)
     block_pad = _round_up(plan.key_block, block_n)
     blocks = _pad_end(order, plan.n_blocks * plan.key_block - n_key)
     blocks = blocks.view(zp, plan.n_blocks, plan.key_block)
@@ -263,6 +277,21 @@ def _key_list(
     pad = _round_up(sample_key.shape[1], block_n) - sample_key.shape[1]
     sample_block = _pad_end((plan.sample // plan.key_block).to(torch.int32), pad, value=-1)
     return torch.cat([blocks, _pad_end(sample_key, pad)], 1), sample_block
+
+
+def _fill_key_list(plan: _TilePlan, sample_key: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`_key_list` of a plan whose list already holds the sorted keys at its head."""
+    keys, zp = plan.key_list, plan.key_list.shape[0]
+    head = plan.n_blocks * plan.key_block
+    keys[:, plan.k_order.shape[1] : head].zero_()  # the last block's pad, if any
+    if sample_key is None:
+        return keys, keys.new_empty(zp, 0)
+    n_sample = sample_key.shape[1]
+    keys[:, head : head + n_sample].copy_(sample_key)
+    keys[:, head + n_sample :].zero_()
+    pad = keys.shape[1] - head - n_sample
+    sample_block = _pad_end((plan.sample // plan.key_block).to(torch.int32), pad, value=-1)
+    return keys, sample_block
 
 
 @dataclass
@@ -281,8 +310,9 @@ class DenseCall:
 
 @dataclass
 class BlockSampleCall:
-    """One `_Problem.block_sample` launch (bases already in the index type), kept for
-    the backward."""
+    """One `_Problem.block_sample` launch (bases already in the index type) and its key
+    walk (`_key_list`: key_list, sample_block, each block's run padded to block_pad),
+    kept for the backward."""
 
     q_base: Tensor
     o_base: Tensor
@@ -296,6 +326,9 @@ class BlockSampleCall:
     n_rows: int
     rows_per_head: int
     n_key: int
+    key_list: Tensor
+    sample_block: Tensor
+    block_pad: int
 
 
 @dataclass
@@ -315,12 +348,17 @@ class _Problem:
     """Strided inputs [b, hq, n, d] / [b, hk, n, d], the output rows and kernel options.
 
     With `calls` a list, every launch is also recorded there, so the backward can replay
-    the same plan (see fused_backward.py).
+    the same plan (see fused_backward.py). need_lse=False: no log-sum-exp is kept (a
+    single unmerged call whose caller drops it), 1/16 of the output's memory at d=64.
     """
 
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, calls: list | None = None):
+    def __init__(
+        self, q: Tensor, k: Tensor, v: Tensor, scale: float, calls: list | None = None,
+        need_lse: bool = True,
+    ) -> None:  # fmt: skip
         self.q, self.k, self.v = q, k, v
         self.calls = calls
+        self.need_lse = need_lse
         # out [b, hq, n, dv] row-major, lse [b, hq, n] float32: allocated by the first
         # kernel that writes them (or adopted from cuDNN), so no second copy is held
         self.out: Tensor | None = None
@@ -382,7 +420,19 @@ class _Problem:
         if self.out is None:
             b, hq = self.q.shape[:2]
             self.out = self.q.new_empty(b, hq, self.n_query, self.dv)
-            self.lse = torch.empty(b, hq, self.n_query, dtype=torch.float32, device=self.q.device)
+            if self.need_lse:
+                self.lse = torch.empty(
+                    b, hq, self.n_query, dtype=torch.float32, device=self.q.device
+                )
+
+    def lse_args(self, merge: bool) -> tuple[Tensor, dict]:
+        """The kernels' LSE argument and its STORE_LSE flag (without a table, the output
+        stands in as a pointer the kernel never touches)."""
+        if self.lse is None:
+            if merge:
+                raise RuntimeError("merging into rows needs their log-sum-exp (need_lse)")
+            return self.out, dict(STORE_LSE=False)
+        return self.lse, dict(STORE_LSE=True)
 
     def common(self) -> dict:
         return dict(
@@ -422,13 +472,14 @@ class _Problem:
         self.allocate()
         block_m, block_n, warps, stages = self.tiles()
         grid = (q_base.numel() * math.ceil(n_query / block_m),)
+        lse, store_lse = self.lse_args(merge)
         dense_kernel[grid](
-            self.q, self.k, self.v, self.out, self.lse,
+            self.q, self.k, self.v, self.out, lse,
             q_base, o_base, kv_index, k_base, v_base,
             n_query, n_key, self.q.stride(2), self.k.stride(2), self.v.stride(2),
             self.qk_scale,
             BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, MERGE=merge,
-            num_warps=warps, num_stages=stages, **self.common(),
+            num_warps=warps, num_stages=stages, **store_lse, **self.common(),
         )  # fmt: skip
 
     def block_sample(
@@ -483,25 +534,27 @@ class _Problem:
         q_base, o_base, k_base, v_base = (
             t.to(index).contiguous() for t in (q_base, o_base, k_base, v_base)
         )
+        block_pad = _round_up(plan.key_block, block_n)
         if self.calls is not None:
             self.calls.append(
                 BlockSampleCall(
                     q_base, o_base, k_base, v_base, plan, sample, sample_key, n_sample,
-                    bias, n_rows, rows_per_head, n_key,
+                    bias, n_rows, rows_per_head, n_key, key_list, sample_block, block_pad,
                 )  # fmt: skip
             )
         grid = (zp * plan.n_tiles,)
+        lse, store_lse = self.lse_args(merge)
         block_sample_kernel[grid](
-            self.q, self.k, self.v, self.out, self.lse,
+            self.q, self.k, self.v, self.out, lse,
             plan.slot_query, plan.tile_block, q_base, o_base, key_list, k_base,
             v_base, sample_block,
             plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
-            plan.key_block, plan.n_blocks, _round_up(plan.key_block, block_n),
-            sample_block.shape[1] if n_sample else 0, key_list.shape[1],
+            plan.key_block, plan.n_blocks, block_pad,
+            sample_block.shape[1] if n_sample else 0, key_list.stride(0),
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
             MERGE=merge, num_warps=warps, num_stages=stages,
-            **launch_options, **self.common(),
+            **launch_options, **store_lse, **self.common(),
         )  # fmt: skip
 
     # -- whole problems ------------------------------------------------------------
@@ -559,7 +612,7 @@ class _Problem:
             return False
         try:
             out, lse, *aux = torch.ops.aten._scaled_dot_product_cudnn_attention(
-                *views, None, True, 0.0, causal, False, scale=self.scale
+                *views, None, self.need_lse, 0.0, causal, False, scale=self.scale
             )
         except RuntimeError:  # a configuration this cuDNN build rejects: Triton runs it
             return False
@@ -569,17 +622,20 @@ class _Problem:
         base, dv = n // blocks, self.dv
         if views[0].shape[1] == hq * blocks and out.is_contiguous():
             # [b, h*blocks, base, d] row-major is [b, h, n, d] row-major: adopt it
-            self.out, self.lse = out.view(b, hq, n, dv), lse.reshape(b, hq, n)
+            self.out = out.view(b, hq, n, dv)
+            self.lse = lse.reshape(b, hq, n) if self.need_lse else None
             return True
         self.allocate()
         if views[0].shape[1] == hq * blocks:
             self.out.view(b, hq * blocks, base, dv).copy_(out)
-            self.lse.view(b, hq * blocks, base).copy_(lse.view(b, hq * blocks, base))
+            if self.need_lse:
+                self.lse.view(b, hq * blocks, base).copy_(lse.view(b, hq * blocks, base))
         else:  # [b*blocks, h, base, d]
             blocked = out.unflatten(0, (b, blocks)).transpose(1, 2)
             self.out.view(b, hq, blocks, base, dv).copy_(blocked)
-            lse = lse.reshape(b, blocks, hq, base).transpose(1, 2)
-            self.lse.view(b, hq, blocks, base).copy_(lse)
+            if self.need_lse:
+                lse = lse.reshape(b, blocks, hq, base).transpose(1, 2)
+                self.lse.view(b, hq, blocks, base).copy_(lse)
         return True
 
     def causal_diagonal(self, config: HyperAttentionConfig) -> None:
@@ -640,18 +696,22 @@ def fused_hyper_attention_with_lse(
     rng: _Randomness,
     hash_dims: int | None = None,
     record: ForwardRecord | None = None,
-) -> tuple[Tensor, Tensor]:
+    need_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """HyperAttention forward with Triton kernels; inputs already validated.
 
     Same draws in the same order as the torch path (hyperplanes once, then one sample
     per level, then the prefix's), so both give the same result up to rounding.
-    record: if given, filled with the launches, for `fused_backward`.
+    record: if given, filled with the launches, for `fused_backward`. need_lse=False:
+    the caller drops the log-sum-exp, so calls that merge nothing (non-causal) keep
+    none and return None for it.
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
-    problem = _Problem(q, k, v, scale, None if record is None else record.whole)
+    calls = None if record is None else record.whole
+    problem = _Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
     def ranks() -> tuple[Tensor, Tensor]:
         """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]."""

@@ -220,11 +220,15 @@ class _Backward:
         n_slots = plan.n_tiles * tile
         has_sample = plan.sample is not None
         _, block_n, warps, stages = self.tiles("dq")
+        # key tiles that end where the forward's padded runs end
+        sample_pad = call.sample_block.shape[1]
+        block_n = math.gcd(block_n, call.block_pad, sample_pad or call.block_pad)
         block_sample_dq_kernel[(zp * plan.n_tiles,)](
             *tensors, self.dq, plan.slot_query, plan.tile_block, call.q_base, call.o_base,
-            plan.k_order, call.k_base, call.v_base, call.sample, call.sample_key,
+            call.key_list, call.k_base, call.v_base, call.sample_block,
             n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, call.n_key,
-            plan.key_block, call.n_sample, *self.strides(), p.qk_scale, p.scale,
+            plan.key_block, plan.n_blocks, call.block_pad, sample_pad,
+            call.key_list.stride(0), *self.strides(), p.qk_scale, p.scale,
             call.sample_bias, BLOCK_M=tile, BLOCK_N=block_n, HAS_SAMPLE=has_sample,
             num_warps=warps, num_stages=stages, **self.common(),
         )  # fmt: skip
@@ -241,7 +245,8 @@ class _Backward:
             *tensors, self.dk, self.dv, plan.slot_query, block_tile, block_tiles,
             call.q_base, call.o_base, plan.k_order, call.k_base, call.v_base,
             n_slots, plan.n_blocks, call.n_rows, call.rows_per_head, p.g, call.n_key,
-            plan.key_block, sub_tiles, *self.strides(), p.qk_scale, p.scale,
+            plan.k_order.stride(0), plan.key_block, sub_tiles, *self.strides(), p.qk_scale,
+            p.scale,
             TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
             num_stages=stages, **self.common(),
         )  # fmt: skip

@@ -436,6 +436,18 @@ def hyper_attention_with_lse(
     hash_dims: the LSH sees only the first hash_dims features of q and k (e.g. not the
     columns a position bias appended); None = all.
     """
+    out, lse = _hyper_attention(q, k, v, causal, scale, config, generator, hash_dims, True)
+    assert lse is not None
+    return out, lse
+
+
+def _hyper_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None,
+    config: HyperAttentionConfig | None, generator: torch.Generator | None,
+    hash_dims: int | None, need_lse: bool,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """`hyper_attention_with_lse`; need_lse=False lets the fused forward skip the
+    log-sum-exp where nothing merges into it (it may then return None for it)."""
     config = config or HyperAttentionConfig()
     _check_inputs(q, k, v, causal)
     if config.min_seq_len < q.shape[2] <= config.exact_query_len(causal):
@@ -455,12 +467,15 @@ def hyper_attention_with_lse(
         from .fused import fused_hyper_attention_with_lse
         from .fused_backward import fused_hyper_attention_trainable
 
-        fused = fused_hyper_attention_with_lse
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            fused = fused_hyper_attention_trainable  # the fused backward attached
-        return fused(
-            q, k, v, causal=causal, scale=scale, config=config, rng=rng, hash_dims=hash_dims
-        )
+            return fused_hyper_attention_trainable(  # the fused backward attached
+                q, k, v, causal=causal, scale=scale, config=config, rng=rng,
+                hash_dims=hash_dims,
+            )  # fmt: skip
+        return fused_hyper_attention_with_lse(
+            q, k, v, causal=causal, scale=scale, config=config, rng=rng,
+            hash_dims=hash_dims, need_lse=need_lse,
+        )  # fmt: skip
 
     b, hq, n_query, dim = q.shape
     hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -524,10 +539,7 @@ def hyper_attention(
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
-    out, _ = hyper_attention_with_lse(
-        q, k, v, causal=causal, scale=scale, config=config, generator=generator,
-        hash_dims=hash_dims,
-    )
+    out, _ = _hyper_attention(q, k, v, causal, scale, config, generator, hash_dims, False)
     return out
 
 

@@ -205,16 +205,17 @@ def _slot_query_rows(
 @triton.jit
 def block_sample_dq_kernel(
     Q, K, V, DO, LSE, Delta, DQ,
-    slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, k_order_ptr, k_base_ptr,
-    v_base_ptr, sample_ptr, sample_key_ptr,
-    n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_sample,
-    q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
+    slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, key_list_ptr, k_base_ptr,
+    v_base_ptr, sample_block_ptr,
+    n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_blocks, block_pad,
+    sample_pad, list_stride, q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """dQ of one packed query tile: its key block, then the problem's sample (the keys
-    and masks of `block_sample_kernel`)."""
+    """dQ of one packed query tile: its key block, then the problem's sample, walked as
+    `block_sample_kernel` walks them (the forward's key list and -inf biases, one loop:
+    the block's and the sample's loads share one pipeline, no masked K/V loads)."""
     pid = tl.program_id(0)
     zp = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
@@ -230,29 +231,35 @@ def block_sample_dq_kernel(
     v_base = tl.load(v_base_ptr + zp)
     blk = tl.load(tile_block_ptr + zp * n_tiles + tile).to(tl.int32)
     offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    order = k_order_ptr + zp * n_key
-    lo = blk * key_block
-    hi = tl.minimum(lo + key_block, n_key)
-    for start in range(lo, hi, BLOCK_N):
-        pos = start + offs_n
-        ok = pos < hi
-        key = tl.load(order + pos, mask=ok, other=0).to(idx_ty)
-        k = _rows(K, tl.multiple_of(k_base + key * k_stride, ALIGN), ok, D, D_PAD)
-        v = _rows(V, tl.multiple_of(v_base + key * v_stride, ALIGN), ok, DV, DV_PAD)
-        keep = ok[None, :] & row_ok[:, None]
-        dq = _dq_step(q, do, k, v, keep, 0.0, lse2, delta, dq, qk_scale, IEEE)
-    if HAS_SAMPLE:
-        for start in range(0, n_sample, BLOCK_N):
-            idx = start + offs_n
-            ok = idx < n_sample
-            spot = tl.load(sample_ptr + zp * n_sample + idx, mask=ok, other=0).to(tl.int32)
-            ok = ok & (spot // key_block != blk)
-            key = tl.load(sample_key_ptr + zp * n_sample + idx, mask=ok, other=0).to(idx_ty)
-            k = _rows(K, tl.multiple_of(k_base + key * k_stride, ALIGN), ok, D, D_PAD)
-            v = _rows(V, tl.multiple_of(v_base + key * v_stride, ALIGN), ok, DV, DV_PAD)
-            keep = ok[None, :] & row_ok[:, None]
-            dq = _dq_step(q, do, k, v, keep, sample_bias, lse2, delta, dq, qk_scale, IEEE)
+    keys = key_list_ptr + zp * list_stride
+    in_block = tl.minimum(key_block, n_key - blk * key_block)
+    for start in range(0, block_pad + sample_pad, BLOCK_N):
+        in_sample = start >= block_pad
+        first = tl.where(
+            in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start
+        )
+        key = tl.load(keys + first + offs_n).to(idx_ty)
+        bias = tl.where(start + offs_n < in_block, 0.0, float("-inf"))
+        if HAS_SAMPLE:
+            spot = tl.maximum(start - block_pad, 0) + offs_n
+            own = tl.load(sample_block_ptr + zp * sample_pad + spot)
+            bias = tl.where(
+                in_sample, tl.where((own != blk) & (own >= 0), sample_bias, float("-inf")), bias
+            )
+        k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+        v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
+        k = _load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)
+        v = _load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
+        dq = _dq_step(
+            q, do, k, v, row_ok[:, None], bias[None, :], lse2, delta, dq, qk_scale, IEEE
+        )
     _add_rows(DQ, q_off, row_ok, dq * scale, D, D_PAD)
 
 
@@ -261,7 +268,7 @@ def block_dkdv_kernel(
     Q, K, V, DO, LSE, Delta, DK, DV_,
     slot_query_ptr, block_tile_ptr, block_tiles_ptr, q_base_ptr, o_base_ptr, k_order_ptr,
     k_base_ptr, v_base_ptr,
-    n_slots, n_blocks, n_rows, rows_per_head, heads, n_key, key_block, sub_tiles,
+    n_slots, n_blocks, n_rows, rows_per_head, heads, n_key, order_stride, key_block, sub_tiles,
     q_stride, k_stride, v_stride, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -284,7 +291,7 @@ def block_dkdv_kernel(
     pos = lo + tl.arange(0, BLOCK_N)
     key_ok = pos < hi
     idx_ty = k_base_ptr.dtype.element_ty
-    key = tl.load(k_order_ptr + zp * n_key + pos, mask=key_ok, other=0).to(idx_ty)
+    key = tl.load(k_order_ptr + zp * order_stride + pos, mask=key_ok, other=0).to(idx_ty)
     k_off = tl.multiple_of(tl.load(k_base_ptr + zp) + key * k_stride, ALIGN)
     v_off = tl.multiple_of(tl.load(v_base_ptr + zp) + key * v_stride, ALIGN)
     k = _rows(K, k_off, key_ok, D, D_PAD)

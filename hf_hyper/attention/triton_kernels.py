@@ -66,9 +66,10 @@ def _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
 @triton.jit
 def _finish(
     Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc,
-    DV: tl.constexpr, FULL_DV: tl.constexpr, MERGE: tl.constexpr,
+    DV: tl.constexpr, FULL_DV: tl.constexpr, MERGE: tl.constexpr, STORE_LSE: tl.constexpr,
 ):  # fmt: skip
-    """Normalise, optionally merge with the rows' current (out, lse), and store."""
+    """Normalise, optionally merge with the rows' current (out, lse), and store (the
+    lse only with STORE_LSE: a call whose caller drops it keeps no table for it)."""
     has_mass = l_i > 0
     l_safe = tl.where(has_mass, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -91,7 +92,8 @@ def _finish(
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     else:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=io_mask)
-    tl.store(LSE + o_row, lse, mask=row_ok)
+    if STORE_LSE:
+        tl.store(LSE + o_row, lse, mask=row_ok)
 
 
 @triton.jit
@@ -123,6 +125,7 @@ def block_sample_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    STORE_LSE: tl.constexpr = True,
 ):  # fmt: skip
     """One tile of queries that share a key block of problem zp: exact over the block's
     sorted keys, then the problem's uniform sample (own-block keys excluded, logits +
@@ -189,7 +192,7 @@ def block_sample_kernel(
         k = _load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
         v = _load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
-    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
+    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
 
 
 @triton.jit
@@ -201,6 +204,7 @@ def dense_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    STORE_LSE: tl.constexpr = True,
 ):  # fmt: skip
     """Exact attention of one query tile of problem `zq` against its keys: row t at
     q_base[zq] + t * q_stride; causal keeps keys pos <= t + (n_key - n_query)."""
@@ -257,7 +261,7 @@ def dense_kernel(
         v = _load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     o_row = o_base + rows64
-    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE)
+    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
 
 
 @triton.jit
@@ -342,9 +346,9 @@ def bucket_scatter_kernel(
     j-th element of key b (in index order) of chunk c, i its index in keys[zp].
 
     start[zp, c, b] arrives as (the bucket's first output spot + its elements in
-    earlier chunks) and is turned in place into that minus the chunk's elements of
-    smaller keys; an element's spot is then start[its key] + its position in the
-    chunk sorted by (key, index)."""
+    chunks up to and including c) and is turned in place into that minus the chunk's
+    elements of keys up to b; an element's spot is then start[its key] + its position
+    in the chunk sorted by (key, index)."""
     c = tl.program_id(0)
     zp = tl.program_id(1).to(tl.int64)
     local = tl.arange(0, CHUNK)
@@ -354,7 +358,7 @@ def bucket_scatter_kernel(
     bins = tl.arange(0, NB)
     row_ptr = start_ptr + (zp * n_chunks + c) * NB
     counts = tl.histogram(key, NB, mask=ok)
-    tl.store(row_ptr + bins, tl.load(row_ptr + bins) - (tl.cumsum(counts, 0) - counts))
+    tl.store(row_ptr + bins, tl.load(row_ptr + bins) - tl.cumsum(counts, 0))
     tl.debug_barrier()  # the row just written is gathered by every thread below
     # sort (key, index) pairs packed in one int32; elements past n sort last
     packed = tl.sort(tl.where(ok, key, NB) * CHUNK + local)
