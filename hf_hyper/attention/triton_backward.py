@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import _load, slot_rows
+from .triton_kernels import _load, key_tile, slot_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -239,20 +239,14 @@ def block_sample_dq_kernel(
     FULL_DV: tl.constexpr = DV == DV_PAD
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     keys = key_list_ptr + zp * list_stride
+    own_blocks = sample_block_ptr + zp * sample_pad
     in_block = tl.minimum(key_block, n_key - blk * key_block)
     for start in range(0, block_pad + sample_pad, BLOCK_N):
-        in_sample = start >= block_pad
-        first = tl.where(
-            in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start
-        )
-        key = tl.load(keys + first + offs_n).to(idx_ty)
-        bias = tl.where(start + offs_n < in_block, 0.0, float("-inf"))
-        if HAS_SAMPLE:
-            spot = tl.maximum(start - block_pad, 0) + offs_n
-            own = tl.load(sample_block_ptr + zp * sample_pad + spot)
-            bias = tl.where(
-                in_sample, tl.where((own != blk) & (own >= 0), sample_bias, float("-inf")), bias
-            )
+        key, bias = key_tile(
+            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
+            HAS_SAMPLE,
+        )  # fmt: skip
+        key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = _load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)

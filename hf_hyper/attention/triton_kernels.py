@@ -116,6 +116,26 @@ def slot_rows(
 
 
 @triton.jit
+def key_tile(
+    keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
+    HAS_SAMPLE: tl.constexpr,
+):  # fmt: skip
+    """(key indices, log2 bias) of the key tile at `start` of a tile's walk over block
+    `blk`'s padded run of the key list `keys`, then the sample's run after all blocks:
+    -inf on padding and on sampled keys of the tile's own block (own_blocks: each sampled
+    key's block, -1 on padding), log2(n/m) on the other sampled keys."""
+    in_sample = start >= block_pad
+    first = tl.where(in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start)
+    key = tl.load(keys + first + offs_n)
+    bias = tl.where(start + offs_n < in_block, 0.0, float("-inf"))
+    if HAS_SAMPLE:
+        own = tl.load(own_blocks + tl.maximum(start - block_pad, 0) + offs_n)
+        sampled = tl.where((own != blk) & (own >= 0), sample_bias, float("-inf"))
+        bias = tl.where(in_sample, sampled, bias)
+    return key, bias
+
+
+@triton.jit
 def block_sample_kernel(
     Q, K, V, Out, LSE,
     slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, key_list_ptr, k_base_ptr,
@@ -172,21 +192,14 @@ def block_sample_kernel(
     # Two loops with masked loads ran 1.25-1.3x slower: each ramped its own pipeline and
     # the sample's masks chained its loads.
     keys = key_list_ptr + zp * list_stride
-    lo = blk * key_block
-    in_block = tl.minimum(key_block, n_key - lo)
+    own_blocks = sample_block_ptr + zp * sample_pad
+    in_block = tl.minimum(key_block, n_key - blk * key_block)
     for start in range(0, block_pad + sample_pad, BLOCK_N):
-        in_sample = start >= block_pad
-        first = tl.where(
-            in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start
-        )
-        key = tl.load(keys + first + offs_n).to(idx_ty)
-        bias = tl.where(start + offs_n < in_block, 0.0, float("-inf"))
-        if HAS_SAMPLE:
-            spot = tl.maximum(start - block_pad, 0) + offs_n
-            own = tl.load(sample_block_ptr + zp * sample_pad + spot)
-            bias = tl.where(
-                in_sample, tl.where((own != blk) & (own >= 0), sample_bias, float("-inf")), bias
-            )
+        key, bias = key_tile(
+            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
+            HAS_SAMPLE,
+        )  # fmt: skip
+        key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = _load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
@@ -375,6 +388,7 @@ __all__ = [
     "bucket_scatter_kernel",
     "chunk_histogram_kernel",
     "dense_kernel",
+    "key_tile",
     "lsh_rank_kernel",
     "query_block_kernel",
     "slot_rows",
