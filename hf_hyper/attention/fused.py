@@ -183,6 +183,15 @@ class _TilePlan:
     kernel_tiles: tuple[int, ...]
     key_list: Tensor | None = None
 
+    @property
+    def block_pad(self) -> int:
+        """Each block's run in the key list: key_block padded to the kernel's key tiles."""
+        return _round_up(self.key_block, self.kernel_tiles[1])
+
+    def sample_blocks(self, pad: int) -> Tensor:
+        """The sampled keys' blocks, int32 [zp, m + pad] (-1 on the pad)."""
+        return _pad_end((self.sample // self.key_block).to(torch.int32), pad, value=-1)
+
 
 def _draw_sample(n_key: int, zp: int, config: HyperAttentionConfig, rng: _Randomness):
     """The uniform sample of every problem, [zp, m] sorted positions (None if none):
@@ -256,11 +265,11 @@ def _pad_end(x: Tensor, count: int, value: float = 0) -> Tensor:
 
 
 def _key_list(
-    plan: _TilePlan, sample_key: Tensor | None, block_n: int
+    plan: _TilePlan, sample_key: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The block-sample kernel's key walk: (key_list [zp, n_blocks * block_pad +
     sample_pad] int32, sample_block [zp, sample_pad] int32). Each block's sorted key
-    indices padded to a multiple of block_n, then the sampled keys' (padded likewise);
+    indices padded to the kernel's key tiles, then the sampled keys' (padded likewise);
     sample_block: each sampled key's block, -1 on padding (None: no sample, an empty
     [zp, 0]). Pads of nothing copy nothing (the usual case: 256-key blocks), and a plan
     that sorted into its list only fills the list's tail."""
@@ -268,15 +277,14 @@ def _key_list(
     zp, n_key = order.shape
     if plan.key_list is not None:
         return _fill_key_list(plan, sample_key)
-    block_pad = _round_up(plan.key_block, block_n)
+    block_pad = plan.block_pad
     blocks = _pad_end(order, plan.n_blocks * plan.key_block - n_key)
     blocks = blocks.view(zp, plan.n_blocks, plan.key_block)
     blocks = _pad_end(blocks, block_pad - plan.key_block).reshape(zp, -1)
     if sample_key is None:
         return blocks, order.new_empty(zp, 0)
-    pad = _round_up(sample_key.shape[1], block_n) - sample_key.shape[1]
-    sample_block = _pad_end((plan.sample // plan.key_block).to(torch.int32), pad, value=-1)
-    return torch.cat([blocks, _pad_end(sample_key, pad)], 1), sample_block
+    pad = _round_up(sample_key.shape[1], plan.kernel_tiles[1]) - sample_key.shape[1]
+    return torch.cat([blocks, _pad_end(sample_key, pad)], 1), plan.sample_blocks(pad)
 
 
 def _fill_key_list(plan: _TilePlan, sample_key: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -289,9 +297,7 @@ def _fill_key_list(plan: _TilePlan, sample_key: Tensor | None) -> tuple[Tensor, 
     n_sample = sample_key.shape[1]
     keys[:, head : head + n_sample].copy_(sample_key)
     keys[:, head + n_sample :].zero_()
-    pad = keys.shape[1] - head - n_sample
-    sample_block = _pad_end((plan.sample // plan.key_block).to(torch.int32), pad, value=-1)
-    return keys, sample_block
+    return keys, plan.sample_blocks(keys.shape[1] - head - n_sample)
 
 
 @dataclass
@@ -311,8 +317,8 @@ class DenseCall:
 @dataclass
 class BlockSampleCall:
     """One `_Problem.block_sample` launch (bases already in the index type) and its key
-    walk (`_key_list`: key_list, sample_block, each block's run padded to block_pad),
-    kept for the backward."""
+    walk (`_key_list`: key_list, sample_block, each block's run padded to
+    plan.block_pad), kept for the backward."""
 
     q_base: Tensor
     o_base: Tensor
@@ -328,7 +334,6 @@ class BlockSampleCall:
     n_key: int
     key_list: Tensor
     sample_block: Tensor
-    block_pad: int
 
 
 @dataclass
@@ -529,17 +534,16 @@ class _Problem:
         else:
             sample = sample_key = plan.k_order
             n_sample, bias = 0, 0.0
-        key_list, sample_block = _key_list(plan, sample_key if n_sample else None, block_n)
+        key_list, sample_block = _key_list(plan, sample_key if n_sample else None)
         index = self.index_dtype
         q_base, o_base, k_base, v_base = (
             t.to(index).contiguous() for t in (q_base, o_base, k_base, v_base)
         )
-        block_pad = _round_up(plan.key_block, block_n)
         if self.calls is not None:
             self.calls.append(
                 BlockSampleCall(
                     q_base, o_base, k_base, v_base, plan, sample, sample_key, n_sample,
-                    bias, n_rows, rows_per_head, n_key, key_list, sample_block, block_pad,
+                    bias, n_rows, rows_per_head, n_key, key_list, sample_block,
                 )  # fmt: skip
             )
         grid = (zp * plan.n_tiles,)
@@ -549,7 +553,7 @@ class _Problem:
             plan.slot_query, plan.tile_block, q_base, o_base, key_list, k_base,
             v_base, sample_block,
             plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
-            plan.key_block, plan.n_blocks, block_pad,
+            plan.key_block, plan.n_blocks, plan.block_pad,
             sample_block.shape[1] if n_sample else 0, key_list.stride(0),
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,

@@ -222,12 +222,12 @@ class _Backward:
         _, block_n, warps, stages = self.tiles("dq")
         # key tiles that end where the forward's padded runs end
         sample_pad = call.sample_block.shape[1]
-        block_n = math.gcd(block_n, call.block_pad, sample_pad or call.block_pad)
+        block_n = math.gcd(block_n, plan.block_pad, sample_pad or plan.block_pad)
         block_sample_dq_kernel[(zp * plan.n_tiles,)](
             *tensors, self.dq, plan.slot_query, plan.tile_block, call.q_base, call.o_base,
             call.key_list, call.k_base, call.v_base, call.sample_block,
             n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, call.n_key,
-            plan.key_block, plan.n_blocks, call.block_pad, sample_pad,
+            plan.key_block, plan.n_blocks, plan.block_pad, sample_pad,
             call.key_list.stride(0), *self.strides(), p.qk_scale, p.scale,
             call.sample_bias, BLOCK_M=tile, BLOCK_N=block_n, HAS_SAMPLE=has_sample,
             num_warps=warps, num_stages=stages, **self.common(),
