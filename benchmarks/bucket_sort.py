@@ -14,8 +14,8 @@ import datetime
 import torch
 import triton
 
-from hf_hyper.attention.bucket_sort import stable_bucket_argsort
-from hf_hyper.attention.triton_kernels import bucket_scatter_kernel, chunk_histogram_kernel
+from hf_hyper.attention.fused.bucket_sort import stable_bucket_argsort
+from hf_hyper.attention.kernels.planning import bucket_scatter_kernel, chunk_histogram_kernel
 from hf_hyper.eval.timing import time_cuda
 
 # (rows, keys per row, buckets, key dtype): level-1 ranks and block numbers of the

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import triton.testing
 
-from hf_hyper.attention import fused
+from hf_hyper.attention.fused import fused_lsh_rank
+from hf_hyper.attention.fused.forward import Problem
 from hf_hyper.attention.lsh import gray_code_rank
 from hf_hyper.eval.bench_attention import planted_inputs
 
@@ -33,9 +34,9 @@ def _per_head_dim(dim: int) -> None:
     hashed = f"hash q, d={dim}"
     _row(hashed, "torch matmul + bit ops",
          _ms(lambda: gray_code_rank((q @ planes.to(q.dtype)) > 0)))  # fmt: skip
-    _row(hashed, "Triton pass", _ms(lambda: fused.fused_lsh_rank(q, planes)))
+    _row(hashed, "Triton pass", _ms(lambda: fused_lsh_rank(q, planes)))
     blocks = N // BASE
-    problem = fused._Problem(q, k, v, dim**-0.5)
+    problem = Problem(q, k, v, dim**-0.5)
     diagonal = f"diagonal {blocks} x {BASE}, d={dim}"
     _row(diagonal, "Triton dense", _ms(lambda: problem.dense_diagonal(blocks)))
     _row(diagonal, "cuDNN + LSE", _ms(lambda: problem.cudnn_diagonal(blocks)))

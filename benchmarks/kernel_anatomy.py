@@ -17,13 +17,13 @@ import torch
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import triton_kernels
+from hf_hyper.attention.kernels import forward as forward_kernels
 from hf_hyper.eval.bench_attention import planted_inputs
 
 N = 131072
 # positions of the block_sample_kernel arguments that the variants replace
 SLOT_QUERY, KEY_LIST, N_ROWS, N_KEY, SAMPLE_PAD = (
-    triton_kernels.block_sample_kernel.arg_names.index(name)
+    forward_kernels.block_sample_kernel.arg_names.index(name)
     for name in ("slot_query_ptr", "key_list_ptr", "n_rows", "n_key", "sample_pad")
 )
 VARIANTS = ["base", "keys", "rows", "keys+rows", "nosample", "merge", "keys+rows+nosample"]
@@ -68,19 +68,19 @@ class TimedLaunch:
 def main() -> None:
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; "
           f"non-causal, {N} tokens, 32 heads, bf16; median of 5 launches")  # fmt: skip
-    kernel = triton_kernels.block_sample_kernel
+    kernel = forward_kernels.block_sample_kernel
     config = HyperAttentionConfig(seed=0)
     for dim in (128, 64):
         q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, False, 0)
         base = None
         for variant in VARIANTS:
             timed = TimedLaunch(kernel, variant)
-            triton_kernels.block_sample_kernel = timed
+            forward_kernels.block_sample_kernel = timed
             try:
                 with torch.no_grad():
                     hf_hyper.hyper_attention(q, k, v, causal=False, config=config)
             finally:
-                triton_kernels.block_sample_kernel = kernel
+                forward_kernels.block_sample_kernel = kernel
             ms = statistics.median(timed.ms)
             base = base or ms
             print(f"d={dim} {variant}: {ms:.3f} ms ({ms / base:.2f}x)", flush=True)

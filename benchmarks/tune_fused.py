@@ -5,8 +5,8 @@
     python benchmarks/tune_fused.py --plan-chunks  # forward: PLAN_CHUNK_ROWS, ms and peak
 
 On a GPU; prints ms per variant (one entry changed at a time, the rest at their
-defaults). The winners are the defaults in `hf_hyper.attention.fused.TUNING` and
-`hf_hyper.attention.fused_backward.BACKWARD_TUNING`.
+defaults). The winners are the defaults in `hf_hyper.attention.fused.tuning.TUNING` and
+`hf_hyper.attention.fused.tuning.BACKWARD_TUNING`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import fused, fused_backward
+from hf_hyper.attention.fused import tuning
 from hf_hyper.eval.bench_attention import planted_inputs
 from hf_hyper.eval.timing import time_cuda
 
@@ -50,13 +50,13 @@ PLAN_CHUNK_ROWS = [2**20, 2**21, 2**22, 2**23]
 
 def plan_chunks() -> None:
     """Forward time and peak memory (above the inputs) per PLAN_CHUNK_ROWS, both masks."""
-    default = fused.PLAN_CHUNK_ROWS
+    default = tuning.PLAN_CHUNK_ROWS
     config = HyperAttentionConfig(seed=0)
     for dim in (64, 128):
         for causal in (False, True):
             q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, causal, 0)
             for rows in PLAN_CHUNK_ROWS:
-                fused.PLAN_CHUNK_ROWS = rows
+                tuning.PLAN_CHUNK_ROWS = rows
                 with torch.no_grad():
                     t = time_cuda(
                         lambda q=q, k=k, v=v, causal=causal: hf_hyper.hyper_attention(
@@ -67,7 +67,7 @@ def plan_chunks() -> None:
                 print(f"d={dim} causal={causal} PLAN_CHUNK_ROWS=2**{rows.bit_length() - 1}: "
                       f"{t.ms:.2f} ms, peak {t.peak_gib:.3f} GiB", flush=True)  # fmt: skip
             del q, k, v
-    fused.PLAN_CHUNK_ROWS = default
+    tuning.PLAN_CHUNK_ROWS = default
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
     if args.plan_chunks:
         plan_chunks()
         return
-    table = fused_backward.BACKWARD_TUNING if args.backward else fused.TUNING
+    table = tuning.BACKWARD_TUNING if args.backward else tuning.TUNING
     variants = BACKWARD_VARIANTS if args.backward else VARIANTS
     default = dict(table)
     config = HyperAttentionConfig(seed=0)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import hyper_attention
+from .attention import future_key_mask, hyper_attention
 from .config import HyperAttentionConfig
 
 # Bound on |bias terms| so the kernels' float32 sums never overflow to inf - inf = NaN.
@@ -180,8 +180,7 @@ def sdpa_kernel(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) 
         v_in = v
     mask = None
     if causal and q.shape[2] > 1:
-        rows = torch.arange(q.shape[2], device=q.device)[:, None] + (k.shape[2] - q.shape[2])
-        mask = torch.arange(k.shape[2], device=q.device)[None, :] <= rows
+        mask = ~future_key_mask(q.shape[2], k.shape[2], q.device)
     out = torch.nn.functional.scaled_dot_product_attention(
         q, k, v_in, attn_mask=mask, scale=scale, enable_gqa=groups > 1
     )

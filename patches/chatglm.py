@@ -25,7 +25,7 @@ import sys
 import torch
 from torch import nn
 
-from hf_hyper.attention import hyper_attention
+from hf_hyper.attention import future_key_mask, hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
 from .chatglm_compat import fix_generation, remove_generation_fixes
@@ -78,7 +78,7 @@ def chatglm_key_ranges(
         return key_ranges_from_mask(allowed[:, None], n_query, n_key, causal=True)
     sees_next = allowed.diagonal(offset=1, dim1=1, dim2=2)  # [b, n - 1]: row i sees key i+1
     valid = torch.cat([~sees_next, ~sees_next[:, -1:]], dim=1) if n_key > 1 else allowed[:, 0]
-    causal = torch.ones(n_query, n_key, dtype=torch.bool, device=mask.device).tril()
+    causal = ~future_key_mask(n_query, n_key, mask.device)
     rebuilt = causal[None] & valid[:, None, :]
     rebuilt |= ~valid[:, :, None]  # padding rows see everything
     if not torch.equal(rebuilt, allowed):

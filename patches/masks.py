@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_hyper.attention import hyper_attention
+from hf_hyper.attention import future_key_mask, hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
 
@@ -53,11 +53,9 @@ def is_unpadded(ranges: list[tuple[int, int]] | None, n_key: int) -> bool:
 
 def _check_pattern(allowed, valid, n_query: int, n_key: int, causal: bool) -> None:
     offset = n_key - n_query
-    cols = torch.arange(n_key, device=allowed.device)
     expected = valid[:, None, :].expand(-1, n_query, -1)
     if causal:
-        rows = torch.arange(n_query, device=allowed.device)[:, None] + offset
-        expected = expected & (cols[None, :] <= rows)
+        expected = expected & ~future_key_mask(n_query, n_key, allowed.device)
     # only rows of real (non-padding) queries carry meaning
     real_rows = valid[:, offset:]
     if bool(((allowed != expected) & real_rows[:, :, None]).any()):

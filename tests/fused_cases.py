@@ -13,12 +13,13 @@ from unittest.mock import patch
 import torch
 
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import bucket_sort, fused_backward
-from hf_hyper.attention import fused as fused_module
-from hf_hyper.attention.fused import fused_hyper_attention_with_lse, fused_lsh_rank
-from hf_hyper.attention.fused_backward import fused_hyper_attention_trainable
-from hf_hyper.attention.hyper import _Randomness, hyper_attention_with_lse
+from hf_hyper.attention import hyper_attention_with_lse, planning
+from hf_hyper.attention.fused import bucket_sort, fused_lsh_rank, tuning
+from hf_hyper.attention.fused.forward import fused_forward
+from hf_hyper.attention.fused.function import FusedHyperAttention
+from hf_hyper.attention.fused.tiles import draw_sample, plan_tiles
 from hf_hyper.attention.lsh import gray_code_rank, rank_dtype
+from hf_hyper.attention.planning import Randomness, pack_query_tiles, plan_blocks
 
 
 @dataclass
@@ -89,15 +90,15 @@ def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
     q, k, v = make_inputs(case, dtype, device)
     config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
     out_t, lse_t = hyper_attention_with_lse(q, k, v, causal=case.causal, config=config)
-    rng = _Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
-    out_f, lse_f = fused_hyper_attention_with_lse(
+    rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
+    out_f, lse_f = fused_forward(
         q, k, v, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng
     )
     out_err = (out_t.float() - out_f.float()).abs().max().item()
     lse_err = (lse_t.float() - lse_f.float()).abs().max().item()
     if not case.causal:  # without the LSE (hyper_attention's call): the same output
-        rng = _Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
-        out_n, lse_n = fused_hyper_attention_with_lse(
+        rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
+        out_n, lse_n = fused_forward(
             q, k, v, causal=False, scale=case.dim**-0.5, config=config, rng=rng,
             need_lse=False,
         )  # fmt: skip
@@ -113,9 +114,9 @@ def gradients(case: Case, inputs, fused: bool, weight: torch.Tensor) -> list[tor
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     if fused:
         dev = leaves[0].device
-        rng = _Randomness(torch.Generator(device=dev).manual_seed(3), dev)
-        out, _ = fused_hyper_attention_trainable(
-            *leaves, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng
+        rng = Randomness(torch.Generator(device=dev).manual_seed(3), dev)
+        out, _ = FusedHyperAttention.apply(
+            *leaves, case.causal, case.dim**-0.5, config, rng, None
         )
     else:
         out, _ = hyper_attention_with_lse(*leaves, causal=case.causal, config=config)
@@ -175,26 +176,24 @@ def lsh_mismatches(shape, num_projs: int, seq_first: bool, dtype, device: str) -
 def plan_mismatches(device: str) -> list[str]:
     """Fields in which the fused planner (Triton, or torch for wide hashes) differs from
     the torch path's plan_blocks + pack_query_tiles."""
-    from hf_hyper.attention.hyper import pack_query_tiles, plan_blocks
-
     g = torch.Generator().manual_seed(0)
     config = HyperAttentionConfig(block_size=16, sample_size=8, lsh_num_projs=4)
     q_rank = torch.randint(0, 16, (3, 2, 150), generator=g).to(device, torch.int16)
     k_rank = torch.randint(0, 16, (3, 200), generator=g).to(device, torch.int16)
 
-    def rng() -> _Randomness:
-        return _Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
+    def rng() -> Randomness:
+        return Randomness(torch.Generator(device=device).manual_seed(1), torch.device(device))
 
     ref = plan_blocks(q_rank, k_rank, config, rng())
     pack = pack_query_tiles(ref.q_block.reshape(3, 300), ref.n_blocks, 32)
     bad = []
-    for name, max_projs in (("triton", fused_module.BUCKET_TABLE_MAX_PROJS), ("torch", -1)):
-        saved, fused_module.BUCKET_TABLE_MAX_PROJS = fused_module.BUCKET_TABLE_MAX_PROJS, max_projs
+    for name, max_projs in (("triton", planning.BUCKET_TABLE_MAX_PROJS), ("torch", -1)):
+        saved, planning.BUCKET_TABLE_MAX_PROJS = planning.BUCKET_TABLE_MAX_PROJS, max_projs
         try:
-            sample = fused_module._draw_sample(200, 3, config, rng())
-            a = fused_module._plan_tiles(q_rank, k_rank, config, sample, lambda _: (32, 16, 4, 2))
+            sample = draw_sample(200, 3, config, rng())
+            a = plan_tiles(q_rank, k_rank, config, sample, lambda _: (32, 16, 4, 2))
         finally:
-            fused_module.BUCKET_TABLE_MAX_PROJS = saved
+            planning.BUCKET_TABLE_MAX_PROJS = saved
         used = (a.slot_query.view(3, a.n_tiles, 32)[:, :, 0] < 300).cpu()
         checks = {
             "k_order": torch.equal(a.k_order.long().cpu(), ref.k_order.cpu()),
@@ -222,7 +221,7 @@ def bucket_sort_mismatches(device: str) -> list[str]:
     """Cases where the counting sort's order or bucket starts differ from torch's
     stable sort, or (first case) a scatter to shifted spots moves an untouched one, or
     (second case) a sort into the head of wider rows writes past it."""
-    from hf_hyper.attention.bucket_sort import (
+    from hf_hyper.attention.fused.bucket_sort import (
         bucket_histogram,
         bucket_scatter,
         stable_bucket_argsort,
@@ -285,8 +284,8 @@ def main() -> int:
             return 1
     # one problem per launch: the plan's chunks and the sampled keys' scratch
     with (
-        patch.object(fused_backward, "SAMPLE_SCRATCH_BYTES", 1),
-        patch.object(fused_module, "PLAN_CHUNK_ROWS", 1),
+        patch.object(tuning, "SAMPLE_SCRATCH_BYTES", 1),
+        patch.object(tuning, "PLAN_CHUNK_ROWS", 1),
     ):
         for case in SMALL_CASES[:4]:
             out_err, lse_err = compare(case, torch.float32, "cpu")

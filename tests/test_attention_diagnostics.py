@@ -12,8 +12,8 @@ from helpers import planted_qkv, random_qkv
 from hf_hyper import HyperAttentionConfig, attention_diagnostics, hyper_attention
 from hf_hyper.attention import reference_attention
 from hf_hyper.attention.diagnostics import exact_region
-from hf_hyper.attention.hyper import _Randomness
 from hf_hyper.attention.lsh import angular_lsh_rank
+from hf_hyper.attention.planning import Randomness
 
 SMALL = dict(block_size=8, min_seq_len=24, lsh_num_projs=4, backend="torch")
 
@@ -22,7 +22,7 @@ def dense_region(q, k, causal: bool, config: HyperAttentionConfig, seed: int) ->
     """M^H as bool [b, hq, nq, nk], from the hyperplanes a call seeded `seed` draws."""
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
-    planes = _Randomness(torch.Generator().manual_seed(seed), q.device).hyperplanes(
+    planes = Randomness(torch.Generator().manual_seed(seed), q.device).hyperplanes(
         dim, config.lsh_num_projs
     )
     qz, kz = q.reshape(b * hk, hq // hk, n_query, dim), k.reshape(b * hk, n_key, dim)

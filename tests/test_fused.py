@@ -28,12 +28,8 @@ from fused_cases import (
 from helpers import random_qkv, relative_error_to_v
 
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention import (
-    fused_backward,
-    hyper_attention,
-    hyper_attention_with_lse,
-    reference_attention,
-)
+from hf_hyper.attention import hyper_attention, hyper_attention_with_lse, reference_attention
+from hf_hyper.attention.fused import tuning
 
 HERE = Path(__file__).parent
 
@@ -193,7 +189,7 @@ def test_fused_backward_low_precision_error_matches_torch_path(case, dtype):
 @pytest.mark.parametrize("split_bytes", [None, 0])  # 0: cuDNN runs by groups of heads
 def test_cudnn_diagonal_backward_matches_triton(seq_first, split_bytes, monkeypatch):
     if split_bytes is not None:
-        monkeypatch.setattr(fused_backward, "SPLIT_BYTES", split_bytes)
+        monkeypatch.setattr(tuning, "SPLIT_BYTES", split_bytes)
     case = Case(1, 4, 4, 2048, 2048, 64, 64, True, GPU, seq_first=seq_first)
     inputs, weight = make_inputs(case, torch.bfloat16, "cuda"), output_weight(case, "cuda")
     with_cudnn = gradients(case, inputs, True, weight)

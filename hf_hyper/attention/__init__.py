@@ -1,22 +1,29 @@
-"""Attention kernels and their references. Knows nothing of transformers."""
+"""Attention kernels and their references. Knows nothing of transformers.
 
-from .blockwise import attention_with_lse, merge_by_lse
-from .diagnostics import AttentionDiagnostics, attention_diagnostics
-from .hyper import (
+Layers, each importing only those below it: numerics, masks, padding -> lsh, planning,
+blockwise, reference -> kernels (Triton) -> torch_backend, fused (launchers, the
+autograd.Function) -> api (the public functions) -> diagnostics.
+"""
+
+from .api import (
     exact_attention_with_lse,
     hyper_attention,
     hyper_attention_with_lse,
-    sorted_block_attention,
 )
+from .blockwise import attention_with_lse, merge_by_lse
+from .diagnostics import AttentionDiagnostics, attention_diagnostics
 from .lsh import angular_lsh_rank, gray_code_rank
+from .masks import future_key_mask
 from .reference import reference_attention
+from .torch_backend import sorted_block_attention
 
 __all__ = [
     "AttentionDiagnostics",
-    "attention_diagnostics",
     "angular_lsh_rank",
+    "attention_diagnostics",
     "attention_with_lse",
     "exact_attention_with_lse",
+    "future_key_mask",
     "gray_code_rank",
     "hyper_attention",
     "hyper_attention_with_lse",

@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-# A finite stand-in for -inf: rows with every key masked get a tiny, finite LSE that
-# merges with weight exactly 0, and no NaN can reach the gradients of discarded rows.
-MASKED_LOGIT = -1e30
+from .masks import future_key_mask
+from .numerics import MASKED_LOGIT, accumulation_dtype
 
 # Upper bound on score-matrix elements held at once; keeps 131k-token calls in memory.
 SCORE_BUDGET = 1 << 26
@@ -22,11 +21,6 @@ SCORE_BUDGET = 1 << 26
 # mask_fn(z_start, z_stop, row_start, row_stop) -> bool mask, True where a key is hidden,
 # broadcastable to [z, g, rows, m].
 MaskFn = Callable[[int, int, int, int], Tensor]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scores, softmax and LSE run in at least float32 (float64 stays float64)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def attention_with_lse(
@@ -64,12 +58,10 @@ def attention_with_lse(
 
 def causal_mask_fn(n_query: int, n_key: int, device: torch.device) -> MaskFn:
     """Queries are the last `n_query` positions of the keys: row i sees keys <= i + offset."""
-    offset = n_key - n_query
 
     def mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-        rows = torch.arange(r0, r1, device=device).unsqueeze(-1) + offset
-        cols = torch.arange(n_key, device=device)
-        return cols > rows  # [rows, m], broadcasts over z and g
+        # [rows, m], broadcasts over z and g
+        return future_key_mask(n_query, n_key, device, r0, r1)
 
     return mask
 

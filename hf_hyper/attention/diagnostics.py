@@ -26,16 +26,12 @@ import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
-from .blockwise import SCORE_BUDGET, accumulation_dtype, causal_mask_fn
-from .hyper import (
-    _check_inputs,
-    _Randomness,
-    causal_levels,
-    hyper_attention,
-    level_ranks,
-    plan_blocks,
-)
-from .lsh import angular_lsh_rank
+from .api import check_inputs, hyper_attention
+from .blockwise import SCORE_BUDGET, causal_mask_fn
+from .fused.hashing import lsh_rank
+from .masks import future_key_mask
+from .numerics import accumulation_dtype
+from .planning import Randomness, causal_levels, level_ranks, plan_blocks
 
 
 @dataclass
@@ -66,7 +62,8 @@ class ExactRegion:
         dev = self.device
         rows = torch.arange(r0, r1, device=dev)[:, None]
         cols = torch.arange(k0, k1, device=dev)[None, :]
-        allowed = cols <= rows if self.causal else torch.ones_like(cols <= rows)
+        future = future_key_mask(self.n_query, self.n_key, dev, r0, r1, k0, k1)
+        allowed = ~future if self.causal else torch.ones_like(future)
         if self.everything:
             return allowed[None]
         exact = (rows // self.base == cols // self.base) & allowed if self.causal else None
@@ -168,7 +165,7 @@ def attention_diagnostics(
     draws them. Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
     """
     config = config or HyperAttentionConfig()
-    _check_inputs(q, k, v, causal)
+    check_inputs(q, k, v, causal)
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(
             "attention_diagnostics measures causal attention without a cache: "
@@ -196,8 +193,8 @@ def attention_diagnostics(
     )
     if not short:
         generator.set_state(state)  # the same hyperplanes the call above drew
-        planes = _Randomness(generator, q.device).hyperplanes(dim, config.lsh_num_projs)
-        region = exact_region(angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes),
+        planes = Randomness(generator, q.device).hyperplanes(dim, config.lsh_num_projs)
+        region = exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes),
                               causal, config)  # fmt: skip
     else:
         region = ExactRegion(causal, n_query, n_key, None, [], True, q.device)

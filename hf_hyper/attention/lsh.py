@@ -1,12 +1,12 @@
-"""Angular locality-sensitive hashing whose bucket order keeps near buckets adjacent."""
+"""Angular locality-sensitive hashing whose bucket order keeps near buckets adjacent.
+
+Plain torch on any device; the fused path has its own one-pass hash kernel
+(`fused.hashing`) that computes the same ranks."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-# The fused hash kernel handles up to this many hyperplanes (one 16-wide matmul tile).
-FUSED_MAX_PROJS = 15
 
 
 def rank_dtype(num_projs: int) -> torch.dtype:
@@ -36,29 +36,13 @@ def gray_code_rank(bits: Tensor) -> Tensor:
     return rank
 
 
-def _fused_hash_usable(x: Tensor, num_projs: int) -> bool:
-    if not x.is_cuda or num_projs > FUSED_MAX_PROJS or x.shape[-1] > 256:
-        return False
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return False
-    from .fused import triton_available
-
-    return triton_available()
-
-
 def angular_lsh_rank(x: Tensor, hyperplanes: Tensor) -> Tensor:
     """Bucket rank of each row of x: x [..., n, d], hyperplanes [d, r] -> [..., n] in
     `rank_dtype(r)`.
 
     The sign of each projection is taken from x @ hyperplanes in x's dtype (float32
-    accumulation). On CUDA one Triton kernel reads each row once and writes its rank;
-    elsewhere torch computes the same bits.
+    accumulation).
     """
-    num_projs = hyperplanes.shape[-1]
     with torch.no_grad():
-        if _fused_hash_usable(x, num_projs):
-            from .fused import fused_lsh_rank
-
-            return fused_lsh_rank(x, hyperplanes)
         bits = (x @ hyperplanes.to(x.dtype)) > 0
-        return gray_code_rank(bits).to(rank_dtype(num_projs))
+        return gray_code_rank(bits).to(rank_dtype(hyperplanes.shape[-1]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .masks import future_key_mask
+
 
 def reference_attention(
     q: Tensor,
@@ -29,8 +31,7 @@ def reference_attention(
     if bias is not None:
         scores = scores + bias.to(dtype)
     if causal:
-        n_query, n_key = q.shape[2], k.shape[2]
-        rows = torch.arange(n_query, device=q.device)[:, None] + (n_key - n_query)
-        scores = scores.masked_fill(torch.arange(n_key, device=q.device) > rows, float("-inf"))
+        hidden = future_key_mask(q.shape[2], k.shape[2], q.device)
+        scores = scores.masked_fill(hidden, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     return torch.softmax(scores, dim=-1) @ v, lse

@@ -1,10 +1,12 @@
 """Fused HyperAttention backward: the forward records its launches (plans, samples,
-bases), and the backward replays them with the backward kernels of
-`triton_backward.py`, given the final output and log-sum-exp.
+bases), and the backward replays them with the kernels of `kernels/backward.py`, given
+the final output and log-sum-exp.
 
 The hash, the sort and the samples are discrete choices, so for fixed choices the
 output is a smooth function of q, k, v and this is its exact gradient (the same as
-autograd through the torch path with the same draws).
+autograd through the torch path with the same draws). A gradient that reaches the
+log-sum-exp enters through the row term: with dL/dlse_i = dlse_i, every part's score
+gradient is p * (dO.v - (D - dlse)), since d lse_i / d s_ij = p_ij.
 """
 
 from __future__ import annotations
@@ -14,50 +16,15 @@ import math
 import torch
 from torch import Tensor
 
-from ..config import HyperAttentionConfig
-from .fused import (
-    BlockSampleCall,
-    DenseCall,
-    DiagonalCall,
-    ForwardRecord,
-    _diagonal_block_view,
-    _pad_seq,
-    _pow2,
-    _Problem,
-    fused_hyper_attention_with_lse,
-)
-from .hyper import _Randomness
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward kernels for 16-bit inputs
-# with head_dim <= 128 (float32 and larger heads take "small"). Query-centric dQ
-# kernels hold BLOCK_M rows and walk keys BLOCK_N at a time (the block-sample one holds
-# the plan's tile of rows); key-centric dK/dV kernels hold BLOCK_N keys and walk rows
-# BLOCK_M at a time (a divisor of the plan's tile).
-# Chosen by timing the causal forward+backward at 131k, 32 heads, bf16 on an H100
-# (the sweep of benchmarks/tune_fused.py --backward, results/attention/tune_backward.txt).
-BACKWARD_TUNING = {
-    "dq": (128, 32, 4, 3),
-    "dq_d128": (128, 64, 8, 3),
-    "dkdv": (32, 128, 4, 3),
-    "dkdv_d128": (64, 128, 8, 3),
-    "small": (32, 32, 4, 1),
-}
-# Tiles of one problem that one program of the sampled-key kernel reads: its atomics
-# then add (tiles / SAMPLE_CHUNK_TILES) partial sums per sample slot.
-SAMPLE_CHUNK_TILES = 16
-# Bound on the float32 scratch of the sampled keys' dK, dV (one row per sample slot):
-# problems beyond it run in several launches that reuse it.
-SAMPLE_SCRATCH_BYTES = 32 * 2**20
-SCATTER_SLOTS = 64  # sample slots compared per step of the scatter kernel
-# cuDNN's backward of the diagonal blocks runs in DIAGONAL_CHUNKS groups of heads when q
-# takes SPLIT_BYTES or more: at 131k tokens, 32 heads, head_dim 128 this took the
-# causal forward+backward peak from 1.04x to below cuDNN's own (see results/attention).
-DIAGONAL_CHUNKS = 4
-SPLIT_BYTES = 64 * 2**20
-DELTA_ROWS = 64  # rows per program of the D = rowsum(dO * O) kernel
+from ..padding import pad_rows
+from . import tuning
+from .cudnn import cudnn_backward, diagonal_block_view
+from .forward import Problem
+from .records import BlockSampleCall, DenseCall, DiagonalCall, ForwardRecord
+from .tuning import padded_width
 
 
-def _dense_layout(t: Tensor) -> bool:
+def dense_layout(t: Tensor) -> bool:
     """Whether t covers its memory without gaps or overlaps (any dimension order), so
     `zeros_like` gives a gradient buffer with the same strides."""
     expected = 1
@@ -70,19 +37,19 @@ def _dense_layout(t: Tensor) -> bool:
 
 def _row_delta(dout: Tensor, out: Tensor) -> Tensor:
     """D = rowsum(dO * O) in float32, [b, h, n] (both row-major [b, h, n, dv])."""
-    from .triton_backward import row_delta_kernel
+    from ..kernels.backward import row_delta_kernel
 
     dv = out.shape[-1]
     delta = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
     rows = delta.numel()
-    row_delta_kernel[(math.ceil(rows / DELTA_ROWS),)](
-        dout, out, delta, rows, DV=dv, DV_PAD=_pow2(dv), BLOCK=DELTA_ROWS, num_warps=4
+    row_delta_kernel[(math.ceil(rows / tuning.DELTA_ROWS),)](
+        dout, out, delta, rows, DV=dv, DV_PAD=padded_width(dv), BLOCK=tuning.DELTA_ROWS, num_warps=4
     )
     return delta
 
 
-class _Backward:
-    """Gradient launches on one `_Problem`: dq, dk, dv buffers with the dtype and
+class GradientPass:
+    """Gradient launches on one `Problem`: dq, dk, dv buffers with the dtype and
     strides of its q, k, v; out, dout, lse, delta its output rows' final values
     (row-major [b, hq, n, .]).
 
@@ -91,9 +58,13 @@ class _Backward:
     part and recursion level), so the backward holds no more than the gradients, where
     exact kernels hold a float32 dQ accumulator besides."""
 
-    def __init__(self, problem: _Problem, grads: tuple[Tensor, Tensor, Tensor] | None,
-                 out: Tensor, dout: Tensor, lse: Tensor, delta: Tensor) -> None:  # fmt: skip
+    def __init__(self, problem: Problem, grads: tuple[Tensor, Tensor, Tensor] | None,
+                 out: Tensor, dout: Tensor, lse: Tensor, delta: Tensor,
+                 use_cudnn: bool = True) -> None:  # fmt: skip
         self.p = problem
+        # cuDNN's backward forms its own row term D from dO and O, so it can run the
+        # diagonal blocks only while no gradient reaches the log-sum-exp
+        self.use_cudnn = use_cudnn
         # None: not allocated yet. If cuDNN's diagonal blocks run first they cover every
         # row, so their gradients are the buffers' first contents (no zero fill).
         self.dq, self.dk, self.dv = grads if grads is not None else (None, None, None)
@@ -102,13 +73,13 @@ class _Backward:
     def tiles(self, kind: str) -> tuple[int, int, int, int]:
         p = self.p
         if p.ieee or max(p.dim, p.dv) > 128:
-            return BACKWARD_TUNING["small"]
-        return BACKWARD_TUNING[kind + ("_d128" if max(p.dim, p.dv) > 64 else "")]
+            return tuning.BACKWARD_TUNING["small"]
+        return tuning.BACKWARD_TUNING[kind + ("_d128" if max(p.dim, p.dv) > 64 else "")]
 
     def common(self) -> dict:
         p = self.p
         return dict(
-            D=p.dim, DV=p.dv, D_PAD=_pow2(p.dim), DV_PAD=_pow2(p.dv), IEEE=p.ieee,
+            D=p.dim, DV=p.dv, D_PAD=padded_width(p.dim), DV_PAD=padded_width(p.dv), IEEE=p.ieee,
             ALIGN=p.align,  # a fact about the element offsets, which the buffers share
         )  # fmt: skip
 
@@ -117,7 +88,7 @@ class _Backward:
 
     def run(self, call) -> None:
         if isinstance(call, DiagonalCall):
-            if not self.cudnn_diagonal(call):
+            if not (self.use_cudnn and self.cudnn_diagonal(call)):
                 self.initialise()
                 rows, keys = self.p.n_query // call.blocks, self.p.k.shape[2] // call.blocks
                 diagonal = self.p.diagonal_problems(call.blocks)
@@ -141,7 +112,7 @@ class _Backward:
         and log-sum-exp (its D = rowsum(dO * O) is then the whole row's); False where
         the blocks' rows have no 4-D view cuDNN can take (then Triton runs them)."""
         p, blocks = self.p, call.blocks
-        views = [_diagonal_block_view(t, blocks) for t in (p.q, p.k, p.v)]
+        views = [diagonal_block_view(t, blocks) for t in (p.q, p.k, p.v)]
         b, hq, n = p.q.shape[:3]
         base = n // blocks
         if any(t is None for t in views):
@@ -162,18 +133,18 @@ class _Backward:
         fresh = self.dq is None
         if fresh:  # the blocks cover every row: no zero fill
             self.dq, self.dk, self.dv = (torch.empty_like(t) for t in (p.q, p.k, p.v))
-        accs = [_diagonal_block_view(t, blocks) for t in (self.dq, self.dk, self.dv)]
+        accs = [diagonal_block_view(t, blocks) for t in (self.dq, self.dk, self.dv)]
         # large inputs go a few heads at a time: cuDNN's outputs and its float32 dQ
         # accumulator then take a fraction of the gradients' size
-        chunks = DIAGONAL_CHUNKS if p.q.numel() * p.q.element_size() >= SPLIT_BYTES else 1
+        large = p.q.numel() * p.q.element_size() >= tuning.SPLIT_BYTES
+        chunks = tuning.DIAGONAL_CHUNKS if large else 1
         per_chunk = math.ceil(hq / min(chunks, hq))
         for h0 in range(0, hq, per_chunk):
             rows = slice(h0 * unit, min(hq, h0 + per_chunk) * unit)
             try:
-                grads = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+                grads = cudnn_backward(
                     dout[:, rows], *(t[:, rows] for t in views), out[:, rows],
-                    lse[:, rows].contiguous(), call.aux[4], call.aux[5], None, call.aux[0],
-                    call.aux[1], call.aux[2], call.aux[3], 0.0, call.causal, scale=p.scale,
+                    lse[:, rows].contiguous(), call.aux, causal=call.causal, scale=p.scale,
                 )  # fmt: skip
             except RuntimeError:
                 if fresh and h0 == 0:
@@ -189,7 +160,7 @@ class _Backward:
         return True
 
     def dense(self, call: DenseCall) -> None:
-        from .triton_backward import dense_dkdv_kernel, dense_dq_kernel
+        from ..kernels.backward import dense_dkdv_kernel, dense_dq_kernel
 
         p = self.p
         tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
@@ -211,7 +182,7 @@ class _Backward:
         )  # fmt: skip
 
     def block_sample(self, call: BlockSampleCall) -> None:
-        from .triton_backward import block_dkdv_kernel, block_sample_dq_kernel
+        from ..kernels.backward import block_dkdv_kernel, block_sample_dq_kernel
 
         p, plan = self.p, call.plan
         tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
@@ -257,15 +228,15 @@ class _Backward:
                     block_m: int) -> None:  # fmt: skip
         """dK, dV of the sampled keys: chunks of tiles add atomically into float32
         scratch rows (one per sample slot), then each key's slots go into dK, dV once."""
-        from .triton_backward import sample_dkdv_kernel, sample_scatter_kernel
+        from ..kernels.backward import sample_dkdv_kernel, sample_scatter_kernel
 
         p, plan = self.p, call.plan
         zp, m = plan.slot_query.shape[0], call.n_sample
         tile = plan.kernel_tiles[0]
         _, block_n, warps, stages = self.tiles("dkdv")
         sub_tiles = math.ceil(m / block_n)
-        n_chunks = math.ceil(plan.n_tiles / SAMPLE_CHUNK_TILES)
-        per_launch = max(1, SAMPLE_SCRATCH_BYTES // (4 * m * (p.dim + p.dv)))
+        n_chunks = math.ceil(plan.n_tiles / tuning.SAMPLE_CHUNK_TILES)
+        per_launch = max(1, tuning.SAMPLE_SCRATCH_BYTES // (4 * m * (p.dim + p.dv)))
         per_launch = min(per_launch, zp)
         scratch = torch.empty(per_launch * m * (p.dim + p.dv), dtype=torch.float32,
                               device=p.q.device)  # fmt: skip
@@ -278,36 +249,40 @@ class _Backward:
                 *tensors, sk, sv, plan.slot_query, plan.tile_block, used_tiles,
                 call.q_base, call.o_base, call.k_base, call.v_base, call.sample,
                 call.sample_key, zp0, plan.n_tiles * tile, plan.n_tiles, call.n_rows,
-                call.rows_per_head, p.g, plan.key_block, m, sub_tiles, SAMPLE_CHUNK_TILES,
+                call.rows_per_head, p.g, plan.key_block, m, sub_tiles, tuning.SAMPLE_CHUNK_TILES,
                 n_chunks, *self.strides(), p.qk_scale, p.scale, call.sample_bias,
                 TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
                 num_stages=stages, **self.common(),
             )  # fmt: skip
             sample_scatter_kernel[(m, problems)](
                 self.dk, self.dv, sk, sv, call.k_base, call.v_base, call.sample_key, zp0, m,
-                p.k.stride(2), p.v.stride(2), D=p.dim, DV=p.dv, D_PAD=_pow2(p.dim),
-                DV_PAD=_pow2(p.dv), SLOTS=SCATTER_SLOTS, num_warps=1,
+                p.k.stride(2), p.v.stride(2), D=p.dim, DV=p.dv, D_PAD=padded_width(p.dim),
+                DV_PAD=padded_width(p.dv), SLOTS=tuning.SCATTER_SLOTS, num_warps=1,
             )  # fmt: skip
 
 
 def fused_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-    record: ForwardRecord, scale: float,
+    record: ForwardRecord, scale: float, dlse: Tensor | None = None,
 ) -> list[Tensor]:  # fmt: skip
     """[dq, dk, dv] in the dtype and strides of q, k, v, for the forward that filled
-    `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] and lse."""
+    `record` on these (dense-layout) inputs and returned out [b, hq, n, dv] and lse;
+    dout and dlse [b, hq, n] (None: no gradient reaches the lse) are their gradients."""
     dout, out = dout.contiguous(), out.contiguous()
     delta = _row_delta(dout, out)
+    use_cudnn = dlse is None
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32).reshape(delta.shape)
     diagonal_first = sorted(record.square, key=lambda call: not isinstance(call, DiagonalCall))
     if not (record.whole or record.pad):  # the square is all of q, k, v
-        run = _Backward(_Problem(q, k, v, scale), None, out, dout, lse, delta)
+        run = GradientPass(Problem(q, k, v, scale), None, out, dout, lse, delta, use_cudnn)
         for call in diagonal_first:
             run.run(call)
         run.initialise()
         return [run.dq, run.dk, run.dv]
 
     grads = [torch.zeros_like(t) for t in (q, k, v)]
-    run = _Backward(_Problem(q, k, v, scale), grads, out, dout, lse, delta)
+    run = GradientPass(Problem(q, k, v, scale), grads, out, dout, lse, delta, use_cudnn)
     for call in record.whole:
         run.run(call)
     if record.square:
@@ -317,13 +292,13 @@ def fused_backward(
         square_grads = (dq, dk[:, :, offset:], dv[:, :, offset:])
         sq_out, sq_dout, sq_lse, sq_delta = out, dout, lse, delta
         if pad:  # as in the forward; padded rows get dO = 0 and L = +inf (p = 0)
-            square = tuple(_pad_seq(t, pad) for t in square)
+            square = tuple(pad_rows(t, pad) for t in square)
             square_grads = tuple(torch.zeros_like(t) for t in square)
-            sq_out, sq_dout = _pad_seq(out, pad), _pad_seq(dout, pad)
+            sq_out, sq_dout = pad_rows(out, pad), pad_rows(dout, pad)
             sq_lse = torch.nn.functional.pad(lse, (0, pad), value=math.inf)
             sq_delta = torch.nn.functional.pad(delta, (0, pad))
-        run = _Backward(
-            _Problem(*square, scale), square_grads, sq_out, sq_dout, sq_lse, sq_delta
+        run = GradientPass(
+            Problem(*square, scale), square_grads, sq_out, sq_dout, sq_lse, sq_delta, use_cudnn
         )
         for call in diagonal_first:
             run.run(call)
@@ -333,35 +308,3 @@ def fused_backward(
             dk[:, :, offset:].add_(square_grads[1][:, :, :n])
             dv[:, :, offset:].add_(square_grads[2][:, :, :n])
     return grads
-
-
-class _FusedHyperAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal, scale, config, rng, hash_dims):
-        record = ForwardRecord()
-        out, lse = fused_hyper_attention_with_lse(
-            q, k, v, causal=causal, scale=scale, config=config, rng=rng,
-            hash_dims=hash_dims, record=record,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.record, ctx.scale = record, scale
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        grads = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale)
-        return *grads, None, None, None, None, None
-
-
-def fused_hyper_attention_trainable(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
-    config: HyperAttentionConfig, rng: _Randomness, hash_dims: int | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """The fused forward with the fused backward attached (lse carries no gradient)."""
-    q, k, v = (t if _dense_layout(t) else t.contiguous() for t in (q, k, v))
-    return _FusedHyperAttention.apply(q, k, v, causal, scale, config, rng, hash_dims)
-
-
-__all__ = ["fused_backward", "fused_hyper_attention_trainable"]

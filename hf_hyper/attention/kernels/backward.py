@@ -19,9 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import _load, key_tile, slot_rows
-
-LOG2E = tl.constexpr(1.4426950408889634)
+from .common import LOG2E, key_tile, masked_load, slot_rows
 
 
 @triton.jit
@@ -59,7 +57,7 @@ def _dkdv_step(k, v, q, do, keep, bias, lse2, delta, dk, dv, qk_scale, IEEE: tl.
 def _rows(X, off, ok, DIM: tl.constexpr, DIM_PAD: tl.constexpr):
     """Rows X[off + 0 .. DIM) as [len(off), DIM_PAD] (rows not ok and pad columns: 0)."""
     cols = tl.arange(0, DIM_PAD)
-    return _load(X + off[:, None] + cols[None, :], ok[:, None], (cols < DIM)[None, :],
+    return masked_load(X + off[:, None] + cols[None, :], ok[:, None], (cols < DIM)[None, :],
                  DIM == DIM_PAD)  # fmt: skip
 
 
@@ -249,8 +247,8 @@ def block_sample_dq_kernel(
         key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
-        k = _load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)
-        v = _load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
+        k = masked_load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)
+        v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
         dq = _dq_step(
             q, do, k, v, row_ok[:, None], bias[None, :], lse2, delta, dq, qk_scale, IEEE
         )

@@ -12,17 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-
-@triton.jit
-def _load(ptrs, row_mask, col_mask, FULL: tl.constexpr):
-    """Masked load; the column mask is left out when the head dim fills its block, so the
-    mask stays constant along rows and Triton can vectorise the load."""
-    if FULL:
-        return tl.load(ptrs, mask=row_mask, other=0.0)
-    return tl.load(ptrs, mask=row_mask & col_mask, other=0.0)
+from .common import LN2, key_tile, masked_load, slot_rows
 
 
 @triton.jit
@@ -79,7 +69,7 @@ def _finish(
     io_mask = row_ok[:, None] & dv_ok[None, :]
     if MERGE:
         lse_old = tl.load(LSE + o_row, mask=row_ok, other=float("-inf"))
-        o_old = _load(o_ptrs, row_ok[:, None], dv_ok[None, :], FULL_DV).to(tl.float32)
+        o_old = masked_load(o_ptrs, row_ok[:, None], dv_ok[None, :], FULL_DV).to(tl.float32)
         top = tl.maximum(lse_old, lse)
         top = tl.where(top == float("-inf"), 0.0, top)
         w_old = tl.exp(lse_old - top)
@@ -94,45 +84,6 @@ def _finish(
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=io_mask)
     if STORE_LSE:
         tl.store(LSE + o_row, lse, mask=row_ok)
-
-
-@triton.jit
-def slot_rows(
-    slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
-    heads, q_stride, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """Query element offsets, output rows and validity of packed slots slot0 + [0,
-    BLOCK_M) of problem zp: row r is head r // rows_per_head at position
-    r % rows_per_head; an empty slot holds n_rows."""
-    slots = slot0 + tl.arange(0, BLOCK_M)
-    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
-    row_ok = row < n_rows
-    row = tl.where(row_ok, row, 0)
-    head = row // rows_per_head
-    t = row - head * rows_per_head
-    q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
-    o_row = tl.load(o_base_ptr + zp * heads + head) + t
-    return q_off, o_row, row_ok
-
-
-@triton.jit
-def key_tile(
-    keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
-    HAS_SAMPLE: tl.constexpr,
-):  # fmt: skip
-    """(key indices, log2 bias) of the key tile at `start` of a tile's walk over block
-    `blk`'s padded run of the key list `keys`, then the sample's run after all blocks:
-    -inf on padding and on sampled keys of the tile's own block (own_blocks: each sampled
-    key's block, -1 on padding), log2(n/m) on the other sampled keys."""
-    in_sample = start >= block_pad
-    first = tl.where(in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start)
-    key = tl.load(keys + first + offs_n)
-    bias = tl.where(start + offs_n < in_block, 0.0, float("-inf"))
-    if HAS_SAMPLE:
-        own = tl.load(own_blocks + tl.maximum(start - block_pad, 0) + offs_n)
-        sampled = tl.where((own != blk) & (own >= 0), sample_bias, float("-inf"))
-        bias = tl.where(in_sample, sampled, bias)
-    return key, bias
 
 
 @triton.jit
@@ -181,7 +132,7 @@ def block_sample_kernel(
     dv_ok = offs_dv < DV
     FULL_D: tl.constexpr = D == D_PAD
     FULL_DV: tl.constexpr = DV == DV_PAD
-    q = _load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
+    q = masked_load(Q + q_off[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -202,8 +153,8 @@ def block_sample_kernel(
         key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
-        k = _load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
-        v = _load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
+        k = masked_load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
+        v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
     _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
 
@@ -241,7 +192,7 @@ def dense_kernel(
     FULL_DV: tl.constexpr = DV == DV_PAD
     rows64 = rows.to(tl.int64)
     q_ptrs = Q + q_base + rows64[:, None] * q_stride + offs_d[None, :]
-    q = _load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
+    q = masked_load(q_ptrs, row_ok[:, None], d_ok[None, :], FULL_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
@@ -257,8 +208,8 @@ def dense_kernel(
         pos = (start + offs_n).to(tl.int64)
         k_ptrs = K + k_base + pos[None, :] * k_stride + offs_d[:, None]
         v_ptrs = V + v_base + pos[:, None] * v_stride + offs_dv[None, :]
-        k = _load(k_ptrs, True, d_ok[:, None], FULL_D)
-        v = _load(v_ptrs, True, dv_ok[None, :], FULL_DV)
+        k = masked_load(k_ptrs, True, d_ok[:, None], FULL_D)
+        v = masked_load(v_ptrs, True, dv_ok[None, :], FULL_DV)
         keep = offs_n[None, :] >= 0
         m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     for start in range(full, hi, BLOCK_N):
@@ -270,126 +221,8 @@ def dense_kernel(
         pos64 = pos.to(tl.int64)
         k_ptrs = K + k_base + pos64[None, :] * k_stride + offs_d[:, None]
         v_ptrs = V + v_base + pos64[:, None] * v_stride + offs_dv[None, :]
-        k = _load(k_ptrs, ok[None, :], d_ok[:, None], FULL_D)
-        v = _load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
+        k = masked_load(k_ptrs, ok[None, :], d_ok[:, None], FULL_D)
+        v = masked_load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     o_row = o_base + rows64
     _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
-
-
-@triton.jit
-def lsh_rank_kernel(
-    X, Planes, Rank,
-    n_rows, heads, stride_b, stride_h, stride_n,
-    D: tl.constexpr, D_PAD: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
-    IEEE: tl.constexpr,
-):  # fmt: skip
-    """Gray-code rank of the sign pattern of BLOCK rows of x[b, h] against R <= 15
-    hyperplanes (Planes: [D_PAD, 16] in x's dtype, zero-padded). One read of each row,
-    one small write: the hash costs a pass over q and k, not a skinny GEMM plus a
-    dozen integer passes."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    row_ok = rows < n_rows
-    offs_d = tl.arange(0, D_PAD)
-    offs_r = tl.arange(0, 16)
-    ptrs = X + b * stride_b + h * stride_h + rows.to(tl.int64)[:, None] * stride_n
-    x = tl.load(ptrs + offs_d[None, :], mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-    planes = tl.load(Planes + offs_d[:, None] * 16 + offs_r[None, :])
-    if IEEE:  # noqa: SIM108 (constexpr branch)
-        proj = tl.dot(x, planes, input_precision="ieee")
-    else:
-        proj = tl.dot(x, planes)
-    # hyperplane i is bit R-1-i of the Gray code (most significant first)
-    weight = tl.where(offs_r < R, 1 << tl.maximum(R - 1 - offs_r, 0), 0)
-    code = tl.sum(tl.where(proj > 0, weight[None, :], 0), 1)
-    # Gray -> binary: every bit XORs all more significant bits
-    code = code ^ (code >> 1)
-    code = code ^ (code >> 2)
-    code = code ^ (code >> 4)
-    code = code ^ (code >> 8)
-    tl.store(Rank + bh.to(tl.int64) * n_rows + rows, code.to(Rank.dtype.element_ty), mask=row_ok)
-
-
-@triton.jit
-def query_block_kernel(
-    q_rank_ptr, starts_ptr, block_ptr,
-    n_rows, rows_per_head, n_starts, key_block, n_blocks,
-    BLOCK: tl.constexpr,
-):  # fmt: skip
-    """Key block of each query row of problem zp (the rule of `hyper._query_blocks`:
-    the spot (t + 1/2) / n of the way through its bucket's run of sorted keys, where
-    starts[r] counts the keys of rank < r)."""
-    zp = tl.program_id(1).to(tl.int64)
-    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = row < n_rows
-    rank = tl.load(q_rank_ptr + zp * n_rows + row, mask=ok, other=0).to(tl.int32)
-    first = tl.load(starts_ptr + zp * n_starts + rank, mask=ok, other=0).to(tl.int64)
-    last = tl.load(starts_ptr + zp * n_starts + rank + 1, mask=ok, other=0).to(tl.int64)
-    twice_t = 2 * (row % rows_per_head).to(tl.int64) + 1
-    position = first + (last - first) * twice_t // (2 * rows_per_head)
-    blk = tl.minimum(position // key_block, n_blocks - 1).to(tl.int32)
-    tl.store(block_ptr + zp * n_rows + row, blk.to(block_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def chunk_histogram_kernel(
-    keys_ptr, hist_ptr, n, row_stride, n_chunks,
-    NB: tl.constexpr, CHUNK: tl.constexpr,
-):  # fmt: skip
-    """hist[zp, c, b]: how many of keys[zp, c*CHUNK : (c+1)*CHUNK] equal b (< NB)."""
-    c = tl.program_id(0)
-    zp = tl.program_id(1).to(tl.int64)
-    i = c * CHUNK + tl.arange(0, CHUNK)
-    ok = i < n
-    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
-    counts = tl.histogram(key, NB, mask=ok)
-    tl.store(hist_ptr + (zp * n_chunks + c) * NB + tl.arange(0, NB), counts)
-
-
-@triton.jit
-def bucket_scatter_kernel(
-    keys_ptr, start_ptr, out_ptr, n, row_stride, n_chunks, out_stride,
-    NB: tl.constexpr, CHUNK: tl.constexpr,
-):  # fmt: skip
-    """The stable counting sort's placement: out[zp, start[zp, c, b] + j] = i for the
-    j-th element of key b (in index order) of chunk c, i its index in keys[zp].
-
-    start[zp, c, b] arrives as (the bucket's first output spot + its elements in
-    chunks up to and including c) and is turned in place into that minus the chunk's
-    elements of keys up to b; an element's spot is then start[its key] + its position
-    in the chunk sorted by (key, index)."""
-    c = tl.program_id(0)
-    zp = tl.program_id(1).to(tl.int64)
-    local = tl.arange(0, CHUNK)
-    i = c * CHUNK + local
-    ok = i < n
-    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
-    bins = tl.arange(0, NB)
-    row_ptr = start_ptr + (zp * n_chunks + c) * NB
-    counts = tl.histogram(key, NB, mask=ok)
-    tl.store(row_ptr + bins, tl.load(row_ptr + bins) - tl.cumsum(counts, 0))
-    tl.debug_barrier()  # the row just written is gathered by every thread below
-    # sort (key, index) pairs packed in one int32; elements past n sort last
-    packed = tl.sort(tl.where(ok, key, NB) * CHUNK + local)
-    key_sorted = packed // CHUNK
-    valid = key_sorted < NB
-    start = tl.load(row_ptr + key_sorted, mask=valid, other=0)
-    value = (c * CHUNK + packed % CHUNK).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + zp * out_stride + start + local, value, mask=valid)
-
-
-__all__ = [
-    "LOG2E",
-    "block_sample_kernel",
-    "bucket_scatter_kernel",
-    "chunk_histogram_kernel",
-    "dense_kernel",
-    "key_tile",
-    "lsh_rank_kernel",
-    "query_block_kernel",
-    "slot_rows",
-]

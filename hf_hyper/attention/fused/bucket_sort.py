@@ -48,7 +48,7 @@ def bucket_histogram(keys: Tensor, n_buckets: int) -> Tensor:
     if not _use_triton(keys, n_buckets):
         counts = torch.zeros(rows, 1, n_buckets, dtype=torch.int32, device=keys.device)
         return counts.scatter_add_(2, keys.long()[:, None], counts.new_ones(rows, 1, n))
-    from .triton_kernels import chunk_histogram_kernel
+    from ..kernels.planning import chunk_histogram_kernel
 
     chunk, width = _chunk(n_buckets), _buckets_pad(n_buckets)
     n_chunks = math.ceil(n / chunk)
@@ -84,7 +84,7 @@ def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> No
         within = torch.arange(n, device=keys.device) - bucket_first.gather(1, key)
         out.scatter_(1, first.long().gather(1, key) + within, order.to(out.dtype))
         return
-    from .triton_kernels import bucket_scatter_kernel
+    from ..kernels.planning import bucket_scatter_kernel
 
     chunk, width = _chunk(n_buckets), hist.shape[2]
     first = torch.nn.functional.pad(first.to(torch.int32), (0, width - n_buckets))

@@ -1,0 +1,112 @@
+"""Triton kernels of the fused planner: the LSH hash, each query's key block, and the
+counting sort's histogram and placement passes (CUDA only; imported lazily)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def lsh_rank_kernel(
+    X, Planes, Rank,
+    n_rows, heads, stride_b, stride_h, stride_n,
+    D: tl.constexpr, D_PAD: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
+    IEEE: tl.constexpr,
+):  # fmt: skip
+    """Gray-code rank of the sign pattern of BLOCK rows of x[b, h] against R <= 15
+    hyperplanes (Planes: [D_PAD, 16] in x's dtype, zero-padded). One read of each row,
+    one small write: the hash costs a pass over q and k, not a skinny GEMM plus a
+    dozen integer passes."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    offs_r = tl.arange(0, 16)
+    ptrs = X + b * stride_b + h * stride_h + rows.to(tl.int64)[:, None] * stride_n
+    x = tl.load(ptrs + offs_d[None, :], mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    planes = tl.load(Planes + offs_d[:, None] * 16 + offs_r[None, :])
+    if IEEE:  # noqa: SIM108 (constexpr branch)
+        proj = tl.dot(x, planes, input_precision="ieee")
+    else:
+        proj = tl.dot(x, planes)
+    # hyperplane i is bit R-1-i of the Gray code (most significant first)
+    weight = tl.where(offs_r < R, 1 << tl.maximum(R - 1 - offs_r, 0), 0)
+    code = tl.sum(tl.where(proj > 0, weight[None, :], 0), 1)
+    # Gray -> binary: every bit XORs all more significant bits
+    code = code ^ (code >> 1)
+    code = code ^ (code >> 2)
+    code = code ^ (code >> 4)
+    code = code ^ (code >> 8)
+    tl.store(Rank + bh.to(tl.int64) * n_rows + rows, code.to(Rank.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def query_block_kernel(
+    q_rank_ptr, starts_ptr, block_ptr,
+    n_rows, rows_per_head, n_starts, key_block, n_blocks,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Key block of each query row of problem zp (the rule of `planning.query_blocks`:
+    the spot (t + 1/2) / n of the way through its bucket's run of sorted keys, where
+    starts[r] counts the keys of rank < r)."""
+    zp = tl.program_id(1).to(tl.int64)
+    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = row < n_rows
+    rank = tl.load(q_rank_ptr + zp * n_rows + row, mask=ok, other=0).to(tl.int32)
+    first = tl.load(starts_ptr + zp * n_starts + rank, mask=ok, other=0).to(tl.int64)
+    last = tl.load(starts_ptr + zp * n_starts + rank + 1, mask=ok, other=0).to(tl.int64)
+    twice_t = 2 * (row % rows_per_head).to(tl.int64) + 1
+    position = first + (last - first) * twice_t // (2 * rows_per_head)
+    blk = tl.minimum(position // key_block, n_blocks - 1).to(tl.int32)
+    tl.store(block_ptr + zp * n_rows + row, blk.to(block_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def chunk_histogram_kernel(
+    keys_ptr, hist_ptr, n, row_stride, n_chunks,
+    NB: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """hist[zp, c, b]: how many of keys[zp, c*CHUNK : (c+1)*CHUNK] equal b (< NB)."""
+    c = tl.program_id(0)
+    zp = tl.program_id(1).to(tl.int64)
+    i = c * CHUNK + tl.arange(0, CHUNK)
+    ok = i < n
+    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
+    counts = tl.histogram(key, NB, mask=ok)
+    tl.store(hist_ptr + (zp * n_chunks + c) * NB + tl.arange(0, NB), counts)
+
+
+@triton.jit
+def bucket_scatter_kernel(
+    keys_ptr, start_ptr, out_ptr, n, row_stride, n_chunks, out_stride,
+    NB: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The stable counting sort's placement: out[zp, start[zp, c, b] + j] = i for the
+    j-th element of key b (in index order) of chunk c, i its index in keys[zp].
+
+    start[zp, c, b] arrives as (the bucket's first output spot + its elements in
+    chunks up to and including c) and is turned in place into that minus the chunk's
+    elements of keys up to b; an element's spot is then start[its key] + its position
+    in the chunk sorted by (key, index)."""
+    c = tl.program_id(0)
+    zp = tl.program_id(1).to(tl.int64)
+    local = tl.arange(0, CHUNK)
+    i = c * CHUNK + local
+    ok = i < n
+    key = tl.load(keys_ptr + zp * row_stride + i, mask=ok, other=0).to(tl.int32)
+    bins = tl.arange(0, NB)
+    row_ptr = start_ptr + (zp * n_chunks + c) * NB
+    counts = tl.histogram(key, NB, mask=ok)
+    tl.store(row_ptr + bins, tl.load(row_ptr + bins) - tl.cumsum(counts, 0))
+    tl.debug_barrier()  # the row just written is gathered by every thread below
+    # sort (key, index) pairs packed in one int32; elements past n sort last
+    packed = tl.sort(tl.where(ok, key, NB) * CHUNK + local)
+    key_sorted = packed // CHUNK
+    valid = key_sorted < NB
+    start = tl.load(row_ptr + key_sorted, mask=valid, other=0)
+    value = (c * CHUNK + packed % CHUNK).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + zp * out_stride + start + local, value, mask=valid)

@@ -1,0 +1,223 @@
+"""HyperAttention in plain torch ops (any device): the reference implementation of the
+algorithm, and the path for inputs the fused kernels do not take.
+
+Internal layout: queries `[z, g, n, d]`, keys and values `[z, n, d]` (see blockwise.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import HyperAttentionConfig
+from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
+from .lsh import angular_lsh_rank
+from .padding import pad_rows
+from .planning import (
+    BlockPlan,
+    Randomness,
+    causal_levels,
+    level_ranks,
+    pack_query_tiles,
+    plan_blocks,
+)
+
+
+def gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """x [..., n, d], order [..., n] (rows to take) -> [..., n, d], via one flat index."""
+    *lead, n, d = x.shape
+    flat = x.reshape(-1, d)
+    groups = flat.shape[0] // n
+    base = torch.arange(groups, device=x.device).view(*lead, 1) * n
+    return flat.index_select(0, (order + base).reshape(-1)).view(*lead, -1, d)
+
+
+def _block_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Each query attends exactly its key block: -> out [z, g, nq, dv], lse [z, g, nq]."""
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_blocks, key_block = plan.n_blocks, plan.key_block
+    dev = q.device
+    key_pad = n_blocks * key_block - n_key
+    k_blocks = pad_rows(gather_rows(k, plan.k_order), key_pad)
+    v_blocks = pad_rows(gather_rows(v, plan.k_order), key_pad)
+
+    n_rows = g * n_query
+    tile = max(1, min(4 * key_block, math.ceil(n_rows / n_blocks)))
+    pack = pack_query_tiles(plan.q_block.reshape(z, n_rows), n_blocks, tile)
+    n_tiles = pack.n_tiles
+
+    # [z, g*nq + 1, d] -> [z*tiles, 1, tile, d];  key blocks gathered per tile
+    q_rows = pad_rows(q.reshape(z, n_rows, dim), 1)
+    q_tiles = gather_rows(q_rows, pack.slot_query).view(z * n_tiles, 1, tile, dim)
+    block_index = (pack.tile_block + torch.arange(z, device=dev)[:, None] * n_blocks).view(-1)
+    k_tiles = k_blocks.view(z * n_blocks, key_block, dim).index_select(0, block_index)
+    v_tiles = v_blocks.view(z * n_blocks, key_block, dv).index_select(0, block_index)
+
+    pad_mask = None
+    if key_pad:
+        padded = torch.arange(n_blocks * key_block, device=dev).view(n_blocks, key_block)
+        padded = padded >= n_key  # [nb, bk]
+        flat_block = pack.tile_block.view(-1)
+
+        def pad_mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+            return padded[flat_block[z0:z1]][:, None, None, :]
+
+    out, lse = attention_with_lse(q_tiles, k_tiles, v_tiles, scale, pad_mask)
+    # [z*tiles, 1, tile, dv] -> [z, tiles*tile, dv] -> rows in original order
+    out = gather_rows(out.view(z, n_tiles * tile, -1), pack.query_slot)
+    lse = torch.gather(lse.view(z, n_tiles * tile), 1, pack.query_slot)
+    return out.view(z, g, n_query, -1), lse.view(z, g, n_query)
+
+
+def _sampled_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Attention to the sampled keys outside each query's own block, weighted n/m."""
+    assert plan.sample is not None
+    key_index = torch.gather(plan.k_order, 1, plan.sample)  # [z, m]
+    k_sample, v_sample = gather_rows(k, key_index), gather_rows(v, key_index)
+    sample_block = plan.sample // plan.key_block
+    q_block = plan.q_block
+
+    def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+        # keys already counted exactly in the query's block must not count twice
+        return q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
+
+    out, lse = attention_with_lse(q, k_sample, v_sample, scale, own_block)
+    # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
+    return out, lse + math.log(k.shape[1] / plan.sample.shape[1])
+
+
+def _sorted_block(
+    q: Tensor, k: Tensor, v: Tensor, q_rank: Tensor, k_rank: Tensor, scale: float,
+    config: HyperAttentionConfig, rng: Randomness,
+) -> tuple[Tensor, Tensor]:
+    plan = plan_blocks(q_rank, k_rank, config, rng)
+    out, lse = _block_attention(q, k, v, plan, scale)
+    if plan.sample is not None:
+        out, lse = merge_by_lse(out, lse, *_sampled_attention(q, k, v, plan, scale))
+    return out, lse
+
+
+def sorted_block_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    config: HyperAttentionConfig,
+    rng: Randomness,
+) -> tuple[Tensor, Tensor]:
+    """Non-causal HyperAttention on the internal layout.
+
+    q [z, g, nq, d], k [z, nk, d], v [z, nk, dv] -> out [z, g, nq, dv], lse [z, g, nq].
+    """
+    planes = rng.hyperplanes(q.shape[-1], config.lsh_num_projs)
+    q_rank, k_rank = angular_lsh_rank(q, planes), angular_lsh_rank(k, planes)
+    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
+
+
+def grouped_exact_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Exact attention on the internal layout (causal: queries are the last rows)."""
+    mask = causal_mask_fn(q.shape[2], k.shape[1], q.device) if causal else None
+    return attention_with_lse(q, k, v, scale, mask)
+
+
+def _noncausal(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
+    if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
+        return grouped_exact_attention(q, k, v, scale, causal=False)
+    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
+
+
+def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
+    """Causal attention with nq == nk by halving: the lower-left block of every split is
+    non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
+
+    All splits of one recursion level are independent and of equal size, so each level
+    runs as one batched call (sub-problems folded into z) instead of one call per block.
+    """
+    z, g, n, dim = q.shape
+    if n <= config.min_seq_len:
+        return grouped_exact_attention(q, k, v, scale, causal=True)
+    padded_n, base, levels = causal_levels(n, config.min_seq_len)
+    # Zero rows appended at the end are only ever seen by (discarded) padded queries:
+    # in every lower-left block whose keys include padding, all queries are padding.
+    # A zero row hashes to rank 0.
+    q, k, v = (pad_rows(t, padded_n - n).contiguous() for t in (q, k, v))
+    q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n))
+    k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n))
+    dv = v.shape[-1]
+
+    # Diagonal blocks: [z, g, N, d] -> [z*blocks, g, base, d]
+    blocks = padded_n // base
+    q_diag = q.view(z, g, blocks, base, dim).transpose(1, 2).reshape(z * blocks, g, base, dim)
+    out, lse = grouped_exact_attention(
+        q_diag, k.view(z * blocks, base, dim), v.view(z * blocks, base, dv), scale, causal=True
+    )
+    out = out.view(z, blocks, g, base, dv).transpose(1, 2).reshape(z, g, padded_n, dv)
+    lse = lse.view(z, blocks, g, base).transpose(1, 2).reshape(z, g, padded_n)
+
+    for level in levels:
+        size, pairs = level.size, level.pairs
+        # queries of the second half of each pair against keys of its first half
+        q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
+        q_low = q_low.reshape(z * pairs, g, size, dim)
+        k_left = k.view(z * pairs, 2, size, dim)[:, 0]
+        v_left = v.view(z * pairs, 2, size, dv)[:, 0]
+        q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+        out_l, lse_l = _sorted_block(
+            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng
+        )
+        out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
+        lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
+
+        out_pairs = out.view(z, g, pairs, 2, size, dv)
+        lse_pairs = lse.view(z, g, pairs, 2, size)
+        merged_out, merged_lse = merge_by_lse(
+            out_pairs[:, :, :, 1], lse_pairs[:, :, :, 1], out_l, lse_l
+        )
+        out = torch.stack((out_pairs[:, :, :, 0], merged_out), dim=3).view(z, g, padded_n, dv)
+        lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
+    return out[:, :, :n], lse[:, :, :n]
+
+
+def torch_hyper_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
+    config: HyperAttentionConfig, rng: Randomness, hash_dims: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """HyperAttention on validated public-layout inputs: q [b, hq, nq, d], k [b, hk, nk, d],
+    v [b, hk, nk, dv] -> out [b, hq, nq, dv] in q's dtype, lse [b, hq, nq] (float32+).
+    Draws, in order: hyperplanes once, then one sample per level, then the prefix's."""
+    b, hq, n_query, dim = q.shape
+    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
+    # [b, hq, n, d] -> [b*hk, g, n, d]: query heads grouped under their key head
+    qz = q.reshape(b * hk, hq // hk, n_query, dim)
+    kz, vz = k.reshape(b * hk, n_key, dim), v.reshape(b * hk, n_key, dv)
+    # One set of hyperplanes per call, shared by every recursion level (hash once).
+    q_rank = k_rank = None
+    if n_query > config.min_seq_len:
+        planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
+        q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
+        k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
+
+    if not causal:
+        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng)
+    else:
+        offset = n_key - n_query
+        k_rank_square = None if k_rank is None else k_rank[:, offset:]
+        out, lse = _causal_square(
+            qz, kz[:, offset:], vz[:, offset:], q_rank, k_rank_square, scale, config, rng
+        )
+        if offset:  # the cached prefix is visible to every query
+            k_rank_prefix = None if k_rank is None else k_rank[:, :offset]
+            out_p, lse_p = _noncausal(
+                qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng
+            )
+            out, lse = merge_by_lse(out, lse, out_p, lse_p)
+    return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)
