@@ -21,14 +21,13 @@ import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
 from .common import (
-    EXACT_UP_TO_HELP,
     JobError,
     command_line,
-    exact_up_to,
     output_dir,
     save_results,
     today,
 )
+from .config_arguments import add_config_arguments, config_from_arguments
 from .plots import plot_attention
 from .timing import environment, time_cuda
 
@@ -136,10 +135,7 @@ def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
 
 
 def hyper_config_from(args: argparse.Namespace) -> HyperAttentionConfig:
-    return HyperAttentionConfig(
-        block_size=args.block_size, sample_size=args.sample_size,
-        min_seq_len=args.min_seq_len, exact_up_to=args.exact_up_to, seed=0,
-    )  # fmt: skip
+    return config_from_arguments(args, HyperAttentionConfig)
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
@@ -215,10 +211,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
     p.add_argument("--backends", nargs="+", default=list(BACKENDS))
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--sample-size", type=int, default=256)
-    p.add_argument("--min-seq-len", type=int, default=4096)
-    p.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
+    add_config_arguments(
+        p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--output-dir", default="bench-attention")

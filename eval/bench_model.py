@@ -17,14 +17,13 @@ import torch
 from hf_hyper import HyperAttentionConfig
 
 from .common import (
-    EXACT_UP_TO_HELP,
     JobError,
     command_line,
-    exact_up_to,
     output_dir,
     save_results,
     today,
 )
+from .config_arguments import add_config_arguments, config_from_arguments
 from .models import DTYPES, parse_patch_settings, patched
 from .plots import plot_model
 from .timing import environment, time_cuda
@@ -72,10 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     p.add_argument("--patch-layers", nargs="+", default=["0", "16", "28"])
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--sample-size", type=int, default=256)
-    p.add_argument("--min-seq-len", type=int, default=4096)
-    p.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
+    add_config_arguments(
+        p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output-dir", default="bench-model")
@@ -120,10 +118,7 @@ def run(args: argparse.Namespace) -> Path:
     model, name = build_model(args)
     num_layers = model.config.num_hidden_layers
     settings = parse_patch_settings(args.patch_layers, num_layers)
-    config = HyperAttentionConfig(
-        block_size=args.block_size, sample_size=args.sample_size,
-        min_seq_len=args.min_seq_len, exact_up_to=args.exact_up_to, seed=0,
-    )  # fmt: skip
+    config = config_from_arguments(args, HyperAttentionConfig)
     vocab = model.config.vocab_size
     rows = []
     for length in args.lengths:

@@ -35,17 +35,6 @@ def command_line(job: str) -> str:
     return " ".join(shlex.quote(a) for a in ["hf-hyper", *args])
 
 
-def exact_up_to(value: str) -> int | str:
-    """argparse type of --exact-up-to: a query length, or "auto" (the measured crossover)."""
-    return value if value == "auto" else int(value)
-
-
-EXACT_UP_TO_HELP = (
-    "calls with at most this many queries run exact attention; 'auto' = the crossover "
-    "measured on an H100 (default 0: min-seq-len alone decides)"
-)
-
-
 def today() -> str:
     return dt.date.today().isoformat()
 

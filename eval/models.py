@@ -12,7 +12,8 @@ import torch
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 
-from .common import EXACT_UP_TO_HELP, JobError, exact_up_to
+from .common import JobError
+from .config_arguments import add_config_arguments, config_from_arguments
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The bundled 8.9M-parameter Llama (RoPE, trained at 8k tokens on Debian documentation;
@@ -48,23 +49,12 @@ def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]
             default=list(patch_default),
             help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
         )
-    hyp.add_argument("--block-size", type=int, default=256)
-    hyp.add_argument("--sample-size", type=int, default=256)
-    hyp.add_argument("--min-seq-len", type=int, default=4096)
-    hyp.add_argument("--exact-up-to", type=exact_up_to, default=0, help=EXACT_UP_TO_HELP)
-    hyp.add_argument("--lsh-num-projs", type=int, default=7)
-    hyp.add_argument("--seed", type=int, default=0)
+    # jobs are reproducible by default: seed 0 unless the user picks another
+    add_config_arguments(hyp, HyperAttentionConfig, defaults={"seed": 0})
 
 
 def hyper_config(args: argparse.Namespace) -> HyperAttentionConfig:
-    try:
-        return HyperAttentionConfig(
-            lsh_num_projs=args.lsh_num_projs, block_size=args.block_size,
-            sample_size=args.sample_size, min_seq_len=args.min_seq_len,
-            exact_up_to=args.exact_up_to, seed=args.seed,
-        )  # fmt: skip
-    except (ValueError, TypeError) as err:
-        raise JobError(str(err)) from err
+    return config_from_arguments(args, HyperAttentionConfig)
 
 
 def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:

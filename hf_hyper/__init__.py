@@ -1,9 +1,15 @@
-"""hf_hyper: HyperAttention and HyPE for pretrained HuggingFace models."""
+"""hf_hyper: HyperAttention and HyPE for pretrained HuggingFace models.
 
+The attention functions and configs load with the package; the model adapters
+(`hf_hyper.patches`, which import transformers) load on first use of `patch` and the
+other model-level names.
+"""
+
+from importlib import import_module as _import_module
 from pathlib import Path as _Path
 
 # `patches/` and `eval/` are installed as hf_hyper.patches / hf_hyper.eval. When Python
-# imports this package straight from a source checkout (e.g. `python -m hf_hyper.cli`
+# imports this package straight from a source checkout (e.g. `python -m hf_hyper.eval.cli`
 # run from its root), let the subpackages resolve to those folders there as well.
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "patches" / "__init__.py").is_file():
@@ -17,43 +23,32 @@ from .attention import (  # noqa: E402
 )
 from .config import HyperAttentionConfig  # noqa: E402
 from .hype import HyPEConfig  # noqa: E402
-from .patching import (  # noqa: E402
-    PatchReport,
-    capture_attention,
-    patch,
-    patch_report,
-    supported_model_types,
-    unpatch,
-)
+
+# name -> module that defines it, imported when the name is first used
+_MODEL_LEVEL = {
+    "PatchReport": "hf_hyper.patches.patching",
+    "capture_attention": "hf_hyper.patches.patching",
+    "patch": "hf_hyper.patches.patching",
+    "patch_report": "hf_hyper.patches.patching",
+    "unpatch": "hf_hyper.patches.patching",
+    "supported_model_types": "hf_hyper.patches.registry",
+    "apply_hype": "hf_hyper.patches.hype_models",
+    "load_hype_model": "hf_hyper.patches.hype_models",
+    "remove_hype": "hf_hyper.patches.hype_models",
+    "load_chatglm": "hf_hyper.patches.chatglm_compat",
+}
 
 
-def apply_hype(model, config, replace_rope: bool = False):
-    """HyPE in every attention layer of a transformers model: on top of its position
-    encoding, or instead of RoPE (`replace_rope=True`). See hf_hyper.patches.hype_models."""
-    from hf_hyper.patches.hype_models import apply_hype as _apply
-
-    return _apply(model, config, replace_rope=replace_rope)
-
-
-def remove_hype(model) -> None:
-    from hf_hyper.patches.hype_models import remove_hype as _remove
-
-    _remove(model)
+def __getattr__(name: str):
+    if name in _MODEL_LEVEL:
+        value = getattr(_import_module(_MODEL_LEVEL[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hf_hyper' has no attribute {name!r}")
 
 
-def load_hype_model(path, **from_pretrained_kwargs):
-    """from_pretrained for a checkpoint saved after `apply_hype` (settings and mu / tau)."""
-    from hf_hyper.patches.hype_models import load_hype_model as _load
-
-    return _load(path, **from_pretrained_kwargs)
-
-
-def load_chatglm(path, *, trust_remote_code: bool = False, **from_pretrained_kwargs):
-    """ChatGLM2-6B(-32k) / ChatGLM3 remote code, made to load, run and generate on
-    transformers 5 (see hf_hyper.patches.chatglm_compat); trust_remote_code must be True."""
-    from hf_hyper.patches.chatglm_compat import load_chatglm as _load
-
-    return _load(path, trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __version__ = "0.1.0"
@@ -63,12 +58,12 @@ __all__ = [
     "HyPEConfig",
     "HyperAttentionConfig",
     "PatchReport",
-    "hyper_attention",
-    "hyper_attention_with_lse",
-    "load_chatglm",
     "apply_hype",
     "attention_diagnostics",
     "capture_attention",
+    "hyper_attention",
+    "hyper_attention_with_lse",
+    "load_chatglm",
     "load_hype_model",
     "patch",
     "patch_report",

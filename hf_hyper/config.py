@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 BACKENDS = ("auto", "torch", "triton")
@@ -10,6 +10,11 @@ BACKENDS = ("auto", "torch", "triton")
 # exact attention, forward or forward+backward, head_dim 64 or 128, with the default
 # parameters on an H100 (results/attention/h100_auto.md): `exact_up_to="auto"`.
 MEASURED_CROSSOVER = {False: 12288, True: 24576}
+
+
+def parse_exact_up_to(text: str) -> int | str:
+    """exact_up_to from text: a query length, or "auto" (the measured crossover)."""
+    return text if text == "auto" else int(text)
 
 
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -41,13 +46,33 @@ class HyperAttentionConfig:
         and are differentiable (the sampled and hashed choices are held fixed).
     """
 
-    lsh_num_projs: int = 7
-    block_size: int = 256
-    sample_size: int = 256
-    min_seq_len: int = 4096
-    exact_up_to: int | str = 0
-    seed: int | None = None
-    backend: str = "auto"
+    lsh_num_projs: int = field(
+        default=7, metadata={"help": "random hyperplanes of the angular LSH (2**r buckets)"}
+    )
+    block_size: int = field(
+        default=256, metadata={"help": "keys per block of the sorted order, attended exactly"}
+    )
+    sample_size: int = field(
+        default=256, metadata={"help": "keys sampled uniformly for the rest; 0 disables"}
+    )
+    min_seq_len: int = field(
+        default=4096,
+        metadata={"help": "problems (and causal diagonal blocks) up to this long run exact"},
+    )
+    exact_up_to: int | str = field(
+        default=0,
+        metadata={
+            "help": "calls with at most this many queries run exact; 'auto' = the measured "
+            "crossover (0: min_seq_len alone decides)",
+            "parse": parse_exact_up_to,
+        },
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "seed of the hyperplanes and samples of every call"}
+    )
+    backend: str = field(
+        default="auto", metadata={"help": "kernels to run", "choices": BACKENDS}
+    )
 
     def __post_init__(self) -> None:
         _require_int("lsh_num_projs", self.lsh_num_projs, 0, 48)

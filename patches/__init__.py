@@ -1,20 +1,24 @@
-"""Model adapters, one file per family, keyed by `config.model_type`.
+"""Model adapters, one file per family, keyed by `config.model_type` in `registry`.
 
-Adding a family: write a class with `num_layers(model)`, `check(model)`,
-`patch(model, layers, config) -> state` and `unpatch(model, state)` in a new file here
-and map its model types in ADAPTERS.
+Adding a family: write a class keeping `registry.Adapter` (name, num_layers, check,
+patch, observe, unpatch) in a new file here and map its model types in
+`registry.ADAPTERS`. `patching` selects layers and keeps the state that undoes a patch.
 """
 
-from __future__ import annotations
-
-from .attention_interface import MODEL_TYPES as _INTERFACE_TYPES
 from .attention_interface import AttentionInterfaceAdapter
-from .chatglm import MODEL_TYPES as _CHATGLM_TYPES
 from .chatglm import ChatGLMAdapter
+from .patching import PatchReport, capture_attention, patch, patch_report, unpatch
+from .registry import ADAPTERS, Adapter, supported_model_types
 
-ADAPTERS: dict[str, object] = {t: AttentionInterfaceAdapter() for t in _INTERFACE_TYPES}
-ADAPTERS.update({t: ChatGLMAdapter() for t in _CHATGLM_TYPES})
-# Remote-code config classes whose `model_type` may be empty, by class name.
-CONFIG_CLASS_TYPES: dict[str, str] = {"ChatGLMConfig": "chatglm"}
-
-__all__ = ["ADAPTERS", "CONFIG_CLASS_TYPES", "AttentionInterfaceAdapter", "ChatGLMAdapter"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AttentionInterfaceAdapter",
+    "ChatGLMAdapter",
+    "PatchReport",
+    "capture_attention",
+    "patch",
+    "patch_report",
+    "supported_model_types",
+    "unpatch",
+]

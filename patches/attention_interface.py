@@ -10,7 +10,6 @@ layers, decoding steps, short inputs) to the previous implementation unchanged.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import torch
@@ -22,12 +21,18 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from hf_hyper.attention import hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
-from .masks import attention_per_sequence, is_unpadded, key_ranges_from_mask
-
-PREFIX = "hf_hyper+"
-HYPE_PREFIX = "hf_hyper_hype+"  # HyPE models' attention (hype_models) reads CONFIG_ATTR too
-CONFIG_ATTR = "hf_hyper_config"
-OBSERVER_ATTR = "hf_hyper_observer"
+from .common import (
+    CONFIG_ATTR,
+    HYPE_PREFIX,
+    OBSERVER_ATTR,
+    PREFIX,
+    attention_per_sequence,
+    decoder_layers,
+    is_causal_call,
+    is_unpadded,
+    key_ranges_from_mask,
+    previous_attention_function,
+)
 
 MODEL_TYPES = (
     "llama",
@@ -43,21 +48,6 @@ MODEL_TYPES = (
     "granite",
     "olmo2",
 )
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder layers (each with a `.self_attn`)."""
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "self_attn"):
-            return module
-    raise ValueError(f"{type(model).__name__} has no list of decoder layers with `.self_attn`")
-
-
-def _previous_function(module: nn.Module, previous: str) -> Callable:
-    if previous == "eager":
-        # every modeling file defines its own eager function next to its attention class
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(previous, None)
 
 
 def _check_layer_supported(module: nn.Module, n_key: int, kwargs: dict) -> None:
@@ -90,9 +80,10 @@ def _make_attention_function(previous: str) -> Callable:
         observer = getattr(module, OBSERVER_ATTR, None)
         if observer is not None:
             _observe(observer, module, query, key, value, attention_mask, scaling, kwargs)
-        if config is None or query.shape[2] <= config.exact_query_len(_is_causal(module, kwargs)):
+        causal = is_causal_call(module, kwargs)
+        if config is None or query.shape[2] <= config.exact_query_len(causal):
             # not patched, a decoding step, or short enough to be exact anyway
-            fn = _previous_function(module, previous)
+            fn = previous_attention_function(module, previous)
             return fn(
                 module,
                 query,
@@ -108,7 +99,6 @@ def _make_attention_function(previous: str) -> Callable:
             raise ValueError(
                 "HyperAttention has no attention dropout; set the model's attention_dropout=0"
             )
-        causal = _is_causal(module, kwargs)
         ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
         if ranges is None:
             out = hyper_attention(query, key, value, causal=causal, scale=scaling, config=config)
@@ -119,13 +109,8 @@ def _make_attention_function(previous: str) -> Callable:
     return attention
 
 
-def _is_causal(module: nn.Module, kwargs: dict) -> bool:
-    causal = kwargs.get("is_causal")
-    return getattr(module, "is_causal", True) if causal is None else bool(causal)
-
-
 def _observe(observer, module, query, key, value, attention_mask, scaling, kwargs) -> None:
-    causal = _is_causal(module, kwargs)
+    causal = is_causal_call(module, kwargs)
     ranges = key_ranges_from_mask(attention_mask, query.shape[2], key.shape[2], causal)
     if not is_unpadded(ranges, key.shape[2]):
         raise ValueError("capture_attention needs unpadded inputs; this batch has padding")

@@ -29,7 +29,7 @@ from hf_hyper.attention import future_key_mask, hyper_attention
 from hf_hyper.config import HyperAttentionConfig
 
 from .chatglm_compat import fix_generation, remove_generation_fixes
-from .masks import attention_per_sequence, is_unpadded, key_ranges_from_mask
+from .common import attention_per_sequence, is_unpadded, key_ranges_from_mask
 
 MODEL_TYPES = ("chatglm",)
 SEQ_FIRST, BATCH_FIRST = "seq-first", "batch-first"

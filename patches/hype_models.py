@@ -27,8 +27,15 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_hyper.hype import HyPE, HyPEConfig
 
-from .attention_interface import CONFIG_ATTR, HYPE_PREFIX, _previous_function, decoder_layers
-from .masks import is_unpadded, key_ranges_from_mask
+from .common import (
+    CONFIG_ATTR,
+    HYPE_PREFIX,
+    decoder_layers,
+    is_causal_call,
+    is_unpadded,
+    key_ranges_from_mask,
+    previous_attention_function,
+)
 
 PREFIX = HYPE_PREFIX
 CHILD = "hf_hyper_hype"
@@ -54,7 +61,7 @@ def _attention(previous: str):
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
         hype: HyPE | None = getattr(module, CHILD, None)
         if hype is None:
-            fn = _previous_function(module, previous)
+            fn = previous_attention_function(module, previous)
             return fn(module, query, key, value, attention_mask, dropout=dropout,
                       scaling=scaling, **kw)  # fmt: skip
         if dropout and module.training:
@@ -62,8 +69,7 @@ def _attention(previous: str):
         if kw.get("sliding_window") or kw.get("softcap"):
             raise ValueError("HyPE does not combine with sliding windows or logit soft-capping")
         n_query, n_key = query.shape[2], key.shape[2]
-        causal = kw.get("is_causal")
-        causal = getattr(module, "is_causal", True) if causal is None else causal
+        causal = is_causal_call(module, kw)
         ranges = key_ranges_from_mask(attention_mask, n_query, n_key, causal)
         if not is_unpadded(ranges, n_key):
             raise ValueError(

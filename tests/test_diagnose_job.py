@@ -12,7 +12,8 @@ import torch
 from tiny_models import save_tiny_checkpoint
 
 import hf_hyper
-from hf_hyper import HyperAttentionConfig, cli
+from hf_hyper import HyperAttentionConfig
+from hf_hyper.eval import cli
 from hf_hyper.eval.nll import window_nll
 from hf_hyper.eval.texts import TextSource, load_documents, token_streams
 from hf_hyper.eval.windows import make_windows

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_checkpoint, tiny_model
 
-from hf_hyper import cli
+from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.nll import window_nll
 from hf_hyper.eval.texts import TextSource, load_documents

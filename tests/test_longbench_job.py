@@ -14,7 +14,7 @@ import torch
 from longbench_data import rows, write_sample
 from tiny_models import save_tiny_checkpoint
 
-from hf_hyper import cli
+from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.longbench import generation, protocol
 from hf_hyper.eval.longbench.prompts import build_prompt, truncate_middle

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hf_hyper import cli
+from hf_hyper.eval import cli
 from hf_hyper.eval.models import REFERENCE_MODEL_DIR
 
 

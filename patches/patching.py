@@ -1,24 +1,23 @@
 """patch() / unpatch(): swap the attention of selected layers of a loaded model.
 
-The adapter registry lives in `hf_hyper.patches` (one file per model family); this
-module only selects layers, keeps the state needed to undo, and reports what it did.
+The adapters (one file per model family) are looked up in `registry`; this module only
+selects layers, keeps the state needed to undo, and reports what it did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .config import HyperAttentionConfig
+from hf_hyper.config import HyperAttentionConfig
+
+from .registry import AttentionObserver, adapter_for
 
 STATE_ATTR = "_hf_hyper_patch"
 CAPTURE_ATTR = "_hf_hyper_capture"
-
-# observer(layer, q, k, v, *, causal, scale): q [b, hq, n, d], k and v [b, hk, n, d]
-AttentionObserver = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -37,35 +36,6 @@ class PatchReport:
             f"PatchReport(model_type={self.model_type!r}, adapter={self.adapter!r}, "
             f"layers={list(self.layers)} of {self.num_layers}, config={self.config})"
         )
-
-
-def _adapters() -> dict:
-    from hf_hyper.patches import ADAPTERS
-
-    return ADAPTERS
-
-
-def supported_model_types() -> list[str]:
-    return sorted(_adapters())
-
-
-def _adapter_for(model: nn.Module):
-    from hf_hyper.patches import CONFIG_CLASS_TYPES
-
-    config = getattr(model, "config", None)
-    # some remote-code configs leave model_type empty; their class name still says it
-    model_type = getattr(config, "model_type", None) or CONFIG_CLASS_TYPES.get(
-        type(config).__name__
-    )
-    adapters = _adapters()
-    if model_type not in adapters:
-        raise ValueError(
-            f"hf_hyper has no adapter for model_type={model_type!r}. Supported: "
-            f"{', '.join(sorted(adapters))}. To add one, write a small adapter in "
-            "hf_hyper/patches/ (num_layers, check, patch, unpatch) and register it in "
-            "hf_hyper.patches.ADAPTERS."
-        )
-    return model_type, adapters[model_type]
 
 
 def select_layers(num_layers: int, last_layers: int | None, layers) -> list[int]:
@@ -111,7 +81,7 @@ def patch(
     config = config or HyperAttentionConfig()
     if not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig; got {type(config).__name__}")
-    model_type, adapter = _adapter_for(model)
+    model_type, adapter = adapter_for(model)
     adapter.check(model)
     num_layers = adapter.num_layers(model)
     chosen = select_layers(num_layers, last_layers, layers)
@@ -126,7 +96,7 @@ def unpatch(model: nn.Module) -> None:
     report: PatchReport | None = getattr(model, STATE_ATTR, None)
     if report is None:
         raise RuntimeError("model is not patched by hf_hyper")
-    _, adapter = _adapter_for(model)
+    _, adapter = adapter_for(model)
     adapter.unpatch(model, report.state)
     delattr(model, STATE_ATTR)
 
@@ -150,7 +120,7 @@ def capture_attention(
         raise RuntimeError("capture_attention needs an unpatched model; call hf_hyper.unpatch")
     if getattr(model, CAPTURE_ATTR, None) is not None:
         raise RuntimeError("capture_attention blocks cannot be nested")
-    _, adapter = _adapter_for(model)
+    _, adapter = adapter_for(model)
     adapter.check(model)
     num_layers = adapter.num_layers(model)
     chosen = list(range(num_layers)) if layers is None else select_layers(num_layers, None, layers)

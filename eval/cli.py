@@ -52,8 +52,8 @@ def _job(subparsers, name: str, module, help_text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hf_hyper.eval import bench_attention, bench_model, diagnose, ppl
-    from hf_hyper.eval.longbench import run as longbench
+    from . import bench_attention, bench_model, diagnose, ppl
+    from .longbench import run as longbench
 
     top = argparse.ArgumentParser(
         prog="hf-hyper",
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 def _plot(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from hf_hyper.eval import plots
+    from . import plots
 
     draw = {
         "attention": plots.plot_attention,
@@ -98,11 +98,11 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hf_hyper.eval.common import exit_status
+    from .common import exit_status
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["longbench", "score"]:  # a second form of one job, not a sub-job
-        from hf_hyper.eval.longbench.run import main as longbench_main
+        from .longbench.run import main as longbench_main
 
         return longbench_main(argv[1:])
     args = _parser().parse_args(argv)

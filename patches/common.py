@@ -1,11 +1,49 @@
-"""Padding masks as per-sequence valid key ranges, and attention run per sequence."""
+"""Helpers shared by the adapters: the attributes they tag modules with, the attention
+functions they hand calls back to, and what an attention mask means for HyperAttention
+(which key ranges each sequence sees, and running a padded batch one sequence at a
+time)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_hyper.attention import future_key_mask, hyper_attention
 from hf_hyper.config import HyperAttentionConfig
+
+# Attention functions registered for patched layers are named PREFIX + previous; HyPE
+# models' own attention functions HYPE_PREFIX + previous. Patched attention modules carry
+# their HyperAttention config in CONFIG_ATTR, observed ones their observer in OBSERVER_ATTR.
+PREFIX = "hf_hyper+"
+HYPE_PREFIX = "hf_hyper_hype+"
+CONFIG_ATTR = "hf_hyper_config"
+OBSERVER_ATTR = "hf_hyper_observer"
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers (each with a `.self_attn`)."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "self_attn"):
+            return module
+    raise ValueError(f"{type(model).__name__} has no list of decoder layers with `.self_attn`")
+
+
+def previous_attention_function(module: nn.Module, previous: str) -> Callable:
+    """The attention function a layer used before patching, by its registered name."""
+    if previous == "eager":
+        # every modeling file defines its own eager function next to its attention class
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(previous, None)
+
+
+def is_causal_call(module: nn.Module, kwargs: dict) -> bool:
+    """Whether transformers asked this attention call to be causal."""
+    causal = kwargs.get("is_causal")
+    return getattr(module, "is_causal", True) if causal is None else bool(causal)
 
 
 def key_ranges_from_mask(
