@@ -1,14 +1,41 @@
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+# The shared helpers (tiny models, comparison cases) live next to this file.
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _interpreter_usable() -> bool:
+    """Triton's CPU interpreter runs the fused kernels without a GPU; numpy >= 2.3 breaks
+    its scalar loads."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import numpy
+
+    major, minor = (int(x) for x in numpy.__version__.split(".")[:2])
+    return (major, minor) < (2, 3)
+
+
+# Without a GPU, the kernels are compiled for the interpreter (set before any kernel
+# module is imported); nothing outside the fused tests launches them on the CPU.
+INTERPRETER = not torch.cuda.is_available() and _interpreter_usable()
+if INTERPRETER:
+    os.environ["TRITON_INTERPRET"] = "1"
+
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_interpreter = pytest.mark.skip(reason="needs Triton's interpreter (triton, numpy<2.3)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "interpreter" in item.keywords and not INTERPRETER:
+            item.add_marker(skip_interpreter)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

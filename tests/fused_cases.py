@@ -1,12 +1,10 @@
-"""Fused-vs-torch comparison cases, shared by the GPU tests and the CPU interpreter run.
-
-`python fused_cases.py` (with TRITON_INTERPRET=1 on a CPU) runs every small case and
-exits non-zero on the first mismatch.
-"""
+"""Fused-vs-torch comparison cases, shared by the GPU tests and the interpreter tests
+(tests/attention/test_fused_interpreter.py, Triton's interpreter on a CPU)."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from unittest.mock import patch
 
@@ -14,7 +12,7 @@ import torch
 
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention import hyper_attention_with_lse, planning
-from hf_hyper.attention.fused import bucket_sort, fused_lsh_rank, tuning
+from hf_hyper.attention.fused import fused_lsh_rank
 from hf_hyper.attention.fused.forward import fused_forward
 from hf_hyper.attention.fused.function import FusedHyperAttention
 from hf_hyper.attention.fused.tiles import draw_sample, plan_tiles
@@ -90,37 +88,79 @@ def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
     q, k, v = make_inputs(case, dtype, device)
     config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
     out_t, lse_t = hyper_attention_with_lse(q, k, v, causal=case.causal, config=config)
-    rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
-    out_f, lse_f = fused_forward(
-        q, k, v, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng
-    )
+    out_f, lse_f = _fused_with_lse(case, q, k, v, config)
     out_err = (out_t.float() - out_f.float()).abs().max().item()
     lse_err = (lse_t.float() - lse_f.float()).abs().max().item()
     if not case.causal:  # without the LSE (hyper_attention's call): the same output
-        rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
-        out_n, lse_n = fused_forward(
-            q, k, v, causal=False, scale=case.dim**-0.5, config=config, rng=rng,
-            need_lse=False,
-        )  # fmt: skip
+        out_n, lse_n = _fused_with_lse(case, q, k, v, config, need_lse=False)
         if lse_n is not None or not torch.equal(out_n, out_f):
             out_err = float("inf")
     return out_err, lse_err
 
 
-def gradients(case: Case, inputs, fused: bool, weight: torch.Tensor) -> list[torch.Tensor]:
-    """(dq, dk, dv) in float32 of sum(out * weight), through the fused backward or
-    autograd over the torch path; the same draws (seed 3) either way."""
+@contextmanager
+def planes_exact_in(dtype: torch.dtype) -> Iterator[None]:
+    """Hyperplanes rounded to `dtype`: a float64 run then hashes with the very planes a
+    low-precision run uses, so both make the same discrete choices (blocks, samples)
+    and their difference is rounding alone."""
+    draw = Randomness.hyperplanes
+
+    def rounded(self, dim: int, count: int) -> torch.Tensor:
+        return draw(self, dim, count).to(dtype).to(torch.float32)
+
+    with patch.object(Randomness, "hyperplanes", rounded):
+        yield
+
+
+def _fused_with_lse(case: Case, q, k, v, config: HyperAttentionConfig, need_lse: bool = True):
+    rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
+    return fused_forward(
+        q, k, v, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng,
+        need_lse=need_lse,
+    )  # fmt: skip
+
+
+def forward_errors(case: Case, dtype: torch.dtype, device: str) -> dict[str, tuple[float, float]]:
+    """Max |out error| and max |lse error| of the fused forward and of the torch path,
+    both in `dtype`, against the torch path in float64 on the same inputs with the same
+    draws (FlashAttention's test: the fast path's rounding against plain torch's)."""
+    q, k, v = make_inputs(case, dtype, device)
+    config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
+    with planes_exact_in(dtype):
+        truth = hyper_attention_with_lse(
+            q.double(), k.double(), v.double(), causal=case.causal, config=config
+        )
+        runs = {
+            "torch": hyper_attention_with_lse(q, k, v, causal=case.causal, config=config),
+            "fused": _fused_with_lse(case, q, k, v, config),
+        }
+    def max_errors(run) -> tuple[float, float]:
+        out_err, lse_err = ((got.double() - want).abs().max().item()
+                            for got, want in zip(run, truth, strict=True))  # fmt: skip
+        return out_err, lse_err
+
+    return {name: max_errors(run) for name, run in runs.items()}
+
+
+def gradients(
+    case: Case, inputs, fused: bool, weight: torch.Tensor, lse_weight: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """(dq, dk, dv) in float32 of sum(out * weight) (+ sum(lse * lse_weight)), through the
+    fused backward or autograd over the torch path; the same draws (seed 3) either way."""
     config = HyperAttentionConfig(backend="torch", seed=3, **case.config)
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     if fused:
         dev = leaves[0].device
         rng = Randomness(torch.Generator(device=dev).manual_seed(3), dev)
-        out, _ = FusedHyperAttention.apply(
+        out, lse = FusedHyperAttention.apply(
             *leaves, case.causal, case.dim**-0.5, config, rng, None
         )
     else:
-        out, _ = hyper_attention_with_lse(*leaves, causal=case.causal, config=config)
-    (out * weight.to(out.dtype)).sum().backward()
+        out, lse = hyper_attention_with_lse(*leaves, causal=case.causal, config=config)
+    loss = (out * weight.to(out.dtype)).sum()
+    if lse_weight is not None:
+        loss = loss + (lse * lse_weight.to(lse.dtype)).sum()
+    loss.backward()
     return [t.grad.float() for t in leaves]
 
 
@@ -129,25 +169,36 @@ def output_weight(case: Case, device: str) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
 
 
-def compare_grads(case: Case, dtype: torch.dtype, device: str) -> float:
+def lse_weight(case: Case, device: str) -> torch.Tensor:
+    shape = (case.batch, case.q_heads, case.n_query)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(device)
+
+
+def compare_grads(
+    case: Case, dtype: torch.dtype, device: str, through_lse: bool = False
+) -> float:
     """Largest |dq, dk, dv difference| of the fused backward vs autograd through the torch
-    path (same draws), relative to the largest torch-path gradient entry."""
+    path (same draws), relative to the largest torch-path gradient entry; through_lse:
+    the loss uses the log-sum-exp as well as the output."""
     inputs, weight = make_inputs(case, dtype, device), output_weight(case, device)
-    want, got = (gradients(case, inputs, fused, weight) for fused in (False, True))
+    extra = lse_weight(case, device) if through_lse else None
+    want, got = (gradients(case, inputs, fused, weight, extra) for fused in (False, True))
     return max(((w - g).abs().max() / w.abs().max()).item() for w, g in zip(want, got, strict=True))
 
 
 def low_precision_grad_errors(case: Case, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Worst relative Frobenius error of (dq, dk, dv) against the float32 torch path on
-    the same (rounded) inputs, for the fused backward and the torch path in `dtype`."""
+    the same (rounded) inputs and hyperplanes, for the fused backward and the torch path
+    in `dtype`."""
     inputs, weight = make_inputs(case, dtype, device), output_weight(case, device)
-    truth = gradients(case, [t.float() for t in inputs], False, weight)
-    errors = {}
-    for name, fused in (("torch", False), ("fused", True)):
-        got = gradients(case, inputs, fused, weight)
-        errors[name] = max(
-            ((g - t).norm() / t.norm()).item() for g, t in zip(got, truth, strict=True)
-        )
+    with planes_exact_in(dtype):
+        truth = gradients(case, [t.float() for t in inputs], False, weight)
+        errors = {}
+        for name, fused in (("torch", False), ("fused", True)):
+            got = gradients(case, inputs, fused, weight)
+            errors[name] = max(
+                ((g - t).norm() / t.norm()).item() for g, t in zip(got, truth, strict=True)
+            )
     return errors
 
 
@@ -251,51 +302,3 @@ def bucket_sort_mismatches(device: str) -> list[str]:
             if not torch.equal(wide[:, :n], order) or not (wide[:, n:] == -1).all():
                 bad.append(f"{name}: sort into a wider row")
     return bad
-
-
-def main() -> int:
-    # The interpreter sorts every slot of a chunk, full or not, at ~3 ms each: chunks of
-    # 256 here (as on the GPU), and of 32 for the planner and attention cases below,
-    # which also gives their small rows several chunks each.
-    patch.object(bucket_sort, "MIN_CHUNK", 256).start()
-    bad_sort = bucket_sort_mismatches("cpu")
-    print(f"bucket sort mismatches: {bad_sort}")
-    if bad_sort:
-        return 1
-    patch.object(bucket_sort, "MIN_CHUNK", 32).start()
-    bad_plan = plan_mismatches("cpu")
-    print(f"planner mismatches: {bad_plan}")
-    if bad_plan:
-        return 1
-    for shape, num_projs, seq_first in LSH_CASES:
-        bad = lsh_mismatches(shape, num_projs, seq_first, torch.float32, "cpu")
-        print(f"lsh {shape} r={num_projs}: {bad} mismatched rows")
-        if bad:
-            return 1
-    for case in SMALL_CASES:
-        out_err, lse_err = compare(case, torch.float32, "cpu")
-        print(f"{case}: out {out_err:.2e} lse {lse_err:.2e}")
-        if not (out_err < 1e-5 and lse_err < 1e-5):
-            return 1
-    for case in SMALL_CASES:
-        grad_err = compare_grads(case, torch.float32, "cpu")
-        print(f"{case}: gradients {grad_err:.2e}")
-        if not grad_err < 1e-5:
-            return 1
-    # one problem per launch: the plan's chunks and the sampled keys' scratch
-    with (
-        patch.object(tuning, "SAMPLE_SCRATCH_BYTES", 1),
-        patch.object(tuning, "PLAN_CHUNK_ROWS", 1),
-    ):
-        for case in SMALL_CASES[:4]:
-            out_err, lse_err = compare(case, torch.float32, "cpu")
-            grad_err = compare_grads(case, torch.float32, "cpu")
-            print(f"{case}: one problem per launch: out {out_err:.2e} lse {lse_err:.2e} "
-                  f"gradients {grad_err:.2e}")  # fmt: skip
-            if not (out_err < 1e-5 and lse_err < 1e-5 and grad_err < 1e-5):
-                return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "reference_models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "reference_models"))
 import corpus  # noqa: E402
 
 

@@ -1,0 +1,134 @@
+"""The import graph of the installed package (hf_hyper, hf_hyper.patches, hf_hyper.eval),
+read from the source: one way only, no private names across modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# installed package name -> source folder (pyproject's package-dir)
+PACKAGES = {"hf_hyper": ROOT / "hf_hyper", "hf_hyper.patches": ROOT / "patches",
+            "hf_hyper.eval": ROOT / "eval"}  # fmt: skip
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    base = base if _is_package(module) else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(module: str) -> list[tuple[str, str | None]]:
+    """(imported module, name taken from it or None) for every import in the module,
+    at any depth (imports inside functions count)."""
+    tree = ast.parse(MODULES[module].read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve(module, node)
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                found.append((submodule, None) if submodule in MODULES else (source, alias.name))
+    return found
+
+
+def edges() -> dict[str, set[str]]:
+    graph = {name: set() for name in MODULES}
+    for name in MODULES:
+        for target, _ in imports(name):
+            if target in MODULES and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_module_list_is_complete():
+    assert {"hf_hyper.attention.api", "hf_hyper.patches.registry", "hf_hyper.eval.cli"} <= set(
+        MODULES
+    )
+
+
+def test_no_import_cycle():
+    assert find_cycle(edges()) is None
+
+
+def test_no_private_name_crosses_a_module():
+    crossings = [
+        f"{name} imports {source}.{taken}"
+        for name in MODULES
+        for source, taken in imports(name)
+        if taken and taken.startswith("_") and not taken.startswith("__")
+    ]
+    assert crossings == []
+
+
+@pytest.mark.parametrize(
+    "layer, forbidden",
+    [
+        ("hf_hyper.attention", ("hf_hyper.patches", "hf_hyper.eval", "transformers")),
+        ("hf_hyper.hype", ("hf_hyper.patches", "hf_hyper.eval", "transformers")),
+        ("hf_hyper.config", ("hf_hyper.patches", "hf_hyper.eval", "transformers", "torch")),
+        ("hf_hyper.patches", ("hf_hyper.eval",)),
+        # kernels are Triton only; the torch LSH knows no kernels
+        ("hf_hyper.attention.kernels", ("torch", "hf_hyper.attention.fused")),
+        ("hf_hyper.attention.lsh", ("triton", "hf_hyper.attention.fused")),
+        # adapters use the public attention API, never the LSH, plans or kernels
+        ("hf_hyper.patches", tuple(f"hf_hyper.attention.{m}" for m in
+                                   ("lsh", "planning", "fused", "kernels", "torch_backend"))),
+    ],
+)  # fmt: skip
+def test_dependencies_point_one_way(layer, forbidden):
+    bad = [
+        f"{name} imports {target}"
+        for name in MODULES
+        if name == layer or name.startswith(layer + ".")
+        for target, _ in imports(name)
+        if any(target == f or target.startswith(f + ".") for f in forbidden)
+    ]
+    assert bad == []
