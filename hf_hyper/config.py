@@ -8,7 +8,7 @@ from typing import Any
 BACKENDS = ("auto", "torch", "triton")
 # Query lengths up to which HyperAttention's fused kernels were not faster than cuDNN's
 # exact attention, forward or forward+backward, head_dim 64 or 128, with the default
-# parameters on an H100 (results/attention/h100_auto.md): `exact_up_to="auto"`.
+# parameters (results/attention/h100_auto.md): `exact_up_to="auto"`.
 MEASURED_CROSSOVER = {False: 12288, True: 24576}
 
 
@@ -36,8 +36,8 @@ class HyperAttentionConfig:
         the diagonal blocks of the recursion are at most this long and exact.
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
-        the crossover measured on an H100 (MEASURED_CROSSOVER: 12288 non-causal, 24576
-        causal), below which the approximation is slower than the exact kernel.
+        the measured crossover (MEASURED_CROSSOVER), below which the approximation is
+        slower than the exact kernel.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded
         with it, so calls are reproducible; if None the global torch RNG is used.
     backend: "torch" (plain torch ops, any device), "triton" (fused CUDA kernels,
@@ -70,9 +70,7 @@ class HyperAttentionConfig:
     seed: int | None = field(
         default=None, metadata={"help": "seed of the hyperplanes and samples of every call"}
     )
-    backend: str = field(
-        default="auto", metadata={"help": "kernels to run", "choices": BACKENDS}
-    )
+    backend: str = field(default="auto", metadata={"help": "kernels to run", "choices": BACKENDS})
 
     def __post_init__(self) -> None:
         _require_int("lsh_num_projs", self.lsh_num_projs, 0, 48)

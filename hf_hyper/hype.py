@@ -254,7 +254,12 @@ def hype_attention(
             out = sdpa_kernel(q_aug, k_aug, v_chunk, causal=causal, scale=scale)
         else:
             out = hyper_attention(
-                q_aug, k_aug, v_chunk, causal=causal, scale=scale, config=hyper_config,
+                q_aug,
+                k_aug,
+                v_chunk,
+                causal=causal,
+                scale=scale,
+                config=hyper_config,
                 hash_dims=None if hash_augmented else dim,
             )
         outs.append(out.to(q.dtype))

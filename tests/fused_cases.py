@@ -55,8 +55,9 @@ SMALL_CASES = [
     # blocks a multiple of the key tiles: the sort writes the key list in place (a short
     # last block; causal levels with a sample padded to the tiles)
     Case(1, 2, 1, 63, 63, 16, 16, False, dict(SMALL, block_size=32)),
-    Case(1, 2, 2, 128, 128, 16, 16, True, dict(SMALL, block_size=32, sample_size=40,
-                                                min_seq_len=32)),  # fmt: skip
+    Case(
+        1, 2, 2, 128, 128, 16, 16, True, dict(SMALL, block_size=32, sample_size=40, min_seq_len=32)
+    ),  # fmt: skip
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -68,8 +69,9 @@ GPU_CASES = [
     Case(1, 4, 2, 200, 900, 64, 64, True, GPU),  # short query block with prefix: exact
     Case(1, 4, 2, 2048, 2048, 64, 64, True, dict(GPU, lsh_num_projs=13)),  # torch planning
     # ~256 rows per key block: 16-bit inputs take 128-row tiles
-    Case(1, 4, 4, 4096, 4096, 128, 128, True, dict(block_size=256, sample_size=256,
-                                                   min_seq_len=1024)),  # fmt: skip
+    Case(
+        1, 4, 4, 4096, 4096, 128, 128, True, dict(block_size=256, sample_size=256, min_seq_len=1024)
+    ),  # fmt: skip
 ]
 
 
@@ -134,6 +136,7 @@ def forward_errors(case: Case, dtype: torch.dtype, device: str) -> dict[str, tup
             "torch": hyper_attention_with_lse(q, k, v, causal=case.causal, config=config),
             "fused": _fused_with_lse(case, q, k, v, config),
         }
+
     def max_errors(run) -> tuple[float, float]:
         out_err, lse_err = ((got.double() - want).abs().max().item()
                             for got, want in zip(run, truth, strict=True))  # fmt: skip
@@ -174,9 +177,7 @@ def lse_weight(case: Case, device: str) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(device)
 
 
-def compare_grads(
-    case: Case, dtype: torch.dtype, device: str, through_lse: bool = False
-) -> float:
+def compare_grads(case: Case, dtype: torch.dtype, device: str, through_lse: bool = False) -> float:
     """Largest |dq, dk, dv difference| of the fused backward vs autograd through the torch
     path (same draws), relative to the largest torch-path gradient entry; through_lse:
     the loss uses the log-sum-exp as well as the output."""

@@ -76,5 +76,6 @@ def heldout_loss(model, held: np.ndarray, n: int, windows: int, device: str) -> 
             losses.append(torch.nn.functional.cross_entropy(logits, x[1:]).item())
     return float(np.mean(losses))
 
+
 if __name__ == "__main__":
     main()

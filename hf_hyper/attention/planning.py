@@ -47,9 +47,7 @@ def bucket_starts(k_rank_sorted: Tensor, num_projs: int) -> Tensor:
     return torch.searchsorted(k_rank_sorted, buckets)
 
 
-def bucket_bounds(
-    q_rank: Tensor, k_rank_sorted: Tensor, num_projs: int
-) -> tuple[Tensor, Tensor]:
+def bucket_bounds(q_rank: Tensor, k_rank_sorted: Tensor, num_projs: int) -> tuple[Tensor, Tensor]:
     """(first, last) sorted key positions of each query's bucket: q_rank [z, rows] ->
     int64 [z, rows] each (keys with rank < r, keys with rank <= r)."""
     if num_projs > BUCKET_TABLE_MAX_PROJS:

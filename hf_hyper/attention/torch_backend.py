@@ -94,8 +94,14 @@ def _sampled_attention(
 
 
 def _sorted_block(
-    q: Tensor, k: Tensor, v: Tensor, q_rank: Tensor, k_rank: Tensor, scale: float,
-    config: HyperAttentionConfig, rng: Randomness,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_rank: Tensor,
+    k_rank: Tensor,
+    scale: float,
+    config: HyperAttentionConfig,
+    rng: Randomness,
 ) -> tuple[Tensor, Tensor]:
     plan = plan_blocks(q_rank, k_rank, config, rng)
     out, lse = _block_attention(q, k, v, plan, scale)
@@ -171,9 +177,7 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor,
         k_left = k.view(z * pairs, 2, size, dim)[:, 0]
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
         q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-        out_l, lse_l = _sorted_block(
-            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng
-        )
+        out_l, lse_l = _sorted_block(q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng)
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
 

@@ -2,11 +2,11 @@
 
 The keys there are LSH ranks (< 2**lsh_num_projs) and key-block numbers (< n_blocks).
 torch.sort runs a general segmented radix sort on them: a dozen launches and several
-passes per call, about 0.13 ms of GPU time each at 131k tokens and 32 heads on an H100,
-twice per recursion level. Knowing the key range, one histogram pass and one placement
-pass do the same work. Wider key ranges fall back to torch.sort with the same result.
-The gain is GPU time: called alone, the few launches here leave the GPU waiting on the
-host (results/attention/bucket_sort.txt); in the forward they queue behind the kernels.
+passes per call, twice per recursion level. Knowing the key range, one histogram pass
+and one placement pass do the same work. Wider key ranges fall back to torch.sort with
+the same result. The gain is GPU time: called alone, the few launches here leave the
+GPU waiting on the host (results/attention/bucket_sort.txt); in the forward they queue
+behind the kernels.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from torch import Tensor
 # Buckets the Triton passes take. A chunk holds at least as many elements as there are
 # buckets, so the histogram [rows, chunks, buckets] stays within one int32 per key.
 MAX_BUCKETS = 4096
-# Each chunk is sorted in registers by one program: 256-element chunks with one warp
-# placed 32 x 65536 8-bit keys in 37 us on an H100, 1024-element ones in 50-64 us with
-# one to four warps (torch.sort: 126 us; benchmarks/bucket_sort.py).
+# Each chunk is sorted in registers by one program; the smallest chunks placed keys
+# fastest (benchmarks/bucket_sort.py, results/attention/bucket_sort.txt).
 MIN_CHUNK = 256
 
 

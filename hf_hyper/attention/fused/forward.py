@@ -225,8 +225,20 @@ class Problem:
         if self.calls is not None:
             self.calls.append(
                 BlockSampleCall(
-                    q_base, o_base, k_base, v_base, plan, sample, sample_key, n_sample,
-                    bias, n_rows, rows_per_head, n_key, keys, sample_block,
+                    q_base,
+                    o_base,
+                    k_base,
+                    v_base,
+                    plan,
+                    sample,
+                    sample_key,
+                    n_sample,
+                    bias,
+                    n_rows,
+                    rows_per_head,
+                    n_key,
+                    keys,
+                    sample_block,
                 )  # fmt: skip
             )
         grid = (zp * plan.n_tiles,)
@@ -285,11 +297,10 @@ class Problem:
         self.dense(*self.diagonal_problems(blocks), base, base, causal=True, merge=False)
 
     def cudnn_diagonal(self, blocks: int, causal: bool = True) -> bool:
-        """The diagonal blocks through cuDNN's fused attention, which on Hopper runs them
-        1.3x faster than the Triton dense kernel at head_dim 128 (blocks=1: the whole
-        problem, 3x faster; causal needs n_query == n_key there); False (nothing
-        written) where it cannot run: GQA, fp32, head sizes cuDNN does not take, layouts
-        with no view."""
+        """The diagonal blocks through cuDNN's fused attention, faster than the Triton
+        dense kernel on Hopper (results/attention/parts.md; blocks=1: the whole problem,
+        causal only with n_query == n_key); False (nothing written) where it cannot run:
+        GQA, fp32, head sizes cuDNN does not take, layouts with no view."""
         if self.g != 1 or not cudnn_attention_usable(self.q, self.v):
             return False
         if causal and self.k.shape[2] != self.n_query:  # cuDNN aligns the mask top-left

@@ -117,9 +117,7 @@ def plan_tiles(
     )  # fmt: skip
 
 
-def key_list(
-    plan: TilePlan, sample_key: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def key_list(plan: TilePlan, sample_key: Tensor | None) -> tuple[Tensor, Tensor]:
     """The block-sample kernel's key walk: (key_list [zp, n_blocks * block_pad +
     sample_pad] int32, sample_block [zp, sample_pad] int32). Each block's sorted key
     indices padded to the kernel's key tiles, then the sampled keys' (padded likewise);

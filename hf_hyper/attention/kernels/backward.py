@@ -114,9 +114,7 @@ def dense_dq_kernel(
     rows64 = rows.to(tl.int64)
     q_off = tl.multiple_of(tl.load(q_base_ptr + zq), ALIGN) + rows64 * q_stride
     o_row = tl.load(o_base_ptr + zq) + rows64
-    q, do, lse2, delta = _query_rows(
-        Q, DO, LSE, Delta, q_off, o_row, row_ok, D, DV, D_PAD, DV_PAD
-    )
+    q, do, lse2, delta = _query_rows(Q, DO, LSE, Delta, q_off, o_row, row_ok, D, DV, D_PAD, DV_PAD)
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     shift = n_key - n_query
     hi = n_key
@@ -249,9 +247,7 @@ def block_sample_dq_kernel(
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = masked_load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)
         v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
-        dq = _dq_step(
-            q, do, k, v, row_ok[:, None], bias[None, :], lse2, delta, dq, qk_scale, IEEE
-        )
+        dq = _dq_step(q, do, k, v, row_ok[:, None], bias[None, :], lse2, delta, dq, qk_scale, IEEE)
     _add_rows(DQ, q_off, row_ok, dq * scale, D, D_PAD)
 
 
@@ -351,9 +347,7 @@ def sample_dkdv_kernel(
             )  # fmt: skip
             blk = tl.load(tile_block_ptr + zp * n_tiles + slot0 // TILE).to(tl.int32)
             keep = (s_ok & (spot_blk != blk))[:, None] & row_ok[None, :]
-            dk, dv = _dkdv_step(
-                k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE
-            )
+            dk, dv = _dkdv_step(k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE)
     slot = zs * n_sample + idx
     _atomic_add_rows(SK, slot * D, s_ok, dk * scale, D, D_PAD)
     _atomic_add_rows(SV, slot * DV, s_ok, dv, DV, DV_PAD)

@@ -140,8 +140,8 @@ def block_sample_kernel(
     # One loop over the block's sorted keys, then the sample's: every key tile is BLOCK_N
     # consecutive entries of key_list, so the index loads are contiguous, the K/V loads
     # unmasked, and exclusions (padding, the sample's own-block keys) are -inf biases.
-    # Two loops with masked loads ran 1.25-1.3x slower: each ramped its own pipeline and
-    # the sample's masks chained its loads.
+    # Two loops with masked loads were slower: each ramped its own pipeline and the
+    # sample's masks chained its loads.
     keys = key_list_ptr + zp * list_stride
     own_blocks = sample_block_ptr + zp * sample_pad
     in_block = tl.minimum(key_block, n_key - blk * key_block)
