@@ -34,6 +34,10 @@ class HyperAttentionConfig:
     sample_size: keys drawn uniformly to estimate the mass outside the block; 0 disables.
     min_seq_len: problems no longer than this run exact attention; in causal attention
         the diagonal blocks of the recursion are at most this long and exact.
+    sink_tokens: keys [0, sink_tokens) are attended exactly by every query that may see
+        them and are left out of the LSH blocks and the samples: pretrained models put
+        much of their attention on the first tokens (attention sinks), which sampling
+        estimates badly. At most min_seq_len // 2. 0 is the paper's algorithm.
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -59,6 +63,10 @@ class HyperAttentionConfig:
         default=4096,
         metadata={"help": "problems (and causal diagonal blocks) up to this long run exact"},
     )
+    sink_tokens: int = field(
+        default=0,
+        metadata={"help": "keys [0, s) attended exactly by every query (attention sinks)"},
+    )
     exact_up_to: int | str = field(
         default=0,
         metadata={
@@ -77,6 +85,8 @@ class HyperAttentionConfig:
         _require_int("block_size", self.block_size, 1)
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
+        # the sinks sit inside the first exact block of every problem that has them
+        _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
         if self.exact_up_to != "auto":
             if isinstance(self.exact_up_to, str):
                 raise ValueError(

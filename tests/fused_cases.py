@@ -38,6 +38,7 @@ class Case:
         return (
             f"{kind}-b{self.batch}-h{self.q_heads}/{self.kv_heads}-n{self.n_query}/{self.n_key}"
             f"-d{self.dim}/{self.v_dim}{'-T' if self.seq_first else ''}"
+            + (f"-sinks{self.config['sink_tokens']}" if self.config.get("sink_tokens") else "")
         )
 
 
@@ -58,6 +59,13 @@ SMALL_CASES = [
     Case(
         1, 2, 2, 128, 128, 16, 16, True, dict(SMALL, block_size=32, sample_size=40, min_seq_len=32)
     ),  # fmt: skip
+    # attention sinks: non-causal, causal square, padding + GQA, a long cached prefix
+    # (sinks in the prefix problem), a short one (sinks straddle prefix and square)
+    Case(1, 2, 2, 40, 40, 16, 16, False, dict(SMALL, sink_tokens=3)),
+    Case(1, 2, 1, 64, 64, 16, 16, True, dict(SMALL, sink_tokens=4)),
+    Case(2, 4, 2, 50, 50, 16, 8, True, dict(SMALL, sink_tokens=2), seq_first=True),
+    Case(1, 2, 1, 40, 70, 16, 16, True, dict(SMALL, sink_tokens=4)),
+    Case(1, 2, 1, 62, 64, 16, 16, True, dict(SMALL, sink_tokens=4)),
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -72,6 +80,11 @@ GPU_CASES = [
     Case(
         1, 4, 4, 4096, 4096, 128, 128, True, dict(block_size=256, sample_size=256, min_seq_len=1024)
     ),  # fmt: skip
+    # attention sinks (causal with cuDNN's diagonal, GQA with a cached prefix, non-causal)
+    Case(1, 4, 4, 2048, 2048, 64, 64, True, dict(GPU, sink_tokens=4)),
+    Case(1, 4, 1, 1024, 3000, 64, 32, True, dict(GPU, sink_tokens=4)),
+    Case(2, 8, 2, 1500, 1500, 128, 128, True, dict(GPU, sink_tokens=16), seq_first=True),
+    Case(1, 2, 2, 700, 1800, 96, 96, False, dict(GPU, sink_tokens=1)),
 ]
 
 
@@ -95,7 +108,9 @@ def compare(case: Case, dtype: torch.dtype, device: str) -> tuple[float, float]:
     lse_err = (lse_t.float() - lse_f.float()).abs().max().item()
     if not case.causal:  # without the LSE (hyper_attention's call): the same output
         out_n, lse_n = _fused_with_lse(case, q, k, v, config, need_lse=False)
-        if lse_n is not None or not torch.equal(out_n, out_f):
+        # a call with sinks merges them in, so it keeps the LSE it merges through
+        keeps_lse = case.config.get("sink_tokens", 0) > 0
+        if (lse_n is not None) != keeps_lse or not torch.equal(out_n, out_f):
             out_err = float("inf")
     return out_err, lse_err
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..config import HyperAttentionConfig
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
 from .lsh import angular_lsh_rank
-from .padding import pad_rows
+from .padding import pad_end, pad_rows
 from .planning import (
     BlockPlan,
     Randomness,
@@ -35,9 +35,10 @@ def gather_rows(x: Tensor, order: Tensor) -> Tensor:
 
 
 def _block_attention(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Each query attends exactly its key block: -> out [z, g, nq, dv], lse [z, g, nq]."""
+    """Each query attends exactly its key block, less the problem's first sinks[z] keys
+    (attended exactly elsewhere): -> out [z, g, nq, dv], lse [z, g, nq]."""
     z, g, n_query, dim = q.shape
     n_key, dv = k.shape[1], v.shape[-1]
     n_blocks, key_block = plan.n_blocks, plan.key_block
@@ -59,7 +60,16 @@ def _block_attention(
     v_tiles = v_blocks.view(z * n_blocks, key_block, dv).index_select(0, block_index)
 
     pad_mask = None
-    if key_pad:
+    if sinks is not None:
+        # [z, nb * bk] key index at each padded sorted position (padding: n_key)
+        order = pad_end(plan.k_order, key_pad, value=n_key)
+        hidden = (order >= n_key) | (order < sinks[:, None])
+        hidden = hidden.view(z * n_blocks, key_block)
+
+        def pad_mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+            return hidden[block_index[z0:z1]][:, None, None, :]
+
+    elif key_pad:
         padded = torch.arange(n_blocks * key_block, device=dev).view(n_blocks, key_block)
         padded = padded >= n_key  # [nb, bk]
         flat_block = pack.tile_block.view(-1)
@@ -75,18 +85,24 @@ def _block_attention(
 
 
 def _sampled_attention(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Attention to the sampled keys outside each query's own block, weighted n/m."""
+    """Attention to the sampled keys outside each query's own block and the sinks,
+    weighted n/m."""
     assert plan.sample is not None
     key_index = torch.gather(plan.k_order, 1, plan.sample)  # [z, m]
     k_sample, v_sample = gather_rows(k, key_index), gather_rows(v, key_index)
     sample_block = plan.sample // plan.key_block
     q_block = plan.q_block
+    is_sink = None if sinks is None else key_index < sinks[:, None]  # [z, m]
 
     def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-        # keys already counted exactly in the query's block must not count twice
-        return q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
+        # keys already counted exactly (the query's block, the sinks) must not count
+        # twice; masking them keeps the n/m weight an unbiased estimate of the rest
+        hidden = q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
+        if is_sink is not None:
+            hidden = hidden | is_sink[z0:z1, None, None, :]
+        return hidden
 
     out, lse = attention_with_lse(q, k_sample, v_sample, scale, own_block)
     # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
@@ -102,12 +118,27 @@ def _sorted_block(
     scale: float,
     config: HyperAttentionConfig,
     rng: Randomness,
+    sinks: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Block + sample of one batch of problems; sinks [z] (or None): leading keys of each
+    problem left out of both, as they are attended exactly elsewhere."""
     plan = plan_blocks(q_rank, k_rank, config, rng)
-    out, lse = _block_attention(q, k, v, plan, scale)
+    out, lse = _block_attention(q, k, v, plan, scale, sinks)
     if plan.sample is not None:
-        out, lse = merge_by_lse(out, lse, *_sampled_attention(q, k, v, plan, scale))
+        out, lse = merge_by_lse(out, lse, *_sampled_attention(q, k, v, plan, scale, sinks))
     return out, lse
+
+
+def _with_sinks(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, n_sink: int
+) -> tuple[Tensor, Tensor]:
+    """(out, lse) of every query merged with exact attention to keys [0, n_sink)."""
+    if n_sink == 0:
+        return out, lse
+    sink_out, sink_lse = grouped_exact_attention(
+        q, k[:, :n_sink], v[:, :n_sink], scale, causal=False
+    )
+    return merge_by_lse(out, lse, sink_out, sink_lse)
 
 
 def sorted_block_attention(
@@ -135,15 +166,23 @@ def grouped_exact_attention(
     return attention_with_lse(q, k, v, scale, mask)
 
 
-def _noncausal(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
+def _noncausal(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple[Tensor, Tensor]:
+    """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query."""
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return grouped_exact_attention(q, k, v, scale, causal=False)
-    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
+    sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
+    out, lse = _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks)
+    return _with_sinks(q, k, v, out, lse, scale, n_sink)
 
 
-def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor, Tensor]:
+def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple[Tensor, Tensor]:
     """Causal attention with nq == nk by halving: the lower-left block of every split is
     non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
+
+    Keys [0, n_sink) are attended exactly by every query: the first diagonal block holds
+    them for its own rows (n_sink <= min_seq_len / 2 < base), the lower-left blocks that
+    contain them (each level's first pair) leave them out, and the rows after the first
+    block attend them in one exact part.
 
     All splits of one recursion level are independent and of equal size, so each level
     runs as one batched call (sub-problems folded into z) instead of one call per block.
@@ -177,7 +216,14 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor,
         k_left = k.view(z * pairs, 2, size, dim)[:, 0]
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
         q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-        out_l, lse_l = _sorted_block(q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng)
+        sinks = None
+        if n_sink:  # problems are ordered (z, pair): the sinks are in each first pair
+            sinks = torch.zeros(z, pairs, dtype=torch.int64, device=q.device)
+            sinks[:, 0] = n_sink
+            sinks = sinks.view(-1)
+        out_l, lse_l = _sorted_block(
+            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks
+        )
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
 
@@ -188,6 +234,12 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng) -> tuple[Tensor,
         )
         out = torch.stack((out_pairs[:, :, :, 0], merged_out), dim=3).view(z, g, padded_n, dv)
         lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
+    if n_sink:
+        rest_out, rest_lse = _with_sinks(
+            q[:, :, base:], k, v, out[:, :, base:], lse[:, :, base:], scale, n_sink
+        )
+        out = torch.cat((out[:, :, :base], rest_out), dim=2)
+        lse = torch.cat((lse[:, :, :base], rest_lse), dim=2)
     return out[:, :, :n], lse[:, :, :n]
 
 
@@ -197,7 +249,9 @@ def torch_hyper_attention(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """HyperAttention on validated public-layout inputs: q [b, hq, nq, d], k [b, hk, nk, d],
     v [b, hk, nk, dv] -> out [b, hq, nq, dv] in q's dtype, lse [b, hq, nq] (float32+).
-    Draws, in order: hyperplanes once, then one sample per level, then the prefix's."""
+    Draws, in order: hyperplanes once, then one sample per level, then the prefix's.
+    The first config.sink_tokens keys are attended exactly by every query that sees them
+    (attention sinks), and left out of the LSH blocks and the samples."""
     b, hq, n_query, dim = q.shape
     hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
     # [b, hq, n, d] -> [b*hk, g, n, d]: query heads grouped under their key head
@@ -210,18 +264,21 @@ def torch_hyper_attention(
         q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
         k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
 
+    n_sink = config.sink_tokens
     if not causal:
-        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng)
+        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink)
     else:
         offset = n_key - n_query
         k_rank_square = None if k_rank is None else k_rank[:, offset:]
         out, lse = _causal_square(
-            qz, kz[:, offset:], vz[:, offset:], q_rank, k_rank_square, scale, config, rng
-        )
+            qz, kz[:, offset:], vz[:, offset:], q_rank, k_rank_square, scale, config, rng,
+            max(0, n_sink - offset),
+        )  # fmt: skip
         if offset:  # the cached prefix is visible to every query
             k_rank_prefix = None if k_rank is None else k_rank[:, :offset]
             out_p, lse_p = _noncausal(
-                qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng
-            )
+                qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng,
+                min(n_sink, offset),
+            )  # fmt: skip
             out, lse = merge_by_lse(out, lse, out_p, lse_p)
     return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)

@@ -187,6 +187,8 @@ class GradientPass:
         p, plan = self.p, call.plan
         tensors = (p.q, p.k, p.v, self.dout, self.lse, self.delta)
         zp = plan.slot_query.shape[0]
+        has_sinks = call.sink_keys is not None
+        sinks = call.sink_keys if has_sinks else plan.tile_block  # unread without sinks
         tile = plan.kernel_tiles[0]  # the tile the plan packed rows into
         n_slots = plan.n_tiles * tile
         has_sample = plan.sample is not None
@@ -196,12 +198,12 @@ class GradientPass:
         block_n = math.gcd(block_n, plan.block_pad, sample_pad or plan.block_pad)
         block_sample_dq_kernel[(zp * plan.n_tiles,)](
             *tensors, self.dq, plan.slot_query, plan.tile_block, call.q_base, call.o_base,
-            call.key_list, call.k_base, call.v_base, call.sample_block,
+            call.key_list, call.k_base, call.v_base, call.sample_block, sinks,
             n_slots, plan.n_tiles, call.n_rows, call.rows_per_head, p.g, call.n_key,
             plan.key_block, plan.n_blocks, plan.block_pad, sample_pad,
             call.key_list.stride(0), *self.strides(), p.qk_scale, p.scale,
             call.sample_bias, BLOCK_M=tile, BLOCK_N=block_n, HAS_SAMPLE=has_sample,
-            num_warps=warps, num_stages=stages, **self.common(),
+            HAS_SINKS=has_sinks, num_warps=warps, num_stages=stages, **self.common(),
         )  # fmt: skip
 
         # tiles of each key block: used tiles come first, in block order
@@ -214,11 +216,11 @@ class GradientPass:
         sub_tiles = math.ceil(plan.key_block / block_n)
         block_dkdv_kernel[(zp * plan.n_blocks * sub_tiles,)](
             *tensors, self.dk, self.dv, plan.slot_query, block_tile, block_tiles,
-            call.q_base, call.o_base, plan.k_order, call.k_base, call.v_base,
+            call.q_base, call.o_base, plan.k_order, call.k_base, call.v_base, sinks,
             n_slots, plan.n_blocks, call.n_rows, call.rows_per_head, p.g, call.n_key,
             plan.k_order.stride(0), plan.key_block, sub_tiles, *self.strides(), p.qk_scale,
             p.scale,
-            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, HAS_SINKS=has_sinks, num_warps=warps,
             num_stages=stages, **self.common(),
         )  # fmt: skip
         if has_sample:
@@ -248,11 +250,13 @@ class GradientPass:
             sample_dkdv_kernel[(problems * sub_tiles * n_chunks,)](
                 *tensors, sk, sv, plan.slot_query, plan.tile_block, used_tiles,
                 call.q_base, call.o_base, call.k_base, call.v_base, call.sample,
-                call.sample_key, zp0, plan.n_tiles * tile, plan.n_tiles, call.n_rows,
+                call.sample_key, call.sink_keys if call.sink_keys is not None else call.sample,
+                zp0, plan.n_tiles * tile, plan.n_tiles, call.n_rows,
                 call.rows_per_head, p.g, plan.key_block, m, sub_tiles, tuning.SAMPLE_CHUNK_TILES,
                 n_chunks, *self.strides(), p.qk_scale, p.scale, call.sample_bias,
-                TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-                num_stages=stages, **self.common(),
+                TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n,
+                HAS_SINKS=call.sink_keys is not None, num_warps=warps, num_stages=stages,
+                **self.common(),
             )  # fmt: skip
             sample_scatter_kernel[(m, problems)](
                 self.dk, self.dv, sk, sv, call.k_base, call.v_base, call.sample_key, zp0, m,

@@ -173,14 +173,15 @@ class Problem:
     def block_sample(
         self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
         q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: Randomness,
-        *, merge: bool,
+        *, merge: bool, sink_keys: Tensor | None = None,
     ) -> None:  # fmt: skip
         """HyperAttention of one batch of problems zp, addressed in the kernel.
 
         q_base, o_base [zp, g]: element offset in q and output row of each problem's
         query head at position 0 (its rows follow at stride(2) and 1); k_base, v_base
         [zp]: element offset of the problem's key position 0; q_rank [zp, g, nq] and
-        k_rank [zp, nk]: their LSH ranks.
+        k_rank [zp, nk]: their LSH ranks; sink_keys [zp] int32 (or None): leading keys of
+        each problem left out of its blocks and sample (attended exactly elsewhere).
         """
         zp, g, rows_per_head = q_rank.shape
         n_rows, n_key = g * rows_per_head, k_rank.shape[1]
@@ -194,12 +195,13 @@ class Problem:
                 q_base[z0:z1], o_base[z0:z1], k_base[z0:z1], v_base[z0:z1],
                 q_rank[z0:z1], k_rank[z0:z1],
                 None if sample is None else sample[z0:z1], config, merge=merge,
+                sink_keys=None if sink_keys is None else sink_keys[z0:z1],
             )  # fmt: skip
 
     def _block_sample_chunk(
         self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
         q_rank: Tensor, k_rank: Tensor, sample: Tensor | None, config: HyperAttentionConfig,
-        *, merge: bool,
+        *, merge: bool, sink_keys: Tensor | None,
     ) -> None:  # fmt: skip
         from ..kernels.forward import block_sample_kernel
 
@@ -239,21 +241,22 @@ class Problem:
                     n_key,
                     keys,
                     sample_block,
-                )  # fmt: skip
+                    sink_keys,
+                )
             )
         grid = (zp * plan.n_tiles,)
         lse, store_lse = self.lse_args(merge)
         block_sample_kernel[grid](
             self.q, self.k, self.v, self.out, lse,
             plan.slot_query, plan.tile_block, q_base, o_base, keys, k_base,
-            v_base, sample_block,
+            v_base, sample_block, sample_block if sink_keys is None else sink_keys,
             plan.n_tiles * block_m, plan.n_tiles, n_rows, rows_per_head, g, n_key,
             plan.key_block, plan.n_blocks, plan.block_pad,
             sample_block.shape[1] if n_sample else 0, keys.stride(0),
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
-            MERGE=merge, num_warps=warps, num_stages=stages,
-            **launch_options, **store_lse, **self.common(),
+            MERGE=merge, HAS_SINKS=sink_keys is not None, num_warps=warps,
+            num_stages=stages, **launch_options, **store_lse, **self.common(),
         )  # fmt: skip
 
     # -- whole problems ------------------------------------------------------------
@@ -269,13 +272,29 @@ class Problem:
         )  # fmt: skip
 
     def hyper(
-        self, q_rank: Tensor, k_rank: Tensor, k_start: int, config, rng, *, merge: bool
-    ) -> None:
-        """Non-causal HyperAttention of all queries against keys [k_start, k_start + nk)."""
+        self, q_rank: Tensor, k_rank: Tensor, k_start: int, config, rng, *, merge: bool,
+        n_sink: int = 0,
+    ) -> None:  # fmt: skip
+        """Non-causal HyperAttention of all queries against keys [k_start, k_start + nk),
+        the first n_sink of them left out (see `attend_sinks`)."""
+        sink_keys = None
+        if n_sink:
+            sink_keys = torch.full((self.z,), n_sink, dtype=torch.int32, device=self.q.device)
         self.block_sample(
             self.q_base, self.o_base,
             self.k_base + k_start * self.k.stride(2), self.v_base + k_start * self.v.stride(2),
-            q_rank, k_rank, config, rng, merge=merge,
+            q_rank, k_rank, config, rng, merge=merge, sink_keys=sink_keys,
+        )  # fmt: skip
+
+    def attend_sinks(self, row_start: int, n_sink: int) -> None:
+        """Rows from row_start of every head merged with exact attention to keys
+        [0, n_sink) (non-causal: those rows lie after the sinks)."""
+        z, g = self.z, self.g
+        kv_index = torch.arange(z, device=self.q.device).repeat_interleave(g)
+        self.dense(
+            self.q_base.reshape(-1) + row_start * self.q.stride(2),
+            self.o_base.reshape(-1) + row_start, kv_index, self.k_base, self.v_base,
+            self.n_query - row_start, n_sink, causal=False, merge=True,
         )  # fmt: skip
 
     def diagonal_problems(self, blocks: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -345,10 +364,11 @@ class Problem:
         if not self.cudnn_diagonal(blocks):
             self.dense_diagonal(blocks)
 
-    def causal_levels(self, q_rank: Tensor, k_rank: Tensor, config, rng) -> None:
+    def causal_levels(self, q_rank: Tensor, k_rank: Tensor, config, rng, n_sink: int = 0) -> None:
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
-        output: one batched block-sample launch per level."""
-        _, _, levels = causal_levels(self.n_query, config.min_seq_len)
+        output: one batched block-sample launch per level. The first n_sink keys are
+        left out of each level's first pair, whose keys hold them (`attend_sinks`)."""
+        _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
         q_base, k_base, v_base, o_base = self._host_bases
         for level in levels:
@@ -364,7 +384,16 @@ class Problem:
                 (k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
                 (v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
             )  # fmt: skip
-            self.block_sample(*bases, q_rank_l, k_rank_l, config, rng, merge=True)
+            sink_keys = None
+            if n_sink:  # problems are ordered (z, pair)
+                sink_keys = torch.zeros(z, pairs, dtype=torch.int32)
+                sink_keys[:, 0] = n_sink
+                sink_keys = sink_keys.view(-1).to(self.q.device, non_blocking=True)
+            self.block_sample(
+                *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys
+            )
+        if n_sink:  # the first diagonal block holds the sinks for its own rows
+            self.attend_sinks(base, n_sink)
 
 
 def fused_forward(
@@ -385,15 +414,18 @@ def fused_forward(
     Same draws in the same order as the torch path (hyperplanes once, then one sample
     per level, then the prefix's), so both give the same result up to rounding.
     record: if given, filled with the launches, for `fused_backward`. need_lse=False:
-    the caller drops the log-sum-exp, so calls that merge nothing (non-causal) keep
-    none and return None for it.
+    the caller drops the log-sum-exp, so calls that merge nothing (non-causal, no sinks)
+    keep none and return None for it. The sinks (config.sink_tokens) are attended as in
+    the torch path: left out of the blocks and samples of the problems that hold them,
+    then merged in exactly.
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
     calls = None if record is None else record.whole
-    problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
+    n_sink = config.sink_tokens
+    problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal or n_sink > 0)
 
     def ranks() -> tuple[Tensor, Tensor]:
         """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]."""
@@ -407,7 +439,9 @@ def fused_forward(
             if not problem.cudnn_diagonal(1, causal=False):
                 problem.exact(0, n_key, causal=False, merge=False)
         else:
-            problem.hyper(*ranks(), 0, config, rng, merge=False)
+            problem.hyper(*ranks(), 0, config, rng, merge=False, n_sink=n_sink)
+            if n_sink:
+                problem.attend_sinks(0, n_sink)
         return problem.out, problem.lse
 
     if n_query <= config.min_seq_len:  # short: exact, cached prefix included
@@ -428,7 +462,9 @@ def fused_forward(
     square.causal_diagonal(config)  # no draws: the random stream's order is unchanged
     q_rank, k_rank = ranks()
     k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
-    square.causal_levels(pad_end(q_rank, pad), k_rank_sq, config, rng)
+    square.causal_levels(
+        pad_end(q_rank, pad), k_rank_sq, config, rng, n_sink=max(0, n_sink - offset)
+    )
     if pad:
         problem.allocate()
         problem.out.copy_(square.out[:, :, :n_query])
@@ -440,5 +476,11 @@ def fused_forward(
         if min(n_query, offset) <= config.min_seq_len:
             problem.exact(0, offset, causal=False, merge=True)
         else:
-            problem.hyper(q_rank, k_rank[:, :offset].contiguous(), 0, config, rng, merge=True)
+            prefix_sinks = min(n_sink, offset)
+            problem.hyper(
+                q_rank, k_rank[:, :offset].contiguous(), 0, config, rng, merge=True,
+                n_sink=prefix_sinks,
+            )  # fmt: skip
+            if prefix_sinks:
+                problem.attend_sinks(0, prefix_sinks)
     return problem.out, problem.lse

@@ -26,9 +26,9 @@ class DenseCall:
 
 @dataclass
 class BlockSampleCall:
-    """One block-sample launch (bases already in the index type) and its key walk
+    """One block-sample launch (bases already in the index type), its key walk
     (`tiles.key_list`: key_list, sample_block, each block's run padded to
-    plan.block_pad)."""
+    plan.block_pad) and the sink keys it left out."""
 
     q_base: Tensor
     o_base: Tensor
@@ -44,6 +44,7 @@ class BlockSampleCall:
     n_key: int
     key_list: Tensor
     sample_block: Tensor
+    sink_keys: Tensor | None = None  # [zp] int32: leading keys left out (sinks)
 
 
 @dataclass(frozen=True)

@@ -202,12 +202,13 @@ def _slot_query_rows(
 def block_sample_dq_kernel(
     Q, K, V, DO, LSE, Delta, DQ,
     slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, key_list_ptr, k_base_ptr,
-    v_base_ptr, sample_block_ptr,
+    v_base_ptr, sample_block_ptr, sink_keys_ptr,
     n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_blocks, block_pad,
     sample_pad, list_stride, q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    HAS_SINKS: tl.constexpr = False,
 ):  # fmt: skip
     """dQ of one packed query tile: its key block, then the problem's sample, walked as
     `block_sample_kernel` walks them (the forward's key list and -inf biases, one loop:
@@ -237,10 +238,13 @@ def block_sample_dq_kernel(
     keys = key_list_ptr + zp * list_stride
     own_blocks = sample_block_ptr + zp * sample_pad
     in_block = tl.minimum(key_block, n_key - blk * key_block)
+    n_sink = 0
+    if HAS_SINKS:
+        n_sink = tl.load(sink_keys_ptr + zp)
     for start in range(0, block_pad + sample_pad, BLOCK_N):
         key, bias = key_tile(
-            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
-            HAS_SAMPLE,
+            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, n_sink,
+            offs_n, HAS_SAMPLE,
         )  # fmt: skip
         key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
@@ -255,12 +259,12 @@ def block_sample_dq_kernel(
 def block_dkdv_kernel(
     Q, K, V, DO, LSE, Delta, DK, DV_,
     slot_query_ptr, block_tile_ptr, block_tiles_ptr, q_base_ptr, o_base_ptr, k_order_ptr,
-    k_base_ptr, v_base_ptr,
+    k_base_ptr, v_base_ptr, sink_keys_ptr,
     n_slots, n_blocks, n_rows, rows_per_head, heads, n_key, order_stride, key_block, sub_tiles,
     q_stride, k_stride, v_stride, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    IEEE: tl.constexpr, ALIGN: tl.constexpr, HAS_SINKS: tl.constexpr = False,
 ):  # fmt: skip
     """dK, dV of BLOCK_N sorted keys of one key block from the query tiles packed for that
     block (block_tile [zp, n_blocks]: first tile, block_tiles: how many), read BLOCK_M
@@ -286,6 +290,9 @@ def block_dkdv_kernel(
     v = _rows(V, v_off, key_ok, DV, DV_PAD)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    in_softmax = key_ok  # sink keys took no part in this block's softmax
+    if HAS_SINKS:
+        in_softmax = in_softmax & (key >= tl.load(sink_keys_ptr + zp))
     # the block's tiles are consecutive, so their slots are one run
     for slot0 in range(first * TILE, (first + count) * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
@@ -294,7 +301,7 @@ def block_dkdv_kernel(
                 n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD,
                 BLOCK_M, ALIGN,
             )  # fmt: skip
-            keep = key_ok[:, None] & row_ok[None, :]
+            keep = in_softmax[:, None] & row_ok[None, :]
             dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
     _add_rows(DK, k_off, key_ok, dk * scale, D, D_PAD)
     _add_rows(DV_, v_off, key_ok, dv, DV, DV_PAD)
@@ -304,13 +311,13 @@ def block_dkdv_kernel(
 def sample_dkdv_kernel(
     Q, K, V, DO, LSE, Delta, SK, SV,
     slot_query_ptr, tile_block_ptr, used_tiles_ptr, q_base_ptr, o_base_ptr, k_base_ptr,
-    v_base_ptr, sample_ptr, sample_key_ptr,
+    v_base_ptr, sample_ptr, sample_key_ptr, sink_keys_ptr,
     zp0, n_slots, n_tiles, n_rows, rows_per_head, heads, key_block, n_sample, sub_tiles,
     chunk_tiles, n_chunks,
     q_stride, k_stride, v_stride, qk_scale, scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr, ALIGN: tl.constexpr,
+    IEEE: tl.constexpr, ALIGN: tl.constexpr, HAS_SINKS: tl.constexpr = False,
 ):  # fmt: skip
     """dK, dV of BLOCK_N sample slots of problem zp0 + i from one chunk of its query tiles
     (read BLOCK_M slots at a time), added atomically into the float32 scratch rows of
@@ -338,6 +345,9 @@ def sample_dkdv_kernel(
     v = _rows(V, v_off, s_ok, DV, DV_PAD)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    in_softmax = s_ok  # sampled sink keys were left out of the sample's softmax
+    if HAS_SINKS:
+        in_softmax = in_softmax & (key >= tl.load(sink_keys_ptr + zp))
     for slot0 in range(t0 * TILE, t1 * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
             q, do, lse2, delta, _, row_ok = _slot_query_rows(
@@ -346,7 +356,7 @@ def sample_dkdv_kernel(
                 BLOCK_M, ALIGN,
             )  # fmt: skip
             blk = tl.load(tile_block_ptr + zp * n_tiles + slot0 // TILE).to(tl.int32)
-            keep = (s_ok & (spot_blk != blk))[:, None] & row_ok[None, :]
+            keep = (in_softmax & (spot_blk != blk))[:, None] & row_ok[None, :]
             dk, dv = _dkdv_step(k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE)
     slot = zs * n_sample + idx
     _atomic_add_rows(SK, slot * D, s_ok, dk * scale, D, D_PAD)

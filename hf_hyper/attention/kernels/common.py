@@ -45,13 +45,14 @@ def slot_rows(
 
 @triton.jit
 def key_tile(
-    keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
-    HAS_SAMPLE: tl.constexpr,
+    keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, n_sink,
+    offs_n, HAS_SAMPLE: tl.constexpr,
 ):  # fmt: skip
     """(key indices, log2 bias) of the key tile at `start` of a tile's walk over block
     `blk`'s padded run of the key list `keys`, then the sample's run after all blocks:
-    -inf on padding and on sampled keys of the tile's own block (own_blocks: each sampled
-    key's block, -1 on padding), log2(n/m) on the other sampled keys."""
+    -inf on padding, on sampled keys of the tile's own block (own_blocks: each sampled
+    key's block, -1 on padding) and on the problem's sink keys (index < n_sink, attended
+    exactly elsewhere), log2(n/m) on the other sampled keys."""
     in_sample = start >= block_pad
     first = tl.where(in_sample, n_blocks * block_pad + start - block_pad, blk * block_pad + start)
     key = tl.load(keys + first + offs_n)
@@ -60,4 +61,5 @@ def key_tile(
         own = tl.load(own_blocks + tl.maximum(start - block_pad, 0) + offs_n)
         sampled = tl.where((own != blk) & (own >= 0), sample_bias, float("-inf"))
         bias = tl.where(in_sample, sampled, bias)
+    bias = tl.where(key < n_sink, float("-inf"), bias)
     return key, bias

@@ -90,20 +90,21 @@ def _finish(
 def block_sample_kernel(
     Q, K, V, Out, LSE,
     slot_query_ptr, tile_block_ptr, q_base_ptr, o_base_ptr, key_list_ptr, k_base_ptr,
-    v_base_ptr, sample_block_ptr,
+    v_base_ptr, sample_block_ptr, sink_keys_ptr,
     n_slots, n_tiles, n_rows, rows_per_head, heads, n_key, key_block, n_blocks, block_pad,
     sample_pad, list_stride, q_stride, k_stride, v_stride, qk_scale, sample_bias,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
-    STORE_LSE: tl.constexpr = True,
+    STORE_LSE: tl.constexpr = True, HAS_SINKS: tl.constexpr = False,
 ):  # fmt: skip
     """One tile of queries that share a key block of problem zp: exact over the block's
     sorted keys, then the problem's uniform sample (own-block keys excluded, logits +
     log2(n/m)). key_list [zp, list_stride]: the key index at each sorted position, each
     block's run padded to block_pad (a multiple of BLOCK_N), then the sampled keys'
     indices padded to sample_pad; sample_block [zp, sample_pad]: the sampled keys'
-    blocks (-1: padding).
+    blocks (-1: padding); sink_keys [zp] (HAS_SINKS): leading keys of each problem that
+    are attended exactly elsewhere, so left out here.
 
     Addresses are formed here from the plan itself (query row -> head and position,
     sorted position -> key index), so no per-level offset arrays are built in memory:
@@ -145,10 +146,13 @@ def block_sample_kernel(
     keys = key_list_ptr + zp * list_stride
     own_blocks = sample_block_ptr + zp * sample_pad
     in_block = tl.minimum(key_block, n_key - blk * key_block)
+    n_sink = 0
+    if HAS_SINKS:
+        n_sink = tl.load(sink_keys_ptr + zp)
     for start in range(0, block_pad + sample_pad, BLOCK_N):
         key, bias = key_tile(
-            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, offs_n,
-            HAS_SAMPLE,
+            keys, own_blocks, start, blk, block_pad, n_blocks, in_block, sample_bias, n_sink,
+            offs_n, HAS_SAMPLE,
         )  # fmt: skip
         key = key.to(idx_ty)
         k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
