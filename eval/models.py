@@ -32,6 +32,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help=f"from_pretrained id or local path (default: {REFERENCE_MODEL}, the bundled "
         "8.9M-parameter reference Llama, offline)",
     )  # fmt: skip
+    p.add_argument(
+        "--gguf-file", default=None,
+        help="a GGUF checkpoint inside --model (a folder): loaded and dequantized by "
+        "transformers (needs the gguf package); e.g. SmolLM2-135M-Instruct.Q4_1.gguf",
+    )  # fmt: skip
     p.add_argument("--tokenizer", default=None, help="default: --model")
     p.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
@@ -106,24 +111,52 @@ def load_model(args: argparse.Namespace, device: torch.device):
     if looks_local and not Path(source).expanduser().exists():
         raise JobError(f"no model at {args.model} (check --model)")
     kwargs = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
+    gguf = gguf_arguments(args, source)
+    kwargs.update(gguf)
     if args.device_map:
         kwargs["device_map"] = args.device_map
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=args.trust_remote_code, **gguf
+        )
         if config.model_type == "chatglm" or type(config).__name__ == "ChatGLMConfig":
             # remote code written for transformers 4: loaded through the compatibility layer
             model = hf_hyper.load_chatglm(source, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(
-            model_source(args.tokenizer or args.model), trust_remote_code=args.trust_remote_code
+            model_source(args.tokenizer or args.model),
+            trust_remote_code=args.trust_remote_code,
+            **({} if args.tokenizer else gguf),
         )
-    except (OSError, ValueError) as err:
+    except ImportError as err:  # transformers' GGUF reader needs the gguf package
         first = str(err).strip().splitlines()[0]
-        raise JobError(f"cannot load model/tokenizer {args.model!r}: {first}") from err
+        raise JobError(f"cannot read {args.gguf_file}: {first} (pip install gguf)") from err
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        what = f"{args.model!r}" + (f" with --gguf-file {args.gguf_file}" if gguf else "")
+        raise JobError(f"cannot load model/tokenizer {what}: {first}") from err
     if not args.device_map:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def gguf_arguments(args: argparse.Namespace, source: str) -> dict[str, str]:
+    """from_pretrained's gguf_file for --gguf-file (checked to exist first), or {}."""
+    name = getattr(args, "gguf_file", None)
+    if not name:
+        return {}
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise JobError(
+            f"--gguf-file needs --model to be the folder that holds it; {args.model!r} is not "
+            "a folder"
+        )
+    if not (folder / name).is_file():
+        found = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = f"; GGUF files there: {', '.join(found)}" if found else ""
+        raise JobError(f"no GGUF file {name!r} in {folder}{hint}")
+    return {"gguf_file": name}
 
 
 @contextmanager

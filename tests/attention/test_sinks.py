@@ -74,11 +74,16 @@ def test_causal_outputs_with_sinks_never_see_the_future(n_prefix):
     )
     before = hyper_attention(q, k, v, causal=True, config=config)
     q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    torch.manual_seed(0)
     q2[:, :, cut:] = torch.randn_like(q2[:, :, cut:])
     k2[:, :, n_prefix + cut :] = torch.randn_like(k2[:, :, n_prefix + cut :])
     v2[:, :, n_prefix + cut :] = torch.randn_like(v2[:, :, n_prefix + cut :])
     after = hyper_attention(q2, k2, v2, causal=True, config=config)
-    assert torch.equal(before[:, :, :cut], after[:, :, :cut])
+    # Past rows may only move by float64 rounding: a query's LSH tile-mates change with
+    # the future queries, and the CPU matmul rounds a row by its spot in the tile. A
+    # leak of future tokens would move them by ~1e-2.
+    assert (before[:, :, :cut] - after[:, :, :cut]).abs().max().item() < 1e-12
+    assert not torch.allclose(before[:, :, cut:], after[:, :, cut:])
 
 
 @pytest.mark.parametrize("causal", [False, True])
