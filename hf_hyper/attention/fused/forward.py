@@ -276,7 +276,7 @@ class Problem:
         n_sink: int = 0,
     ) -> None:  # fmt: skip
         """Non-causal HyperAttention of all queries against keys [k_start, k_start + nk),
-        the first n_sink of them left out (see `attend_sinks`)."""
+        the first n_sink of them attended exactly (out of the blocks and the sample)."""
         sink_keys = None
         if n_sink:
             sink_keys = torch.full((self.z,), n_sink, dtype=torch.int32, device=self.q.device)
@@ -286,16 +286,25 @@ class Problem:
             q_rank, k_rank, config, rng, merge=merge, sink_keys=sink_keys,
         )  # fmt: skip
 
-    def attend_sinks(self, row_start: int, n_sink: int) -> None:
-        """Rows from row_start of every head merged with exact attention to keys
-        [0, n_sink) (non-causal: those rows lie after the sinks)."""
-        z, g = self.z, self.g
-        kv_index = torch.arange(z, device=self.q.device).repeat_interleave(g)
-        self.dense(
-            self.q_base.reshape(-1) + row_start * self.q.stride(2),
-            self.o_base.reshape(-1) + row_start, kv_index, self.k_base, self.v_base,
-            self.n_query - row_start, n_sink, causal=False, merge=True,
-        )  # fmt: skip
+    def record_sinks(self, row_start: int, n_sink: int) -> None:
+        """For the backward: rows from row_start of every head attended keys [0, n_sink)
+        exactly (in the block-sample launches that held the sinks), recorded as the one
+        dense problem their gradients are."""
+        if self.calls is None:
+            return
+        kv_index = torch.arange(self.z, device=self.q.device).repeat_interleave(self.g)
+        self.calls.append(
+            DenseCall(
+                self.q_base.reshape(-1) + row_start * self.q.stride(2),
+                self.o_base.reshape(-1) + row_start,
+                kv_index,
+                self.k_base,
+                self.v_base,
+                self.n_query - row_start,
+                n_sink,
+                False,
+            )  # fmt: skip
+        )
 
     def diagonal_problems(self, blocks: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(q_base, o_base, kv_index, k_base, v_base) of the `blocks` equal diagonal
@@ -366,8 +375,10 @@ class Problem:
 
     def causal_levels(self, q_rank: Tensor, k_rank: Tensor, config, rng, n_sink: int = 0) -> None:
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
-        output: one batched block-sample launch per level. The first n_sink keys are
-        left out of each level's first pair, whose keys hold them (`attend_sinks`)."""
+        output: one batched block-sample launch per level. Each level's first pair,
+        whose keys hold the first n_sink keys, attends them exactly: every row after the
+        first diagonal block is a query of exactly one such pair, and the rows of that
+        block see them in the diagonal."""
         _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
         q_base, k_base, v_base, o_base = self._host_bases
@@ -392,8 +403,8 @@ class Problem:
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys
             )
-        if n_sink:  # the first diagonal block holds the sinks for its own rows
-            self.attend_sinks(base, n_sink)
+        if n_sink:
+            self.record_sinks(base, n_sink)
 
 
 def fused_forward(
@@ -417,7 +428,7 @@ def fused_forward(
     the caller drops the log-sum-exp, so calls that merge nothing (non-causal, no sinks)
     keep none and return None for it. The sinks (config.sink_tokens) are attended as in
     the torch path: left out of the blocks and samples of the problems that hold them,
-    then merged in exactly.
+    and attended exactly in the same launches.
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, n_query, dim = q.shape
@@ -425,7 +436,7 @@ def fused_forward(
     g = hq // hk
     calls = None if record is None else record.whole
     n_sink = config.sink_tokens
-    problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal or n_sink > 0)
+    problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
     def ranks() -> tuple[Tensor, Tensor]:
         """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]."""
@@ -441,7 +452,7 @@ def fused_forward(
         else:
             problem.hyper(*ranks(), 0, config, rng, merge=False, n_sink=n_sink)
             if n_sink:
-                problem.attend_sinks(0, n_sink)
+                problem.record_sinks(0, n_sink)
         return problem.out, problem.lse
 
     if n_query <= config.min_seq_len:  # short: exact, cached prefix included
@@ -482,5 +493,5 @@ def fused_forward(
                 n_sink=prefix_sinks,
             )  # fmt: skip
             if prefix_sinks:
-                problem.attend_sinks(0, prefix_sinks)
+                problem.record_sinks(0, prefix_sinks)
     return problem.out, problem.lse

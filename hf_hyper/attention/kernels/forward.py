@@ -103,8 +103,9 @@ def block_sample_kernel(
     log2(n/m)). key_list [zp, list_stride]: the key index at each sorted position, each
     block's run padded to block_pad (a multiple of BLOCK_N), then the sampled keys'
     indices padded to sample_pad; sample_block [zp, sample_pad]: the sampled keys'
-    blocks (-1: padding); sink_keys [zp] (HAS_SINKS): leading keys of each problem that
-    are attended exactly elsewhere, so left out here.
+    blocks (-1: padding); sink_keys [zp] (HAS_SINKS): leading keys of each problem (the
+    attention sinks), left out of its blocks and sample and attended exactly after them,
+    in the same softmax.
 
     Addresses are formed here from the plan itself (query row -> head and position,
     sorted position -> key index), so no per-level offset arrays are built in memory:
@@ -160,6 +161,16 @@ def block_sample_kernel(
         k = masked_load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
         v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
+    if HAS_SINKS:  # keys [0, n_sink): exact, for every query of the problem
+        for start in range(0, n_sink, BLOCK_N):
+            key = start + offs_n
+            bias = tl.where(key < n_sink, 0.0, float("-inf"))
+            key = tl.where(key < n_sink, key, 0).to(idx_ty)
+            k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
+            v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
+            k = masked_load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
+            v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
+            m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
     _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
 
 
