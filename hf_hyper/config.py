@@ -10,6 +10,10 @@ BACKENDS = ("auto", "torch", "triton")
 # exact attention, forward or forward+backward, head_dim 64 or 128, with the default
 # parameters (results/attention/h100_auto.md): `exact_up_to="auto"`.
 MEASURED_CROSSOVER = {False: 12288, True: 24576}
+# Attention sinks attended exactly when the config does not say. On pretrained
+# checkpoints 1, 4 and 16 sinks gave nearly the same perplexity and none a far worse one
+# (results/real_models/); 4 also covers models that spread their sink over a few tokens.
+DEFAULT_SINK_TOKENS = 4
 
 
 def parse_exact_up_to(text: str) -> int | str:
@@ -37,7 +41,10 @@ class HyperAttentionConfig:
     sink_tokens: keys [0, sink_tokens) are attended exactly by every query that may see
         them and are left out of the LSH blocks and the samples: pretrained models put
         much of their attention on the first tokens (attention sinks), which sampling
-        estimates badly. At most min_seq_len // 2. 0 is the paper's algorithm.
+        estimates badly. At most min_seq_len // 2 (they must fit the first exact block).
+        0 is the paper's algorithm. None (default): DEFAULT_SINK_TOKENS, or
+        min_seq_len // 2 where that is smaller (`sinks` is the number used); the default
+        is measured on pretrained checkpoints (results/real_models/).
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -63,9 +70,12 @@ class HyperAttentionConfig:
         default=4096,
         metadata={"help": "problems (and causal diagonal blocks) up to this long run exact"},
     )
-    sink_tokens: int = field(
-        default=0,
-        metadata={"help": "keys [0, s) attended exactly by every query (attention sinks)"},
+    sink_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "keys [0, s) attended exactly by every query (attention sinks); "
+            f"default: {DEFAULT_SINK_TOKENS}, or min_seq_len // 2 if smaller"
+        },
     )
     exact_up_to: int | str = field(
         default=0,
@@ -85,8 +95,9 @@ class HyperAttentionConfig:
         _require_int("block_size", self.block_size, 1)
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
-        # the sinks sit inside the first exact block of every problem that has them
-        _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
+        if self.sink_tokens is not None:
+            # the sinks sit inside the first exact block of every problem that has them
+            _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
         if self.exact_up_to != "auto":
             if isinstance(self.exact_up_to, str):
                 raise ValueError(
@@ -100,6 +111,13 @@ class HyperAttentionConfig:
             raise ValueError(
                 f"HyperAttentionConfig.backend must be one of {BACKENDS}; got {self.backend!r}"
             )
+
+    @property
+    def sinks(self) -> int:
+        """The number of attention-sink keys every call uses."""
+        if self.sink_tokens is None:
+            return min(DEFAULT_SINK_TOKENS, self.min_seq_len // 2)
+        return self.sink_tokens
 
     def exact_query_len(self, causal: bool) -> int:
         """Calls with at most this many queries run exact attention."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -219,6 +219,8 @@ def hype_attention(
     offset = n_key - n_query if q_offset is None else q_offset
     if kernel not in ("sdpa", "hyper"):
         raise ValueError(f"kernel must be 'sdpa' or 'hyper'; got {kernel!r}")
+    if kernel == "hyper":
+        hyper_config = _without_sinks(hyper_config or HyperAttentionConfig())
     work_dtype = torch.promote_types(q.dtype, torch.float32) if kernel == "hyper" else q.dtype
     mu_w, tau_w = mu.to(q.device, torch.float64), tau.to(q.device, torch.float64)
     shared_mu = bool((mu_w == mu_w[0]).all()) and not mu.requires_grad
@@ -264,6 +266,19 @@ def hype_attention(
             )
         outs.append(out.to(q.dtype))
     return torch.cat(outs, dim=2)
+
+
+def _without_sinks(config: HyperAttentionConfig) -> HyperAttentionConfig:
+    """HyPE's bias is carried by column pairs whose large products cancel in float32 only
+    when a kernel sums them in one order; a separate exact part for attention sinks sums
+    them in another and loses the bias. HyPE's own bias already decides how much the
+    first tokens get, so HyPE runs HyperAttention without sinks."""
+    if config.sink_tokens:
+        raise ValueError(
+            f"HyPE with HyperAttention runs without attention sinks; got "
+            f"HyperAttentionConfig(sink_tokens={config.sink_tokens}): set sink_tokens=0"
+        )
+    return replace(config, sink_tokens=0)
 
 
 class HyPE(nn.Module):

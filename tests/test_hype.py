@@ -122,3 +122,21 @@ def test_bad_config_and_overflowing_non_causal_use_are_refused():
     mu, tau = torch.full((2,), 0.5, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="non-causal HyPE"):
         hype_attention(q, k, v, causal=False, mu=mu, tau=tau)
+
+
+def test_hype_runs_hyperattention_without_sinks():
+    # HyPE's bias columns cancel only when one kernel sums them: no separate sink part
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    mu, tau = torch.full((2,), 0.05), torch.full((2,), 1.0)
+    config = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=16, seed=0)
+    out = hype_attention(q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=config)
+    without = HyperAttentionConfig(
+        block_size=8, sample_size=8, min_seq_len=16, seed=0, sink_tokens=0
+    )
+    same = hype_attention(
+        q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=without
+    )
+    assert torch.equal(out, same)
+    explicit = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=16, sink_tokens=2)
+    with pytest.raises(ValueError, match="without attention sinks.*sink_tokens=0"):
+        hype_attention(q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=explicit)

@@ -55,6 +55,7 @@ class ExactRegion:
     levels: list[_Level]
     everything: bool  # the problem is short enough to be exact throughout
     device: torch.device
+    n_sink: int = 0  # keys [0, n_sink) are exact for every query that may see them
 
     def rows(self, z: int, r0: int, r1: int, k0: int = 0, k1: int | None = None) -> Tensor:
         """bool [g, r1 - r0, k1 - k0]: True where the pair is computed exactly (and allowed)."""
@@ -75,13 +76,18 @@ class ExactRegion:
             out = hit if out is None else out | hit
         if exact is not None:
             out = exact[None] if out is None else out | exact
+        if self.n_sink:
+            out = out | ((cols < self.n_sink) & allowed)[None]
         return out
 
 
-def _key_blocks(k_order: Tensor, key_block: int) -> Tensor:
-    """Block of each key (inverse of the sort): k_order [z, nk] -> [z, nk]."""
+def _key_blocks(k_order: Tensor, key_block: int, n_sink: int = 0) -> Tensor:
+    """Block of each key (inverse of the sort): k_order [z, nk] -> [z, nk]; the first
+    n_sink keys get -2 (left out of the blocks: the sinks are exact on their own)."""
     positions = torch.arange(k_order.shape[-1], device=k_order.device).expand_as(k_order)
-    return torch.empty_like(k_order).scatter_(1, k_order, positions // key_block)
+    blocks = torch.empty_like(k_order).scatter_(1, k_order, positions // key_block)
+    blocks[:, :n_sink] = -2
+    return blocks
 
 
 def exact_region(
@@ -91,10 +97,11 @@ def exact_region(
     z, g, n_query = q_rank.shape
     n_key = k_rank.shape[-1]
     plan_config = replace(config, sample_size=0)  # the sample is not part of M^H
+    n_sink = config.sinks
     if not causal:
         plan = plan_blocks(q_rank, k_rank, plan_config, rng=None)
-        level = _Level(None, plan.q_block, _key_blocks(plan.k_order, plan.key_block))
-        return ExactRegion(False, n_query, n_key, None, [level], False, q_rank.device)
+        level = _Level(None, plan.q_block, _key_blocks(plan.k_order, plan.key_block, n_sink))
+        return ExactRegion(False, n_query, n_key, None, [level], False, q_rank.device, n_sink)
 
     padded_n, base, levels = causal_levels(n_query, config.min_seq_len)
     pad = padded_n - n_query
@@ -109,10 +116,11 @@ def exact_region(
         q_block[:, :, :, 1] = plan.q_block.view(z, pairs, g, size).transpose(1, 2)
         k_block = torch.full((z, pairs, 2, size), -2, dtype=torch.int64, device=q_rank.device)
         k_block[:, :, 0] = _key_blocks(plan.k_order, plan.key_block).view(z, pairs, size)
+        k_block[:, 0, 0, :n_sink] = -2  # each level's first pair holds the sinks
         out.append(
             _Level(size, q_block.view(z, g, -1)[..., :n_query], k_block.view(z, -1)[:, :n_key])
         )
-    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device)
+    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device, n_sink)
 
 
 @dataclass
@@ -126,20 +134,24 @@ class AttentionDiagnostics:
     heavy_mass: Tensor
     output_sq_error: Tensor  # ||O - O*||_F^2 and ||V||_F^2, to pool heads or layers
     value_sq_norm: Tensor
+    # mean softmax mass of a query on the first config.sinks keys (zero if none)
+    sink_mass: Tensor
 
 
 def _rectangles(region: ExactRegion) -> list[tuple[int, int, int, int]]:
-    """(row0, row1, key0, key1) of every sub-problem the sampling estimator serves."""
+    """(row0, row1, key0, key1) of every sub-problem the sampling estimator serves, less
+    the sink columns (served exactly on their own)."""
     if region.everything:
         return []
     if not region.causal:
-        return [(0, region.n_query, 0, region.n_key)]
+        return [(0, region.n_query, region.n_sink, region.n_key)]
     rects = []
     for level in region.levels:
         s = level.size
         for start in range(0, region.n_query, 2 * s):
             if start + s < region.n_query:  # second half has real rows
-                rects.append((start + s, min(start + 2 * s, region.n_query), start, start + s))
+                first_key = max(start, region.n_sink)
+                rects.append((start + s, min(start + 2 * s, region.n_query), first_key, start + s))
     return rects
 
 
@@ -159,6 +171,10 @@ def attention_diagnostics(
     generator: torch.Generator | None = None,
 ) -> AttentionDiagnostics:
     """Compare `hyper_attention` with exact attention on these inputs ([b, h, n, d]).
+
+    alpha and kappa are those of the keys the sample serves: the sink columns
+    (config.sinks) are left out of them, as the algorithm attends those exactly;
+    sink_mass says how much of each head's attention they hold.
 
     The LSH blocks are those of the very call measured: the hyperplanes are drawn from
     `generator` (or config.seed; else a seed from the global RNG), as hyper_attention
@@ -198,17 +214,19 @@ def attention_diagnostics(
                               causal, config)  # fmt: skip
     else:
         region = ExactRegion(causal, n_query, n_key, None, [], True, q.device)
+    n_sink = min(config.sinks, n_key)
     rects = _rectangles(region)
 
     f64 = torch.float64
     stats = {name: torch.zeros(b * hk, g, dtype=f64) for name in
-             ("sq_err", "alpha", "kappa", "kappa99", "heavy")}  # fmt: skip
+             ("sq_err", "alpha", "kappa", "kappa99", "heavy", "sink")}  # fmt: skip
     value_sq = torch.zeros(b * hk, dtype=f64)
     hidden = causal_mask_fn(n_query, n_key, q.device)
     for z in range(b * hk):
         value_sq[z] = vz[z].double().pow(2).sum().cpu()
         full_lse = torch.empty(g, n_query, dtype=acc, device=q.device)
         heavy = torch.zeros(g, dtype=f64, device=q.device)
+        sink = torch.zeros(g, dtype=f64, device=q.device)
         step = _row_step(g, n_key)
         for r0 in range(0, n_query, step):  # exact output, row normalisers, exact-part mass
             r1 = min(n_query, r0 + step)
@@ -220,8 +238,10 @@ def attention_diagnostics(
             exact = torch.einsum("gnm,md->gnd", probs, vz[z])
             stats["sq_err"][z] += (approx[z, :, r0:r1] - exact).double().pow(2).sum((1, 2)).cpu()
             heavy += (probs * region.rows(z, r0, r1)).sum((1, 2)).double()
+            sink += probs[..., :n_sink].sum((1, 2)).double()
             full_lse[:, r0:r1] = lse
         stats["heavy"][z] = (heavy / n_query).cpu()
+        stats["sink"][z] = (sink / n_query).cpu()
 
         alpha = torch.full((g,), float("nan"), dtype=f64)
         kappa, kappa99 = alpha.clone(), alpha.clone()
@@ -260,6 +280,7 @@ def attention_diagnostics(
         heavy_mass=per_head(stats["heavy"]),
         output_sq_error=sq_err,
         value_sq_norm=value_heads,
+        sink_mass=per_head(stats["sink"]),
     )
 
 

@@ -250,7 +250,7 @@ def torch_hyper_attention(
     """HyperAttention on validated public-layout inputs: q [b, hq, nq, d], k [b, hk, nk, d],
     v [b, hk, nk, dv] -> out [b, hq, nq, dv] in q's dtype, lse [b, hq, nq] (float32+).
     Draws, in order: hyperplanes once, then one sample per level, then the prefix's.
-    The first config.sink_tokens keys are attended exactly by every query that sees them
+    The first config.sinks keys are attended exactly by every query that sees them
     (attention sinks), and left out of the LSH blocks and the samples."""
     b, hq, n_query, dim = q.shape
     hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -264,7 +264,7 @@ def torch_hyper_attention(
         q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
         k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
 
-    n_sink = config.sink_tokens
+    n_sink = config.sinks
     if not causal:
         out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink)
     else:

@@ -71,12 +71,13 @@ def _dense_parameters(scores, mask, rects):
     return alpha, kappa, kappa99
 
 
+@pytest.mark.parametrize("sinks", [0, 4])
 @pytest.mark.parametrize("causal", [True, False])
-def test_numbers_match_dense_float64_definitions(causal):
+def test_numbers_match_dense_float64_definitions(causal, sinks):
     n = 200
     q, k, v = random_qkv(1, 4, 2, n, n, seed=11)
     q = q * 2.5  # sharper rows than iid unit scores
-    config = HyperAttentionConfig(sample_size=16, seed=7, **SMALL)
+    config = HyperAttentionConfig(sample_size=16, seed=7, sink_tokens=sinks, **SMALL)
     diag = attention_diagnostics(q, k, v, causal=causal, config=config)
 
     scale = 16**-0.5
@@ -92,12 +93,16 @@ def test_numbers_match_dense_float64_definitions(causal):
 
     heavy = (torch.softmax(scores, -1) * mask).sum(-1).mean(-1)
     torch.testing.assert_close(diag.heavy_mass, heavy, rtol=1e-9, atol=0)
+    sink_mass = torch.softmax(scores, -1)[..., :sinks].sum(-1).mean(-1)
+    torch.testing.assert_close(diag.sink_mass, sink_mass, rtol=1e-9, atol=1e-15)
 
     if causal:  # 200 rows halve 4 times to leaves of 13 <= 24 (padded to 208 = 13 * 16)
         rects = [(s0 + s, min(s0 + 2 * s, n), s0, s0 + s)
                  for s in (104, 52, 26, 13) for s0 in range(0, n, 2 * s) if s0 + s < n]  # fmt: skip
     else:
         rects = [(0, n, 0, n)]
+    # the sink columns are exact on their own: alpha and kappa leave them out
+    rects = [(r0, r1, max(k0, sinks), k1) for r0, r1, k0, k1 in rects]
     alpha, kappa, kappa99 = _dense_parameters(scores, mask, rects)
     torch.testing.assert_close(diag.alpha, alpha, rtol=1e-9, atol=0)
     torch.testing.assert_close(diag.log10_kappa, kappa, rtol=1e-9, atol=1e-12)

@@ -426,7 +426,7 @@ def fused_forward(
     per level, then the prefix's), so both give the same result up to rounding.
     record: if given, filled with the launches, for `fused_backward`. need_lse=False:
     the caller drops the log-sum-exp, so calls that merge nothing (non-causal, no sinks)
-    keep none and return None for it. The sinks (config.sink_tokens) are attended as in
+    keep none and return None for it. The sinks (config.sinks) are attended as in
     the torch path: left out of the blocks and samples of the problems that hold them,
     and attended exactly in the same launches.
     """
@@ -435,7 +435,7 @@ def fused_forward(
     hk, n_key = k.shape[1], k.shape[2]
     g = hq // hk
     calls = None if record is None else record.whole
-    n_sink = config.sink_tokens
+    n_sink = config.sinks
     problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
     def ranks() -> tuple[Tensor, Tensor]:
