@@ -183,3 +183,33 @@ class AttentionInterfaceAdapter:
             setattr(modules[i].self_attn, OBSERVER_ATTR, observer)
         model.set_attn_implementation(name)
         return {"previous_attn_implementation": previous, "attn_implementation": name}
+
+
+def full_attention_layers(model: PreTrainedModel) -> set[int] | None:
+    """Layers the config marks as full (global) attention; None if it marks none."""
+    layer_types = getattr(model.config, "layer_types", None)
+    if not layer_types:
+        return None
+    return {i for i, kind in enumerate(layer_types) if kind == "full_attention"}
+
+
+class FullAttentionLayersAdapter(AttentionInterfaceAdapter):
+    """For models that interleave sliding-window and full attention layers (Gemma 3):
+    only the chosen full-attention layers are patched; the sliding-window ones stay
+    exact (HyperAttention has no windows) and the report lists them as skipped."""
+
+    name = "attention-interface (full-attention layers)"
+
+    def patch(
+        self, model: PreTrainedModel, layers: list[int], config: HyperAttentionConfig
+    ) -> dict:
+        full = full_attention_layers(model)
+        keep = [i for i in layers if full is None or i in full]
+        skipped = {i: "sliding-window attention" for i in layers if i not in keep}
+        if not keep:
+            raise ValueError(
+                f"none of layers {layers} is a full-attention layer; this model's are "
+                f"{sorted(full or [])}: choose among them (layers=[...]) or patch more layers"
+            )
+        state = super().patch(model, keep, config)
+        return state | {"skipped_layers": skipped}

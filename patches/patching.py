@@ -30,11 +30,17 @@ class PatchReport:
     num_layers: int
     config: HyperAttentionConfig
     state: dict = field(default_factory=dict, repr=False, compare=False)
+    # chosen layers the adapter left exact, with the reason (e.g. sliding-window layers)
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
+        skipped = ""
+        if self.skipped:
+            reasons = sorted(set(self.skipped.values()))
+            skipped = f", skipped={sorted(self.skipped)} ({'; '.join(reasons)})"
         return (
             f"PatchReport(model_type={self.model_type!r}, adapter={self.adapter!r}, "
-            f"layers={list(self.layers)} of {self.num_layers}, config={self.config})"
+            f"layers={list(self.layers)} of {self.num_layers}{skipped}, config={self.config})"
         )
 
 
@@ -86,7 +92,9 @@ def patch(
     num_layers = adapter.num_layers(model)
     chosen = select_layers(num_layers, last_layers, layers)
     state = adapter.patch(model, chosen, config)
-    report = PatchReport(model_type, adapter.name, tuple(chosen), num_layers, config, state)
+    skipped = dict(state.get("skipped_layers", {}))
+    patched = tuple(i for i in chosen if i not in skipped)
+    report = PatchReport(model_type, adapter.name, patched, num_layers, config, state, skipped)
     setattr(model, STATE_ATTR, report)
     return report
 

@@ -11,7 +11,7 @@ from torch import nn
 from hf_hyper.config import HyperAttentionConfig
 
 from .attention_interface import MODEL_TYPES as INTERFACE_MODEL_TYPES
-from .attention_interface import AttentionInterfaceAdapter
+from .attention_interface import AttentionInterfaceAdapter, FullAttentionLayersAdapter
 from .chatglm import MODEL_TYPES as CHATGLM_MODEL_TYPES
 from .chatglm import ChatGLMAdapter
 
@@ -40,6 +40,8 @@ class Adapter(Protocol):
 
 ADAPTERS: dict[str, Adapter] = {t: AttentionInterfaceAdapter() for t in INTERFACE_MODEL_TYPES}
 ADAPTERS.update({t: ChatGLMAdapter() for t in CHATGLM_MODEL_TYPES})
+# sliding-window and full attention interleaved: only the full layers are patched
+ADAPTERS.update({t: FullAttentionLayersAdapter() for t in ("gemma3_text",)})
 # Remote-code config classes whose `model_type` may be empty, by class name.
 CONFIG_CLASS_TYPES: dict[str, str] = {"ChatGLMConfig": "chatglm"}
 

@@ -23,6 +23,12 @@ FAMILIES = {
     "qwen3": {"head_dim": 16},
     "phi3": {"sliding_window": None, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
     "gemma": {"head_dim": 16},
+    # sliding-window layers interleaved with full ones, as Gemma 3 does
+    "gemma3_text": {
+        "head_dim": 16,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+    },
 }
 
 
