@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import shlex
@@ -13,6 +14,14 @@ from typing import Any
 
 class JobError(Exception):
     """Bad input to a job; the CLI prints the message (which names the fix) and exits 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (0 is not a way to say 'all')."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (leave it out for no limit); got {value}")
+    return value
 
 
 def release_processes() -> None:

@@ -26,6 +26,7 @@ from .common import (
     command_line,
     exit_status,
     output_dir,
+    positive_int,
     release_processes,
     save_results,
     today,
@@ -63,7 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     win = p.add_argument_group("windows")
     win.add_argument("--lengths", type=int, nargs="+", default=[4096])
     win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
-    win.add_argument("--max-windows", type=int, default=None, help="per length")
+    win.add_argument(
+        "--max-windows", type=positive_int, default=None, help="per length (default: all)"
+    )
     win.add_argument("--allow-beyond-max-positions", action="store_true")
     win.add_argument(
         "--no-warmup", action="store_true",

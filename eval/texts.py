@@ -62,14 +62,53 @@ def _from_table(table, field: str, origin: str) -> list[Document]:
     return [Document(f"{origin}#{i}", t) for i, t in enumerate(table[field]) if t and t.strip()]
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise JobError(
+            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): convert it, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name}, or pass another file to --files"
+        ) from err
+
+
+def _from_jsonl(path: Path, field: str) -> list[Document]:
+    """One document per record; a bad line is an error naming the file and the line."""
+    docs = []
+    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise JobError(
+                f"{path}:{number} is not a JSON object ({err.msg}): fix or remove that line"
+            ) from err
+        if not isinstance(record, dict):
+            raise JobError(f"{path}:{number} is not a JSON object: one record per line")
+        if field not in record:
+            raise JobError(
+                f"{path}:{number} has no text field {field!r}; its fields are "
+                f"{sorted(record)} (choose one with --text-field)"
+            )
+        text = record[field]
+        if isinstance(text, str) and text.strip():
+            docs.append(Document(f"{path.name}#{number}", text))
+    return docs
+
+
 def _from_files(files: tuple[str, ...], field: str) -> list[Document]:
     docs: list[Document] = []
     for name in files:
         path = Path(name)
+        if path.is_dir():
+            raise JobError(f"{path} is a folder, not a text file: pass the files in it to --files")
         if not path.is_file():
             raise JobError(f"text file not found: {path} (check --files)")
         if path.suffix == ".txt":
-            docs.append(Document(path.name, path.read_text(encoding="utf-8")))
+            docs.append(Document(path.name, _read_utf8(path)))
+        elif path.suffix == ".jsonl":
+            docs += _from_jsonl(path, field)
         elif path.suffix in FILE_BUILDERS:
             datasets = _datasets()
             table = datasets.load_dataset(

@@ -137,7 +137,6 @@ def _error(capsys, *args: str) -> str:
 def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys):
     base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
     assert "text file not found" in _error(capsys, *base, "--files", str(tmp_path / "no.txt"))
-    pytest.importorskip("datasets")  # .jsonl files are read through datasets
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"body": "some text here"}\n')
     assert "fields are ['body']" in _error(capsys, *base, "--files", str(jsonl))
@@ -148,6 +147,25 @@ def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys)
         capsys, *base, "--files", str(jsonl), "--text-field", "body", "--lengths", "256"
     )
     assert "no model at" in _error(capsys, "ppl", "--model", str(tmp_path / "none"))
+
+
+def test_bad_text_files_name_the_file_and_the_fix(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait".encode("latin1"))
+    assert "latin.txt is not UTF-8 text (byte 3" in _error(capsys, *base, "--files", str(latin))
+    assert "is a folder, not a text file" in _error(capsys, *base, "--files", str(tmp_path))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "cut off\n')
+    assert "broken.jsonl:2 is not a JSON object" in _error(capsys, *base, "--files", str(broken))
+
+
+def test_max_windows_zero_is_refused(tiny_checkpoint, tmp_path, capsys):
+    args = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--max-windows", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert "--max-windows: must be >= 1 (leave it out for no limit)" in capsys.readouterr().err
 
 
 def test_unsupported_model_type_is_refused(tmp_path, capsys, tiny_checkpoint):
