@@ -94,14 +94,24 @@ def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
 def jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(origin "file:line", parsed value) per non-blank line; bad JSON is an error naming
     file and line."""
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise JobError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise JobError(not_utf8(path, err)) from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{number}", json.loads(line)
+        except json.JSONDecodeError as err:
+            raise JobError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+
+
+def not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    return (
+        f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): convert it, "
+        f"e.g. iconv -f latin1 -t utf-8 {path.name}, or pass another file"
+    )
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

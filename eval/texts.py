@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import JobError
+from .common import JobError, jsonl_records, not_utf8
 
 DEFAULT_TEXT = Path(__file__).with_name("data") / "python_docs.jsonl.gz"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -66,34 +66,23 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise JobError(
-            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): convert it, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name}, or pass another file to --files"
-        ) from err
+        raise JobError(not_utf8(path, err)) from err
 
 
 def _from_jsonl(path: Path, field: str) -> list[Document]:
     """One document per record; a bad line is an error naming the file and the line."""
     docs = []
-    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise JobError(
-                f"{path}:{number} is not a JSON object ({err.msg}): fix or remove that line"
-            ) from err
+    for origin, record in jsonl_records(path):
         if not isinstance(record, dict):
-            raise JobError(f"{path}:{number} is not a JSON object: one record per line")
+            raise JobError(f"{origin}: not a JSON object: one record per line")
         if field not in record:
             raise JobError(
-                f"{path}:{number} has no text field {field!r}; its fields are "
-                f"{sorted(record)} (choose one with --text-field)"
+                f"{origin} has no text field {field!r}; its fields are {sorted(record)} "
+                "(choose one with --text-field)"
             )
         text = record[field]
         if isinstance(text, str) and text.strip():
-            docs.append(Document(f"{path.name}#{number}", text))
+            docs.append(Document(f"{path.name}#{origin.rsplit(':', 1)[1]}", text))
     return docs
 
 

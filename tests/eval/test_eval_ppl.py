@@ -157,7 +157,7 @@ def test_bad_text_files_name_the_file_and_the_fix(tiny_checkpoint, tmp_path, cap
     assert "is a folder, not a text file" in _error(capsys, *base, "--files", str(tmp_path))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": "cut off\n')
-    assert "broken.jsonl:2 is not a JSON object" in _error(capsys, *base, "--files", str(broken))
+    assert "broken.jsonl:2: not valid JSON" in _error(capsys, *base, "--files", str(broken))
 
 
 def test_max_windows_zero_is_refused(tiny_checkpoint, tmp_path, capsys):

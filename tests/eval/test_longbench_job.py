@@ -88,6 +88,9 @@ def test_bad_data_files_give_clear_errors(tmp_path):
     path.write_text(json.dumps(good[0]) + "\n{not json\n")
     with pytest.raises(JobError, match=r"hotpotqa.jsonl:2: not valid JSON"):
         read_jsonl(path)
+    path.write_bytes(json.dumps(good[0]).encode() + b'\n{"input": "caf\xe9"}\n')
+    with pytest.raises(JobError, match=r"hotpotqa.jsonl is not UTF-8 text \(byte"):
+        read_jsonl(path)
     broken = dict(good[0])
     del broken["answers"]
     path.write_text(json.dumps(broken) + "\n")
