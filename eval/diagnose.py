@@ -40,6 +40,7 @@ from .models import (
     add_hyper_arguments,
     add_model_arguments,
     check_lengths,
+    check_patchable,
     hyper_config,
     load_model,
     num_layers,
@@ -226,6 +227,10 @@ def run(args: argparse.Namespace) -> Path:
     device = next(model.parameters()).device
 
     chosen = list(range(total)) if args.layers is None else sorted(set(args.layers))
+    outside = [layer for layer in chosen if not 0 <= layer < total]
+    if outside:
+        raise JobError(f"--layers {outside} do not exist; the model has layers 0..{total - 1}")
+    check_patchable(model)
     with tqdm(total=len(chosen), desc=f"layers at {args.length} tokens") as bar:
         probe = LayerProbe(config, bar)
         try:

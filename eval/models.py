@@ -79,6 +79,18 @@ def check_patch_values(values: Sequence[str]) -> None:
             raise JobError(f"--patch-layers takes integers or 'all'; got {value!r}")
 
 
+def check_patchable(model) -> None:
+    """An unsupported model_type, or a model its adapter refuses, is an error before any
+    setting runs (not after the unpatched one has taken hours)."""
+    from hf_hyper.patches.registry import adapter_for
+
+    try:
+        _, adapter = adapter_for(model)
+        adapter.check(model)
+    except ValueError as err:
+        raise JobError(str(err)) from err
+
+
 def parse_patch_settings(values: Sequence[str], num_layers: int) -> list[tuple[str, int]]:
     """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]."""
     check_patch_values(values)

@@ -36,6 +36,7 @@ from .models import (
     add_model_arguments,
     check_lengths,
     check_patch_values,
+    check_patchable,
     hyper_config,
     load_model,
     num_layers,
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> Path | None:
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
     settings = parse_patch_settings(args.patch_layers, layer_total)
+    if any(count for _, count in settings):
+        check_patchable(model)
     streams = token_streams(tokenizer, docs, args.per_document)
     windows = {n: make_windows(streams, n, args.stride, args.max_windows) for n in args.lengths}
     key = run_key(

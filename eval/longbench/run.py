@@ -33,6 +33,7 @@ from ..models import (
     add_hyper_arguments,
     add_model_arguments,
     check_patch_values,
+    check_patchable,
     hyper_config,
     load_model,
     num_layers,
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> Path | None:
     model, tokenizer = load_model(args, accelerator.device)
     layer_total = num_layers(model)
     settings = parse_patch_settings(args.patch_layers, layer_total)
+    if any(count for _, count in settings):
+        check_patchable(model)
     budget = _budget(args, model)
     chat = {t.name: uses_chat(t, tokenizer, args.chat_template) for t in chosen}
     out = output_dir(args.output_dir)

@@ -179,3 +179,5 @@ def test_unsupported_model_type_is_refused(tmp_path, capsys, tiny_checkpoint):
     err = _error(capsys, "ppl", "--model", str(path), "--cpu", "--lengths", "32",
                  "--patch-layers", "1", "--output-dir", str(tmp_path / "o"))  # fmt: skip
     assert "no adapter for model_type='gpt2'" in err
+    # refused before the unpatched setting ran: no window was scored
+    assert not list((tmp_path / "o").glob("cache-*/*.jsonl"))
