@@ -43,12 +43,30 @@ def _job(subparsers, name: str, module, help_text: str) -> None:
     p = subparsers.add_parser(
         name.split()[-1],
         help=help_text,
-        description=module.__doc__,
+        description=module.__doc__
+        + ("\nNeeds a CUDA GPU: it times CUDA kernels.\n" if name.startswith("bench") else ""),
         epilog="examples:\n  " + EXAMPLES[name].replace("\n", "\n  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     module.add_arguments(p)
+    show_defaults(p)
     p.set_defaults(run=module.run)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and examples as written."""
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option with a default shows it in --help, unless its help already says."""
+    for action in parser._actions:
+        meaningful = action.default not in (None, False, argparse.SUPPRESS, ())
+        if not action.option_strings or not meaningful:
+            continue
+        if action.help is None:
+            action.help = "(default: %(default)s)"
+        elif "default" not in action.help:
+            action.help += " (default: %(default)s)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     _job(jobs, "diagnose", diagnose, "per-layer/head error and alpha, kappa; layer choice")
     bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
-    _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels")
-    _job(what, "bench model", bench_model, "whole-model prefill, unpatched vs patched")
+    _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels (GPU)")
+    _job(what, "bench model", bench_model, "whole-model prefill, unpatched vs patched (GPU)")
 
     plot = jobs.add_parser(
         "plot",

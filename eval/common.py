@@ -76,8 +76,10 @@ def save_results(
     print(table)
     try:
         plot(out / f"{stem}.json", out / f"{stem}.png")
+        print(f"results: {out}/{stem}.{{json,md,png}}")
     except JobError as err:
         print(f"no plot: {err}")
+        print(f"results: {out}/{stem}.{{json,md}}")
 
 
 def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
