@@ -92,27 +92,47 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  " + EXAMPLES["plot"].replace("\n", "\n  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plot.add_argument("kind", choices=["attention", "ppl", "model", "longbench", "diagnose"])
-    plot.add_argument("json_path")
+    plot.add_argument(
+        "paths", nargs="+", metavar="[KIND] JSON",
+        help="a job's JSON (its job is read from it; a KIND before it must agree)",
+    )  # fmt: skip
     plot.add_argument("--png", default=None, help="default: next to the JSON")
     plot.set_defaults(run=_plot)
     return top
 
 
 def _plot(args: argparse.Namespace) -> None:
+    import json
     from pathlib import Path
 
     from . import plots
+    from .common import JobError
 
+    # job recorded in the JSON -> (kind word, plot)
     draw = {
-        "attention": plots.plot_attention,
-        "ppl": plots.plot_ppl,
-        "model": plots.plot_model,
-        "longbench": plots.plot_longbench,
-        "diagnose": plots.plot_diagnose,
+        "bench attention": ("attention", plots.plot_attention),
+        "ppl": ("ppl", plots.plot_ppl),
+        "bench model": ("model", plots.plot_model),
+        "longbench": ("longbench", plots.plot_longbench),
+        "longbench score": ("longbench", plots.plot_longbench),
+        "diagnose": ("diagnose", plots.plot_diagnose),
     }
-    src = Path(args.json_path)
-    print(draw[args.kind](src, Path(args.png) if args.png else src.with_suffix(".png")))
+    if len(args.paths) > 2:
+        raise JobError("plot takes one JSON file (optionally after its kind)")
+    kind, src = (None, Path(args.paths[0])) if len(args.paths) == 1 else args.paths
+    src = Path(src)
+    if not src.is_file():
+        raise JobError(f"no JSON file at {src}")
+    try:
+        job = json.loads(src.read_text(encoding="utf-8")).get("job")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise JobError(f"{src} is not a job's JSON ({err})") from err
+    if job not in draw:
+        raise JobError(f"{src} records no job hf-hyper can plot (job={job!r})")
+    word, plot = draw[job]
+    if kind is not None and kind != word:
+        raise JobError(f"{src} was written by '{job}', not '{kind}': drop the kind or use {word}")
+    print(plot(src, Path(args.png) if args.png else src.with_suffix(".png")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,15 @@ def run(args: argparse.Namespace) -> Path | None:
 
     mine_all = [w for wins in windows.values() for w in wins[rank::world]]
     todo = any(f"{label}|{w.id}" not in done for label, _ in settings for w in mine_all)
+    every_window = [w for wins in windows.values() for w in wins]
+    planned = [f"{label}|{w.id}" for label, _ in settings for w in every_window]
+    resumed = sum(key in done for key in planned)
+    if resumed and accelerator.is_main_process:
+        print(
+            f"resuming: {resumed} of {len(planned)} windows from {cache.directory}; "
+            f"computing {len(planned) - resumed}",
+            flush=True,
+        )
     if todo and not args.no_warmup and accelerator.device.type == "cuda":
         _warm_up(model, settings, windows, hyper, accelerator.device)
     started, computed = time.perf_counter(), 0
@@ -168,7 +177,8 @@ def run(args: argparse.Namespace) -> Path | None:
         "date": today(),
         "environment": environment(),
         "processes": world,
-        "throughput": throughput,
+        "throughput": throughput,  # this run's work only
+        "windows_from_cache": resumed,
         "model": args.model,
         "dtype": args.dtype,
         "num_layers": layer_total,

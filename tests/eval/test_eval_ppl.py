@@ -78,6 +78,11 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert rows[("all", 128)]["ppl"] != rows[("0", 128)]["ppl"]  # patched layers took effect
     assert (out / "ppl.md").is_file() and (out / "ppl.png").is_file()
     assert data["documents"] and data["windows"]["64"][0].startswith("joined:64:")
+    # the plot job reads the job from the JSON; a kind that disagrees is refused
+    (out / "ppl.png").unlink()
+    assert cli.main(["plot", str(out / "ppl.json")]) == 0 and (out / "ppl.png").is_file()
+    assert cli.main(["plot", "ppl", str(out / "ppl.json")]) == 0
+    assert cli.main(["plot", "diagnose", str(out / "ppl.json")]) == 2
 
     # unpatched perplexity from the model directly
     from transformers import AutoModelForCausalLM
@@ -96,7 +101,9 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     cache = next(out.glob("cache-*/rank0.jsonl"))
     lines = cache.read_text().splitlines()
     assert len(lines) == 18
-    assert _ppl(tiny_checkpoint, out, *extra)["rows"] == data["rows"]
+    again = _ppl(tiny_checkpoint, out, *extra)
+    assert again["rows"] == data["rows"] and again["windows_from_cache"] == 18
+    assert again["throughput"]["tokens"] == 0  # nothing pushed through the model
     assert len(cache.read_text().splitlines()) == 18
     cache.write_text("\n".join(lines[:-1]) + '\n{"key": "cut sh')  # killed mid-line
     assert _ppl(tiny_checkpoint, out, *extra)["rows"] == data["rows"]
