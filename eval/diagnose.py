@@ -214,7 +214,6 @@ def run(args: argparse.Namespace) -> Path:
     if args.ppl_windows < 1:
         raise JobError(f"--ppl-windows must be at least 1; got {args.ppl_windows}")
     config = hyper_config(args)
-    out = output_dir(args.output_dir)
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)
@@ -231,6 +230,7 @@ def run(args: argparse.Namespace) -> Path:
     if outside:
         raise JobError(f"--layers {outside} do not exist; the model has layers 0..{total - 1}")
     check_patchable(model)
+    out = output_dir(args.output_dir)  # once the input is known good: no empty folders
     with tqdm(total=len(chosen), desc=f"layers at {args.length} tokens") as bar:
         probe = LayerProbe(config, bar)
         try:

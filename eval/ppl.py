@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> Path | None:
         raise JobError("--device-map shards one model copy: run it in a single process")
     check_patch_values(args.patch_layers)
     hyper = hyper_config(args)
-    out = output_dir(args.output_dir)
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)
@@ -126,6 +125,7 @@ def run(args: argparse.Namespace) -> Path | None:
         dict(model=args.model, dtype=args.dtype, text=source.describe(), docs=len(docs),
              per_document=args.per_document, stride=args.stride, config=hyper.to_dict())
     )  # fmt: skip
+    out = output_dir(args.output_dir)  # once the input is known good: no empty folders
     cache = ResultLog(out / f"cache-{key}", accelerator.process_index)
     done = cache.load()
     rank, world = accelerator.process_index, accelerator.num_processes
