@@ -56,6 +56,7 @@ COLUMNS = [
     ("tokens", "scored tokens"),
     ("nll", "mean NLL"),
     ("ppl", "perplexity"),
+    ("attention", "attention"),
 ]
 
 
@@ -76,6 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_hyper_arguments(p, patch_default=["0", "all"])
     p.add_argument("--output-dir", default="ppl-results")
+
+
+def _attention_kind(count: int, length: int, hyper) -> str:
+    """What the patched layers of a row ran: HyperAttention, or exact attention because
+    every call was short (a prompt of `length` tokens makes calls of that length)."""
+    if not count:
+        return "exact (unpatched)"
+    if length <= hyper.exact_query_len(True):
+        return f"exact (length <= {hyper.exact_query_len(True)})"
+    return "HyperAttention"
 
 
 def _throughput(accelerator, tokens: int, seconds: float) -> dict:
@@ -169,8 +180,15 @@ def run(args: argparse.Namespace) -> Path | None:
             rows.append(
                 dict(patched_layers=label, layer_count=count, length=length,
                      windows=len(records), tokens=tokens, nll=nll / tokens,
-                     ppl=math.exp(nll / tokens))
+                     ppl=math.exp(nll / tokens), attention=_attention_kind(count, length, hyper))
             )  # fmt: skip
+    if any(row["attention"].startswith("exact") and row["layer_count"] for row in rows):
+        print(
+            f"note: at lengths <= {hyper.exact_query_len(True)} every call is short enough to "
+            "run exact attention (min_seq_len / exact_up_to), so those patched rows equal "
+            "the unpatched ones",
+            flush=True,
+        )
     payload = {
         "job": "ppl",
         "command": command_line("ppl"),

@@ -76,6 +76,8 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert all(math.isfinite(r["ppl"]) and r["windows"] == 3 for r in rows.values())
     assert rows[("0", 64)]["tokens"] == 3 * 63
     assert rows[("all", 128)]["ppl"] != rows[("0", 128)]["ppl"]  # patched layers took effect
+    assert rows[("all", 64)]["attention"] == "HyperAttention"
+    assert rows[("0", 64)]["attention"] == "exact (unpatched)"
     assert (out / "ppl.md").is_file() and (out / "ppl.png").is_file()
     assert data["documents"] and data["windows"]["64"][0].startswith("joined:64:")
     # the plot job reads the job from the JSON; a kind that disagrees is refused
