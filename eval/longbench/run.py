@@ -197,6 +197,15 @@ def run(args: argparse.Namespace) -> Path | None:
     return out
 
 
+SCORE_DESCRIPTION = """Score saved LongBench predictions again, as the benchmark does; no
+model is loaded. Reads a `hf-hyper longbench` output folder (or a folder of
+LongBench-format <dataset>.jsonl prediction files) and writes longbench.json, .md, .png.
+
+    hf-hyper longbench score longbench-results
+    hf-hyper longbench score preds/ --num-layers 28 --output-dir rescored
+"""
+
+
 def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("predictions", help="a longbench output folder, or a folder of "
                    "LongBench-format <dataset>.jsonl prediction files")  # fmt: skip
@@ -234,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scoring = argv[:1] == ["score"]
     parser = argparse.ArgumentParser(
         prog="hf-hyper longbench" + (" score" if scoring else ""),
-        description=__doc__,
+        description=SCORE_DESCRIPTION if scoring else __doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     (add_score_arguments if scoring else add_arguments)(parser)

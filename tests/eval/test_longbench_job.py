@@ -240,3 +240,11 @@ def test_job_runs_on_cuda_in_bf16(checkpoint, data_dir, tmp_path):
     data = json.loads((out / "longbench.json").read_text())
     assert "device" in data["environment"]  # recorded only when CUDA is in use
     assert len(data["rows"]) == 4 and all(0 <= r["score"] <= 100 for r in data["rows"])
+
+
+def test_score_help_describes_scoring(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["longbench", "score", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Score saved LongBench predictions again" in text and "--num-layers" in text
