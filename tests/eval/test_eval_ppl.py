@@ -190,3 +190,11 @@ def test_unsupported_model_type_is_refused(tmp_path, capsys, tiny_checkpoint):
     assert "no adapter for model_type='gpt2'" in err
     # refused before the unpatched setting ran: no window was scored
     assert not list((tmp_path / "o").glob("cache-*/*.jsonl"))
+
+
+def test_missing_gguf_file_names_the_folder_and_what_is_there(tmp_path, capsys):
+    (tmp_path / "model.Q4.gguf").write_bytes(b"")
+    err = _error(capsys, "ppl", "--model", str(tmp_path), "--gguf-file", "other.gguf", "--cpu")
+    assert "no GGUF file 'other.gguf'" in err and "model.Q4.gguf" in err
+    err = _error(capsys, "ppl", "--model", "org/name", "--gguf-file", "x.gguf", "--cpu")
+    assert "--gguf-file needs --model to be the folder that holds it" in err
