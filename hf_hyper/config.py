@@ -14,6 +14,8 @@ MEASURED_CROSSOVER = {False: 12288, True: 24576}
 # checkpoints 1, 4 and 16 sinks gave nearly the same perplexity and none a far worse one
 # (results/real_models/); 4 also covers models that spread their sink over a few tokens.
 DEFAULT_SINK_TOKENS = 4
+# Keys before each query attended exactly across the causal recursion's cuts by default.
+DEFAULT_LOCAL_WINDOW = 0
 
 
 def parse_exact_up_to(text: str) -> int | str:
@@ -45,6 +47,15 @@ class HyperAttentionConfig:
         0 is the paper's algorithm. None (default): DEFAULT_SINK_TOKENS, or
         min_seq_len // 2 where that is smaller (`sinks` is the number used); the default
         is measured on pretrained checkpoints (results/real_models/).
+    local_window: in causal attention, every query attends exactly at least the
+        local_window keys before it: where a recursion cut separates a query from its
+        nearest keys, the first local_window queries after the cut attend the
+        local_window keys before it exactly (left out of their blocks and samples).
+        Pretrained models lean on nearby tokens, which the LSH blocks and the sample
+        serve badly across a cut. 0: the paper's algorithm. sink_tokens + local_window
+        is at most min_seq_len // 2. Ignored by non-causal calls, which have no order.
+        None (default): DEFAULT_LOCAL_WINDOW, capped so the sum fits (`window` is the
+        number used).
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -77,6 +88,13 @@ class HyperAttentionConfig:
             f"default: {DEFAULT_SINK_TOKENS}, or min_seq_len // 2 if smaller"
         },
     )
+    local_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "causal: the w keys before each query attended exactly across cuts; "
+            f"default: {DEFAULT_LOCAL_WINDOW}, or less where min_seq_len // 2 is smaller"
+        },
+    )
     exact_up_to: int | str = field(
         default=0,
         metadata={
@@ -98,6 +116,15 @@ class HyperAttentionConfig:
         if self.sink_tokens is not None:
             # the sinks sit inside the first exact block of every problem that has them
             _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
+        if self.local_window is not None:
+            _require_int("local_window", self.local_window, 0)
+            # the corner a cut leaves must sit in the first half's keys beside the sinks
+            if self.sinks + self.local_window > self.min_seq_len // 2:
+                raise ValueError(
+                    f"HyperAttentionConfig: sink_tokens + local_window must be at most "
+                    f"min_seq_len // 2 = {self.min_seq_len // 2}; got {self.sinks} + "
+                    f"{self.local_window}: lower local_window or raise min_seq_len"
+                )
         if self.exact_up_to != "auto":
             if isinstance(self.exact_up_to, str):
                 raise ValueError(
@@ -118,6 +145,13 @@ class HyperAttentionConfig:
         if self.sink_tokens is None:
             return min(DEFAULT_SINK_TOKENS, self.min_seq_len // 2)
         return self.sink_tokens
+
+    @property
+    def window(self) -> int:
+        """The local window every causal call uses."""
+        if self.local_window is None:
+            return max(0, min(DEFAULT_LOCAL_WINDOW, self.min_seq_len // 2 - self.sinks))
+        return self.local_window
 
     def exact_query_len(self, causal: bool) -> int:
         """Calls with at most this many queries run exact attention."""

@@ -220,7 +220,7 @@ def hype_attention(
     if kernel not in ("sdpa", "hyper"):
         raise ValueError(f"kernel must be 'sdpa' or 'hyper'; got {kernel!r}")
     if kernel == "hyper":
-        hyper_config = _without_sinks(hyper_config or HyperAttentionConfig())
+        hyper_config = _without_exact_parts(hyper_config or HyperAttentionConfig())
     work_dtype = torch.promote_types(q.dtype, torch.float32) if kernel == "hyper" else q.dtype
     mu_w, tau_w = mu.to(q.device, torch.float64), tau.to(q.device, torch.float64)
     shared_mu = bool((mu_w == mu_w[0]).all()) and not mu.requires_grad
@@ -268,17 +268,19 @@ def hype_attention(
     return torch.cat(outs, dim=2)
 
 
-def _without_sinks(config: HyperAttentionConfig) -> HyperAttentionConfig:
+def _without_exact_parts(config: HyperAttentionConfig) -> HyperAttentionConfig:
     """HyPE's bias is carried by column pairs whose large products cancel in float32 only
-    when a kernel sums them in one order; a separate exact part for attention sinks sums
-    them in another and loses the bias. HyPE's own bias already decides how much the
-    first tokens get, so HyPE runs HyperAttention without sinks."""
-    if config.sink_tokens:
-        raise ValueError(
-            f"HyPE with HyperAttention runs without attention sinks; got "
-            f"HyperAttentionConfig(sink_tokens={config.sink_tokens}): set sink_tokens=0"
-        )
-    return replace(config, sink_tokens=0)
+    when a kernel sums them in one order; a separate exact part (attention sinks, the
+    local window's corners) sums them in another and loses the bias. HyPE's own bias
+    already decides how much the first and the nearest tokens get, so HyPE runs
+    HyperAttention without them."""
+    for name in ("sink_tokens", "local_window"):
+        if getattr(config, name):
+            raise ValueError(
+                f"HyPE with HyperAttention runs without attention sinks or a local window; "
+                f"got HyperAttentionConfig({name}={getattr(config, name)}): set {name}=0"
+            )
+    return replace(config, sink_tokens=0, local_window=0)
 
 
 class HyPE(nn.Module):

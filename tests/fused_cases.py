@@ -39,6 +39,7 @@ class Case:
             f"{kind}-b{self.batch}-h{self.q_heads}/{self.kv_heads}-n{self.n_query}/{self.n_key}"
             f"-d{self.dim}/{self.v_dim}{'-T' if self.seq_first else ''}"
             + (f"-sinks{self.config['sink_tokens']}" if self.config.get("sink_tokens") else "")
+            + (f"-window{self.config['local_window']}" if self.config.get("local_window") else "")
         )
 
 
@@ -66,6 +67,12 @@ SMALL_CASES = [
     Case(2, 4, 2, 50, 50, 16, 8, True, dict(SMALL, sink_tokens=2), seq_first=True),
     Case(1, 2, 1, 40, 70, 16, 16, True, dict(SMALL, sink_tokens=4)),
     Case(1, 2, 1, 62, 64, 16, 16, True, dict(SMALL, sink_tokens=4)),
+    # the local window: causal square with sinks, padding + GQA, a long cached prefix (the
+    # band crosses the prefix's end), and no sinks
+    Case(1, 2, 1, 64, 64, 16, 16, True, dict(SMALL, sink_tokens=2, local_window=5)),
+    Case(2, 4, 2, 50, 50, 16, 8, True, dict(SMALL, sink_tokens=1, local_window=6), seq_first=True),
+    Case(1, 2, 1, 40, 70, 16, 16, True, dict(SMALL, sink_tokens=3, local_window=4)),
+    Case(1, 2, 2, 64, 64, 16, 16, True, dict(SMALL, sink_tokens=0, local_window=8)),
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -84,6 +91,21 @@ GPU_CASES = [
     Case(1, 4, 4, 2048, 2048, 64, 64, True, dict(GPU, sink_tokens=4)),
     Case(1, 4, 1, 1024, 3000, 64, 32, True, dict(GPU, sink_tokens=4)),
     Case(2, 8, 2, 1500, 1500, 128, 128, True, dict(GPU, sink_tokens=16), seq_first=True),
+    # the local window (with the sinks; a cached prefix the band crosses; padding + GQA)
+    Case(1, 4, 4, 2048, 2048, 64, 64, True, dict(GPU, sink_tokens=4, local_window=64)),
+    Case(1, 4, 1, 1024, 3000, 64, 32, True, dict(GPU, sink_tokens=4, local_window=32)),
+    Case(
+        2,
+        8,
+        2,
+        1500,
+        1500,
+        128,
+        128,
+        True,
+        dict(GPU, sink_tokens=4, local_window=100),
+        seq_first=True,
+    ),  # fmt: skip
     Case(1, 2, 2, 700, 1800, 96, 96, False, dict(GPU, sink_tokens=1)),
 ]
 

@@ -140,3 +140,8 @@ def test_hype_runs_hyperattention_without_sinks():
     explicit = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=16, sink_tokens=2)
     with pytest.raises(ValueError, match="without attention sinks.*sink_tokens=0"):
         hype_attention(q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=explicit)
+    window = HyperAttentionConfig(
+        block_size=8, sample_size=8, min_seq_len=16, sink_tokens=0, local_window=2
+    )
+    with pytest.raises(ValueError, match="local window.*local_window=0"):
+        hype_attention(q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=window)

@@ -56,6 +56,7 @@ class ExactRegion:
     everything: bool  # the problem is short enough to be exact throughout
     device: torch.device
     n_sink: int = 0  # keys [0, n_sink) are exact for every query that may see them
+    window: int = 0  # causal: the first `window` queries after each cut see the keys before
 
     def rows(self, z: int, r0: int, r1: int, k0: int = 0, k1: int | None = None) -> Tensor:
         """bool [g, r1 - r0, k1 - k0]: True where the pair is computed exactly (and allowed)."""
@@ -72,7 +73,13 @@ class ExactRegion:
         for level in self.levels:
             hit = level.q_block[z, :, r0:r1, None] == level.k_block[z, None, None, k0:k1]
             if level.size is not None:
-                hit = hit & (rows // (2 * level.size) == cols // (2 * level.size))
+                size = level.size
+                same_pair = rows // (2 * size) == cols // (2 * size)
+                hit = hit & same_pair
+                if self.window:  # the corner after the cut at the middle of each pair
+                    after = (rows % (2 * size) >= size) & (rows % (2 * size) < size + self.window)
+                    before = (cols % (2 * size) < size) & (cols % (2 * size) >= size - self.window)
+                    hit = hit | (same_pair & after & before)[None]
             out = hit if out is None else out | hit
         if exact is not None:
             out = exact[None] if out is None else out | exact
@@ -120,7 +127,7 @@ def exact_region(
         out.append(
             _Level(size, q_block.view(z, g, -1)[..., :n_query], k_block.view(z, -1)[:, :n_key])
         )
-    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device, n_sink)
+    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device, n_sink, config.window)
 
 
 @dataclass
@@ -140,7 +147,8 @@ class AttentionDiagnostics:
 
 def _rectangles(region: ExactRegion) -> list[tuple[int, int, int, int]]:
     """(row0, row1, key0, key1) of every sub-problem the sampling estimator serves, less
-    the sink columns (served exactly on their own)."""
+    the sink columns and the band corners (served exactly on their own): a lower-left
+    block's first `window` rows see its keys up to the corner, its other rows all."""
     if region.everything:
         return []
     if not region.causal:
@@ -151,7 +159,13 @@ def _rectangles(region: ExactRegion) -> list[tuple[int, int, int, int]]:
         for start in range(0, region.n_query, 2 * s):
             if start + s < region.n_query:  # second half has real rows
                 first_key = max(start, region.n_sink)
-                rects.append((start + s, min(start + 2 * s, region.n_query), first_key, start + s))
+                row0, row1 = start + s, min(start + 2 * s, region.n_query)
+                if region.window:
+                    band_end = min(row0 + region.window, row1)
+                    rects.append((row0, band_end, first_key, row0 - region.window))
+                    row0 = band_end
+                if row0 < row1:
+                    rects.append((row0, row1, first_key, start + s))
     return rects
 
 
@@ -173,7 +187,8 @@ def attention_diagnostics(
     """Compare `hyper_attention` with exact attention on these inputs ([b, h, n, d]).
 
     alpha and kappa are those of the keys the sample serves: the sink columns
-    (config.sinks) are left out of them, as the algorithm attends those exactly;
+    (config.sinks) and, in causal calls, the band corners (config.window) are left out
+    of them, as the algorithm attends those exactly;
     sink_mass says how much of each head's attention they hold.
 
     The LSH blocks are those of the very call measured: the hyperplanes are drawn from

@@ -35,10 +35,12 @@ def gather_rows(x: Tensor, order: Tensor) -> Tensor:
 
 
 def _block_attention(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None,
+    band: int = 0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Each query attends exactly its key block, less the problem's first sinks[z] keys
-    (attended exactly elsewhere): -> out [z, g, nq, dv], lse [z, g, nq]."""
+    and, for its first `band` queries, its last `band` keys (both attended exactly
+    elsewhere): -> out [z, g, nq, dv], lse [z, g, nq]."""
     z, g, n_query, dim = q.shape
     n_key, dv = k.shape[1], v.shape[-1]
     n_blocks, key_block = plan.n_blocks, plan.key_block
@@ -60,14 +62,26 @@ def _block_attention(
     v_tiles = v_blocks.view(z * n_blocks, key_block, dv).index_select(0, block_index)
 
     pad_mask = None
-    if sinks is not None:
+    if sinks is not None or band:
         # [z, nb * bk] key index at each padded sorted position (padding: n_key)
         order = pad_end(plan.k_order, key_pad, value=n_key)
-        hidden = (order >= n_key) | (order < sinks[:, None])
+        hidden = order >= n_key
+        if sinks is not None:
+            hidden = hidden | (order < sinks[:, None])
         hidden = hidden.view(z * n_blocks, key_block)
+        if band:
+            in_corner = (order >= n_key - band).view(z * n_blocks, key_block)
+            # [z*tiles, tile]: the query's position (the padding slot is row n_rows)
+            early = (pack.slot_query % n_query < band).view(z * n_tiles, tile)
 
         def pad_mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-            return hidden[block_index[z0:z1]][:, None, None, :]
+            mask = hidden[block_index[z0:z1]][:, None, None, :]
+            if band:
+                corner = (
+                    early[z0:z1, None, r0:r1, None] & in_corner[block_index[z0:z1]][:, None, None]
+                )
+                mask = mask | corner
+            return mask
 
     elif key_pad:
         padded = torch.arange(n_blocks * key_block, device=dev).view(n_blocks, key_block)
@@ -85,28 +99,34 @@ def _block_attention(
 
 
 def _sampled_attention(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Attention to the sampled keys outside each query's own block and the sinks,
-    weighted n/m."""
+    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float, sinks: Tensor | None,
+    band: int = 0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Attention to the sampled keys outside each query's own block, the sinks and the
+    band corner, weighted n/m."""
     assert plan.sample is not None
+    n_key = k.shape[1]
     key_index = torch.gather(plan.k_order, 1, plan.sample)  # [z, m]
     k_sample, v_sample = gather_rows(k, key_index), gather_rows(v, key_index)
     sample_block = plan.sample // plan.key_block
     q_block = plan.q_block
     is_sink = None if sinks is None else key_index < sinks[:, None]  # [z, m]
+    in_corner = key_index >= n_key - band  # [z, m]
 
     def own_block(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-        # keys already counted exactly (the query's block, the sinks) must not count
-        # twice; masking them keeps the n/m weight an unbiased estimate of the rest
+        # keys already counted exactly (the query's block, the sinks, the band) must not
+        # count twice; masking them keeps the n/m weight an unbiased estimate of the rest
         hidden = q_block[z0:z1, :, r0:r1, None] == sample_block[z0:z1, None, None, :]
         if is_sink is not None:
             hidden = hidden | is_sink[z0:z1, None, None, :]
+        if band and r0 < band:
+            early = torch.arange(r0, r1, device=q.device) < band
+            hidden = hidden | (early[:, None] & in_corner[z0:z1, None, None, :])
         return hidden
 
     out, lse = attention_with_lse(q, k_sample, v_sample, scale, own_block)
     # Each sampled key stands for n_key / m keys of the rest (unbiased estimate).
-    return out, lse + math.log(k.shape[1] / plan.sample.shape[1])
+    return out, lse + math.log(n_key / plan.sample.shape[1])
 
 
 def _sorted_block(
@@ -119,14 +139,34 @@ def _sorted_block(
     config: HyperAttentionConfig,
     rng: Randomness,
     sinks: Tensor | None = None,
+    band: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Block + sample of one batch of problems; sinks [z] (or None): leading keys of each
-    problem left out of both, as they are attended exactly elsewhere."""
+    problem left out of both, as they are attended exactly elsewhere; band: the first
+    `band` queries' last `band` keys likewise (the queries follow the keys)."""
     plan = plan_blocks(q_rank, k_rank, config, rng)
-    out, lse = _block_attention(q, k, v, plan, scale, sinks)
+    out, lse = _block_attention(q, k, v, plan, scale, sinks, band)
     if plan.sample is not None:
-        out, lse = merge_by_lse(out, lse, *_sampled_attention(q, k, v, plan, scale, sinks))
-    return out, lse
+        sampled = _sampled_attention(q, k, v, plan, scale, sinks, band)
+        out, lse = merge_by_lse(out, lse, *sampled)
+    return _with_band(q, k, v, out, lse, scale, band)
+
+
+def _with_band(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, band: int
+) -> tuple[Tensor, Tensor]:
+    """(out, lse) with the first `band` queries merged with exact attention to the last
+    `band` keys: the queries directly follow the keys, so this is the local window that
+    a cut between them would leave to the approximation."""
+    if band == 0:
+        return out, lse
+    n_key = k.shape[1]
+    near_out, near_lse = grouped_exact_attention(
+        q[:, :, :band], k[:, n_key - band :], v[:, n_key - band :], scale, causal=False
+    )
+    head_out, head_lse = merge_by_lse(out[:, :, :band], lse[:, :, :band], near_out, near_lse)
+    out = torch.cat((head_out, out[:, :, band:]), dim=2)
+    return out, torch.cat((head_lse, lse[:, :, band:]), dim=2)
 
 
 def _with_sinks(
@@ -166,12 +206,15 @@ def grouped_exact_attention(
     return attention_with_lse(q, k, v, scale, mask)
 
 
-def _noncausal(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple[Tensor, Tensor]:
-    """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query."""
+def _noncausal(
+    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, band=0
+) -> tuple[Tensor, Tensor]:
+    """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query
+    (and the band corner, where the queries directly follow the keys)."""
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return grouped_exact_attention(q, k, v, scale, causal=False)
     sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
-    out, lse = _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks)
+    out, lse = _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band)
     return _with_sinks(q, k, v, out, lse, scale, n_sink)
 
 
@@ -182,7 +225,9 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple
     Keys [0, n_sink) are attended exactly by every query: the first diagonal block holds
     them for its own rows (n_sink <= min_seq_len / 2 < base), the lower-left blocks that
     contain them (each level's first pair) leave them out, and the rows after the first
-    block attend them in one exact part.
+    block attend them in one exact part. With a local window w, the first w queries of
+    every lower-left block attend its last w keys exactly (the keys a cut separates
+    them from).
 
     All splits of one recursion level are independent and of equal size, so each level
     runs as one batched call (sub-problems folded into z) instead of one call per block.
@@ -222,8 +267,9 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple
             sinks[:, 0] = n_sink
             sinks = sinks.view(-1)
         out_l, lse_l = _sorted_block(
-            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks
-        )
+            q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks,
+            config.window,
+        )  # fmt: skip
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
 
@@ -278,7 +324,7 @@ def torch_hyper_attention(
             k_rank_prefix = None if k_rank is None else k_rank[:, :offset]
             out_p, lse_p = _noncausal(
                 qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng,
-                min(n_sink, offset),
+                min(n_sink, offset), config.window,
             )  # fmt: skip
             out, lse = merge_by_lse(out, lse, out_p, lse_p)
     return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)

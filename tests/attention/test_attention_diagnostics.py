@@ -13,7 +13,7 @@ from hf_hyper import HyperAttentionConfig, attention_diagnostics, hyper_attentio
 from hf_hyper.attention import reference_attention
 from hf_hyper.attention.diagnostics import exact_region
 from hf_hyper.attention.lsh import angular_lsh_rank
-from hf_hyper.attention.planning import Randomness
+from hf_hyper.attention.planning import Randomness, causal_levels
 
 SMALL = dict(block_size=8, min_seq_len=24, lsh_num_projs=4, backend="torch")
 
@@ -38,12 +38,12 @@ def scores_of(q, k, scale):
     return (q @ k.transpose(-1, -2)) * scale
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal, window", [(True, 0), (True, 5), (False, 0), (False, 5)])
 @pytest.mark.parametrize("n", [200, 96])
-def test_region_is_what_hyper_attention_computes_exactly(causal, n):
+def test_region_is_what_hyper_attention_computes_exactly(causal, window, n):
     """With sampling off, HyperAttention equals exact softmax restricted to the region."""
     q, k, v = random_qkv(2, 4, 2, n, n, seed=n)
-    config = HyperAttentionConfig(sample_size=0, seed=5, **SMALL)
+    config = HyperAttentionConfig(sample_size=0, seed=5, local_window=window, **SMALL)
     mask = dense_region(q, k, causal, config, seed=5)
     scores = scores_of(q, k, 16**-0.5).masked_fill(~mask, -math.inf)
     masked = torch.softmax(scores, -1) @ v.repeat_interleave(2, dim=1)
@@ -53,6 +53,9 @@ def test_region_is_what_hyper_attention_computes_exactly(causal, n):
         assert not mask.triu(1).any() and mask.diagonal(dim1=-2, dim2=-1).all()
     # not everything: the region is the point of the algorithm
     assert mask.float().mean() < (0.6 if causal else 0.3)
+    if causal and window:  # the first row after the middle cut sees the keys before it
+        cut = causal_levels(n, config.min_seq_len)[2][0].size
+        assert mask[:, :, cut, cut - window : cut + 1].all()
 
 
 def _dense_parameters(scores, mask, rects):
@@ -65,19 +68,28 @@ def _dense_parameters(scores, mask, rects):
         p = torch.softmax(s, -1)
         alpha = torch.maximum(alpha, (k1 - k0) * p.pow(2).sum(2).amax(-1))
         residual = torch.logsumexp(s.masked_fill(mask[:, :, r0:r1, k0:k1], -math.inf), -1)
-        kappa = torch.maximum(kappa, (residual.amax(-1) - residual.amin(-1)) / math.log(10))
-        spread = torch.quantile(residual, 0.99, dim=-1) - torch.quantile(residual, 0.01, dim=-1)
+        # rows with nothing left to estimate (all keys exact) have no residual
+        residual = torch.where(torch.isfinite(residual), residual, torch.nan)
+        top, low = residual.nan_to_num(-math.inf).amax(-1), residual.nan_to_num(math.inf).amin(-1)
+        kappa = torch.maximum(kappa, (top - low) / math.log(10))
+        spread = torch.nanquantile(residual, 0.99, dim=-1) - torch.nanquantile(
+            residual, 0.01, dim=-1
+        )
         kappa99 = torch.maximum(kappa99, spread / math.log(10))
     return alpha, kappa, kappa99
 
 
-@pytest.mark.parametrize("sinks", [0, 4])
-@pytest.mark.parametrize("causal", [True, False])
-def test_numbers_match_dense_float64_definitions(causal, sinks):
+@pytest.mark.parametrize(
+    "causal, sinks, window",
+    [(True, 0, 0), (True, 4, 0), (True, 4, 6), (False, 0, 0), (False, 4, 6)],
+)
+def test_numbers_match_dense_float64_definitions(causal, sinks, window):
     n = 200
     q, k, v = random_qkv(1, 4, 2, n, n, seed=11)
     q = q * 2.5  # sharper rows than iid unit scores
-    config = HyperAttentionConfig(sample_size=16, seed=7, sink_tokens=sinks, **SMALL)
+    config = HyperAttentionConfig(
+        sample_size=16, seed=7, sink_tokens=sinks, local_window=window, **SMALL
+    )
     diag = attention_diagnostics(q, k, v, causal=causal, config=config)
 
     scale = 16**-0.5
@@ -97,8 +109,16 @@ def test_numbers_match_dense_float64_definitions(causal, sinks):
     torch.testing.assert_close(diag.sink_mass, sink_mass, rtol=1e-9, atol=1e-15)
 
     if causal:  # 200 rows halve 4 times to leaves of 13 <= 24 (padded to 208 = 13 * 16)
-        rects = [(s0 + s, min(s0 + 2 * s, n), s0, s0 + s)
-                 for s in (104, 52, 26, 13) for s0 in range(0, n, 2 * s) if s0 + s < n]  # fmt: skip
+        rects = []
+        for s in (104, 52, 26, 13):
+            for s0 in range(0, n, 2 * s):
+                if s0 + s < n:  # the window's rows see the keys up to its corner
+                    cut, end = s0 + s, min(s0 + 2 * s, n)
+                    band_end = min(cut + window, end)
+                    if window:
+                        rects.append((cut, band_end, s0, cut - window))
+                    if band_end < end:
+                        rects.append((band_end, end, s0, cut))
     else:
         rects = [(0, n, 0, n)]
     # the sink columns are exact on their own: alpha and kappa leave them out

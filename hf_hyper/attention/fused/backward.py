@@ -203,7 +203,8 @@ class GradientPass:
             plan.key_block, plan.n_blocks, plan.block_pad, sample_pad,
             call.key_list.stride(0), *self.strides(), p.qk_scale, p.scale,
             call.sample_bias, BLOCK_M=tile, BLOCK_N=block_n, HAS_SAMPLE=has_sample,
-            HAS_SINKS=has_sinks, num_warps=warps, num_stages=stages, **self.common(),
+            HAS_SINKS=has_sinks, HAS_BAND=call.band > 0, band=call.band, num_warps=warps,
+            num_stages=stages, **self.common(),
         )  # fmt: skip
 
         # tiles of each key block: used tiles come first, in block order
@@ -220,8 +221,9 @@ class GradientPass:
             n_slots, plan.n_blocks, call.n_rows, call.rows_per_head, p.g, call.n_key,
             plan.k_order.stride(0), plan.key_block, sub_tiles, *self.strides(), p.qk_scale,
             p.scale,
-            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, HAS_SINKS=has_sinks, num_warps=warps,
-            num_stages=stages, **self.common(),
+            TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n, HAS_SINKS=has_sinks,
+            HAS_BAND=call.band > 0, band=call.band, num_warps=warps, num_stages=stages,
+            **self.common(),
         )  # fmt: skip
         if has_sample:
             self.sample_dkdv(call, tensors, block_tiles.sum(1, dtype=torch.int32), block_m)
@@ -255,8 +257,8 @@ class GradientPass:
                 call.rows_per_head, p.g, plan.key_block, m, sub_tiles, tuning.SAMPLE_CHUNK_TILES,
                 n_chunks, *self.strides(), p.qk_scale, p.scale, call.sample_bias,
                 TILE=tile, BLOCK_M=block_m, BLOCK_N=block_n,
-                HAS_SINKS=call.sink_keys is not None, num_warps=warps, num_stages=stages,
-                **self.common(),
+                HAS_SINKS=call.sink_keys is not None, HAS_BAND=call.band > 0, band=call.band,
+                n_key=call.n_key, num_warps=warps, num_stages=stages, **self.common(),
             )  # fmt: skip
             sample_scatter_kernel[(m, problems)](
                 self.dk, self.dv, sk, sv, call.k_base, call.v_base, call.sample_key, zp0, m,

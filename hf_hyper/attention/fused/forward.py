@@ -173,7 +173,7 @@ class Problem:
     def block_sample(
         self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
         q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig, rng: Randomness,
-        *, merge: bool, sink_keys: Tensor | None = None,
+        *, merge: bool, sink_keys: Tensor | None = None, band: int = 0,
     ) -> None:  # fmt: skip
         """HyperAttention of one batch of problems zp, addressed in the kernel.
 
@@ -181,7 +181,9 @@ class Problem:
         query head at position 0 (its rows follow at stride(2) and 1); k_base, v_base
         [zp]: element offset of the problem's key position 0; q_rank [zp, g, nq] and
         k_rank [zp, nk]: their LSH ranks; sink_keys [zp] int32 (or None): leading keys of
-        each problem left out of its blocks and sample (attended exactly elsewhere).
+        each problem left out of its blocks and sample (attended exactly elsewhere);
+        band: each problem's first `band` queries leave its last `band` keys out likewise
+        (the corner `corner` attends exactly).
         """
         zp, g, rows_per_head = q_rank.shape
         n_rows, n_key = g * rows_per_head, k_rank.shape[1]
@@ -195,13 +197,13 @@ class Problem:
                 q_base[z0:z1], o_base[z0:z1], k_base[z0:z1], v_base[z0:z1],
                 q_rank[z0:z1], k_rank[z0:z1],
                 None if sample is None else sample[z0:z1], config, merge=merge,
-                sink_keys=None if sink_keys is None else sink_keys[z0:z1],
+                sink_keys=None if sink_keys is None else sink_keys[z0:z1], band=band,
             )  # fmt: skip
 
     def _block_sample_chunk(
         self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor,
         q_rank: Tensor, k_rank: Tensor, sample: Tensor | None, config: HyperAttentionConfig,
-        *, merge: bool, sink_keys: Tensor | None,
+        *, merge: bool, sink_keys: Tensor | None, band: int,
     ) -> None:  # fmt: skip
         from ..kernels.forward import block_sample_kernel
 
@@ -242,6 +244,7 @@ class Problem:
                     keys,
                     sample_block,
                     sink_keys,
+                    band,
                 )
             )
         grid = (zp * plan.n_tiles,)
@@ -255,8 +258,9 @@ class Problem:
             sample_block.shape[1] if n_sample else 0, keys.stride(0),
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
-            MERGE=merge, HAS_SINKS=sink_keys is not None, num_warps=warps,
-            num_stages=stages, **launch_options, **store_lse, **self.common(),
+            MERGE=merge, HAS_SINKS=sink_keys is not None, HAS_BAND=band > 0, band=band,
+            num_warps=warps, num_stages=stages, **launch_options, **store_lse,
+            **self.common(),
         )  # fmt: skip
 
     # -- whole problems ------------------------------------------------------------
@@ -273,17 +277,38 @@ class Problem:
 
     def hyper(
         self, q_rank: Tensor, k_rank: Tensor, k_start: int, config, rng, *, merge: bool,
-        n_sink: int = 0,
+        n_sink: int = 0, band: int = 0,
     ) -> None:  # fmt: skip
         """Non-causal HyperAttention of all queries against keys [k_start, k_start + nk),
-        the first n_sink of them attended exactly (out of the blocks and the sample)."""
+        the first n_sink of them attended exactly (out of the blocks and the sample), and
+        with a band, the corner of the first `band` queries and last `band` keys too."""
         sink_keys = None
         if n_sink:
             sink_keys = torch.full((self.z,), n_sink, dtype=torch.int32, device=self.q.device)
         self.block_sample(
             self.q_base, self.o_base,
             self.k_base + k_start * self.k.stride(2), self.v_base + k_start * self.v.stride(2),
-            q_rank, k_rank, config, rng, merge=merge, sink_keys=sink_keys,
+            q_rank, k_rank, config, rng, merge=merge, sink_keys=sink_keys, band=band,
+        )  # fmt: skip
+        if band:
+            kv_index = torch.arange(self.z, device=self.q.device).repeat_interleave(self.g)
+            k_end = k_start + k_rank.shape[1]
+            self.corner(
+                self.q_base.reshape(-1), self.o_base.reshape(-1), kv_index,
+                self.k_base + k_end * self.k.stride(2), self.v_base + k_end * self.v.stride(2),
+                band,
+            )  # fmt: skip
+
+    def corner(
+        self, q_base: Tensor, o_base: Tensor, kv_index: Tensor, k_end: Tensor, v_end: Tensor,
+        band: int,
+    ) -> None:  # fmt: skip
+        """The band's corner, merged in: the first `band` query rows of each problem (from
+        q_base, o_base) attend exactly the `band` keys before k_end[kv_index] (element
+        offset of the key after the last; the queries follow those keys)."""
+        self.dense(
+            q_base, o_base, kv_index, k_end - band * self.k.stride(2),
+            v_end - band * self.v.stride(2), band, band, causal=False, merge=True,
         )  # fmt: skip
 
     def record_sinks(self, row_start: int, n_sink: int) -> None:
@@ -373,12 +398,15 @@ class Problem:
         if not self.cudnn_diagonal(blocks):
             self.dense_diagonal(blocks)
 
-    def causal_levels(self, q_rank: Tensor, k_rank: Tensor, config, rng, n_sink: int = 0) -> None:
+    def causal_levels(
+        self, q_rank: Tensor, k_rank: Tensor, config, rng, n_sink: int = 0, band: int = 0
+    ) -> None:
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
         output: one batched block-sample launch per level. Each level's first pair,
         whose keys hold the first n_sink keys, attends them exactly: every row after the
         first diagonal block is a query of exactly one such pair, and the rows of that
-        block see them in the diagonal."""
+        block see them in the diagonal. With a band, every pair's first `band` queries
+        attend its last `band` keys exactly, in one dense launch per level."""
         _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
         q_base, k_base, v_base, o_base = self._host_bases
@@ -401,8 +429,16 @@ class Problem:
                 sink_keys[:, 0] = n_sink
                 sink_keys = sink_keys.view(-1).to(self.q.device, non_blocking=True)
             self.block_sample(
-                *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys
-            )
+                *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
+                band=band,
+            )  # fmt: skip
+            if band:
+                q_l, o_l, k_l, v_l = bases
+                kv_index = torch.arange(z * pairs, device=q_l.device).repeat_interleave(g)
+                self.corner(
+                    q_l.reshape(-1), o_l.reshape(-1), kv_index, k_l + size * self.k.stride(2),
+                    v_l + size * self.v.stride(2), band,
+                )  # fmt: skip
         if n_sink:
             self.record_sinks(base, n_sink)
 
@@ -474,8 +510,9 @@ def fused_forward(
     q_rank, k_rank = ranks()
     k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
     square.causal_levels(
-        pad_end(q_rank, pad), k_rank_sq, config, rng, n_sink=max(0, n_sink - offset)
-    )
+        pad_end(q_rank, pad), k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
+        band=config.window,
+    )  # fmt: skip
     if pad:
         problem.allocate()
         problem.out.copy_(square.out[:, :, :n_query])
@@ -490,7 +527,7 @@ def fused_forward(
             prefix_sinks = min(n_sink, offset)
             problem.hyper(
                 q_rank, k_rank[:, :offset].contiguous(), 0, config, rng, merge=True,
-                n_sink=prefix_sinks,
+                n_sink=prefix_sinks, band=config.window,
             )  # fmt: skip
             if prefix_sinks:
                 problem.record_sinks(0, prefix_sinks)

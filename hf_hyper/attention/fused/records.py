@@ -28,7 +28,7 @@ class DenseCall:
 class BlockSampleCall:
     """One block-sample launch (bases already in the index type), its key walk
     (`tiles.key_list`: key_list, sample_block, each block's run padded to
-    plan.block_pad) and the sink keys it left out."""
+    plan.block_pad) and the sink and band keys it left out."""
 
     q_base: Tensor
     o_base: Tensor
@@ -45,6 +45,7 @@ class BlockSampleCall:
     key_list: Tensor
     sample_block: Tensor
     sink_keys: Tensor | None = None  # [zp] int32: leading keys left out (sinks)
+    band: int = 0  # the first `band` queries left the last `band` keys out (the corner)
 
 
 @dataclass(frozen=True)

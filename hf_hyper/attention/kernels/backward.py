@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, key_tile, masked_load, slot_rows
+from .common import LOG2E, band_cut, key_tile, masked_load, slot_rows
 
 
 @triton.jit
@@ -188,14 +188,15 @@ def _slot_query_rows(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """`_query_rows` of packed slots slot0 + [0, BLOCK_M), with their q offsets."""
-    q_off, o_row, row_ok = slot_rows(
+    """`_query_rows` of packed slots slot0 + [0, BLOCK_M), with their q offsets and
+    positions."""
+    q_off, o_row, row_ok, t = slot_rows(
         slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
         heads, q_stride, BLOCK_M,
     )  # fmt: skip
     q_off = tl.multiple_of(q_off, ALIGN)
     q, do, lse2, delta = _query_rows(Q, DO, LSE, Delta, q_off, o_row, row_ok, D, DV, D_PAD, DV_PAD)
-    return q, do, lse2, delta, q_off, row_ok
+    return q, do, lse2, delta, q_off, row_ok, t
 
 
 @triton.jit
@@ -208,7 +209,7 @@ def block_sample_dq_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
-    HAS_SINKS: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False, HAS_BAND: tl.constexpr = False, band=0,
 ):  # fmt: skip
     """dQ of one packed query tile: its key block, then the problem's sample, walked as
     `block_sample_kernel` walks them (the forward's key list and -inf biases, one loop:
@@ -218,11 +219,12 @@ def block_sample_dq_kernel(
     tile = pid % n_tiles
     if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
         return
-    q, do, lse2, delta, q_off, row_ok = _slot_query_rows(
+    q, do, lse2, delta, q_off, row_ok, t = _slot_query_rows(
         Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M,
         n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD, BLOCK_M,
         ALIGN,
     )  # fmt: skip
+    cut = band_cut(t, band, n_key, HAS_BAND)
     idx_ty = k_base_ptr.dtype.element_ty
     k_base = tl.load(k_base_ptr + zp)
     v_base = tl.load(v_base_ptr + zp)
@@ -251,7 +253,10 @@ def block_sample_dq_kernel(
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = masked_load(K + k_off[:, None] + offs_d[None, :], True, d_ok[None, :], FULL_D)
         v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
-        dq = _dq_step(q, do, k, v, row_ok[:, None], bias[None, :], lse2, delta, dq, qk_scale, IEEE)
+        keep = row_ok[:, None]
+        if HAS_BAND:  # the band corner took no part in this softmax
+            keep = keep & (key[None, :] < cut[:, None])
+        dq = _dq_step(q, do, k, v, keep, bias[None, :], lse2, delta, dq, qk_scale, IEEE)
     _add_rows(DQ, q_off, row_ok, dq * scale, D, D_PAD)
 
 
@@ -265,6 +270,7 @@ def block_dkdv_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr, ALIGN: tl.constexpr, HAS_SINKS: tl.constexpr = False,
+    HAS_BAND: tl.constexpr = False, band=0,
 ):  # fmt: skip
     """dK, dV of BLOCK_N sorted keys of one key block from the query tiles packed for that
     block (block_tile [zp, n_blocks]: first tile, block_tiles: how many), read BLOCK_M
@@ -296,12 +302,14 @@ def block_dkdv_kernel(
     # the block's tiles are consecutive, so their slots are one run
     for slot0 in range(first * TILE, (first + count) * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
-            q, do, lse2, delta, _, row_ok = _slot_query_rows(
+            q, do, lse2, delta, _, row_ok, t = _slot_query_rows(
                 Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0,
                 n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD,
                 BLOCK_M, ALIGN,
             )  # fmt: skip
             keep = in_softmax[:, None] & row_ok[None, :]
+            if HAS_BAND:
+                keep = keep & (key[:, None] < band_cut(t, band, n_key, HAS_BAND)[None, :])
             dk, dv = _dkdv_step(k, v, q, do, keep, 0.0, lse2, delta, dk, dv, qk_scale, IEEE)
     _add_rows(DK, k_off, key_ok, dk * scale, D, D_PAD)
     _add_rows(DV_, v_off, key_ok, dv, DV, DV_PAD)
@@ -318,6 +326,7 @@ def sample_dkdv_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr, ALIGN: tl.constexpr, HAS_SINKS: tl.constexpr = False,
+    HAS_BAND: tl.constexpr = False, band=0, n_key=0,
 ):  # fmt: skip
     """dK, dV of BLOCK_N sample slots of problem zp0 + i from one chunk of its query tiles
     (read BLOCK_M slots at a time), added atomically into the float32 scratch rows of
@@ -350,13 +359,15 @@ def sample_dkdv_kernel(
         in_softmax = in_softmax & (key >= tl.load(sink_keys_ptr + zp))
     for slot0 in range(t0 * TILE, t1 * TILE, BLOCK_M):
         if tl.load(slot_query_ptr + zp * n_slots + slot0) < n_rows:
-            q, do, lse2, delta, _, row_ok = _slot_query_rows(
+            q, do, lse2, delta, _, row_ok, t = _slot_query_rows(
                 Q, DO, LSE, Delta, slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0,
                 n_slots, n_rows, rows_per_head, heads, q_stride, D, DV, D_PAD, DV_PAD,
                 BLOCK_M, ALIGN,
             )  # fmt: skip
             blk = tl.load(tile_block_ptr + zp * n_tiles + slot0 // TILE).to(tl.int32)
             keep = (in_softmax & (spot_blk != blk))[:, None] & row_ok[None, :]
+            if HAS_BAND:
+                keep = keep & (key[:, None] < band_cut(t, band, n_key, HAS_BAND)[None, :])
             dk, dv = _dkdv_step(k, v, q, do, keep, sample_bias, lse2, delta, dk, dv, qk_scale, IEEE)
     slot = zs * n_sample + idx
     _atomic_add_rows(SK, slot * D, s_ok, dk * scale, D, D_PAD)

@@ -29,8 +29,8 @@ def slot_rows(
     slot_query_ptr, q_base_ptr, o_base_ptr, zp, slot0, n_slots, n_rows, rows_per_head,
     heads, q_stride, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """Query element offsets, output rows and validity of packed slots slot0 + [0,
-    BLOCK_M) of problem zp: row r is head r // rows_per_head at position
+    """(query element offsets, output rows, validity, positions) of packed slots
+    slot0 + [0, BLOCK_M) of problem zp: row r is head r // rows_per_head at position
     r % rows_per_head; an empty slot holds n_rows."""
     slots = slot0 + tl.arange(0, BLOCK_M)
     row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
@@ -40,7 +40,17 @@ def slot_rows(
     t = row - head * rows_per_head
     q_off = tl.load(q_base_ptr + zp * heads + head) + t * q_stride
     o_row = tl.load(o_base_ptr + zp * heads + head) + t
-    return q_off, o_row, row_ok
+    return q_off, o_row, row_ok, t
+
+
+@triton.jit
+def band_cut(t, band, n_key, HAS_BAND: tl.constexpr):
+    """Per query row, the first key index left to the band's exact corner: the first
+    `band` queries of a problem (positions t < band) leave its last `band` keys out of
+    their blocks and sample; the others keep every key (cut n_key)."""
+    if HAS_BAND:
+        return tl.where(t < band, n_key - band, n_key)
+    return t * 0 + n_key
 
 
 @triton.jit

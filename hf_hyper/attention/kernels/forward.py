@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, key_tile, masked_load, slot_rows
+from .common import LN2, band_cut, key_tile, masked_load, slot_rows
 
 
 @triton.jit
@@ -50,6 +50,15 @@ def _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
 def _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """`_update` with a per-key bias [BLOCK_N] in log2 units (-inf excludes a key)."""
     s = _scores(q, k, IEEE) * qk_scale + bias[None, :]
+    return _online_step(s, v, m_i, l_i, acc, IEEE)
+
+
+@triton.jit
+def _update_cut(q, k, v, bias, key, cut, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
+    """`_update_biased` that also excludes, per row, the keys at or past its cut [BLOCK_M]
+    (the band corner, attended exactly elsewhere)."""
+    s = _scores(q, k, IEEE) * qk_scale + bias[None, :]
+    s = tl.where(key[None, :] >= cut[:, None], float("-inf"), s)
     return _online_step(s, v, m_i, l_i, acc, IEEE)
 
 
@@ -97,6 +106,7 @@ def block_sample_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
     STORE_LSE: tl.constexpr = True, HAS_SINKS: tl.constexpr = False,
+    HAS_BAND: tl.constexpr = False, band=0,
 ):  # fmt: skip
     """One tile of queries that share a key block of problem zp: exact over the block's
     sorted keys, then the problem's uniform sample (own-block keys excluded, logits +
@@ -105,7 +115,9 @@ def block_sample_kernel(
     indices padded to sample_pad; sample_block [zp, sample_pad]: the sampled keys'
     blocks (-1: padding); sink_keys [zp] (HAS_SINKS): leading keys of each problem (the
     attention sinks), left out of its blocks and sample and attended exactly after them,
-    in the same softmax.
+    in the same softmax; band (HAS_BAND): the problem's first `band` queries leave its
+    last `band` keys out of their blocks and sample (the corner a causal cut leaves,
+    attended exactly by a dense launch).
 
     Addresses are formed here from the plan itself (query row -> head and position,
     sorted position -> key index), so no per-level offset arrays are built in memory:
@@ -118,11 +130,12 @@ def block_sample_kernel(
     tile = pid % n_tiles
     if tl.load(slot_query_ptr + zp * n_slots + tile * BLOCK_M) >= n_rows:
         return  # tiles fill from their first slot: an empty first slot is an unused tile
-    q_off, o_row, row_ok = slot_rows(
+    q_off, o_row, row_ok, t = slot_rows(
         slot_query_ptr, q_base_ptr, o_base_ptr, zp, tile * BLOCK_M, n_slots, n_rows,
         rows_per_head, heads, q_stride, BLOCK_M,
     )  # fmt: skip
     q_off = tl.multiple_of(q_off, ALIGN)
+    cut = band_cut(t, band, n_key, HAS_BAND)
     idx_ty = k_base_ptr.dtype.element_ty
     k_base = tl.load(k_base_ptr + zp)
     v_base = tl.load(v_base_ptr + zp)
@@ -160,7 +173,10 @@ def block_sample_kernel(
         v_off = tl.multiple_of(v_base + key * v_stride, ALIGN)
         k = masked_load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
         v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
-        m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
+        if HAS_BAND:
+            m_i, l_i, acc = _update_cut(q, k, v, bias, key, cut, m_i, l_i, acc, qk_scale, IEEE)
+        else:
+            m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
     if HAS_SINKS:  # keys [0, n_sink): exact, for every query of the problem
         for start in range(0, n_sink, BLOCK_N):
             key = start + offs_n
