@@ -185,10 +185,16 @@ def recommend(trials: PplTrials, ranked: list[int], budget: float, total: int) -
 
 
 def _summary(payload: dict) -> str:
+    lines = []
+    if payload.get("skipped_layers"):
+        lines.append(
+            f"\nNot measured: layers {payload['skipped_layers']} (sliding-window attention, "
+            "which HyperAttention does not replace)"
+        )
     rec = payload.get("recommendation")
     if not rec:
-        return ""
-    lines = [
+        return "\n".join(lines) + ("\n" if lines else "")
+    lines += [
         f"\nPerplexity budget +{rec['budget']:.1%} over {rec['base_ppl']:.4f} "
         f"(limit {rec['limit_ppl']:.4f}, {payload['ppl_windows']} windows):",
         f"- patch layers {rec['layers']} ({rec['count']} of {payload['num_layers']}): "
@@ -234,7 +240,12 @@ def run(args: argparse.Namespace) -> Path:
     with tqdm(total=len(chosen), desc=f"layers at {args.length} tokens") as bar:
         probe = LayerProbe(config, bar)
         try:
-            with hf_hyper.capture_attention(model, probe, layers=chosen), torch.no_grad():
+            with (
+                hf_hyper.capture_attention(model, probe, layers=chosen) as observed,
+                torch.no_grad(),
+            ):
+                bar.total = len(observed)  # the layers HyperAttention can serve
+                bar.refresh()
                 ids = torch.tensor(windows[0].ids, device=device)[None]
                 model.get_decoder()(input_ids=ids, use_cache=False)
         except (ValueError, RuntimeError) as err:
@@ -253,6 +264,7 @@ def run(args: argparse.Namespace) -> Path:
         "window": windows[0].id,
         "length": args.length,
         "hyper_config": config.to_dict(),
+        "skipped_layers": sorted(set(chosen) - set(observed)),
         "rows": layers,
         "heads": heads,
     }

@@ -213,3 +213,15 @@ class FullAttentionLayersAdapter(AttentionInterfaceAdapter):
             )
         state = super().patch(model, keep, config)
         return state | {"skipped_layers": skipped}
+
+    def observe(self, model: PreTrainedModel, layers: list[int], observer) -> dict:
+        """Only the full-attention layers: the sliding-window ones are never patched, so
+        there is nothing to measure there."""
+        full = full_attention_layers(model)
+        keep = [i for i in layers if full is None or i in full]
+        if not keep:
+            raise ValueError(
+                f"none of layers {layers} is a full-attention layer; this model's are "
+                f"{sorted(full or [])}: choose among them"
+            )
+        return super().observe(model, keep, observer) | {"observed_layers": keep}

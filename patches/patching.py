@@ -122,7 +122,8 @@ def capture_attention(
     [batch, heads, seq, head_dim], after the position encoding; GQA keys not repeated)
     and then computes the layer's own attention, so outputs are unchanged. For measuring
     attention on real activations (`attention_diagnostics`); inputs must be unpadded.
-    Yields the chosen layer indices.
+    Yields the layer indices observed: the chosen ones that `patch` would patch (Gemma 3's
+    sliding-window layers, for one, are left out).
     """
     if getattr(model, STATE_ATTR, None) is not None:
         raise RuntimeError("capture_attention needs an unpatched model; call hf_hyper.unpatch")
@@ -135,7 +136,7 @@ def capture_attention(
     state = adapter.observe(model, chosen, observer)
     setattr(model, CAPTURE_ATTR, state)
     try:
-        yield chosen
+        yield list(state.get("observed_layers", chosen))
     finally:
         adapter.unpatch(model, state)
         delattr(model, CAPTURE_ATTR)

@@ -39,3 +39,22 @@ def test_choosing_only_sliding_window_layers_names_the_full_ones():
     model = tiny_model("gemma3_text")
     with pytest.raises(ValueError, match=r"full-attention layer.*\[1, 3\]"):
         hf_hyper.patch(model, layers=[0, 2])
+
+
+def test_capture_observes_only_the_full_attention_layers():
+    model = tiny_model("gemma3_text")
+    ids = torch.randint(1, 128, (1, 60), generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def observer(layer, q, k, v, *, causal, scale):
+        seen.append(layer)
+
+    with hf_hyper.capture_attention(model, observer) as observed, torch.no_grad():
+        assert observed == [1, 3]
+        model(ids)
+    assert seen == [1, 3]
+    with (
+        pytest.raises(ValueError, match=r"full-attention layer.*\[1, 3\]"),
+        hf_hyper.capture_attention(model, observer, layers=[0, 2]),
+    ):
+        pass
