@@ -60,11 +60,29 @@ COLUMNS = [
 ]
 
 
+# With the default min_seq_len (4096) every call at 4096 tokens is exact and 8192 is the
+# shortest length where HyperAttention runs: the pair shows both.
+DEFAULT_LENGTHS = (4096, 8192)
+
+
+def default_lengths(model) -> list[int]:
+    """DEFAULT_LENGTHS that the model's positions reach (else its own limit), said aloud."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    lengths = [n for n in DEFAULT_LENGTHS if not limit or n <= limit] or [limit]
+    if lengths != list(DEFAULT_LENGTHS):
+        print(f"lengths: {lengths} (the model has {limit} positions)", flush=True)
+    return lengths
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_text_arguments(p)
     win = p.add_argument_group("windows")
-    win.add_argument("--lengths", type=int, nargs="+", default=[4096])
+    win.add_argument(
+        "--lengths", type=positive_int, nargs="+", default=None,
+        help=f"window lengths in tokens (default: {' '.join(map(str, DEFAULT_LENGTHS))}, those "
+        "the model's positions reach: exact at the first, HyperAttention at the second)",
+    )  # fmt: skip
     win.add_argument("--stride", type=int, default=None, help="sliding windows (default: none)")
     win.add_argument(
         "--max-windows", type=positive_int, default=None, help="per length (default: all)"
@@ -125,6 +143,8 @@ def run(args: argparse.Namespace) -> Path | None:
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)
+    if args.lengths is None:
+        args.lengths = default_lengths(model)
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
     settings = parse_patch_settings(args.patch_layers, layer_total)

@@ -198,3 +198,22 @@ def test_missing_gguf_file_names_the_folder_and_what_is_there(tmp_path, capsys):
     assert "no GGUF file 'other.gguf'" in err and "model.Q4.gguf" in err
     err = _error(capsys, "ppl", "--model", "org/name", "--gguf-file", "x.gguf", "--cpu")
     assert "--gguf-file needs --model to be the folder that holds it" in err
+
+
+def test_default_lengths_show_exact_and_approximate_where_positions_reach(capsys):
+    from types import SimpleNamespace
+
+    from hf_hyper import HyperAttentionConfig
+    from hf_hyper.eval.ppl import DEFAULT_LENGTHS, default_lengths
+
+    def model(limit):
+        return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit))
+
+    # the first default is exact under the default min_seq_len, the second is not
+    config = HyperAttentionConfig()
+    assert DEFAULT_LENGTHS[0] <= config.min_seq_len < DEFAULT_LENGTHS[1]
+    assert default_lengths(model(32768)) == list(DEFAULT_LENGTHS)
+    assert capsys.readouterr().out == ""
+    assert default_lengths(model(4096)) == [4096]
+    assert default_lengths(model(512)) == [512]
+    assert "512 positions" in capsys.readouterr().out
