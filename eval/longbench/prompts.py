@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common import JobError
+from ..chat import chat_enabled, encode_prompt
 from .protocol import Task
 from .samples import Sample
-
-CHAT_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -33,15 +31,8 @@ def truncate_middle(tokenizer, text: str, budget: int) -> tuple[str, int, bool]:
 
 
 def uses_chat(task: Task, tokenizer, mode: str) -> bool:
-    if mode not in CHAT_MODES:
-        raise JobError(f"--chat-template must be one of {CHAT_MODES}; got {mode!r}")
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "always" and not has_template:
-        raise JobError(
-            "--chat-template always, but the tokenizer has no chat template "
-            "(use --chat-template never for a base model)"
-        )
-    return mode != "never" and has_template and not task.raw_prompt
+    """Chat template per the mode, except for the tasks the benchmark prompts raw."""
+    return chat_enabled(tokenizer, mode) and not task.raw_prompt
 
 
 def build_prompt(task: Task, sample: Sample, tokenizer, budget: int, chat_mode: str) -> Prompt:
@@ -49,11 +40,4 @@ def build_prompt(task: Task, sample: Sample, tokenizer, budget: int, chat_mode: 
     text = task.template.format(context=sample.context, input=sample.input)
     text, prompt_tokens, truncated = truncate_middle(tokenizer, text, budget)
     chat = uses_chat(task, tokenizer, chat_mode)
-    if chat:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has them
-    else:
-        ids = tokenizer(text)["input_ids"]
-    return Prompt(list(ids), prompt_tokens, truncated, chat)
+    return Prompt(encode_prompt(tokenizer, text, chat), prompt_tokens, truncated, chat)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..chat import CHAT_MODES
 from ..common import (
     JobError,
     command_line,
@@ -29,6 +30,7 @@ from ..common import (
     save_results,
     today,
 )
+from ..generation import generate
 from ..models import (
     add_hyper_arguments,
     add_model_arguments,
@@ -42,8 +44,7 @@ from ..models import (
 )
 from ..plots import plot_longbench
 from ..timing import environment
-from .generation import generate
-from .prompts import CHAT_MODES, build_prompt, uses_chat
+from .prompts import build_prompt, uses_chat
 from .protocol import prompt_budget, tasks
 from .report import markdown, score_predictions
 from .samples import HUB_REPO, HUB_REVISION, Sample, load_samples
@@ -157,8 +158,9 @@ def run(args: argparse.Namespace) -> Path | None:
                 for sample in tqdm(mine, desc=desc, disable=not accelerator.is_main_process):
                     prompt = build_prompt(t, sample, tokenizer, budget, args.chat_template)
                     pred, new_tokens = generate(
-                        model, tokenizer, t, prompt.input_ids, accelerator.device
-                    )
+                        model, tokenizer, prompt.input_ids, accelerator.device,
+                        max_new_tokens=t.max_new_tokens, stop_at_newline=t.stop_at_newline,
+                    )  # fmt: skip
                     file.append(_record(sample, prompt, pred, new_tokens))
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:

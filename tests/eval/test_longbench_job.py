@@ -14,9 +14,9 @@ import torch
 from longbench_data import rows, write_sample
 from tiny_models import save_tiny_checkpoint
 
-from hf_hyper.eval import cli
+from hf_hyper.eval import cli, generation
 from hf_hyper.eval.common import JobError
-from hf_hyper.eval.longbench import generation, protocol
+from hf_hyper.eval.longbench import protocol
 from hf_hyper.eval.longbench.prompts import build_prompt, truncate_middle
 from hf_hyper.eval.longbench.samples import load_samples, read_jsonl
 
@@ -139,8 +139,12 @@ def test_samsum_stops_at_newline(tokenizer):
 
     newline = tokenizer.encode("\n", add_special_tokens=False)[-1]
     model = AutoModelForCausalLM.from_pretrained(tokenizer.name_or_path)
-    assert newline in generation.stop_tokens(model, tokenizer, protocol.task("samsum"))
-    assert newline not in generation.stop_tokens(model, tokenizer, protocol.task("hotpotqa"))
+    assert newline in generation.stop_tokens(
+        model, tokenizer, protocol.task("samsum").stop_at_newline
+    )
+    assert newline not in generation.stop_tokens(
+        model, tokenizer, protocol.task("hotpotqa").stop_at_newline
+    )
 
 
 def test_job_end_to_end_rescoring_and_settings_guard(checkpoint, data_dir, tmp_path):

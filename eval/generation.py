@@ -1,35 +1,36 @@
-"""Greedy generation with the benchmark's stopping rules."""
+"""Greedy generation that stops at the model's end of sequence (and, optionally, at a
+newline), shared by the jobs that score generated answers."""
 
 from __future__ import annotations
 
 import torch
 
-from .protocol import Task
 
-
-def stop_tokens(model, tokenizer, task: Task) -> list[int]:
-    """The model's own end-of-sequence ids, plus the newline token where the benchmark
-    stops at a newline."""
+def stop_tokens(model, tokenizer, stop_at_newline: bool) -> list[int]:
+    """The model's own end-of-sequence ids, plus the newline token if asked."""
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
     ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    if task.stop_at_newline:
+    if stop_at_newline:
         ids.append(tokenizer.encode("\n", add_special_tokens=False)[-1])
     return list(dict.fromkeys(ids))
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, task: Task, input_ids: list[int], device) -> tuple[str, int]:
-    """(decoded answer, number of new tokens); greedy, at most task.max_new_tokens."""
+def generate(
+    model, tokenizer, input_ids: list[int], device, *, max_new_tokens: int,
+    stop_at_newline: bool = False,
+) -> tuple[str, int]:  # fmt: skip
+    """(decoded answer, number of new tokens); greedy, at most max_new_tokens."""
     ids = torch.tensor([input_ids], device=device)
-    stops = stop_tokens(model, tokenizer, task)
+    stops = stop_tokens(model, tokenizer, stop_at_newline)
     output = model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
-        max_new_tokens=task.max_new_tokens,
-        # samsum: at least one token, so the newline stop cannot give an empty answer
-        min_new_tokens=1 if task.stop_at_newline else None,
+        max_new_tokens=max_new_tokens,
+        # a newline stop must not give an empty answer: at least one token
+        min_new_tokens=1 if stop_at_newline else None,
         do_sample=False,
         num_beams=1,
         temperature=None,
