@@ -33,6 +33,11 @@ EXAMPLES = {
         "hf-hyper diagnose --model meta-llama/Llama-2-7b-hf --length 32768\n"
         "hf-hyper diagnose --length 8192 --ppl-budget 0.02"
     ),
+    "retrieval": (
+        "hf-hyper retrieval --model ./my-model --lengths 4096 8192 --tasks passkey kv-number\n"
+        "hf-hyper retrieval --model ./my-model --files book.txt --depths 10 --seeds 3 --diagnose\n"
+        "accelerate launch -m hf_hyper.eval.retrieval --model ./my-model"
+    ),
     "plot": "hf-hyper plot attention bench-attention/attention.json\n"
     "hf-hyper plot ppl ppl-results/ppl.json\n"
     "hf-hyper plot longbench longbench-results/longbench.json",
@@ -72,6 +77,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from . import bench_attention, bench_model, diagnose, ppl
     from .longbench import run as longbench
+    from .retrieval import run as retrieval
 
     top = argparse.ArgumentParser(
         prog="hf-hyper",
@@ -81,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     _job(jobs, "ppl", ppl, "long-context perplexity, unpatched vs patched layers")
     _job(jobs, "longbench", longbench, "LongBench v1 scores ('longbench score DIR' re-scores)")
     _job(jobs, "diagnose", diagnose, "per-layer/head error and alpha, kappa; layer choice")
+    _job(jobs, "retrieval", retrieval, "needle-in-a-haystack grid, unpatched vs patched layers")
     bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
     _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels (GPU)")
@@ -116,6 +123,7 @@ def _plot(args: argparse.Namespace) -> None:
         "longbench": ("longbench", plots.plot_longbench),
         "longbench score": ("longbench", plots.plot_longbench),
         "diagnose": ("diagnose", plots.plot_diagnose),
+        "retrieval": ("retrieval", plots.plot_retrieval),
     }
     if len(args.paths) > 2:
         raise JobError("plot takes one JSON file (optionally after its kind)")

@@ -62,6 +62,20 @@ def hyper_config(args: argparse.Namespace) -> HyperAttentionConfig:
     return config_from_arguments(args, HyperAttentionConfig)
 
 
+# With the default min_seq_len (4096) every call at 4096 tokens is exact and 8192 is the
+# shortest length where HyperAttention runs: the pair shows both.
+DEFAULT_LENGTHS = (4096, 8192)
+
+
+def default_lengths(model) -> list[int]:
+    """DEFAULT_LENGTHS that the model's positions reach (else its own limit), said aloud."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    lengths = [n for n in DEFAULT_LENGTHS if not limit or n <= limit] or [limit]
+    if lengths != list(DEFAULT_LENGTHS):
+        print(f"lengths: {lengths} (the model has {limit} positions)", flush=True)
+    return lengths
+
+
 def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
     too_long = [n for n in lengths if limit and n > limit]

@@ -135,3 +135,49 @@ def plot_diagnose(json_path: Path, png_path: Path) -> Path:
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"{data.get('model', '')} at {data.get('length')} tokens", fontsize=9)
     return _save(plt, fig, png_path)
+
+
+def _heat(ax, grid, lengths, depth_values, title, cmap, vmin, vmax):
+    image = ax.imshow(grid, origin="upper", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(depth_values)), [f"{d:.0%}" for d in depth_values])
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def plot_retrieval(json_path: Path, png_path: Path) -> Path:
+    """Per task: a depth x length accuracy map per setting, then each patched setting
+    minus the unpatched one (the usual needle-in-a-haystack plots)."""
+    data = _load(Path(json_path))
+    lengths, depth_values = data["lengths"], data["depths"]
+    settings = list(dict.fromkeys(r["setting"] for r in data["rows"]))
+    base = "0" if "0" in settings else None
+    diffs = [s for s in settings if base is not None and s != base]
+    cells = {(c["setting"], c["task"], c["length"], c["depth"]): c["accuracy"]
+             for c in data["cells"]}  # fmt: skip
+
+    def grid(setting: str, task: str) -> list[list[float]]:
+        return [[cells.get((setting, task, n, d), math.nan) for n in lengths]
+                for d in depth_values]  # fmt: skip
+
+    plt = require_matplotlib()
+    columns = len(settings) + len(diffs)
+    fig, axes = plt.subplots(len(data["tasks"]), columns, squeeze=False,
+                             figsize=(3.2 * columns, 2.8 * len(data["tasks"])))  # fmt: skip
+    for row, task in enumerate(data["tasks"]):
+        for col, setting in enumerate(settings):
+            image = _heat(axes[row][col], grid(setting, task), lengths, depth_values,
+                          f"{task}, patched {setting}", "RdYlGn", 0, 1)  # fmt: skip
+        if settings:
+            fig.colorbar(image, ax=axes[row][len(settings) - 1], label="accuracy")
+        for col, setting in enumerate(diffs, start=len(settings)):
+            patched, exact = grid(setting, task), grid(base, task)
+            delta = [[p - e for p, e in zip(pr, er, strict=True)]
+                     for pr, er in zip(patched, exact, strict=True)]  # fmt: skip
+            image = _heat(axes[row][col], delta, lengths, depth_values,
+                          f"{task}, patched {setting} - exact", "RdBu", -1, 1)  # fmt: skip
+            fig.colorbar(image, ax=axes[row][col], label="accuracy difference")
+    fig.suptitle(f"{data.get('model', '')}  {data.get('date', '')}", fontsize=9)
+    return _save(plt, fig, png_path)

@@ -32,11 +32,13 @@ from .common import (
     today,
 )
 from .models import (
+    DEFAULT_LENGTHS,
     add_hyper_arguments,
     add_model_arguments,
     check_lengths,
     check_patch_values,
     check_patchable,
+    default_lengths,
     hyper_config,
     load_model,
     num_layers,
@@ -58,20 +60,6 @@ COLUMNS = [
     ("ppl", "perplexity"),
     ("attention", "attention"),
 ]
-
-
-# With the default min_seq_len (4096) every call at 4096 tokens is exact and 8192 is the
-# shortest length where HyperAttention runs: the pair shows both.
-DEFAULT_LENGTHS = (4096, 8192)
-
-
-def default_lengths(model) -> list[int]:
-    """DEFAULT_LENGTHS that the model's positions reach (else its own limit), said aloud."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    lengths = [n for n in DEFAULT_LENGTHS if not limit or n <= limit] or [limit]
-    if lengths != list(DEFAULT_LENGTHS):
-        print(f"lengths: {lengths} (the model has {limit} positions)", flush=True)
-    return lengths
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -204,7 +204,7 @@ def test_default_lengths_show_exact_and_approximate_where_positions_reach(capsys
     from types import SimpleNamespace
 
     from hf_hyper import HyperAttentionConfig
-    from hf_hyper.eval.ppl import DEFAULT_LENGTHS, default_lengths
+    from hf_hyper.eval.models import DEFAULT_LENGTHS, default_lengths
 
     def model(limit):
         return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit))

@@ -1,0 +1,1 @@
+"""`hf-hyper retrieval`: needle-in-a-haystack retrieval, unpatched vs patched layers."""

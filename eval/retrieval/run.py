@@ -1,0 +1,354 @@
+"""Needle-in-a-haystack retrieval at long range, unpatched and with HyperAttention in the
+last k layers: what perplexity averages hide (one relevant token thousands back).
+
+    hf-hyper retrieval --model ./my-model --lengths 4096 8192 --tasks passkey kv-number
+    hf-hyper retrieval --model ./my-model --files book.txt --depths 10 --seeds 3 --diagnose
+    accelerate launch -m hf_hyper.eval.retrieval --model ./my-model   # data parallel
+
+Cases are generated offline from any haystack text (the bundled text by default): a
+needle (a fact with a random value) sits at each of --depths depths of a --lengths-token
+prompt, --seeds times; the model answers greedily and a case is correct when every
+answer value appears in its answer. Outputs: every case in retrieval.json, accuracy per
+setting, task and length in retrieval.md, and depth x length heat maps per setting plus
+their difference from the unpatched model in retrieval.png. Each finished case is
+appended to a cache in --output-dir; re-running the same command skips the cases done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cache import ResultLog, run_key
+from ..chat import CHAT_MODES, chat_enabled
+from ..common import (
+    JobError,
+    command_line,
+    exit_status,
+    markdown_table,
+    output_dir,
+    positive_int,
+    release_processes,
+    save_results,
+    today,
+)
+from ..generation import generate
+from ..models import (
+    add_hyper_arguments,
+    add_model_arguments,
+    check_lengths,
+    check_patch_values,
+    check_patchable,
+    default_lengths,
+    hyper_config,
+    load_model,
+    num_layers,
+    parse_patch_settings,
+    patched,
+)
+from ..plots import plot_retrieval
+from ..texts import add_text_arguments, load_documents, text_source, token_streams
+from ..timing import environment
+from .coverage import needle_coverage
+from .tasks import TASKS, Case, build_case, check_tasks, score
+
+COLUMNS = [
+    ("setting", "patched layers"),
+    ("task", "task"),
+    ("length", "length"),
+    ("cases", "cases"),
+    ("accuracy", "accuracy"),
+    ("attention", "attention"),
+]
+# Room for the answers: a 7-digit number with its words; multivalue lists several.
+MAX_NEW_TOKENS = {"multivalue": 64}
+DEFAULT_NEW_TOKENS = 24
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_text_arguments(p)
+    grid = p.add_argument_group("cases")
+    grid.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["passkey"],
+        help=f"from {', '.join(TASKS)} (default: passkey)",
+    )
+    grid.add_argument(
+        "--lengths",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="prompt lengths in tokens (default: 4096 8192, those the model's positions reach)",
+    )
+    grid.add_argument(
+        "--depths",
+        type=positive_int,
+        default=10,
+        help="needle depths, evenly from the start (0) to the end (1) of the text",
+    )
+    grid.add_argument("--seeds", type=positive_int, default=2, help="cases per cell")
+    grid.add_argument(
+        "--distractors", type=positive_int, default=3, help="multikey: needles with other keys"
+    )
+    grid.add_argument(
+        "--values", type=positive_int, default=4, help="multivalue: values of the one key"
+    )
+    grid.add_argument(
+        "--allow-repeat", action="store_true", help="repeat a haystack shorter than a prompt needs"
+    )
+    grid.add_argument("--allow-beyond-max-positions", action="store_true")
+    grid.add_argument(
+        "--chat-template",
+        choices=CHAT_MODES,
+        default="auto",
+        help="wrap prompts in the tokenizer's chat template (auto: if it has one)",
+    )
+    grid.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="per layer, the share of heads whose exact set holds the needle",
+    )
+    add_hyper_arguments(p, patch_default=["0", "all"])
+    p.add_argument("--output-dir", default="retrieval-results")
+
+
+def depths(count: int) -> list[float]:
+    return [0.5] if count == 1 else [i / (count - 1) for i in range(count)]
+
+
+def _attention(count: int, length: int, hyper) -> str:
+    if count == 0:
+        return "exact (unpatched)"
+    return "exact (short calls)" if length <= hyper.exact_query_len(True) else "HyperAttention"
+
+
+def _record(label: str, case: Case, prediction: str, new_tokens: int) -> dict[str, Any]:
+    return {
+        "key": f"{label}|{case.key}",
+        "setting": label,
+        "task": case.task,
+        "length": case.length,
+        "depth": case.depth,
+        "seed": case.seed,
+        "prompt_hash": case.prompt_hash,
+        "prompt_tokens": len(case.input_ids),
+        "chat": case.chat,
+        "answers": list(case.answers),
+        "prediction": prediction,
+        "new_tokens": new_tokens,
+        "correct": score(case.answers, prediction),
+    }
+
+
+def summarize(records: list[dict], settings, hyper) -> tuple[list[dict], list[dict]]:
+    """(rows: accuracy per setting, task and length; cells: per depth too)."""
+    counts = dict(settings)
+    rows, cells = [], []
+    groups: dict[tuple, list[bool]] = {}
+    for r in records:
+        groups.setdefault((r["setting"], r["task"], r["length"], r["depth"]), []).append(
+            r["correct"]
+        )
+    for (label, task, length, depth), marks in groups.items():
+        cells.append(
+            dict(
+                setting=label,
+                task=task,
+                length=length,
+                depth=depth,
+                cases=len(marks),
+                accuracy=sum(marks) / len(marks),
+            )
+        )
+    for label, _ in settings:
+        for task in dict.fromkeys(r["task"] for r in records):
+            for length in dict.fromkeys(r["length"] for r in records):
+                marks = [
+                    r["correct"]
+                    for r in records
+                    if (r["setting"], r["task"], r["length"]) == (label, task, length)
+                ]
+                if marks:
+                    rows.append(
+                        dict(
+                            setting=label,
+                            layer_count=counts[label],
+                            task=task,
+                            length=length,
+                            cases=len(marks),
+                            accuracy=round(sum(marks) / len(marks), 4),
+                            attention=_attention(counts[label], length, hyper),
+                        )
+                    )
+    return rows, cells
+
+
+def _coverage_table(coverage: dict[str, dict]) -> str:
+    """Mean over cases of each layer's share of heads that see a needle exactly."""
+    if not coverage:
+        return ""
+    layers = sorted({int(k) for c in coverage.values() for k in c})
+    rows = [
+        dict(
+            layer=layer,
+            share=sum(c.get(str(layer), 0.0) for c in coverage.values()) / len(coverage),
+        )
+        for layer in layers
+    ]
+    return "\nNeedle in the last query's exact set (unpatched activations):\n\n" + (
+        markdown_table(rows, [("layer", "layer"), ("share", "share of heads")])
+    )
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    tasks = check_tasks(args.tasks)
+    check_patch_values(args.patch_layers)
+    hyper = hyper_config(args)
+    if args.diagnose and hyper.seed is None:
+        raise JobError("--diagnose needs --seed: the exact sets are those of seeded calls")
+    accelerator = Accelerator(cpu=args.cpu)
+    if args.device_map and accelerator.num_processes > 1:
+        raise JobError("--device-map shards one model copy: run it in a single process")
+    source = text_source(args)
+    docs = load_documents(source)
+    if not any(doc.text.strip() for doc in docs):
+        raise JobError(
+            f"the haystack text ({source.describe()}) is empty: give --files or --dataset "
+            "with some text"
+        )
+    model, tokenizer = load_model(args, accelerator.device)
+    if args.lengths is None:
+        args.lengths = default_lengths(model)
+    check_lengths(args.lengths, args, model)
+    layer_total = num_layers(model)
+    settings = parse_patch_settings(args.patch_layers, layer_total)
+    if any(count for _, count in settings):
+        check_patchable(model)
+    chat = chat_enabled(tokenizer, args.chat_template)
+    stream = token_streams(tokenizer, docs, False)[0][1]
+    cases = [
+        build_case(
+            task,
+            length,
+            depth,
+            seed,
+            stream,
+            tokenizer,
+            chat,
+            distractors=args.distractors,
+            values=args.values,
+            allow_repeat=args.allow_repeat,
+        )
+        for task in tasks
+        for length in args.lengths
+        for depth in depths(args.depths)
+        for seed in range(args.seeds)
+    ]
+    key = run_key(
+        dict(
+            model=args.model,
+            dtype=args.dtype,
+            text=source.describe(),
+            chat=chat,
+            distractors=args.distractors,
+            values=args.values,
+            config=hyper.to_dict(),
+        )
+    )
+    out = output_dir(args.output_dir)  # once the input is known good: no empty folders
+    rank, world = accelerator.process_index, accelerator.num_processes
+    cache = ResultLog(out / f"cache-{key}", rank)
+    done = cache.load()
+    mine = cases[rank::world]
+    planned = len(settings) * len(cases) + (len(cases) if args.diagnose else 0)
+    resumed = sum(f"{label}|{c.key}" in done for label, _ in settings for c in cases)
+    resumed += sum(f"coverage|{c.key}" in done for c in cases) if args.diagnose else 0
+    if resumed and accelerator.is_main_process:
+        print(f"resuming: {resumed} of {planned} cases from {cache.directory}", flush=True)
+    device = accelerator.device
+    for label, count in settings:
+        todo = [c for c in mine if f"{label}|{c.key}" not in done]
+        with patched(model, count, hyper):
+            bar = tqdm(todo, desc=f"patched {label:>3}", disable=not accelerator.is_main_process)
+            for case in bar:
+                new = MAX_NEW_TOKENS.get(case.task, DEFAULT_NEW_TOKENS)
+                prediction, n_new = generate(
+                    model,
+                    tokenizer,
+                    list(case.input_ids),
+                    device,
+                    max_new_tokens=new,
+                    stop_at_newline=not chat,
+                )
+                cache.append(_record(label, case, prediction, n_new))
+    if args.diagnose:
+        for case in tqdm(
+            [c for c in mine if f"coverage|{c.key}" not in done],
+            desc="diagnose",
+            disable=not accelerator.is_main_process,
+        ):
+            try:
+                shares = needle_coverage(model, case.input_ids, case.needle_spans, hyper, device)
+            except ValueError as err:
+                raise JobError(str(err)) from err
+            cache.append({"key": f"coverage|{case.key}", "coverage": shares})
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        release_processes()
+        return None
+
+    done = cache.load()
+    records = [done[f"{label}|{c.key}"] for label, _ in settings for c in cases]
+    rows, cells = summarize(records, settings, hyper)
+    coverage = (
+        {c.key: done[f"coverage|{c.key}"]["coverage"] for c in cases} if args.diagnose else {}
+    )
+    payload = {
+        "job": "retrieval",
+        "command": command_line("retrieval"),
+        "date": today(),
+        "environment": environment(),
+        "processes": world,
+        "cases_from_cache": resumed,
+        "model": args.model,
+        "dtype": args.dtype,
+        "num_layers": layer_total,
+        "text": source.describe(),
+        "chat_template": chat,
+        "tasks": tasks,
+        "lengths": args.lengths,
+        "depths": depths(args.depths),
+        "seeds": args.seeds,
+        "hyper_config": hyper.to_dict(),
+        "rows": rows,
+        "cells": cells,
+        "cases": records,
+        "coverage": coverage,
+    }
+    table = markdown_table(rows, COLUMNS) + _coverage_table(coverage)
+    save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
+    release_processes()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-hyper retrieval",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return exit_status("hf-hyper retrieval", run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
