@@ -131,3 +131,18 @@ def test_config_rejects_bad_local_window(kwargs, message):
 def test_default_window_fits_small_min_seq_len():
     config = HyperAttentionConfig(min_seq_len=8)
     assert config.sinks + config.window <= 4
+
+
+def test_hash_dims_with_sinks_and_window_hash_only_the_named_columns():
+    # columns the hash ignores and that add nothing to q.k leave every exact part and
+    # every bucket, so the output, unchanged
+    q, k, v = random_qkv(1, 2, 2, 600, 600, dim=16, seed=6)
+    config = HyperAttentionConfig(
+        block_size=32, sample_size=32, min_seq_len=64, sink_tokens=3, local_window=12, seed=0
+    )
+    full = hyper_attention(q, k, v, causal=True, config=config)
+    q_aug = torch.cat([q, torch.randn(1, 2, 600, 4, dtype=q.dtype)], dim=-1)
+    k_aug = torch.cat([k, torch.zeros(1, 2, 600, 4, dtype=k.dtype)], dim=-1)
+    ignored = hyper_attention(q_aug, k_aug, v, causal=True, config=config, hash_dims=16,
+                              scale=16**-0.5)  # fmt: skip
+    torch.testing.assert_close(ignored, full, atol=1e-12, rtol=0)

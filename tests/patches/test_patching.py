@@ -1,5 +1,7 @@
 """patch / unpatch on tiny models of every supported family (CPU, no downloads)."""
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
@@ -66,11 +68,14 @@ def test_long_input_approximates_and_unpatch_restores_bits(family):
     assert hf_hyper.patch_report(model) is None
 
 
+@pytest.mark.parametrize("window", [0, 6])  # the sinks are on (default); with a window too
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_padded_batch_equals_each_sequence_alone(family, side):
+def test_padded_batch_equals_each_sequence_alone(family, side, window):
     model = tiny_model(family)
-    hf_hyper.patch(model, last_layers=4, config=APPROX)
+    config = dataclasses.replace(APPROX, local_window=window)
+    assert config.sinks > 0
+    hf_hyper.patch(model, last_layers=4, config=config)
     lengths, n = [300, 200], 300
     batch = torch.zeros(2, n, dtype=torch.long)
     mask = torch.zeros(2, n, dtype=torch.long)
