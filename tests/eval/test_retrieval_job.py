@@ -5,7 +5,10 @@ patching that must change nothing, resume, and bad input."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,23 @@ def test_job_end_to_end_exact_patching_changes_nothing_and_resume(checkpoint, tm
     assert cache.read_text() == before  # nothing recomputed
     assert again["cases_from_cache"] == 2 * len(data["coverage"]) + len(data["coverage"])
     assert again["cases"] == data["cases"]
+
+
+def test_two_processes_give_the_same_cases(checkpoint, tmp_path):
+    extra = ["--lengths", "900", "--depths", "3", "--seeds", "1", "--tasks", "kv-number",
+             "--patch-layers", "0", "all"]  # fmt: skip
+    one = _retrieval(checkpoint, tmp_path / "one", *extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "hf_hyper.eval.retrieval", "--model", str(checkpoint), "--cpu", "--dtype",
+           "fp32", "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "retrieval.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["cases"] == one["cases"]
+    caches = sorted(p.name for p in (tmp_path / "two").glob("cache-*/rank*.jsonl"))
+    assert caches == ["rank0.jsonl", "rank1.jsonl"]
 
 
 def _error(capsys, *args: str) -> str:
