@@ -47,7 +47,13 @@ from .models import (
 )
 from .nll import score_window
 from .plots import plot_diagnose
-from .texts import add_text_arguments, load_documents, text_source, token_streams
+from .texts import (
+    add_text_arguments,
+    load_documents,
+    text_source,
+    token_streams,
+    window_prefix,
+)
 from .timing import environment
 from .windows import Window, make_windows
 
@@ -226,7 +232,8 @@ def run(args: argparse.Namespace) -> Path:
     check_lengths([args.length], args, model)
     total = num_layers(model)
     streams = token_streams(tokenizer, docs, args.per_document)
-    windows = make_windows(streams, args.length, None, args.ppl_windows)
+    prefix = window_prefix(tokenizer)
+    windows = make_windows(streams, args.length, None, args.ppl_windows, prefix)
     if not windows:
         raise JobError(f"the text has fewer than --length={args.length} tokens")
     device = next(model.parameters()).device
@@ -270,7 +277,8 @@ def run(args: argparse.Namespace) -> Path:
     }
     if args.ppl_budget is not None:
         key = run_key(dict(model=args.model, dtype=args.dtype, text=source.describe(),
-                           windows=[w.id for w in windows], config=config.to_dict()))  # fmt: skip
+                           windows=[w.id for w in windows], config=config.to_dict(),
+                           prefix=list(prefix)))  # fmt: skip
         trials = PplTrials(model, windows, device, config, ResultLog(out / f"trials-{key}", 0))
         ranked = [r["layer"] for r in sorted(layers, key=lambda r: r["rank"])]
         payload["ppl_windows"] = len(windows)

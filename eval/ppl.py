@@ -47,7 +47,13 @@ from .models import (
 )
 from .nll import score_window
 from .plots import plot_ppl
-from .texts import add_text_arguments, load_documents, text_source, token_streams
+from .texts import (
+    add_text_arguments,
+    load_documents,
+    text_source,
+    token_streams,
+    window_prefix,
+)
 from .timing import environment
 from .windows import make_windows
 
@@ -139,10 +145,14 @@ def run(args: argparse.Namespace) -> Path | None:
     if any(count for _, count in settings):
         check_patchable(model)
     streams = token_streams(tokenizer, docs, args.per_document)
-    windows = {n: make_windows(streams, n, args.stride, args.max_windows) for n in args.lengths}
+    prefix = window_prefix(tokenizer)
+    windows = {
+        n: make_windows(streams, n, args.stride, args.max_windows, prefix) for n in args.lengths
+    }
     key = run_key(
         dict(model=args.model, dtype=args.dtype, text=source.describe(), docs=len(docs),
-             per_document=args.per_document, stride=args.stride, config=hyper.to_dict())
+             per_document=args.per_document, stride=args.stride, config=hyper.to_dict(),
+             prefix=list(prefix))
     )  # fmt: skip
     out = output_dir(args.output_dir)  # once the input is known good: no empty folders
     cache = ResultLog(out / f"cache-{key}", accelerator.process_index)
@@ -213,6 +223,7 @@ def run(args: argparse.Namespace) -> Path | None:
         "joined": not args.per_document,
         "stream_tokens": sum(len(ids) for _, ids in streams),
         "stride": args.stride,
+        "window_prefix": list(prefix),
         "hyper_config": hyper.to_dict(),
         "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
         "rows": rows,

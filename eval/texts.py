@@ -149,6 +149,18 @@ def text_source(args: argparse.Namespace) -> TextSource:
     )  # fmt: skip
 
 
+def window_prefix(tokenizer) -> tuple[int, ...]:
+    """The tokens the tokenizer puts before any text (Gemma: <bos>; many: none). Windows
+    start with them, as the model saw text in training: a Gemma window without its <bos>
+    moves the attention sinks onto punctuation."""
+    marked = tokenizer("the", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("the", add_special_tokens=False)["input_ids"]
+    lead = len(marked) - len(plain)
+    if lead > 0 and marked[lead:] == plain:
+        return tuple(marked[:lead])
+    return ()
+
+
 def token_streams(
     tokenizer, docs: list[Document], per_document: bool
 ) -> list[tuple[str, list[int]]]:

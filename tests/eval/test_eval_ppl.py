@@ -217,3 +217,29 @@ def test_default_lengths_show_exact_and_approximate_where_positions_reach(capsys
     assert default_lengths(model(4096)) == [4096]
     assert default_lengths(model(512)) == [512]
     assert "512 positions" in capsys.readouterr().out
+
+
+def test_windows_start_with_the_tokenizer_prefix_which_is_never_scored():
+    stream = [("s", list(range(100, 200)))]
+    chunks = make_windows(stream, 30, prefix=(7,))
+    assert all(w.ids[0] == 7 and len(w.ids) == 30 and w.score_from == 1 for w in chunks)
+    assert [w.ids[1] for w in chunks] == [100, 129, 158]  # 29 text tokens each
+    slides = make_windows(stream, 30, stride=20, prefix=(7,))
+    scored = [w.ids[i] for w in slides for i in range(w.score_from, len(w.ids))]
+    assert scored == list(range(100, 200))  # every text token once, the first too
+    assert all(w.ids[0] == 7 and len(w.ids) == 30 for w in slides)
+
+
+def test_window_prefix_is_what_the_tokenizer_adds_before_text():
+    from hf_hyper.eval.texts import window_prefix
+
+    class Tokenizer:
+        def __init__(self, lead):
+            self.lead = lead
+
+        def __call__(self, text, add_special_tokens=True):
+            ids = [ord(c) for c in text]
+            return {"input_ids": (self.lead + ids) if add_special_tokens else ids}
+
+    assert window_prefix(Tokenizer([2])) == (2,)
+    assert window_prefix(Tokenizer([])) == ()
