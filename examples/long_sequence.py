@@ -2,6 +2,9 @@
 sample of rows (exact over all rows would be the O(n^2) cost we avoid).
 
     python examples/long_sequence.py --seq-len 131072 --heads 32 --head-dim 128
+
+The defaults are sized for a GPU. On a 2-core CPU, `--seq-len 16384 --heads 8
+--head-dim 64 --dtype float32 --causal yes` takes about 15 seconds.
 """
 
 from __future__ import annotations
