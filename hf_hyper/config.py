@@ -15,8 +15,7 @@ MEASURED_CROSSOVER = {False: 12288, True: 24576}
 # (results/real_models/); 4 also covers models that spread their sink over a few tokens.
 DEFAULT_SINK_TOKENS = 4
 # Keys before each query attended exactly across the causal recursion's cuts by default:
-# none, as on SmolLM2 a window of 256 took 0.8 points of perplexity off at up to 20% more
-# attention time (results/real_models/).
+# none, as on pretrained checkpoints the gain did not pay for the time (results/real_models/).
 DEFAULT_LOCAL_WINDOW = 0
 
 
@@ -54,10 +53,9 @@ class HyperAttentionConfig:
         nearest keys, the first local_window queries after the cut attend the
         local_window keys before it exactly (left out of their blocks and samples).
         Pretrained models lean on nearby tokens, which the LSH blocks and the sample
-        serve badly across a cut. 0: the paper's algorithm; off by default, as on
-        pretrained checkpoints it bought a little perplexity for a lot of time
-        (results/real_models/). sink_tokens + local_window
-        is at most min_seq_len // 2. Ignored by non-causal calls, which have no order.
+        serve badly across a cut. 0: the paper's algorithm (its accuracy against
+        its time on pretrained checkpoints: results/real_models/). sink_tokens +
+        local_window is at most min_seq_len // 2. Ignored by non-causal calls, which have no order.
         None (default): DEFAULT_LOCAL_WINDOW, capped so the sum fits (`window` is the
         number used).
     exact_up_to: calls with at most this many queries run exact attention, however long

@@ -9,9 +9,7 @@ import torch
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention.diagnostics import exact_region
-from hf_hyper.attention.fused.hashing import lsh_rank
-from hf_hyper.attention.planning import Randomness
+from hf_hyper.attention.diagnostics import call_region
 
 
 class NeedleCoverage:
@@ -23,13 +21,9 @@ class NeedleCoverage:
     def __call__(self, layer: int, q, k, v, *, causal: bool, scale: float) -> None:
         b, hq, n, dim = q.shape
         hk = k.shape[1]
-        if n <= self.config.exact_query_len(causal):  # the call runs exact: all seen
-            self.shares[layer] = 1.0
-            return
         generator = torch.Generator(device=q.device).manual_seed(self.config.seed)
-        planes = Randomness(generator, q.device).hyperplanes(dim, self.config.lsh_num_projs)
         qz, kz = q.reshape(b * hk, hq // hk, n, dim), k.reshape(b * hk, n, dim)
-        region = exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, self.config)
+        region = call_region(qz, kz, causal, self.config, generator)
         needle = torch.zeros(n, dtype=torch.bool, device=q.device)
         for start, stop in self.spans:
             needle[start:stop] = True

@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> Path | None:
     from tqdm.auto import tqdm
 
     tasks = check_tasks(args.tasks)
+    if args.per_document:
+        raise JobError("retrieval joins the documents into one haystack: drop --per-document")
     check_patch_values(args.patch_layers)
     hyper = hyper_config(args)
     if args.diagnose and hyper.seed is None:

@@ -130,6 +130,23 @@ def exact_region(
     return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device, n_sink, config.window)
 
 
+def call_region(
+    qz: Tensor, kz: Tensor, causal: bool, config: HyperAttentionConfig,
+    generator: torch.Generator,
+) -> ExactRegion:  # fmt: skip
+    """M^H of one call on the internal layout (qz [z, g, nq, d], kz [z, nk, d]) whose
+    hyperplanes are the next draw of `generator`, as `hyper_attention` draws them; a call
+    short enough to run exact is exact everywhere."""
+    n_query, n_key = qz.shape[2], kz.shape[1]
+    short = n_query <= config.exact_query_len(causal) or (
+        not causal and n_key <= config.min_seq_len
+    )
+    if short:
+        return ExactRegion(causal, n_query, n_key, None, [], True, qz.device)
+    planes = Randomness(generator, qz.device).hyperplanes(qz.shape[-1], config.lsh_num_projs)
+    return exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, config)
+
+
 @dataclass
 class AttentionDiagnostics:
     """Per query head, [batch, heads] float64 tensors (NaN where nothing is approximated)."""
@@ -219,16 +236,8 @@ def attention_diagnostics(
     qz = q.reshape(b * hk, g, n_query, dim).to(acc)
     kz, vz = k.reshape(b * hk, n_key, dim).to(acc), v.reshape(b * hk, n_key, dv).to(acc)
     approx = approx.reshape(b * hk, g, n_query, dv).to(acc)
-    short = n_query <= config.exact_query_len(causal) or (
-        not causal and n_key <= config.min_seq_len
-    )
-    if not short:
-        generator.set_state(state)  # the same hyperplanes the call above drew
-        planes = Randomness(generator, q.device).hyperplanes(dim, config.lsh_num_projs)
-        region = exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes),
-                              causal, config)  # fmt: skip
-    else:
-        region = ExactRegion(causal, n_query, n_key, None, [], True, q.device)
+    generator.set_state(state)  # the same hyperplanes the call above drew
+    region = call_region(qz, kz, causal, config, generator)
     n_sink = min(config.sinks, n_key)
     rects = _rectangles(region)
 
@@ -299,4 +308,10 @@ def attention_diagnostics(
     )
 
 
-__all__ = ["AttentionDiagnostics", "ExactRegion", "attention_diagnostics", "exact_region"]
+__all__ = [
+    "AttentionDiagnostics",
+    "ExactRegion",
+    "attention_diagnostics",
+    "call_region",
+    "exact_region",
+]

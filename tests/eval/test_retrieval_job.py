@@ -160,6 +160,7 @@ def _error(capsys, *args: str) -> str:
 def test_bad_input_is_one_line_naming_the_fix(checkpoint, tmp_path, capsys):
     base = ["retrieval", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
     assert "unknown --tasks ['needle']" in _error(capsys, *base, "--tasks", "needle")
+    assert "drop --per-document" in _error(capsys, *base, "--per-document")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     short = tmp_path / "short.txt"

@@ -98,6 +98,12 @@ class Problem:
         runs whole copies nothing."""
         return self._to_device(*self._host_bases)
 
+    @functools.cached_property
+    def head_kv_index(self) -> Tensor:
+        """[z * g]: the key problem of each (key head, query head) problem, in q_base's
+        order."""
+        return torch.arange(self.z, device=self.q.device).repeat_interleave(self.g)
+
     q_base = property(lambda self: self._bases[0])
     k_base = property(lambda self: self._bases[1])
     v_base = property(lambda self: self._bases[2])
@@ -267,10 +273,8 @@ class Problem:
 
     def exact(self, k_start: int, n_key: int, *, causal: bool, merge: bool) -> None:
         """All queries against keys [k_start, k_start + n_key) of their head."""
-        z, g = self.z, self.g
-        kv_index = torch.arange(z, device=self.q.device).repeat_interleave(g)
         self.dense(
-            self.q_base.reshape(-1), self.o_base.reshape(-1), kv_index,
+            self.q_base.reshape(-1), self.o_base.reshape(-1), self.head_kv_index,
             self.k_base + k_start * self.k.stride(2), self.v_base + k_start * self.v.stride(2),
             self.n_query, n_key, causal=causal, merge=merge,
         )  # fmt: skip
@@ -291,10 +295,9 @@ class Problem:
             q_rank, k_rank, config, rng, merge=merge, sink_keys=sink_keys, band=band,
         )  # fmt: skip
         if band:
-            kv_index = torch.arange(self.z, device=self.q.device).repeat_interleave(self.g)
             k_end = k_start + k_rank.shape[1]
             self.corner(
-                self.q_base.reshape(-1), self.o_base.reshape(-1), kv_index,
+                self.q_base.reshape(-1), self.o_base.reshape(-1), self.head_kv_index,
                 self.k_base + k_end * self.k.stride(2), self.v_base + k_end * self.v.stride(2),
                 band,
             )  # fmt: skip
@@ -317,12 +320,11 @@ class Problem:
         dense problem their gradients are."""
         if self.calls is None:
             return
-        kv_index = torch.arange(self.z, device=self.q.device).repeat_interleave(self.g)
         self.calls.append(
             DenseCall(
                 self.q_base.reshape(-1) + row_start * self.q.stride(2),
                 self.o_base.reshape(-1) + row_start,
-                kv_index,
+                self.head_kv_index,
                 self.k_base,
                 self.v_base,
                 self.n_query - row_start,
