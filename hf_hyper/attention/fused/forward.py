@@ -28,7 +28,7 @@ from .hashing import lsh_rank
 from .records import BlockSampleCall, DenseCall, DiagonalCall, ForwardRecord
 from .support import row_alignment
 from .tiles import draw_sample, key_list, plan_tiles
-from .tuning import padded_width
+from .tuning import padded_width, sink_tile
 
 
 class Problem:
@@ -265,7 +265,8 @@ class Problem:
             self.q.stride(2), self.k.stride(2), self.v.stride(2), self.qk_scale, bias,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_SAMPLE=plan.sample is not None,
             MERGE=merge, HAS_SINKS=sink_keys is not None, HAS_BAND=band > 0, band=band,
-            num_warps=warps, num_stages=stages, **launch_options, **store_lse,
+            SINK_N=sink_tile(config.sinks, block_n), num_warps=warps, num_stages=stages,
+            **launch_options, **store_lse,
             **self.common(),
         )  # fmt: skip
 

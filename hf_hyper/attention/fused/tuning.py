@@ -59,3 +59,9 @@ DELTA_ROWS = 64  # rows per program of the D = rowsum(dO * O) kernel
 def padded_width(n: int) -> int:
     """A head dimension padded to the kernels' power-of-two register tiles (>= 16)."""
     return max(16, 1 << (n - 1).bit_length())
+
+
+def sink_tile(n_sink: int, block_n: int) -> int:
+    """Keys per tile of the sinks' exact loop: a few sinks fit one 16-wide tile (the
+    smallest a tensor-core dot takes), so they cost far less than a BLOCK_N key tile."""
+    return min(block_n, padded_width(max(1, n_sink)))

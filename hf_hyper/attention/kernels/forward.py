@@ -106,7 +106,7 @@ def block_sample_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SAMPLE: tl.constexpr, MERGE: tl.constexpr, IEEE: tl.constexpr, ALIGN: tl.constexpr,
     STORE_LSE: tl.constexpr = True, HAS_SINKS: tl.constexpr = False,
-    HAS_BAND: tl.constexpr = False, band=0,
+    HAS_BAND: tl.constexpr = False, band=0, SINK_N: tl.constexpr = 16,
 ):  # fmt: skip
     """One tile of queries that share a key block of problem zp: exact over the block's
     sorted keys, then the problem's uniform sample (own-block keys excluded, logits +
@@ -115,7 +115,8 @@ def block_sample_kernel(
     indices padded to sample_pad; sample_block [zp, sample_pad]: the sampled keys'
     blocks (-1: padding); sink_keys [zp] (HAS_SINKS): leading keys of each problem (the
     attention sinks), left out of its blocks and sample and attended exactly after them,
-    in the same softmax; band (HAS_BAND): the problem's first `band` queries leave its
+    in the same softmax, in tiles of SINK_N keys (a handful of sinks need no BLOCK_N
+    tile); band (HAS_BAND): the problem's first `band` queries leave its
     last `band` keys out of their blocks and sample (the corner a causal cut leaves,
     attended exactly by a dense launch).
 
@@ -178,8 +179,9 @@ def block_sample_kernel(
         else:
             m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
     if HAS_SINKS:  # keys [0, n_sink): exact, for every query of the problem
-        for start in range(0, n_sink, BLOCK_N):
-            key = start + offs_n
+        offs_s = tl.arange(0, SINK_N)
+        for start in range(0, n_sink, SINK_N):
+            key = start + offs_s
             bias = tl.where(key < n_sink, 0.0, float("-inf"))
             key = tl.where(key < n_sink, key, 0).to(idx_ty)
             k_off = tl.multiple_of(k_base + key * k_stride, ALIGN)
