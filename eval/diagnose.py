@@ -66,9 +66,12 @@ COLUMNS = [
     ("log10_kappa_99_median", "median log10 κ (p99/p1)"),
     ("heavy_mass", "mass in exact part"),
     ("sink_mass", "mass on sinks (max head)"),
+    ("block_lift_median", "LSH block mass (x chance)"),
     ("rank", "rank"),
 ]
-HEAD_FIELDS = ("error", "alpha", "log10_kappa", "log10_kappa_99", "heavy_mass", "sink_mass")
+HEAD_FIELDS = (
+    "error", "alpha", "log10_kappa", "log10_kappa_99", "heavy_mass", "sink_mass", "block_lift",
+)  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,6 +133,7 @@ def _layer_rows(results: dict[int, hf_hyper.AttentionDiagnostics]):
             log10_kappa_99_median=median("log10_kappa_99"),
             heavy_mass=diag.heavy_mass.mean().item(),
             sink_mass=diag.sink_mass.max().item(),
+            block_lift_median=median("block_lift"),
         ))  # fmt: skip
     for rank, row in enumerate(sorted(layers, key=lambda r: (r["error"], r["layer"])), 1):
         row["rank"] = rank

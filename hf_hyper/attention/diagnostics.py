@@ -16,6 +16,10 @@ to the lower-left rectangle of every split of its recursion, each a non-causal p
 with its own D; the reported value is the worst rectangle.
 `heavy_mass` is the share of each row's (full) softmax mass that falls in M^H, averaged
 over rows: what the exact part of the algorithm captures.
+`block_lift` asks whether the LSH found the large entries: in the rectangles the
+estimator serves, the mass of each row's LSH block over the mass a random key set of the
+same size would hold (1: no better than chance). Where it is near 1, the blocks add
+nothing and the sample carries all of the attention outside the exact parts.
 """
 
 from __future__ import annotations
@@ -160,6 +164,8 @@ class AttentionDiagnostics:
     value_sq_norm: Tensor
     # mean softmax mass of a query on the first config.sinks keys (zero if none)
     sink_mass: Tensor
+    # LSH block mass over that of a random key set of its size (NaN: nothing approximated)
+    block_lift: Tensor
 
 
 def _rectangles(region: ExactRegion) -> list[tuple[int, int, int, int]]:
@@ -243,7 +249,7 @@ def attention_diagnostics(
 
     f64 = torch.float64
     stats = {name: torch.zeros(b * hk, g, dtype=f64) for name in
-             ("sq_err", "alpha", "kappa", "kappa99", "heavy", "sink")}  # fmt: skip
+             ("sq_err", "alpha", "kappa", "kappa99", "heavy", "sink", "lift")}  # fmt: skip
     value_sq = torch.zeros(b * hk, dtype=f64)
     hidden = causal_mask_fn(n_query, n_key, q.device)
     for z in range(b * hk):
@@ -269,6 +275,8 @@ def attention_diagnostics(
 
         alpha = torch.full((g,), float("nan"), dtype=f64)
         kappa, kappa99 = alpha.clone(), alpha.clone()
+        captured = torch.zeros(g, dtype=f64, device=q.device)
+        by_chance = torch.zeros(g, dtype=f64, device=q.device)
         for r0, r1, k0, k1 in rects:
             width = k1 - k0
             colsq = torch.zeros(g, width, dtype=acc, device=q.device)
@@ -280,6 +288,8 @@ def attention_diagnostics(
                 probs = torch.softmax(scores, dim=-1)  # D of this rectangle alone
                 colsq += probs.pow(2).sum(1)
                 exact = region.rows(z, c0, c1, k0, k1)
+                captured += (probs * exact).sum((1, 2)).double()
+                by_chance += exact.sum((1, 2)).double() / width
                 residual.append(torch.logsumexp(scores.masked_fill(exact, float("-inf")), -1))
             alpha = torch.fmax(alpha, (width * colsq.amax(-1)).double().cpu())
             res = torch.cat(residual, dim=1).double()  # [g, rows], log of r_i
@@ -290,6 +300,7 @@ def attention_diagnostics(
             hi, lo = torch.nanquantile(res, 0.99, dim=1), torch.nanquantile(res, 0.01, dim=1)
             kappa99 = torch.fmax(kappa99, ((hi - lo) * log10).cpu())
         stats["alpha"][z], stats["kappa"][z], stats["kappa99"][z] = alpha, kappa, kappa99
+        stats["lift"][z] = (captured / by_chance).cpu()  # 0/0 = NaN: no rectangle
 
     def per_head(t: Tensor) -> Tensor:
         return t.reshape(b, hq)
@@ -305,6 +316,7 @@ def attention_diagnostics(
         output_sq_error=sq_err,
         value_sq_norm=value_heads,
         sink_mass=per_head(stats["sink"]),
+        block_lift=per_head(stats["lift"]),
     )
 
 

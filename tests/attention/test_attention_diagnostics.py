@@ -59,13 +59,19 @@ def test_region_is_what_hyper_attention_computes_exactly(causal, window, n):
 
 
 def _dense_parameters(scores, mask, rects):
-    """alpha, log10 kappa (max/min and p99/p1) per head, worst rectangle, dense float64."""
+    """alpha, log10 kappa (max/min and p99/p1) per head, worst rectangle, and the LSH
+    blocks' mass over chance pooled over the rectangles, dense float64."""
     b, h = scores.shape[:2]
     alpha = torch.full((b, h), -math.inf, dtype=torch.float64)
     kappa, kappa99 = alpha.clone(), alpha.clone()
+    captured = torch.zeros(b, h, dtype=torch.float64)
+    by_chance = captured.clone()
     for r0, r1, k0, k1 in rects:
         s = scores[:, :, r0:r1, k0:k1]
         p = torch.softmax(s, -1)
+        block = mask[:, :, r0:r1, k0:k1]
+        captured += (p * block).sum((2, 3))
+        by_chance += block.sum((2, 3)).double() / (k1 - k0)
         alpha = torch.maximum(alpha, (k1 - k0) * p.pow(2).sum(2).amax(-1))
         residual = torch.logsumexp(s.masked_fill(mask[:, :, r0:r1, k0:k1], -math.inf), -1)
         # rows with nothing left to estimate (all keys exact) have no residual
@@ -76,7 +82,7 @@ def _dense_parameters(scores, mask, rects):
             residual, 0.01, dim=-1
         )
         kappa99 = torch.maximum(kappa99, spread / math.log(10))
-    return alpha, kappa, kappa99
+    return alpha, kappa, kappa99, captured / by_chance
 
 
 @pytest.mark.parametrize(
@@ -123,10 +129,11 @@ def test_numbers_match_dense_float64_definitions(causal, sinks, window):
         rects = [(0, n, 0, n)]
     # the sink columns are exact on their own: alpha and kappa leave them out
     rects = [(r0, r1, max(k0, sinks), k1) for r0, r1, k0, k1 in rects]
-    alpha, kappa, kappa99 = _dense_parameters(scores, mask, rects)
+    alpha, kappa, kappa99, lift = _dense_parameters(scores, mask, rects)
     torch.testing.assert_close(diag.alpha, alpha, rtol=1e-9, atol=0)
     torch.testing.assert_close(diag.log10_kappa, kappa, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(diag.log10_kappa_99, kappa99, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(diag.block_lift, lift, rtol=1e-9, atol=0)
     assert (diag.alpha >= 1).all() and (diag.heavy_mass < 1).all()
 
 
@@ -140,12 +147,15 @@ def test_planted_structure_is_easy_and_shows_in_the_numbers():
     iid = attention_diagnostics(q_iid * 2, k_iid, v_iid, causal=False, config=config)
     assert (planted.heavy_mass > 0.5).all() and (iid.heavy_mass < 0.3).all()
     assert (planted.error < iid.error).all()
+    # the blocks find the planted keys far above chance, and iid keys much less well
+    assert (planted.block_lift > 5).all() and (planted.block_lift > 3 * iid.block_lift).all()
 
 
 def test_short_problem_is_exact_and_has_no_parameters():
     q, k, v = random_qkv(1, 2, 2, 20, 20, seed=1)
     diag = attention_diagnostics(q, k, v, causal=True, config=HyperAttentionConfig(**SMALL))
     assert (diag.error < 1e-12).all() and torch.isnan(diag.alpha).all()
+    assert torch.isnan(diag.block_lift).all()
     torch.testing.assert_close(diag.heavy_mass, torch.ones(1, 2, dtype=torch.float64))
 
 
