@@ -84,15 +84,32 @@ def _exact_fn(backend: str, q, k, v, causal: bool) -> Callable[[], torch.Tensor]
 
         return run
     if backend == "flex":
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
         flex = torch.compile(flex_attention, dynamic=False)
-        n = q.shape[2]
-        mask = None
-        if causal:
-            mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, n, n, device="cuda")
+        mask = causal_block_mask(q.shape[2], q.device) if causal else None
         return lambda: flex(q, k, v, block_mask=mask, enable_gqa=gqa)
     raise JobError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+def causal_block_mask(n: int, device: torch.device, block: int = 128):
+    """FlexAttention's causal BlockMask, built from its block structure: query block i
+    fully sees key blocks [0, i) and partly block i. `create_block_mask` evaluates the
+    mask on all n x n pairs first, which runs out of memory near 131k tokens."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    blocks = -(-n // block)
+    row = torch.arange(blocks, device=device, dtype=torch.int32)
+    full_indices = row.expand(blocks, blocks).contiguous()  # the first `row` entries count
+    return BlockMask.from_kv_blocks(
+        torch.ones(1, 1, blocks, dtype=torch.int32, device=device),
+        row.view(1, 1, blocks, 1).expand(1, 1, blocks, blocks).contiguous(),
+        row.view(1, 1, blocks),
+        full_indices.view(1, 1, blocks, blocks),
+        BLOCK_SIZE=block,
+        mask_mod=lambda b, h, i, j: i >= j,
+        seq_lengths=(n, n),
+    )
 
 
 def _run_fn(

@@ -1,7 +1,10 @@
 """Whole-model prefill speed: unpatched vs HyperAttention in the last k layers, one run.
 
-Weights do not change speed, so `--shape` builds a randomly initialised model from a
-config (offline); `--model` loads a real checkpoint instead.
+Each patched setting is also timed with the attention of its patched layers made free
+(a copy of V stands in for the output): that is the ceiling any attention kernel can
+reach in those layers (Amdahl), so every row shows its speedup, the ceiling, and the
+share of the ceiling it reaches. Weights do not change speed, so `--shape` builds a
+randomly initialised model from a config (offline); `--model` loads a real checkpoint.
 
     hf-hyper bench model --shape llama2-7b --lengths 8192 32768 --patch-layers 0 16 28
 """
@@ -9,8 +12,11 @@ config (offline); `--model` loads a real checkpoint instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -58,6 +64,9 @@ COLUMNS = [
     ("patched_layers", "patched layers"),
     ("ms", "prefill ms"),
     ("speedup", "speedup"),
+    ("free_ms", "free-attention ms"),
+    ("ceiling", "ceiling"),
+    ("share_of_ceiling", "share of ceiling"),
     ("peak_gib", "peak GiB"),
     ("tokens_per_s", "tokens/s"),
 ]
@@ -74,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(
         p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}
     )
+    p.add_argument(
+        "--no-free", dest="free", action="store_false",
+        help="skip timing each setting with free attention (the ceiling columns)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output-dir", default="bench-model")
@@ -104,6 +117,36 @@ def build_model(args: argparse.Namespace):
     return model.eval(), args.model
 
 
+# where the patched layers call HyperAttention (the registry adapter and ChatGLM's)
+ATTENTION_CALLS = (
+    "hf_hyper.patches.attention_interface.hyper_attention",
+    "hf_hyper.patches.chatglm.hyper_attention",
+)
+
+
+def copy_of_v(query, key, value, **_) -> torch.Tensor:
+    """Attention at no cost beyond writing its output: V, copied to every query head."""
+    out = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    return out[:, :, -query.shape[2] :]
+
+
+@contextlib.contextmanager
+def free_attention() -> Iterator[None]:
+    """Inside the block, patched layers return `copy_of_v` instead of attending."""
+    with contextlib.ExitStack() as stack:
+        for target in ATTENTION_CALLS:
+            stack.enter_context(mock.patch(target, copy_of_v))
+        yield
+
+
+def _time(step, args: argparse.Namespace):
+    try:
+        return time_cuda(step, warmup=args.warmup, repeats=args.repeats)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+
+
 def _prefill(model, ids: torch.Tensor, what: str) -> None:
     with torch.no_grad():
         logits = model(ids, use_cache=False, logits_to_keep=1).logits
@@ -130,16 +173,23 @@ def run(args: argparse.Namespace) -> Path:
             with patched(model, count, config):
                 what = f"length {length}, patched {label}"
                 step = functools.partial(_prefill, model, ids, what)
-                try:
-                    timing = time_cuda(step, warmup=args.warmup, repeats=args.repeats)
-                except torch.OutOfMemoryError:
-                    row["note"] = "out of memory"
-                    torch.cuda.empty_cache()
-                else:
-                    base_ms = timing.ms if count == 0 else base_ms
-                    row.update(ms=timing.ms, peak_gib=timing.peak_gib)
-                    row["speedup"] = base_ms / timing.ms if base_ms else None
-                    row["tokens_per_s"] = length / timing.ms * 1e3
+                timing = _time(step, args)
+                free = None
+                if timing is not None and count and args.free:
+                    with free_attention():
+                        free = _time(step, args)
+            if timing is None:
+                row["note"] = "out of memory"
+            else:
+                base_ms = timing.ms if count == 0 else base_ms
+                row.update(ms=timing.ms, peak_gib=timing.peak_gib)
+                row["speedup"] = base_ms / timing.ms if base_ms else None
+                row["tokens_per_s"] = length / timing.ms * 1e3
+            if free is not None:
+                row["free_ms"] = free.ms
+                if base_ms:
+                    row["ceiling"] = base_ms / free.ms
+                    row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
             print(f"  {row}", flush=True)
     payload = {
         "job": "bench model",
