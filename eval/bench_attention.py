@@ -44,6 +44,7 @@ COLUMNS = [
     ("speedup", "speedup vs cuDNN"),
     ("tflops_equiv", "TFLOP/s equiv."),
     ("peak_gib", "peak GiB"),
+    ("memory", "memory bound"),
     ("err_v", "‖O−O*‖/‖V‖"),
     ("err_rel", "‖O−O*‖/‖O*‖"),
     ("err_grad", "max ‖∇−∇*‖/‖∇*‖"),
@@ -146,6 +147,29 @@ def _grad_error(grads: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
     return max(((g - e).norm() / e.norm()).item() for g, e in zip(grads, exact, strict=True))
 
 
+# forward: the output plus this many bytes per token and query head (the LSE, ranks,
+# plan); forward+backward: no more than cuDNN from this length up
+FORWARD_BYTES_PER_TOKEN_HEAD = 16
+BACKWARD_BOUND_FROM = 16384
+
+
+def memory_verdict(
+    mode: str, n: int, heads: int, v_dim: int, dtype_bytes: int, peak_gib: float,
+    cudnn_peak_gib: float | None,
+) -> str | None:  # fmt: skip
+    """'pass' / 'FAIL' against HyperAttention's memory bound (None where none applies):
+    forward peak <= output + FORWARD_BYTES_PER_TOKEN_HEAD per token and query head;
+    forward+backward peak <= cuDNN's at BACKWARD_BOUND_FROM tokens and more."""
+    peak = peak_gib * 2**30
+    if mode == "fwd":
+        bound = n * heads * (v_dim * dtype_bytes + FORWARD_BYTES_PER_TOKEN_HEAD)
+    elif n >= BACKWARD_BOUND_FROM and cudnn_peak_gib is not None:
+        bound = cudnn_peak_gib * 2**30
+    else:
+        return None
+    return "pass" if peak <= bound else "FAIL"
+
+
 def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
     flops = 4.0 * heads * n * n * dim * (0.5 if causal else 1.0)
     return flops * (3.5 if mode == "fwd+bwd" else 1.0)  # backward ~2.5x forward
@@ -176,7 +200,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                 gen = torch.Generator(device="cuda").manual_seed(1)
                 out_grad = torch.randn(exact.shape, generator=gen, device="cuda", dtype=dtype)
                 for mode in args.modes:
-                    base_ms = exact_grads = None
+                    base_ms = exact_grads = cudnn_peak = None
                     for backend in args.backends:
                         row = dict(n=n, head_dim=dim, causal=causal, mode=mode, backend=backend)
                         rows.append(row)
@@ -209,8 +233,13 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                         flops = exact_flops(n, args.heads, dim, causal, mode)
                         row["tflops_equiv"] = flops / timing.ms / 1e9
                         if backend == "cudnn":
-                            base_ms = timing.ms
+                            base_ms, cudnn_peak = timing.ms, timing.peak_gib
                         row["speedup"] = base_ms / timing.ms if base_ms else None
+                        if backend == "hyper":
+                            row["memory"] = memory_verdict(
+                                mode, n, args.heads, dim, q.element_size(), timing.peak_gib,
+                                cudnn_peak,
+                            )  # fmt: skip
                         print(f"  {row}", flush=True)
                 q.requires_grad_(False), k.requires_grad_(False), v.requires_grad_(False)
                 del q, k, v, exact, exact_grads, out_grad

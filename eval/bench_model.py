@@ -47,6 +47,12 @@ SHAPES = {
         model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, sliding_window=None,
     ),
+    # ChatGLM2-6B's dimensions (28 layers, 32 query heads sharing 2 KV heads, FFN 13696,
+    # vocab 65024) in a Llama: the same matmuls and attention shapes, offline
+    "chatglm2-6b-shaped": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=13696, num_hidden_layers=28,
+        num_attention_heads=32, num_key_value_heads=2, vocab_size=65024,
+    ),
     "qwen2-7b": dict(
         model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
@@ -56,7 +62,7 @@ UNAVAILABLE_SHAPES = {
     "chatglm2-6b": (
         "ChatGLM2's modeling code is remote code that transformers does not ship, so no "
         "offline preset can build it; time a downloaded checkpoint with --model PATH "
-        "--trust-remote-code"
+        "--trust-remote-code, or its dimensions in a Llama with --shape chatglm2-6b-shaped"
     ),
 }
 COLUMNS = [
@@ -86,6 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-free", dest="free", action="store_false",
         help="skip timing each setting with free attention (the ceiling columns)",
+    )  # fmt: skip
+    p.add_argument(
+        "--estimate-unpatched-above", type=int, default=None, metavar="N",
+        help="past N tokens, estimate the unpatched prefill instead of running it: the "
+        "free-attention prefill plus the patched layers' exact attention, each timed as "
+        "one cuDNN call of the model's attention shape (default: always run it)",
     )  # fmt: skip
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -154,22 +166,65 @@ def _prefill(model, ids: torch.Tensor, what: str) -> None:
         raise JobError(f"non-finite logits ({what})")
 
 
-def run(args: argparse.Namespace) -> Path:
-    if not torch.cuda.is_available():
-        raise JobError("the model benchmark times CUDA prefill; run it on a GPU machine")
-    out = output_dir(args.output_dir)
-    model, name = build_model(args)
-    num_layers = model.config.num_hidden_layers
-    settings = parse_patch_settings(args.patch_layers, num_layers)
-    config = config_from_arguments(args, HyperAttentionConfig)
-    vocab = model.config.vocab_size
+def exact_layer_ms(model, length: int, args: argparse.Namespace) -> float:
+    """One causal cuDNN attention call of the model's attention shape, in ms."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    dtype = next(model.parameters()).dtype
+    q = torch.randn(1, heads, length, dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(1, kv_heads, length, dim, device="cuda", dtype=dtype) for _ in range(2))
+
+    def call():
+        with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=heads != kv_heads
+            )
+
+    return time_cuda(call, warmup=args.warmup, repeats=args.repeats).ms
+
+
+def _estimate_unpatched(model, length: int, rows: list[dict], args) -> None:
+    """Fill the estimated unpatched row of `length` from its first free-attention row,
+    and the patched rows' speedups against it."""
+    base = next((r for r in rows if r["length"] == length and r["layer_count"] == 0), None)
+    free = next((r for r in rows if r["length"] == length and r.get("free_ms")), None)
+    if base is None:
+        return  # no unpatched setting asked for
+    if free is None:
+        base["note"] = "not estimated: no patched setting with free attention ran"
+        return
+    layer_ms = exact_layer_ms(model, length, args)
+    base["ms"] = free["free_ms"] + free["layer_count"] * layer_ms
+    base["note"] = (
+        f"estimate: free-attention prefill + {free['layer_count']} x one cuDNN layer "
+        f"({layer_ms:.1f} ms)"
+    )
+    for row in rows:
+        if row["length"] == length and row["layer_count"] and row.get("ms"):
+            row["speedup"] = base["ms"] / row["ms"]
+            row["note"] = "speedup vs the estimated unpatched prefill"
+            if row.get("free_ms"):
+                row["ceiling"] = base["ms"] / row["free_ms"]
+                row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
+
+
+def time_prefill(model, settings, config: HyperAttentionConfig, args) -> list[dict]:
+    """One row per (length, patch setting): prefill ms, speedup over the unpatched run of
+    the same length and, unless args.free is off, the free-attention ceiling."""
     rows = []
+    above = getattr(args, "estimate_unpatched_above", None)
     for length in args.lengths:
-        ids = torch.randint(0, vocab, (1, length), device="cuda")
+        ids = torch.randint(0, model.config.vocab_size, (1, length), device="cuda")
         base_ms = None
+        estimate = above is not None and length > above
         for label, count in settings:
             row = dict(length=length, patched_layers=label, layer_count=count)
             rows.append(row)
+            if count == 0 and estimate:
+                continue  # estimated once a free-attention setting has run
             with patched(model, count, config):
                 what = f"length {length}, patched {label}"
                 step = functools.partial(_prefill, model, ids, what)
@@ -191,6 +246,20 @@ def run(args: argparse.Namespace) -> Path:
                     row["ceiling"] = base_ms / free.ms
                     row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
             print(f"  {row}", flush=True)
+        if estimate:
+            _estimate_unpatched(model, length, rows, args)
+    return rows
+
+
+def run(args: argparse.Namespace) -> Path:
+    if not torch.cuda.is_available():
+        raise JobError("the model benchmark times CUDA prefill; run it on a GPU machine")
+    out = output_dir(args.output_dir)
+    model, name = build_model(args)
+    num_layers = model.config.num_hidden_layers
+    settings = parse_patch_settings(args.patch_layers, num_layers)
+    config = config_from_arguments(args, HyperAttentionConfig)
+    rows = time_prefill(model, settings, config, args)
     payload = {
         "job": "bench model",
         "command": command_line("bench model"),

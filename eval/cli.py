@@ -22,6 +22,10 @@ EXAMPLES = {
         "hf-hyper bench model --shape llama2-7b --lengths 8192 32768 --patch-layers 0 16 28\n"
         "hf-hyper bench model --model meta-llama/Llama-2-7b-hf --lengths 16384"
     ),
+    "bench paper": (
+        "hf-hyper bench paper\n"
+        "hf-hyper bench paper --lengths 4096 32768 131072 --model-patch-layers 0 all"
+    ),
     "longbench": (
         "hf-hyper longbench --model THUDM/chatglm2-6b-32k --trust-remote-code "
         "--max-length chatglm2-6b-32k --patch-layers 0 4 8 all\n"
@@ -75,7 +79,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import bench_attention, bench_model, diagnose, ppl
+    from . import bench_attention, bench_model, bench_paper, diagnose, ppl
     from .longbench import run as longbench
     from .retrieval import run as retrieval
 
@@ -92,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
     _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels (GPU)")
     _job(what, "bench model", bench_model, "whole-model prefill, unpatched vs patched (GPU)")
+    _job(what, "bench paper", bench_paper, "the paper's speed experiments beside its numbers (GPU)")
 
     plot = jobs.add_parser(
         "plot",
@@ -120,6 +125,7 @@ def _plot(args: argparse.Namespace) -> None:
         "bench attention": ("attention", plots.plot_attention),
         "ppl": ("ppl", plots.plot_ppl),
         "bench model": ("model", plots.plot_model),
+        "bench paper": ("attention", plots.plot_attention),
         "longbench": ("longbench", plots.plot_longbench),
         "longbench score": ("longbench", plots.plot_longbench),
         "diagnose": ("diagnose", plots.plot_diagnose),

@@ -58,3 +58,61 @@ def test_free_attention_makes_patched_layers_return_a_copy_of_v():
     with torch.no_grad():  # outside the block the layer attends again
         model(ids)
     assert not torch.equal(seen["o_in"], v.reshape(1, 40, heads * dim))
+
+
+def test_memory_verdict_applies_the_stated_bounds():
+    from hf_hyper.eval.bench_attention import memory_verdict
+
+    n, heads, dim = 32768, 32, 128
+    out_gib = n * heads * dim * 2 / 2**30
+    extra_gib = n * heads * 16 / 2**30
+    assert memory_verdict("fwd", n, heads, dim, 2, out_gib + 0.99 * extra_gib, None) == "pass"
+    assert memory_verdict("fwd", n, heads, dim, 2, out_gib + 1.01 * extra_gib, None) == "FAIL"
+    assert memory_verdict("fwd+bwd", n, heads, dim, 2, 3.0, 3.5) == "pass"
+    assert memory_verdict("fwd+bwd", n, heads, dim, 2, 4.0, 3.5) == "FAIL"
+    assert memory_verdict("fwd+bwd", 8192, heads, dim, 2, 4.0, 3.5) is None  # below 16k
+    assert memory_verdict("fwd+bwd", n, heads, dim, 2, 4.0, None) is None  # no cuDNN run
+
+
+def test_paper_comparison_reads_our_numbers_from_the_same_run():
+    from hf_hyper.eval.bench_paper import compare_with_paper
+
+    def layer(mode, backend, ms):
+        return dict(n=131072, causal=True, mode=mode, backend=backend, ms=ms)
+
+    layer_rows = [layer("fwd", "cudnn", 150.0), layer("fwd", "flash2", 200.0),
+                  layer("fwd", "hyper", 20.0), layer("fwd+bwd", "cudnn", 500.0)]  # fmt: skip
+    model_rows = [
+        dict(length=32768, patched_layers="0", layer_count=0, speedup=1.0),
+        dict(length=32768, patched_layers="14", layer_count=14, speedup=1.1),
+        dict(length=32768, patched_layers="all", layer_count=28, speedup=1.3),
+    ]
+    fwd, fwd_bwd, model = compare_with_paper(layer_rows, model_rows, "chatglm2-6b-shaped")
+    assert fwd["paper"] == "5x" and fwd["ours"] == "10.0x" and "cuDNN: 7.5x" in fwd["our_baseline"]
+    assert fwd_bwd["ours"] == "not run"  # no hyper row for that mode
+    assert model["ours"] == "1.30x" and "all layers patched" in model["our_baseline"]
+
+
+@pytest.mark.parametrize("job", [["attention"], ["model", "--shape", "llama2-7b"], ["paper"]])
+def test_bench_jobs_without_a_gpu_say_so_in_one_line(job, capsys, monkeypatch):
+    from hf_hyper.eval import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["bench", *job]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GPU machine" in err
+
+
+def test_estimated_unpatched_prefill_adds_exact_layers_to_free_attention(monkeypatch):
+    from hf_hyper.eval import bench_model
+
+    monkeypatch.setattr(bench_model, "exact_layer_ms", lambda model, length, args: 100.0)
+    rows = [
+        dict(length=2**20, patched_layers="0", layer_count=0),
+        dict(length=2**20, patched_layers="28", layer_count=28, ms=1000.0, free_ms=800.0),
+    ]
+    bench_model._estimate_unpatched(None, 2**20, rows, None)
+    base, patched_row = rows
+    assert base["ms"] == 800.0 + 28 * 100.0 and base["note"].startswith("estimate")
+    assert patched_row["speedup"] == 3.6 and patched_row["ceiling"] == 4.5
+    assert patched_row["share_of_ceiling"] == 0.8
