@@ -1,0 +1,105 @@
+"""How much of HyperAttention's error comes from the LSH not finding the large entries.
+
+Captures one window's attention inputs of a real model (`capture_attention`) and, on the
+lower-left rectangle of the first causal cut (the second half's queries against the
+first half's keys, the block the estimator serves at the top level), compares with exact
+attention, as ||O - O*||_F / ||V||_F:
+
+- `hyper`: HyperAttention itself (non-causal on the rectangle, the given config);
+- `sinks + sample`: the sinks exact, everything else from a uniform sample of
+  `sample_size` keys (what HyperAttention is when its blocks find nothing);
+- `sinks + top-k + sample`: each query's own k largest entries exact as well (an oracle
+  no blocked method can match, the ceiling of any better large-entry finder).
+
+    python benchmarks/large_entry_oracle.py --model DIR --gguf-file F.gguf --text kjv.txt \
+        --length 16384 --top-k 256 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
+
+
+def sampled_estimate(scores, v, exact, sample_size: int, gen) -> torch.Tensor:
+    """Exact over `exact` [g, rows, keys], plus one uniform key sample for all rows, each
+    sampled key weighted by (a row's non-exact keys) / (its non-exact sampled keys)."""
+    n_key = scores.shape[-1]
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    numerator, denominator = (weights * exact) @ v, (weights * exact).sum(-1)
+    sample = torch.randperm(n_key, generator=gen)[:sample_size]
+    rest = (~exact[..., sample]).to(scores.dtype)
+    scale = (~exact).sum(-1, keepdim=True) / rest.sum(-1, keepdim=True).clamp_min(1)
+    sampled = weights[..., sample] * rest * scale
+    return (numerator + sampled @ v[sample]) / (denominator + sampled.sum(-1))[..., None]
+
+
+def rectangle_errors(q, k, v, scale, config: HyperAttentionConfig, top_ks, rows: int) -> dict:
+    """Errors of the three estimators on the first cut's rectangle, per KV head pooled."""
+    n = q.shape[2]
+    half = n // 2
+    g = q.shape[1] // k.shape[1]
+    # the recursion serves its rectangles with blocks and sample at any size: so here too
+    config = dataclasses.replace(config, min_seq_len=2 * max(config.sinks, 4))
+    gen = torch.Generator().manual_seed(0)
+    sq = {"hyper": 0.0, "sinks + sample": 0.0, **{f"sinks + top-{t} + sample": 0.0 for t in top_ks}}
+    v_sq = 0.0
+    for kv in range(k.shape[1]):
+        qz = q[0, kv * g : (kv + 1) * g, half : half + rows].double()
+        kz, vz = k[0, kv, :half].double(), v[0, kv, :half].double()
+        scores = qz @ kz.T * scale
+        exact_out = torch.softmax(scores, -1) @ vz
+        v_sq += vz.pow(2).sum().item() * g * qz.shape[1] / half
+        approx = hyper_attention(qz[None], kz[None, None], vz[None, None], causal=False,
+                                 scale=scale, config=config)[0]  # fmt: skip
+        sq["hyper"] += (approx - exact_out).pow(2).sum().item()
+        sinks = torch.zeros(scores.shape, dtype=torch.bool)
+        sinks[..., : config.sinks] = True
+        est = sampled_estimate(scores, vz, sinks, config.sample_size, gen)
+        sq["sinks + sample"] += (est - exact_out).pow(2).sum().item()
+        for t in top_ks:
+            exact = sinks.scatter(-1, scores.topk(t, -1).indices, True)
+            est = sampled_estimate(scores, vz, exact, config.sample_size, gen)
+            sq[f"sinks + top-{t} + sample"] += (est - exact_out).pow(2).sum().item()
+    return {name: math.sqrt(value / v_sq) for name, value in sq.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--text", required=True, help="a UTF-8 text file")
+    p.add_argument("--length", type=int, default=16384)
+    p.add_argument("--rows", type=int, default=2048, help="queries measured after the cut")
+    p.add_argument("--top-k", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all patchable")
+    args = p.parse_args()
+    tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, gguf_file=args.gguf_file, dtype=torch.float32
+    ).eval()
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read(args.length * 12)
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.length]
+    config = HyperAttentionConfig(seed=0, backend="torch")
+    print(f"{args.model} {args.gguf_file or ''}, {ids.shape[1]} tokens, config {config.to_dict()}")
+    print("\n| layer | " + " | ".join(["hyper", "sinks + sample",
+          *[f"sinks + top-{t} + sample" for t in args.top_k]]) + " |")  # fmt: skip
+    print("|---" * (3 + len(args.top_k)) + "|")
+
+    def report(layer, q, k, v, *, causal, scale):
+        errors = rectangle_errors(q, k, v, scale, config, args.top_k, args.rows)
+        print(f"| {layer} | " + " | ".join(f"{e:.3f}" for e in errors.values()) + " |", flush=True)
+
+    with torch.no_grad(), capture_attention(model, report, layers=args.layers):
+        model(ids)
+
+
+if __name__ == "__main__":
+    main()
