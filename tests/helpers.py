@@ -1,8 +1,29 @@
-"""Input builders shared by the tests."""
+"""Input builders and runners shared by the tests."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
+
+# Two CPU (gloo) processes under torchrun: the multi-process check CI can run. On a CUDA
+# host two --cpu gloo processes fail in accelerate's barrier (known, open).
+cpu_processes_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU multi-process check for CI (gloo)"
+)
+
+
+def run_two_cpu_processes(module: str, *args: str) -> None:
+    """`torchrun --nproc_per_node 2 -m module args`, one thread a process; a failure
+    fails the test with the end of its stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", module, *args]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def random_qkv(
@@ -43,3 +64,25 @@ def planted_qkv(
 def relative_error_to_v(out: torch.Tensor, exact: torch.Tensor, v: torch.Tensor) -> float:
     """||O - O*||_F / ||V||_F: the scale of the paper's guarantee (see README)."""
     return ((out.double() - exact.double()).norm() / v.double().norm()).item()
+
+
+def assert_past_ignores_future(attention, n_prefix: int, n: int = 700, cut: int = 400) -> None:
+    """Causal attention(q, k, v) [with n_prefix cached keys]: new values for every query
+    and key from `cut` on leave the rows before it unchanged, and change the rows after.
+
+    Past rows may move by float64 rounding only: a query's LSH tile-mates change with the
+    future queries, and the CPU matmul rounds a row by its spot in the tile. A leak of
+    future tokens would move them by ~1e-2.
+    """
+    q, k, v = random_qkv(1, 4, 2, n, n + n_prefix, dim=16, seed=5)
+    before = attention(q, k, v)
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    gen = torch.Generator().manual_seed(0)
+    q2[:, :, cut:] = torch.randn(q2[:, :, cut:].shape, generator=gen, dtype=q.dtype)
+    for t in (k2, v2):
+        t[:, :, n_prefix + cut :] = torch.randn(
+            t[:, :, n_prefix + cut :].shape, generator=gen, dtype=t.dtype
+        )
+    after = attention(q2, k2, v2)
+    assert (before[:, :, :cut] - after[:, :, :cut]).abs().max().item() < 1e-12
+    assert not torch.allclose(before[:, :, cut:], after[:, :, cut:])

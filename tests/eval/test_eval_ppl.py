@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import cpu_processes_only, run_two_cpu_processes
 from tiny_models import save_tiny_checkpoint, tiny_model
 
 from hf_hyper.eval import cli
@@ -112,20 +110,14 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert len(cache.read_text().splitlines()) == 19
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="CPU multi-process check for CI; on a CUDA host two --cpu gloo processes fail "
-    "in accelerate's barrier (known, open)",
-)
+@cpu_processes_only
 def test_two_processes_give_the_same_numbers(tiny_checkpoint, tmp_path):
     extra = ["--lengths", "64", "--patch-layers", "0", "all", "--max-windows", "4"]
     one = _ppl(tiny_checkpoint, tmp_path / "one", *extra)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "hf_hyper.eval.ppl", "--model", str(tiny_checkpoint), "--cpu", "--dtype",
-           "fp32", "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_two_cpu_processes(
+        "hf_hyper.eval.ppl", "--model", str(tiny_checkpoint), "--cpu", "--dtype", "fp32",
+        "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra,
+    )  # fmt: skip
     two = json.loads((tmp_path / "two" / "ppl.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     for a, b in zip(one["rows"], two["rows"], strict=True):

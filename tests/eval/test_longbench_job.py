@@ -4,13 +4,10 @@ on a tiny model, resume after an interruption, re-scoring, two processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import cpu_processes_only, run_two_cpu_processes
 from longbench_data import rows, write_sample
 from tiny_models import save_tiny_checkpoint
 
@@ -211,21 +208,15 @@ def test_interrupted_run_resumes_to_the_same_files(checkpoint, data_dir, tmp_pat
         assert cut.read_bytes() == whole.read_bytes(), whole.name
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="CPU multi-process check for CI; on a CUDA host two --cpu gloo processes fail "
-    "in accelerate's barrier (known, open)",
-)
+@cpu_processes_only
 def test_two_processes_give_the_same_predictions(checkpoint, data_dir, tmp_path):
     extra = ["--datasets", "hotpotqa", "hotpotqa_e", "--patch-layers", "0", "2"]
     assert _longbench(checkpoint, data_dir, tmp_path / "one", *extra) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "hf_hyper.eval.longbench", "--model", str(checkpoint), "--cpu",
-           "--dtype", "fp32", "--data-dir", str(data_dir), "--max-length", "160",
-           "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_two_cpu_processes(
+        "hf_hyper.eval.longbench", "--model", str(checkpoint), "--cpu", "--dtype", "fp32",
+        "--data-dir", str(data_dir), "--max-length", "160",
+        "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra,
+    )  # fmt: skip
     one = json.loads((tmp_path / "one" / "longbench.json").read_text())
     two = json.loads((tmp_path / "two" / "longbench.json").read_text())
     assert two["processes"] == 2 and two["rows"] == one["rows"]

@@ -5,13 +5,11 @@ patching that must change nothing, resume, and bad input."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cpu_processes_only, run_two_cpu_processes
 from tiny_models import save_tiny_checkpoint
 from transformers import AutoTokenizer
 
@@ -133,16 +131,15 @@ def test_job_end_to_end_exact_patching_changes_nothing_and_resume(checkpoint, tm
     assert again["cases"] == data["cases"]
 
 
+@cpu_processes_only
 def test_two_processes_give_the_same_cases(checkpoint, tmp_path):
     extra = ["--lengths", "900", "--depths", "3", "--seeds", "1", "--tasks", "kv-number",
              "--patch-layers", "0", "all"]  # fmt: skip
     one = _retrieval(checkpoint, tmp_path / "one", *extra)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "hf_hyper.eval.retrieval", "--model", str(checkpoint), "--cpu", "--dtype",
-           "fp32", "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_two_cpu_processes(
+        "hf_hyper.eval.retrieval", "--model", str(checkpoint), "--cpu", "--dtype", "fp32",
+        "--output-dir", str(tmp_path / "two"), *SMALL_HYPER, *extra,
+    )  # fmt: skip
     two = json.loads((tmp_path / "two" / "retrieval.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["cases"] == one["cases"]

@@ -186,7 +186,7 @@ class Problem:
         q_base, o_base [zp, g]: element offset in q and output row of each problem's
         query head at position 0 (its rows follow at stride(2) and 1); k_base, v_base
         [zp]: element offset of the problem's key position 0; q_rank [zp, g, nq] and
-        k_rank [zp, nk]: their LSH ranks; sink_keys [zp] int32 (or None): leading keys of
+        k_rank [zp, nk]: their LSH ranks; sink_keys [zp] integers (or None): leading keys of
         each problem left out of its blocks and sample (attended exactly elsewhere);
         band: each problem's first `band` queries leave its last `band` keys out likewise
         (the corner `corner` attends exactly).
@@ -420,17 +420,19 @@ class Problem:
             # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
             q_first = ((2 * pair + 1) * size)[None, :, None]
             k_first = (2 * pair * size)[None, :]
-            bases = self._to_device(
+            host = [
                 (q_base[:, None, :] + q_first * self.q.stride(2)).reshape(z * pairs, g),
                 (o_base[:, None, :] + q_first).reshape(z * pairs, g),
                 (k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
                 (v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
-            )  # fmt: skip
-            sink_keys = None
-            if n_sink:  # problems are ordered (z, pair)
-                sink_keys = torch.zeros(z, pairs, dtype=torch.int32)
-                sink_keys[:, 0] = n_sink
-                sink_keys = sink_keys.view(-1).to(self.q.device, non_blocking=True)
+            ]  # fmt: skip
+            if n_sink:  # problems are ordered (z, pair); only each z's first pair has them
+                sinks = torch.zeros(z, pairs, dtype=torch.int64)
+                sinks[:, 0] = n_sink
+                host.append(sinks.view(-1))
+            # one pinned copy: a pageable one would wait for the stream at every level
+            moved = self._to_device(*host)
+            bases, sink_keys = moved[:4], (moved[4] if n_sink else None)
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
                 band=band,

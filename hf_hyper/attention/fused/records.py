@@ -44,7 +44,7 @@ class BlockSampleCall:
     n_key: int
     key_list: Tensor
     sample_block: Tensor
-    sink_keys: Tensor | None = None  # [zp] int32: leading keys left out (sinks)
+    sink_keys: Tensor | None = None  # [zp] integers: leading keys left out (sinks)
     band: int = 0  # the first `band` queries left the last `band` keys out (the corner)
 
 
