@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .common import show_defaults
+
 EXAMPLES = {
     "ppl": (
         "hf-hyper ppl --model meta-llama/Llama-2-7b-hf --lengths 4096 16384 "
@@ -64,18 +66,6 @@ def _job(subparsers, name: str, module, help_text: str) -> None:
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The description and examples as written."""
-
-
-def show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every option with a default shows it in --help, unless its help already says."""
-    for action in parser._actions:
-        meaningful = action.default not in (None, False, argparse.SUPPRESS, ())
-        if not action.option_strings or not meaningful:
-            continue
-        if action.help is None:
-            action.help = "(default: %(default)s)"
-        elif "default" not in action.help:
-            action.help += " (default: %(default)s)"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -82,6 +82,35 @@ def save_results(
         print(f"results: {out}/{stem}.{{json,md}}")
 
 
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option with a default shows it in --help, unless its help already says."""
+    for action in parser._actions:
+        meaningful = action.default not in (None, False, argparse.SUPPRESS, ())
+        if not action.option_strings or not meaningful:
+            continue
+        if action.help is None:
+            action.help = "(default: %(default)s)"
+        elif "default" not in action.help:
+            action.help += " (default: %(default)s)"
+
+
+def job_main(
+    prog: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[Any], object],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The `python -m` entry of a job (the form `accelerate launch -m` runs): the same
+    options and exit codes as `hf-hyper <job>`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    show_defaults(parser)
+    return exit_status(prog, run, parser.parse_args(argv))
+
+
 def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
     """Run a job: 0 when it finishes; a JobError becomes one line on stderr naming the
     job and exit status 2, with no traceback."""

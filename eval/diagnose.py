@@ -30,7 +30,7 @@ from .cache import ResultLog, run_key
 from .common import (
     JobError,
     command_line,
-    exit_status,
+    job_main,
     markdown_table,
     output_dir,
     save_results,
@@ -293,14 +293,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-hyper diagnose",
-        description=__doc__,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return exit_status("hf-hyper diagnose", run, args)
+    return job_main("hf-hyper diagnose", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .cache import ResultLog, run_key
 from .common import (
     JobError,
     command_line,
-    exit_status,
+    job_main,
     output_dir,
     positive_int,
     release_processes,
@@ -234,12 +234,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-hyper ppl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return exit_status("hf-hyper ppl", run, args)
+    return job_main("hf-hyper ppl", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ..chat import CHAT_MODES, chat_enabled
 from ..common import (
     JobError,
     command_line,
-    exit_status,
+    job_main,
     markdown_table,
     output_dir,
     positive_int,
@@ -342,14 +342,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-hyper retrieval",
-        description=__doc__,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return exit_status("hf-hyper retrieval", run, args)
+    return job_main("hf-hyper retrieval", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
