@@ -194,12 +194,32 @@ def recommend(trials: PplTrials, ranked: list[int], budget: float, total: int) -
     return result
 
 
+# a layer whose LSH blocks hold less than this many times chance mass is served by its
+# sinks and sample alone
+LSH_AT_CHANCE = 1.5
+
+
+def blind_layers(rows: list[dict]) -> list[int]:
+    """Layers whose median LSH block mass is below LSH_AT_CHANCE times chance."""
+    return [
+        r["layer"] for r in rows
+        if r.get("block_lift_median") is not None and r["block_lift_median"] < LSH_AT_CHANCE
+    ]  # fmt: skip
+
+
 def _summary(payload: dict) -> str:
     lines = []
     if payload.get("skipped_layers"):
         lines.append(
             f"\nNot measured: layers {payload['skipped_layers']} (sliding-window attention, "
             "which HyperAttention does not replace)"
+        )
+    blind = blind_layers(payload["rows"])
+    if blind:
+        lines.append(
+            f"\nLSH blocks at chance (under {LSH_AT_CHANCE}x its mass) in layers {blind}: "
+            "there the sinks and the uniform sample carry the whole approximation, so "
+            "expect their error to grow with length"
         )
     rec = payload.get("recommendation")
     if not rec:

@@ -14,6 +14,7 @@ from tiny_models import save_tiny_checkpoint
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
+from hf_hyper.eval.diagnose import LSH_AT_CHANCE
 from hf_hyper.eval.nll import window_nll
 from hf_hyper.eval.texts import TextSource, load_documents, token_streams
 from hf_hyper.eval.windows import make_windows
@@ -72,6 +73,11 @@ def test_layers_heads_and_recommendation(checkpoint, tmp_path):
         assert tried.get(tuple(one_more), math.inf) > rec["limit_ppl"] or rec["count"] == 0
     assert (out / "diagnose.md").read_text().startswith("| layer |")
     assert "Perplexity budget" in (out / "diagnose.md").read_text()
+    # the layers named as LSH-blind are exactly those under the threshold
+    blind = [r["layer"] for r in data["rows"] if r["block_lift_median"] < LSH_AT_CHANCE]
+    text = (out / "diagnose.md").read_text()
+    assert (f"in layers {blind}:" in text) == bool(blind)
+    assert all(r["block_lift_median"] > 0 for r in data["rows"])
     assert (out / "diagnose.png").stat().st_size > 1000
 
     # resume: the trials are read back, not recomputed
