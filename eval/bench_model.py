@@ -129,9 +129,11 @@ def build_model(args: argparse.Namespace):
     return model.eval(), args.model
 
 
-# where the patched layers call HyperAttention (the registry adapter and ChatGLM's)
+# where the patched layers call HyperAttention (the registry adapter, its padded-batch
+# path, and ChatGLM's)
 ATTENTION_CALLS = (
     "hf_hyper.patches.attention_interface.hyper_attention",
+    "hf_hyper.patches.common.hyper_attention",
     "hf_hyper.patches.chatglm.hyper_attention",
 )
 
