@@ -28,6 +28,7 @@ from .common import (
     output_dir,
     save_results,
     today,
+    write_json,
 )
 from .config_arguments import add_config_arguments, config_from_arguments
 from .models import DTYPES, parse_patch_settings, patched
@@ -213,9 +214,10 @@ def _estimate_unpatched(model, length: int, rows: list[dict], args) -> None:
                 row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
 
 
-def time_prefill(model, settings, config: HyperAttentionConfig, args) -> list[dict]:
+def time_prefill(model, settings, config: HyperAttentionConfig, args, on_row=None) -> list[dict]:
     """One row per (length, patch setting): prefill ms, speedup over the unpatched run of
-    the same length and, unless args.free is off, the free-attention ceiling."""
+    the same length and, unless args.free is off, the free-attention ceiling. on_row(rows)
+    runs after every row, so a run cut short keeps what it measured."""
     rows = []
     above = getattr(args, "estimate_unpatched_above", None)
     for length in args.lengths:
@@ -248,6 +250,8 @@ def time_prefill(model, settings, config: HyperAttentionConfig, args) -> list[di
                     row["ceiling"] = base_ms / free.ms
                     row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
             print(f"  {row}", flush=True)
+            if on_row is not None:
+                on_row(rows)
         if estimate:
             _estimate_unpatched(model, length, rows, args)
     return rows
@@ -261,7 +265,6 @@ def run(args: argparse.Namespace) -> Path:
     num_layers = model.config.num_hidden_layers
     settings = parse_patch_settings(args.patch_layers, num_layers)
     config = config_from_arguments(args, HyperAttentionConfig)
-    rows = time_prefill(model, settings, config, args)
     payload = {
         "job": "bench model",
         "command": command_line("bench model"),
@@ -271,7 +274,11 @@ def run(args: argparse.Namespace) -> Path:
         "dtype": args.dtype,
         "num_layers": num_layers,
         "hyper_config": config.to_dict(),
-        "rows": rows,
     }
+
+    def keep_so_far(rows: list[dict]) -> None:
+        write_json(out / "model.json", {**payload, "rows": rows, "complete": False})
+
+    payload["rows"] = time_prefill(model, settings, config, args, on_row=keep_so_far)
     save_results(out, "model", payload, COLUMNS, plot_model)
     return out

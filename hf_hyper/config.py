@@ -97,6 +97,13 @@ class HyperAttentionConfig:
             f"default: {DEFAULT_LOCAL_WINDOW}, or less where min_seq_len // 2 is smaller"
         },
     )
+    kmeans_iters: int = field(
+        default=0,
+        metadata={
+            "help": "0: angular LSH buckets (the paper's); n: buckets are 2**r k-means "
+            "clusters of each problem's keys after n Lloyd iterations"
+        },
+    )
     exact_up_to: int | str = field(
         default=0,
         metadata={
@@ -115,6 +122,7 @@ class HyperAttentionConfig:
         _require_int("block_size", self.block_size, 1)
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
+        _require_int("kmeans_iters", self.kmeans_iters, 0)
         if self.sink_tokens is not None:
             # the sinks sit inside the first exact block of every problem that has them
             _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)

@@ -40,6 +40,7 @@ class Case:
             f"-d{self.dim}/{self.v_dim}{'-T' if self.seq_first else ''}"
             + (f"-sinks{self.config['sink_tokens']}" if self.config.get("sink_tokens") else "")
             + (f"-window{self.config['local_window']}" if self.config.get("local_window") else "")
+            + (f"-kmeans{self.config['kmeans_iters']}" if self.config.get("kmeans_iters") else "")
         )
 
 
@@ -73,6 +74,10 @@ SMALL_CASES = [
     Case(2, 4, 2, 50, 50, 16, 8, True, dict(SMALL, sink_tokens=1, local_window=6), seq_first=True),
     Case(1, 2, 1, 40, 70, 16, 16, True, dict(SMALL, sink_tokens=3, local_window=4)),
     Case(1, 2, 2, 64, 64, 16, 16, True, dict(SMALL, sink_tokens=0, local_window=8)),
+    # k-means buckets: non-causal, causal with sinks (padding + GQA), a cached prefix
+    Case(1, 2, 1, 40, 40, 16, 16, False, dict(SMALL, kmeans_iters=3, sink_tokens=2)),
+    Case(2, 4, 2, 50, 50, 16, 8, True, dict(SMALL, kmeans_iters=2), seq_first=True),
+    Case(1, 2, 1, 40, 70, 16, 16, True, dict(SMALL, kmeans_iters=2, local_window=3)),
 ]
 GPU = dict(block_size=64, sample_size=64, min_seq_len=256)
 GPU_CASES = [
@@ -107,6 +112,14 @@ GPU_CASES = [
         seq_first=True,
     ),  # fmt: skip
     Case(1, 2, 2, 700, 1800, 96, 96, False, dict(GPU, sink_tokens=1)),
+]
+# k-means buckets in fp32 only: a float64 run clusters differently from a bf16 one, so
+# the rounding rule, which compares against float64 with the same buckets, does not apply
+KMEANS_GPU_CASES = [
+    Case(1, 4, 4, 2048, 2048, 64, 64, True, dict(GPU, kmeans_iters=4)),
+    Case(2, 8, 2, 1500, 1500, 128, 128, True, dict(GPU, kmeans_iters=4), seq_first=True),
+    Case(1, 4, 1, 1024, 3000, 64, 32, True, dict(GPU, kmeans_iters=4, local_window=32)),
+    Case(1, 2, 2, 700, 1800, 96, 96, False, dict(GPU, kmeans_iters=4)),
 ]
 
 

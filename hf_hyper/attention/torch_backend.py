@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
+from .clustering import KeyClustering
 from .lsh import angular_lsh_rank
 from .padding import pad_end, pad_rows
 from .planning import (
@@ -207,18 +208,22 @@ def grouped_exact_attention(
 
 
 def _noncausal(
-    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, band=0
+    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, band=0, cluster=None
 ) -> tuple[Tensor, Tensor]:
     """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query
     (and the band corner, where the queries directly follow the keys)."""
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return grouped_exact_attention(q, k, v, scale, causal=False)
     sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
+    if cluster is not None:
+        q_rank, k_rank = cluster.ranks(q, k, sinks)
     out, lse = _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band)
     return _with_sinks(q, k, v, out, lse, scale, n_sink)
 
 
-def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple[Tensor, Tensor]:
+def _causal_square(
+    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, cluster=None
+) -> tuple[Tensor, Tensor]:
     """Causal attention with nq == nk by halving: the lower-left block of every split is
     non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
 
@@ -240,8 +245,9 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple
     # in every lower-left block whose keys include padding, all queries are padding.
     # A zero row hashes to rank 0.
     q, k, v = (pad_rows(t, padded_n - n).contiguous() for t in (q, k, v))
-    q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n))
-    k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n))
+    if cluster is None:
+        q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n))
+        k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n))
     dv = v.shape[-1]
 
     # Diagonal blocks: [z, g, N, d] -> [z*blocks, g, base, d]
@@ -260,12 +266,15 @@ def _causal_square(q, k, v, q_rank, k_rank, scale, config, rng, n_sink) -> tuple
         q_low = q_low.reshape(z * pairs, g, size, dim)
         k_left = k.view(z * pairs, 2, size, dim)[:, 0]
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
-        q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
         sinks = None
         if n_sink:  # problems are ordered (z, pair): the sinks are in each first pair
             sinks = torch.zeros(z, pairs, dtype=torch.int64, device=q.device)
             sinks[:, 0] = n_sink
             sinks = sinks.view(-1)
+        if cluster is None:
+            q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+        else:  # each lower-left block clusters its own keys, all before its queries
+            q_rank_l, k_rank_l = cluster.ranks(q_low, k_left, sinks)
         out_l, lse_l = _sorted_block(
             q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks,
             config.window,
@@ -304,27 +313,34 @@ def torch_hyper_attention(
     qz = q.reshape(b * hk, hq // hk, n_query, dim)
     kz, vz = k.reshape(b * hk, n_key, dim), v.reshape(b * hk, n_key, dv)
     # One set of hyperplanes per call, shared by every recursion level (hash once).
-    q_rank = k_rank = None
+    q_rank = k_rank = cluster = None
     if n_query > config.min_seq_len:
         planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
-        q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
-        k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
+        if config.kmeans_iters:
+            cluster = KeyClustering(
+                planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale
+            )
+        else:
+            q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
+            k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
 
     n_sink = config.sinks
     if not causal:
-        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink)
+        out, lse = _noncausal(
+            qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink, cluster=cluster
+        )
     else:
         offset = n_key - n_query
         k_rank_square = None if k_rank is None else k_rank[:, offset:]
         out, lse = _causal_square(
             qz, kz[:, offset:], vz[:, offset:], q_rank, k_rank_square, scale, config, rng,
-            max(0, n_sink - offset),
+            max(0, n_sink - offset), cluster,
         )  # fmt: skip
         if offset:  # the cached prefix is visible to every query
             k_rank_prefix = None if k_rank is None else k_rank[:, :offset]
             out_p, lse_p = _noncausal(
                 qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng,
-                min(n_sink, offset), config.window,
+                min(n_sink, offset), config.window, cluster,
             )  # fmt: skip
             out, lse = merge_by_lse(out, lse, out_p, lse_p)
     return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)

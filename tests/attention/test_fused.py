@@ -7,6 +7,7 @@ import torch
 from fused_cases import (
     GPU,
     GPU_CASES,
+    KMEANS_GPU_CASES,
     LSH_CASES,
     Case,
     bucket_sort_mismatches,
@@ -80,7 +81,7 @@ def test_fused_forward_is_deterministic():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES + KMEANS_GPU_CASES, ids=str)
 def test_fused_matches_torch_path_fp32(case):
     out_err, lse_err = compare(case, torch.float32, "cuda")
     assert out_err < 1e-4 and lse_err < 1e-4, (out_err, lse_err)
@@ -145,7 +146,7 @@ def test_fused_causal_outputs_never_see_the_future():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES + KMEANS_GPU_CASES, ids=str)
 def test_fused_backward_matches_torch_path_fp32(case):
     assert compare_grads(case, torch.float32, "cuda") < 1e-4
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ...config import HyperAttentionConfig
+from ..clustering import KeyClustering
 from ..numerics import LOG2E
 from ..padding import pad_end, pad_rows
 from ..planning import Randomness, causal_levels, level_ranks
@@ -401,21 +402,43 @@ class Problem:
         if not self.cudnn_diagonal(blocks):
             self.dense_diagonal(blocks)
 
+    def grouped(self, k_start: int = 0, k_end: int | None = None) -> tuple[Tensor, Tensor]:
+        """Queries [z, g, nq, d] and keys [z, nk, d] (keys [k_start, k_end)) grouped by
+        key head: the layout the key clustering works in."""
+        keys = self.k[:, :, k_start:k_end]
+        return (
+            self.q.reshape(self.z, self.g, self.n_query, self.dim),
+            keys.reshape(self.z, keys.shape[2], self.dim),
+        )
+
+    def level_inputs(self, level) -> tuple[Tensor, Tensor]:
+        """One causal level's problems: second-half queries [z*pairs, g, size, d] and
+        first-half keys [z*pairs, size, d], ordered (z, pair) as the launches are."""
+        q, k = self.grouped()
+        size, pairs = level.size, level.pairs
+        q_low = q.view(self.z, self.g, pairs, 2, size, self.dim)[:, :, :, 1].transpose(1, 2)
+        k_left = k.view(self.z, pairs, 2, size, self.dim)[:, :, 0]
+        return (
+            q_low.reshape(self.z * pairs, self.g, size, self.dim),
+            k_left.reshape(self.z * pairs, size, self.dim),
+        )
+
     def causal_levels(
-        self, q_rank: Tensor, k_rank: Tensor, config, rng, n_sink: int = 0, band: int = 0
-    ) -> None:
+        self, q_rank: Tensor | None, k_rank: Tensor | None, config, rng, n_sink: int = 0,
+        band: int = 0, cluster: KeyClustering | None = None,
+    ) -> None:  # fmt: skip
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
         output: one batched block-sample launch per level. Each level's first pair,
         whose keys hold the first n_sink keys, attends them exactly: every row after the
         first diagonal block is a query of exactly one such pair, and the rows of that
         block see them in the diagonal. With a band, every pair's first `band` queries
-        attend its last `band` keys exactly, in one dense launch per level."""
+        attend its last `band` keys exactly, in one dense launch per level. With a
+        clustering (and no ranks), each level's problems cluster their own keys."""
         _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
         q_base, k_base, v_base, o_base = self._host_bases
         for level in levels:
             size, pairs = level.size, level.pairs
-            q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
             pair = torch.arange(pairs)
             # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
             q_first = ((2 * pair + 1) * size)[None, :, None]
@@ -433,6 +456,10 @@ class Problem:
             # one pinned copy: a pageable one would wait for the stream at every level
             moved = self._to_device(*host)
             bases, sink_keys = moved[:4], (moved[4] if n_sink else None)
+            if cluster is None:
+                q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+            else:
+                q_rank_l, k_rank_l = cluster.ranks(*self.level_inputs(level), sink_keys)
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
                 band=band,
@@ -479,19 +506,33 @@ def fused_forward(
     n_sink = config.sinks
     problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
-    def ranks() -> tuple[Tensor, Tensor]:
-        """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]."""
+    def buckets() -> tuple[Tensor | None, Tensor | None, KeyClustering | None]:
+        """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]; or, with k-means
+        buckets, no ranks and the clustering each problem applies to its own keys."""
         hd = dim if hash_dims is None else hash_dims
         planes = rng.hyperplanes(hd, config.lsh_num_projs)
+        if config.kmeans_iters:
+            r = config.lsh_num_projs
+            return None, None, KeyClustering(planes, hd, r, config.kmeans_iters, scale)
         q_rank = lsh_rank(q[..., :hd], planes).reshape(b * hk, g, n_query)
-        return q_rank, lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key)
+        return q_rank, lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key), None
+
+    def clustered_ranks(cluster, k_end: int, n_sink: int) -> tuple[Tensor, Tensor]:
+        """Ranks of all queries against keys [0, k_end) from clustering those keys."""
+        sinks = None
+        if n_sink:
+            sinks = torch.full((b * hk,), n_sink, dtype=torch.int64, device=q.device)
+        return cluster.ranks(*problem.grouped(0, k_end), sinks)
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
             if not problem.cudnn_diagonal(1, causal=False):
                 problem.exact(0, n_key, causal=False, merge=False)
         else:
-            problem.hyper(*ranks(), 0, config, rng, merge=False, n_sink=n_sink)
+            q_rank, k_rank, cluster = buckets()
+            if cluster is not None:
+                q_rank, k_rank = clustered_ranks(cluster, n_key, n_sink)
+            problem.hyper(q_rank, k_rank, 0, config, rng, merge=False, n_sink=n_sink)
             if n_sink:
                 problem.record_sinks(0, n_sink)
         return problem.out, problem.lse
@@ -512,11 +553,14 @@ def fused_forward(
     if record is not None:
         record.offset, record.pad = offset, pad
     square.causal_diagonal(config)  # no draws: the random stream's order is unchanged
-    q_rank, k_rank = ranks()
-    k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
+    q_rank, k_rank, cluster = buckets()
+    q_rank_sq = k_rank_sq = None
+    if cluster is None:
+        q_rank_sq = pad_end(q_rank, pad)
+        k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
     square.causal_levels(
-        pad_end(q_rank, pad), k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
-        band=config.window,
+        q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
+        band=config.window, cluster=cluster,
     )  # fmt: skip
     if pad:
         problem.allocate()
@@ -530,8 +574,12 @@ def fused_forward(
             problem.exact(0, offset, causal=False, merge=True)
         else:
             prefix_sinks = min(n_sink, offset)
+            if cluster is None:
+                q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
+            else:
+                q_rank_p, k_rank_p = clustered_ranks(cluster, offset, prefix_sinks)
             problem.hyper(
-                q_rank, k_rank[:, :offset].contiguous(), 0, config, rng, merge=True,
+                q_rank_p, k_rank_p, 0, config, rng, merge=True,
                 n_sink=prefix_sinks, band=config.window,
             )  # fmt: skip
             if prefix_sinks:
