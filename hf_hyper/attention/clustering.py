@@ -22,6 +22,10 @@ from torch import Tensor
 
 from .lsh import angular_lsh_rank, rank_dtype
 
+# Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
+# in row chunks of at most this many elements, so clustering adds little to the peak.
+CHUNK_ELEMENTS = 2**25
+
 
 def kmeans_ranks(
     q: Tensor,
@@ -40,9 +44,8 @@ def kmeans_ranks(
     exactly elsewhere); they still get a rank, the nearest cluster's.
     """
     with torch.no_grad():
-        z, n_key, _ = k.shape
+        z, n_key, dim = k.shape
         clusters = min(2**num_projs, n_key)
-        keys = k.float()
         skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
         if skip_keys is not None:
             skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
@@ -50,18 +53,14 @@ def kmeans_ranks(
         # evenly spaced keys after the skipped ones as the first centroids: no random
         # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
         start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-        centroids = torch.gather(keys, 1, start[..., None].expand(-1, -1, keys.shape[-1]))
+        centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
         for _ in range(iterations):
-            assign = _nearest(keys, centroids)
-            sums = torch.zeros_like(centroids).scatter_add_(
-                1, assign[..., None].expand_as(keys), keys * weight[..., None]
-            )
-            counts = torch.zeros(z, clusters, device=k.device).scatter_add_(1, assign, weight)
+            sums, counts = _cluster_sums(k, centroids, weight)
             # an emptied cluster keeps its centroid
             centroids = torch.where(
                 counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
             )
-        assign = _nearest(keys, centroids)
+        assign = _nearest(k, centroids)
         counts = torch.zeros(z, clusters, device=k.device).scatter_add_(1, assign, weight)
         # relabel clusters in the Gray order of their centroids' LSH buckets
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
@@ -69,18 +68,51 @@ def kmeans_ranks(
             1, order, torch.arange(clusters, device=k.device).expand(z, clusters)
         )
         # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
-        log_mass = scale * (q.float() @ centroids[:, None].transpose(-1, -2))
-        q_cluster = (log_mass + counts.log()[:, None, None]).argmax(dim=-1)
+        grouped = q.reshape(z, -1, dim)
+        q_cluster = _best(grouped, centroids, scale, counts.log()).view(q.shape[:3])
         dtype = rank_dtype(num_projs)
         q_rank = torch.gather(label[:, None].expand(-1, q.shape[1], -1), 2, q_cluster)
         return q_rank.to(dtype), torch.gather(label, 1, assign).to(dtype)
 
 
+def _rows_per_chunk(x: Tensor, clusters: int) -> int:
+    return max(1, CHUNK_ELEMENTS // (x.shape[0] * max(clusters, x.shape[-1])))
+
+
+def _best(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
+    """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d] (float32),
+    bias [z, c] -> [z, n] int64."""
+    z, n, _ = x.shape
+    best = torch.empty(z, n, dtype=torch.int64, device=x.device)
+    rows = _rows_per_chunk(x, centroids.shape[1])
+    transposed = centroids.transpose(-1, -2)
+    for first in range(0, n, rows):
+        part = x[:, first : first + rows].float()
+        best[:, first : first + rows] = (factor * (part @ transposed) + bias[:, None]).argmax(-1)
+    return best
+
+
 def _nearest(keys: Tensor, centroids: Tensor) -> Tensor:
     """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]."""
-    # |k - c|^2 = |k|^2 - 2 k.c + |c|^2; |k|^2 is the same for every centroid
-    distance = centroids.pow(2).sum(-1)[:, None] - 2 * keys @ centroids.transpose(-1, -2)
-    return distance.argmin(dim=-1)
+    # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
+    return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1))
+
+
+def _cluster_sums(keys: Tensor, centroids: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted sum and count of the keys nearest each centroid: ([z, c, d], [z, c])."""
+    z, n, _ = keys.shape
+    sums = torch.zeros_like(centroids)
+    counts = torch.zeros(z, centroids.shape[1], device=keys.device)
+    rows = _rows_per_chunk(keys, centroids.shape[1])
+    for first in range(0, n, rows):
+        part, w = keys[:, first : first + rows].float(), weight[:, first : first + rows]
+        # a weighted one-hot product, not scatter_add_: CUDA's atomic adds would make the
+        # sums, and so the clusters, vary from run to run
+        member = torch.nn.functional.one_hot(_nearest(part, centroids), centroids.shape[1])
+        member = member.float() * w[..., None]
+        sums += member.transpose(-1, -2) @ part
+        counts += member.sum(1)
+    return sums, counts
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import torch
 from helpers import assert_past_ignores_future, relative_error_to_v
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
+from hf_hyper.attention import clustering
 from hf_hyper.attention.clustering import kmeans_ranks
 from hf_hyper.attention.reference import reference_attention
 
@@ -55,6 +56,17 @@ def test_skipped_keys_take_no_part_in_the_clustering():
     for group in range(4):
         chosen = label[k_rank == q_rank[group]]
         assert chosen.numel() and (chosen == group).all()
+
+
+def test_row_chunks_give_the_same_ranks(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, 2, 500, 16, generator=gen), torch.randn(3, 500, 16, generator=gen)
+    planes = torch.randn(16, 5, generator=gen)
+    args = (q, k, 5, 3, 0.25, planes, torch.tensor([2, 0, 0]))
+    whole = kmeans_ranks(*args)
+    monkeypatch.setattr(clustering, "CHUNK_ELEMENTS", 1000)  # 10 rows a chunk
+    chunked = kmeans_ranks(*args)
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
 
 
 def test_config_rejects_a_negative_iteration_count():
