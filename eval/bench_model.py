@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -214,21 +215,33 @@ def _estimate_unpatched(model, length: int, rows: list[dict], args) -> None:
                 row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
 
 
-def time_prefill(model, settings, config: HyperAttentionConfig, args, on_row=None) -> list[dict]:
+def time_prefill(
+    model, settings, config: HyperAttentionConfig, args, on_row=None, earlier=None
+) -> list[dict]:
     """One row per (length, patch setting): prefill ms, speedup over the unpatched run of
     the same length and, unless args.free is off, the free-attention ceiling. on_row(rows)
-    runs after every row, so a run cut short keeps what it measured."""
+    runs after every row, so a run cut short keeps what it measured; earlier: rows of
+    such a run, {(length, label): row}, taken as they are instead of timed again."""
     rows = []
+    earlier = earlier or {}
     above = getattr(args, "estimate_unpatched_above", None)
+    device = next(model.parameters()).device
     for length in args.lengths:
-        ids = torch.randint(0, model.config.vocab_size, (1, length), device="cuda")
-        base_ms = None
+        ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
+        base_ms, base_earlier = None, False
         estimate = above is not None and length > above
         for label, count in settings:
             row = dict(length=length, patched_layers=label, layer_count=count)
             rows.append(row)
             if count == 0 and estimate:
                 continue  # estimated once a free-attention setting has run
+            kept = earlier.get((length, label))
+            if kept is not None:
+                row.update(kept, from_earlier_run=True)
+                if count == 0:
+                    base_ms, base_earlier = kept["ms"], True
+                print(f"  {row}", flush=True)
+                continue
             with patched(model, count, config):
                 what = f"length {length}, patched {label}"
                 step = functools.partial(_prefill, model, ids, what)
@@ -240,9 +253,12 @@ def time_prefill(model, settings, config: HyperAttentionConfig, args, on_row=Non
             if timing is None:
                 row["note"] = "out of memory"
             else:
-                base_ms = timing.ms if count == 0 else base_ms
+                if count == 0:
+                    base_ms, base_earlier = timing.ms, False
                 row.update(ms=timing.ms, peak_gib=timing.peak_gib)
                 row["speedup"] = base_ms / timing.ms if base_ms else None
+                if base_earlier and count:  # a ratio across processes: say so
+                    row["note"] = "speedup against the unpatched row of the earlier run"
                 row["tokens_per_s"] = length / timing.ms * 1e3
             if free is not None:
                 row["free_ms"] = free.ms
@@ -255,6 +271,27 @@ def time_prefill(model, settings, config: HyperAttentionConfig, args, on_row=Non
         if estimate:
             _estimate_unpatched(model, length, rows, args)
     return rows
+
+
+def rows_to_resume(path: Path, payload: dict) -> dict[tuple[int, str], dict]:
+    """Measured rows of a run cut short ({(length, label): row}) that timed the same model,
+    dtype, config and device as `payload`; none if the run finished or differed."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    same = ("model", "dtype", "num_layers", "hyper_config")
+    if earlier.get("complete", True) or any(earlier.get(k) != payload[k] for k in same):
+        return {}
+    if earlier.get("environment", {}).get("device") != payload["environment"].get("device"):
+        return {}
+    return {
+        (row["length"], row["patched_layers"]): row
+        for row in earlier.get("rows", [])
+        if row.get("ms") is not None
+    }
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -279,6 +316,11 @@ def run(args: argparse.Namespace) -> Path:
     def keep_so_far(rows: list[dict]) -> None:
         write_json(out / "model.json", {**payload, "rows": rows, "complete": False})
 
-    payload["rows"] = time_prefill(model, settings, config, args, on_row=keep_so_far)
+    earlier = rows_to_resume(out / "model.json", payload)
+    if earlier:
+        print(f"resuming: {len(earlier)} rows from {out / 'model.json'}, a run cut short")
+    payload["rows"] = time_prefill(
+        model, settings, config, args, on_row=keep_so_far, earlier=earlier
+    )
     save_results(out, "model", payload, COLUMNS, plot_model)
     return out

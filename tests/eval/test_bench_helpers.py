@@ -118,3 +118,51 @@ def test_estimated_unpatched_prefill_adds_exact_layers_to_free_attention(monkeyp
     assert base["ms"] == 800.0 + 28 * 100.0 and base["note"].startswith("estimate")
     assert patched_row["speedup"] == 3.6 and patched_row["ceiling"] == 4.5
     assert patched_row["share_of_ceiling"] == 0.8
+
+
+def test_a_run_cut_short_resumes_from_its_rows(tmp_path, monkeypatch):
+    import argparse
+
+    from hf_hyper.eval import bench_model
+    from hf_hyper.eval.common import write_json
+    from hf_hyper.eval.timing import Timing
+
+    timed = []
+
+    def fake_time(step, args):
+        timed.append(step.args[1].shape[1])  # the prefill's length
+        return Timing(ms=100.0 / (1 + len(timed)), ms_min=1.0, peak_gib=0.0, repeats=1)
+
+    monkeypatch.setattr(bench_model, "_time", fake_time)
+    model = tiny_model("llama")
+    config = hf_hyper.HyperAttentionConfig(backend="torch", min_seq_len=16, seed=0)
+    args = argparse.Namespace(lengths=[32, 48], free=False, warmup=0, repeats=1)
+    settings = [("0", 0), ("2", 2)]
+    payload = dict(model="tiny", dtype="fp32", num_layers=2, hyper_config=config.to_dict(),
+                   environment={"device": "cpu"})  # fmt: skip
+    path = tmp_path / "model.json"
+
+    class CutShort(Exception):
+        pass
+
+    def keep_then_stop(rows):
+        write_json(path, {**payload, "rows": rows, "complete": False})
+        if len(rows) == 3:
+            raise CutShort
+
+    with pytest.raises(CutShort):
+        bench_model.time_prefill(model, settings, config, args, on_row=keep_then_stop)
+    earlier = bench_model.rows_to_resume(path, payload)
+    assert sorted(earlier) == [(32, "0"), (32, "2"), (48, "0")]
+    timed.clear()
+    rows = bench_model.time_prefill(model, settings, config, args, earlier=earlier)
+    assert timed == [48]  # only the setting the first run did not reach
+    assert [r.get("from_earlier_run", False) for r in rows] == [True, True, True, False]
+    assert rows[3]["speedup"] == rows[2]["ms"] / rows[3]["ms"]
+    assert "earlier run" in rows[3]["note"]
+    # a finished run, or one of another config or device, is not resumed
+    write_json(path, {**payload, "rows": rows, "complete": True})
+    assert bench_model.rows_to_resume(path, payload) == {}
+    write_json(path, {**payload, "rows": rows, "complete": False})
+    assert bench_model.rows_to_resume(path, {**payload, "hyper_config": {}}) == {}
+    assert bench_model.rows_to_resume(path, {**payload, "environment": {"device": "x"}}) == {}
