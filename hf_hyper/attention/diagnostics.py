@@ -24,6 +24,7 @@ nothing and the sample carries all of the attention outside the exact parts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,10 +33,12 @@ from torch import Tensor
 from ..config import HyperAttentionConfig
 from .api import check_inputs, hyper_attention
 from .blockwise import SCORE_BUDGET, causal_mask_fn
+from .clustering import KeyClustering
 from .fused.hashing import lsh_rank
 from .masks import future_key_mask
 from .numerics import accumulation_dtype
-from .planning import Randomness, causal_levels, level_ranks, plan_blocks
+from .padding import pad_rows
+from .planning import CausalLevel, Randomness, causal_levels, level_ranks, plan_blocks
 
 
 @dataclass
@@ -102,9 +105,13 @@ def _key_blocks(k_order: Tensor, key_block: int, n_sink: int = 0) -> Tensor:
 
 
 def exact_region(
-    q_rank: Tensor, k_rank: Tensor, causal: bool, config: HyperAttentionConfig
-) -> ExactRegion:
-    """M^H from the LSH ranks of one call: q_rank [z, g, nq], k_rank [z, nk]."""
+    q_rank: Tensor, k_rank: Tensor, causal: bool, config: HyperAttentionConfig,
+    ranks_for_level: Callable[[CausalLevel, Tensor | None], tuple[Tensor, Tensor]] | None = None,
+) -> ExactRegion:  # fmt: skip
+    """M^H from the LSH ranks of one call: q_rank [z, g, nq], k_rank [z, nk]. With
+    ranks_for_level(level, sink counts) (k-means buckets: each causal level clusters its
+    own keys), a level's ranks come from it instead, and q_rank and k_rank give only
+    the shapes."""
     z, g, n_query = q_rank.shape
     n_key = k_rank.shape[-1]
     plan_config = replace(config, sample_size=0)  # the sample is not part of M^H
@@ -120,9 +127,17 @@ def exact_region(
     k_rank = torch.nn.functional.pad(k_rank, (0, pad))
     out = []
     for level in levels:
-        q_l, k_l = level_ranks(q_rank, k_rank, level)
-        plan = plan_blocks(q_l, k_l, plan_config, rng=None)
         size, pairs = level.size, level.pairs
+        if ranks_for_level is None:
+            q_l, k_l = level_ranks(q_rank, k_rank, level)
+        else:
+            sinks = None
+            if n_sink:  # problems ordered (z, pair): the sinks are in each first pair
+                sinks = torch.zeros(z, pairs, dtype=torch.int64, device=q_rank.device)
+                sinks[:, 0] = n_sink
+                sinks = sinks.view(-1)
+            q_l, k_l = ranks_for_level(level, sinks)
+        plan = plan_blocks(q_l, k_l, plan_config, rng=None)
         q_block = torch.full((z, g, pairs, 2, size), -1, dtype=torch.int64, device=q_rank.device)
         q_block[:, :, :, 1] = plan.q_block.view(z, pairs, g, size).transpose(1, 2)
         k_block = torch.full((z, pairs, 2, size), -2, dtype=torch.int64, device=q_rank.device)
@@ -136,19 +151,40 @@ def exact_region(
 
 def call_region(
     qz: Tensor, kz: Tensor, causal: bool, config: HyperAttentionConfig,
-    generator: torch.Generator,
+    generator: torch.Generator, scale: float | None = None,
 ) -> ExactRegion:  # fmt: skip
     """M^H of one call on the internal layout (qz [z, g, nq, d], kz [z, nk, d]) whose
     hyperplanes are the next draw of `generator`, as `hyper_attention` draws them; a call
-    short enough to run exact is exact everywhere."""
+    short enough to run exact is exact everywhere. With k-means buckets the blocks are
+    those its problems cluster (scale: the call's, default 1/sqrt(d))."""
     n_query, n_key = qz.shape[2], kz.shape[1]
     short = n_query <= config.exact_query_len(causal) or (
         not causal and n_key <= config.min_seq_len
     )
     if short:
         return ExactRegion(causal, n_query, n_key, None, [], True, qz.device)
-    planes = Randomness(generator, qz.device).hyperplanes(qz.shape[-1], config.lsh_num_projs)
-    return exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, config)
+    dim = qz.shape[-1]
+    planes = Randomness(generator, qz.device).hyperplanes(dim, config.lsh_num_projs)
+    if not config.kmeans_iters:
+        return exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, config)
+    scale = dim**-0.5 if scale is None else scale
+    cluster = KeyClustering(planes, dim, config.lsh_num_projs, config.kmeans_iters, scale)
+    z, g = qz.shape[:2]
+    if not causal:
+        sinks = torch.full((z,), config.sinks, device=qz.device) if config.sinks else None
+        return exact_region(*cluster.ranks(qz, kz, sinks), causal, config)
+    padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
+    q_pad, k_pad = pad_rows(qz, padded_n - n_query), pad_rows(kz, padded_n - n_query)
+
+    def ranks_for_level(level: CausalLevel, sinks: Tensor | None) -> tuple[Tensor, Tensor]:
+        size, pairs = level.size, level.pairs
+        q_low = q_pad.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
+        k_left = k_pad.view(z * pairs, 2, size, dim)[:, 0]
+        return cluster.ranks(q_low.reshape(z * pairs, g, size, dim), k_left, sinks)
+
+    shape_q = torch.zeros(z, g, n_query, dtype=torch.int64, device=qz.device)
+    shape_k = torch.zeros(z, n_key, dtype=torch.int64, device=qz.device)
+    return exact_region(shape_q, shape_k, causal, config, ranks_for_level)
 
 
 @dataclass
@@ -164,7 +200,8 @@ class AttentionDiagnostics:
     value_sq_norm: Tensor
     # mean softmax mass of a query on the first config.sinks keys (zero if none)
     sink_mass: Tensor
-    # LSH block mass over that of a random key set of its size (NaN: nothing approximated)
+    # block mass (LSH or k-means buckets) over that of a random key set of its size (NaN:
+    # nothing approximated)
     block_lift: Tensor
 
 
@@ -214,9 +251,9 @@ def attention_diagnostics(
     of them, as the algorithm attends those exactly;
     sink_mass says how much of each head's attention they hold.
 
-    The LSH blocks are those of the very call measured: the hyperplanes are drawn from
+    The blocks are those of the very call measured: the hyperplanes are drawn from
     `generator` (or config.seed; else a seed from the global RNG), as hyper_attention
-    draws them. Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
+    draws them, and with k-means buckets each problem's keys are clustered as it does. Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
     """
     config = config or HyperAttentionConfig()
     check_inputs(q, k, v, causal)
@@ -243,7 +280,7 @@ def attention_diagnostics(
     kz, vz = k.reshape(b * hk, n_key, dim).to(acc), v.reshape(b * hk, n_key, dv).to(acc)
     approx = approx.reshape(b * hk, g, n_query, dv).to(acc)
     generator.set_state(state)  # the same hyperplanes the call above drew
-    region = call_region(qz, kz, causal, config, generator)
+    region = call_region(qz, kz, causal, config, generator, scale)
     n_sink = min(config.sinks, n_key)
     rects = _rectangles(region)
 

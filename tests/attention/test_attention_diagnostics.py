@@ -3,6 +3,7 @@ dense float64 computation of the same definitions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from helpers import planted_qkv, random_qkv
 
 from hf_hyper import HyperAttentionConfig, attention_diagnostics, hyper_attention
 from hf_hyper.attention import reference_attention
-from hf_hyper.attention.diagnostics import exact_region
+from hf_hyper.attention.diagnostics import call_region, exact_region
 from hf_hyper.attention.lsh import angular_lsh_rank
 from hf_hyper.attention.planning import Randomness, causal_levels
 
@@ -22,12 +23,15 @@ def dense_region(q, k, causal: bool, config: HyperAttentionConfig, seed: int) ->
     """M^H as bool [b, hq, nq, nk], from the hyperplanes a call seeded `seed` draws."""
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]
-    planes = Randomness(torch.Generator().manual_seed(seed), q.device).hyperplanes(
-        dim, config.lsh_num_projs
-    )
     qz, kz = q.reshape(b * hk, hq // hk, n_query, dim), k.reshape(b * hk, n_key, dim)
-    ranks = angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes)
-    region = exact_region(*ranks, causal, config)
+    if config.kmeans_iters:  # the clusters' blocks, as call_region derives them
+        region = call_region(qz, kz, causal, config, torch.Generator().manual_seed(seed))
+    else:
+        planes = Randomness(torch.Generator().manual_seed(seed), q.device).hyperplanes(
+            dim, config.lsh_num_projs
+        )
+        region = exact_region(angular_lsh_rank(qz, planes), angular_lsh_rank(kz, planes),
+                              causal, config)  # fmt: skip
     return torch.stack([region.rows(z, 0, n_query) for z in range(b * hk)]).view(
         b, hq, n_query, n_key
     )
@@ -58,6 +62,24 @@ def test_region_is_what_hyper_attention_computes_exactly(causal, window, n):
         assert mask[:, :, cut, cut - window : cut + 1].all()
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_region_of_kmeans_buckets_is_what_hyper_attention_computes_exactly(causal):
+    """The same with k-means buckets, whose causal levels cluster their own keys."""
+    n = 200
+    q, k, v = random_qkv(2, 4, 2, n, n, seed=n)
+    config = HyperAttentionConfig(sample_size=0, seed=5, kmeans_iters=3, **SMALL)
+    qz, kz = q.reshape(4, 2, n, 16), k.reshape(4, n, 16)
+    region = call_region(qz, kz, causal, config, torch.Generator().manual_seed(5))
+    mask = torch.stack([region.rows(z, 0, n) for z in range(4)]).view(2, 4, n, n)
+    scores = scores_of(q, k, 16**-0.5).masked_fill(~mask, -math.inf)
+    masked = torch.softmax(scores, -1) @ v.repeat_interleave(2, dim=1)
+    out = hyper_attention(q, k, v, causal=causal, config=config)
+    torch.testing.assert_close(out, masked, atol=1e-12, rtol=0)
+    assert mask.float().mean() < (0.6 if causal else 0.3)
+    lsh = dense_region(q, k, causal, dataclasses.replace(config, kmeans_iters=0), seed=5)
+    assert not torch.equal(mask, lsh)  # the clusters, not the LSH buckets
+
+
 def _dense_parameters(scores, mask, rects):
     """alpha, log10 kappa (max/min and p99/p1) per head, worst rectangle, and the LSH
     blocks' mass over chance pooled over the rectangles, dense float64."""
@@ -86,16 +108,18 @@ def _dense_parameters(scores, mask, rects):
 
 
 @pytest.mark.parametrize(
-    "causal, sinks, window",
-    [(True, 0, 0), (True, 4, 0), (True, 4, 6), (False, 0, 0), (False, 4, 6)],
-)
-def test_numbers_match_dense_float64_definitions(causal, sinks, window):
+    "causal, sinks, window, kmeans",
+    [(True, 0, 0, 0), (True, 4, 0, 0), (True, 4, 6, 0), (False, 0, 0, 0), (False, 4, 6, 0),
+     (True, 4, 6, 3), (False, 4, 0, 3)],
+)  # fmt: skip
+def test_numbers_match_dense_float64_definitions(causal, sinks, window, kmeans):
     n = 200
     q, k, v = random_qkv(1, 4, 2, n, n, seed=11)
     q = q * 2.5  # sharper rows than iid unit scores
     config = HyperAttentionConfig(
-        sample_size=16, seed=7, sink_tokens=sinks, local_window=window, **SMALL
-    )
+        sample_size=16, seed=7, sink_tokens=sinks, local_window=window, kmeans_iters=kmeans,
+        **SMALL,
+    )  # fmt: skip
     diag = attention_diagnostics(q, k, v, causal=causal, config=config)
 
     scale = 16**-0.5
