@@ -253,7 +253,8 @@ def attention_diagnostics(
 
     The blocks are those of the very call measured: the hyperplanes are drawn from
     `generator` (or config.seed; else a seed from the global RNG), as hyper_attention
-    draws them, and with k-means buckets each problem's keys are clustered as it does. Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
+    draws them, and with k-means buckets each problem's keys are clustered as it does.
+    Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
     """
     config = config or HyperAttentionConfig()
     check_inputs(q, k, v, causal)
