@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from captured_window import add_window_arguments, model_and_window
 
 from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 
@@ -52,22 +52,9 @@ def rectangle_errors(q, k, v, scale: float) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--gguf-file", default=None)
-    p.add_argument("--text", required=True, help="a UTF-8 text file")
-    p.add_argument("--length", type=int, default=8192)
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all patchable")
+    add_window_arguments(p, length=8192)
     args = p.parse_args()
-    tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model, gguf_file=args.gguf_file, dtype=torch.float32
-    ).eval()
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read(args.length * 12)
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.length]
-    bos = tokenizer.bos_token_id
-    if bos is not None and ids[0, 0] != bos:  # the model's own prefix, as the jobs use it
-        ids = torch.cat([torch.tensor([[bos]]), ids[:, :-1]], dim=1)
+    model, ids = model_and_window(args)
     print(f"{args.model} {args.gguf_file or ''}, {ids.shape[1]} tokens, {SEEDS} seeds")
     print("\n| layer | " + " | ".join(VARIANTS) + " |")
     print("|---" * (1 + len(VARIANTS)) + "|")

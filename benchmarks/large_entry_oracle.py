@@ -22,7 +22,7 @@ import dataclasses
 import math
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from captured_window import add_window_arguments, model_and_window
 
 from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 
@@ -72,21 +72,11 @@ def rectangle_errors(q, k, v, scale, config: HyperAttentionConfig, top_ks, rows:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--gguf-file", default=None)
-    p.add_argument("--text", required=True, help="a UTF-8 text file")
-    p.add_argument("--length", type=int, default=16384)
+    add_window_arguments(p, length=16384)
     p.add_argument("--rows", type=int, default=2048, help="queries measured after the cut")
     p.add_argument("--top-k", type=int, nargs="+", default=[256, 1024])
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all patchable")
     args = p.parse_args()
-    tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model, gguf_file=args.gguf_file, dtype=torch.float32
-    ).eval()
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read(args.length * 12)
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.length]
+    model, ids = model_and_window(args)
     config = HyperAttentionConfig(seed=0, backend="torch")
     print(f"{args.model} {args.gguf_file or ''}, {ids.shape[1]} tokens, config {config.to_dict()}")
     print("\n| layer | " + " | ".join(["hyper", "sinks + sample",
