@@ -126,6 +126,11 @@ class KeyClustering:
     iterations: int
     scale: float
 
+    @classmethod
+    def of_call(cls, planes: Tensor, hash_dims: int, config, scale: float) -> KeyClustering:
+        """The clustering a call with this config makes (config.kmeans_iters > 0)."""
+        return cls(planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale)
+
     def ranks(self, q: Tensor, k: Tensor, skip_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`kmeans_ranks` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
         hd = self.hash_dims

@@ -38,7 +38,15 @@ from .fused.hashing import lsh_rank
 from .masks import future_key_mask
 from .numerics import accumulation_dtype
 from .padding import pad_rows
-from .planning import CausalLevel, Randomness, causal_levels, level_ranks, plan_blocks
+from .planning import (
+    CausalLevel,
+    Randomness,
+    causal_levels,
+    level_problems,
+    level_ranks,
+    level_sinks,
+    plan_blocks,
+)
 
 
 @dataclass
@@ -104,49 +112,57 @@ def _key_blocks(k_order: Tensor, key_block: int, n_sink: int = 0) -> Tensor:
     return blocks
 
 
+LevelRanks = Callable[[CausalLevel, Tensor | None], tuple[Tensor, Tensor]]
+
+
 def exact_region(
-    q_rank: Tensor, k_rank: Tensor, causal: bool, config: HyperAttentionConfig,
-    ranks_for_level: Callable[[CausalLevel, Tensor | None], tuple[Tensor, Tensor]] | None = None,
+    q_rank: Tensor, k_rank: Tensor, causal: bool, config: HyperAttentionConfig
+) -> ExactRegion:
+    """M^H from the LSH ranks of one call: q_rank [z, g, nq], k_rank [z, nk]."""
+    n_query, n_key = q_rank.shape[-1], k_rank.shape[-1]
+    if not causal:
+        return _noncausal_region(q_rank, k_rank, config)
+    padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
+    q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n_query))  # as the recursion pads
+    k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n_query))
+    return _causal_region(
+        q_rank.shape[:2], n_query, n_key, config, q_rank.device,
+        lambda level, sinks: level_ranks(q_rank, k_rank, level),
+    )  # fmt: skip
+
+
+def _noncausal_region(q_rank: Tensor, k_rank: Tensor, config: HyperAttentionConfig):
+    plan = plan_blocks(q_rank, k_rank, replace(config, sample_size=0), rng=None)
+    n_sink = config.sinks
+    level = _Level(None, plan.q_block, _key_blocks(plan.k_order, plan.key_block, n_sink))
+    n_query, n_key = q_rank.shape[-1], k_rank.shape[-1]
+    return ExactRegion(False, n_query, n_key, None, [level], False, q_rank.device, n_sink)
+
+
+def _causal_region(
+    heads: tuple[int, int], n_query: int, n_key: int, config: HyperAttentionConfig,
+    device: torch.device, ranks_for_level: LevelRanks,
 ) -> ExactRegion:  # fmt: skip
-    """M^H from the LSH ranks of one call: q_rank [z, g, nq], k_rank [z, nk]. With
-    ranks_for_level(level, sink counts) (k-means buckets: each causal level clusters its
-    own keys), a level's ranks come from it instead, and q_rank and k_rank give only
-    the shapes."""
-    z, g, n_query = q_rank.shape
-    n_key = k_rank.shape[-1]
+    """M^H of a causal call with z x g query heads whose level ranks come from
+    ranks_for_level(level, sink counts of its problems or None)."""
+    z, g = heads
     plan_config = replace(config, sample_size=0)  # the sample is not part of M^H
     n_sink = config.sinks
-    if not causal:
-        plan = plan_blocks(q_rank, k_rank, plan_config, rng=None)
-        level = _Level(None, plan.q_block, _key_blocks(plan.k_order, plan.key_block, n_sink))
-        return ExactRegion(False, n_query, n_key, None, [level], False, q_rank.device, n_sink)
-
-    padded_n, base, levels = causal_levels(n_query, config.min_seq_len)
-    pad = padded_n - n_query
-    q_rank = torch.nn.functional.pad(q_rank, (0, pad))  # as the causal recursion pads
-    k_rank = torch.nn.functional.pad(k_rank, (0, pad))
+    _, base, levels = causal_levels(n_query, config.min_seq_len)
     out = []
     for level in levels:
         size, pairs = level.size, level.pairs
-        if ranks_for_level is None:
-            q_l, k_l = level_ranks(q_rank, k_rank, level)
-        else:
-            sinks = None
-            if n_sink:  # problems ordered (z, pair): the sinks are in each first pair
-                sinks = torch.zeros(z, pairs, dtype=torch.int64, device=q_rank.device)
-                sinks[:, 0] = n_sink
-                sinks = sinks.view(-1)
-            q_l, k_l = ranks_for_level(level, sinks)
-        plan = plan_blocks(q_l, k_l, plan_config, rng=None)
-        q_block = torch.full((z, g, pairs, 2, size), -1, dtype=torch.int64, device=q_rank.device)
+        sinks = level_sinks(z, level, n_sink, device) if n_sink else None
+        plan = plan_blocks(*ranks_for_level(level, sinks), plan_config, rng=None)
+        q_block = torch.full((z, g, pairs, 2, size), -1, dtype=torch.int64, device=device)
         q_block[:, :, :, 1] = plan.q_block.view(z, pairs, g, size).transpose(1, 2)
-        k_block = torch.full((z, pairs, 2, size), -2, dtype=torch.int64, device=q_rank.device)
+        k_block = torch.full((z, pairs, 2, size), -2, dtype=torch.int64, device=device)
         k_block[:, :, 0] = _key_blocks(plan.k_order, plan.key_block).view(z, pairs, size)
         k_block[:, 0, 0, :n_sink] = -2  # each level's first pair holds the sinks
         out.append(
             _Level(size, q_block.view(z, g, -1)[..., :n_query], k_block.view(z, -1)[:, :n_key])
         )
-    return ExactRegion(True, n_query, n_key, base, out, False, q_rank.device, n_sink, config.window)
+    return ExactRegion(True, n_query, n_key, base, out, False, device, n_sink, config.window)
 
 
 def call_region(
@@ -167,24 +183,17 @@ def call_region(
     planes = Randomness(generator, qz.device).hyperplanes(dim, config.lsh_num_projs)
     if not config.kmeans_iters:
         return exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, config)
-    scale = dim**-0.5 if scale is None else scale
-    cluster = KeyClustering(planes, dim, config.lsh_num_projs, config.kmeans_iters, scale)
-    z, g = qz.shape[:2]
+    cluster = KeyClustering.of_call(planes, dim, config, dim**-0.5 if scale is None else scale)
+    z = qz.shape[0]
     if not causal:
         sinks = torch.full((z,), config.sinks, device=qz.device) if config.sinks else None
-        return exact_region(*cluster.ranks(qz, kz, sinks), causal, config)
+        return _noncausal_region(*cluster.ranks(qz, kz, sinks), config)
     padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
     q_pad, k_pad = pad_rows(qz, padded_n - n_query), pad_rows(kz, padded_n - n_query)
-
-    def ranks_for_level(level: CausalLevel, sinks: Tensor | None) -> tuple[Tensor, Tensor]:
-        size, pairs = level.size, level.pairs
-        q_low = q_pad.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
-        k_left = k_pad.view(z * pairs, 2, size, dim)[:, 0]
-        return cluster.ranks(q_low.reshape(z * pairs, g, size, dim), k_left, sinks)
-
-    shape_q = torch.zeros(z, g, n_query, dtype=torch.int64, device=qz.device)
-    shape_k = torch.zeros(z, n_key, dtype=torch.int64, device=qz.device)
-    return exact_region(shape_q, shape_k, causal, config, ranks_for_level)
+    return _causal_region(
+        qz.shape[:2], n_query, n_key, config, qz.device,
+        lambda level, sinks: cluster.ranks(*level_problems(q_pad, k_pad, level), sinks),
+    )  # fmt: skip
 
 
 @dataclass

@@ -184,6 +184,24 @@ def causal_levels(n: int, min_seq_len: int) -> tuple[int, int, list[CausalLevel]
     return padded_n, base, [CausalLevel(padded_n >> i, 2 ** (i - 1)) for i in range(1, levels + 1)]
 
 
+def level_problems(q: Tensor, k: Tensor, level: CausalLevel) -> tuple[Tensor, Tensor]:
+    """One level's problems from the padded square: q [z, g, N, d], k [z, N, d] ->
+    second-half queries [z*pairs, g, size, d] and first-half keys [z*pairs, size, d],
+    ordered (z, pair)."""
+    z, g, _, dim = q.shape
+    size, pairs = level.size, level.pairs
+    q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
+    return q_low.reshape(z * pairs, g, size, dim), k.view(z * pairs, 2, size, dim)[:, 0]
+
+
+def level_sinks(z: int, level: CausalLevel, n_sink: int, device) -> Tensor:
+    """Sink keys of each of one level's problems [z*pairs] (int64): problems are ordered
+    (z, pair), and only each z's first pair holds the sinks."""
+    sinks = torch.zeros(z, level.pairs, dtype=torch.int64, device=device)
+    sinks[:, 0] = n_sink
+    return sinks.view(-1)
+
+
 def level_ranks(q_rank: Tensor, k_rank: Tensor, level: CausalLevel) -> tuple[Tensor, Tensor]:
     """Ranks of one level's problems: q_rank [z, g, N], k_rank [z, N] ->
     [z*pairs, g, size] (second halves) and [z*pairs, size] (first halves)."""

@@ -20,7 +20,9 @@ from .planning import (
     BlockPlan,
     Randomness,
     causal_levels,
+    level_problems,
     level_ranks,
+    level_sinks,
     pack_query_tiles,
     plan_blocks,
 )
@@ -262,15 +264,9 @@ def _causal_square(
     for level in levels:
         size, pairs = level.size, level.pairs
         # queries of the second half of each pair against keys of its first half
-        q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
-        q_low = q_low.reshape(z * pairs, g, size, dim)
-        k_left = k.view(z * pairs, 2, size, dim)[:, 0]
+        q_low, k_left = level_problems(q, k, level)
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
-        sinks = None
-        if n_sink:  # problems are ordered (z, pair): the sinks are in each first pair
-            sinks = torch.zeros(z, pairs, dtype=torch.int64, device=q.device)
-            sinks[:, 0] = n_sink
-            sinks = sinks.view(-1)
+        sinks = level_sinks(z, level, n_sink, q.device) if n_sink else None
         if cluster is None:
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
         else:  # each lower-left block clusters its own keys, all before its queries
@@ -317,9 +313,7 @@ def torch_hyper_attention(
     if n_query > config.min_seq_len:
         planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
         if config.kmeans_iters:
-            cluster = KeyClustering(
-                planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale
-            )
+            cluster = KeyClustering.of_call(planes, hash_dims, config, scale)
         else:
             q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
             k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)

@@ -22,7 +22,7 @@ from ...config import HyperAttentionConfig
 from ..clustering import KeyClustering
 from ..numerics import LOG2E
 from ..padding import pad_end, pad_rows
-from ..planning import Randomness, causal_levels, level_ranks
+from ..planning import Randomness, causal_levels, level_problems, level_ranks, level_sinks
 from . import tuning
 from .cudnn import cudnn_attention_usable, cudnn_forward, diagonal_block_view
 from .hashing import lsh_rank
@@ -411,18 +411,6 @@ class Problem:
             keys.reshape(self.z, keys.shape[2], self.dim),
         )
 
-    def level_inputs(self, level) -> tuple[Tensor, Tensor]:
-        """One causal level's problems: second-half queries [z*pairs, g, size, d] and
-        first-half keys [z*pairs, size, d], ordered (z, pair) as the launches are."""
-        q, k = self.grouped()
-        size, pairs = level.size, level.pairs
-        q_low = q.view(self.z, self.g, pairs, 2, size, self.dim)[:, :, :, 1].transpose(1, 2)
-        k_left = k.view(self.z, pairs, 2, size, self.dim)[:, :, 0]
-        return (
-            q_low.reshape(self.z * pairs, self.g, size, self.dim),
-            k_left.reshape(self.z * pairs, size, self.dim),
-        )
-
     def causal_levels(
         self, q_rank: Tensor | None, k_rank: Tensor | None, config, rng, n_sink: int = 0,
         band: int = 0, cluster: KeyClustering | None = None,
@@ -449,17 +437,16 @@ class Problem:
                 (k_base[:, None] + k_first * self.k.stride(2)).reshape(-1),
                 (v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
             ]  # fmt: skip
-            if n_sink:  # problems are ordered (z, pair); only each z's first pair has them
-                sinks = torch.zeros(z, pairs, dtype=torch.int64)
-                sinks[:, 0] = n_sink
-                host.append(sinks.view(-1))
+            if n_sink:
+                host.append(level_sinks(z, level, n_sink, "cpu"))
             # one pinned copy: a pageable one would wait for the stream at every level
             moved = self._to_device(*host)
             bases, sink_keys = moved[:4], (moved[4] if n_sink else None)
             if cluster is None:
                 q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
             else:
-                q_rank_l, k_rank_l = cluster.ranks(*self.level_inputs(level), sink_keys)
+                problems = level_problems(*self.grouped(), level)
+                q_rank_l, k_rank_l = cluster.ranks(*problems, sink_keys)
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
                 band=band,
@@ -512,17 +499,17 @@ def fused_forward(
         hd = dim if hash_dims is None else hash_dims
         planes = rng.hyperplanes(hd, config.lsh_num_projs)
         if config.kmeans_iters:
-            r = config.lsh_num_projs
-            return None, None, KeyClustering(planes, hd, r, config.kmeans_iters, scale)
+            return None, None, KeyClustering.of_call(planes, hd, config, scale)
         q_rank = lsh_rank(q[..., :hd], planes).reshape(b * hk, g, n_query)
         return q_rank, lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key), None
 
-    def clustered_ranks(cluster, k_end: int, n_sink: int) -> tuple[Tensor, Tensor]:
-        """Ranks of all queries against keys [0, k_end) from clustering those keys."""
-        sinks = None
-        if n_sink:
-            sinks = torch.full((b * hk,), n_sink, dtype=torch.int64, device=q.device)
-        return cluster.ranks(*problem.grouped(0, k_end), sinks)
+    def clustered_ranks(cluster, k_end: int, sinks: int) -> tuple[Tensor, Tensor]:
+        """Ranks of all queries against keys [0, k_end) from clustering those keys, the
+        first `sinks` of them left out."""
+        skip = None
+        if sinks:
+            skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
+        return cluster.ranks(*problem.grouped(0, k_end), skip)
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
