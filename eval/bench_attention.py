@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import clear_cuda_graphs, cuda_graph_stats
 
 from .common import (
     JobError,
@@ -31,7 +33,10 @@ from .config_arguments import add_config_arguments, config_from_arguments
 from .plots import plot_attention
 from .timing import environment, time_cuda
 
-BACKENDS = ("cudnn", "flash2", "flex", "hyper")
+# hyper-eager: HyperAttention with CUDA graph replay off, for a same-run A/B
+BACKENDS = ("cudnn", "flash2", "flex", "hyper", "hyper-eager")
+DEFAULT_BACKENDS = ("cudnn", "flash2", "flex", "hyper")
+HYPER_BACKENDS = ("hyper", "hyper-eager")
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COLUMNS = [
@@ -44,6 +49,7 @@ COLUMNS = [
     ("speedup", "speedup vs cuDNN"),
     ("tflops_equiv", "TFLOP/s equiv."),
     ("peak_gib", "peak GiB"),
+    ("graphs_gib", "graphs hold GiB"),
     ("memory", "memory bound"),
     ("err_v", "‖O−O*‖/‖V‖"),
     ("err_rel", "‖O−O*‖/‖O*‖"),
@@ -116,7 +122,9 @@ def causal_block_mask(n: int, device: torch.device, block: int = 128):
 def _run_fn(
     backend: str, q, k, v, causal: bool, config: HyperAttentionConfig, mode: str, grad=None
 ):
-    if backend == "hyper":
+    if backend in HYPER_BACKENDS:
+        if backend == "hyper-eager":
+            config = replace(config, cuda_graph_max_len=0)
         forward = lambda: hf_hyper.hyper_attention(q, k, v, causal=causal, config=config)  # noqa: E731
     else:
         forward = _exact_fn(backend, q, k, v, causal)
@@ -168,6 +176,11 @@ def memory_verdict(
     else:
         return None
     return "pass" if peak <= bound else "FAIL"
+
+
+def graphs_held_gib() -> float:
+    """Device memory the captured CUDA graphs hold (static inputs and their pools)."""
+    return cuda_graph_stats().held_bytes / 2**30
 
 
 def exact_flops(n: int, heads: int, dim: int, causal: bool, mode: str) -> float:
@@ -235,7 +248,9 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                         if backend == "cudnn":
                             base_ms, cudnn_peak = timing.ms, timing.peak_gib
                         row["speedup"] = base_ms / timing.ms if base_ms else None
-                        if backend == "hyper":
+                        if backend in HYPER_BACKENDS:
+                            row["graphs_gib"] = graphs_held_gib()
+                            clear_cuda_graphs()  # each row holds only its own graphs
                             row["memory"] = memory_verdict(
                                 mode, n, args.heads, dim, q.element_size(), timing.peak_gib,
                                 cudnn_peak,
@@ -255,7 +270,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     p.add_argument("--causal", choices=["yes", "no", "both"], default="both")
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd"])
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    p.add_argument(
+        "--backends", nargs="+", default=list(DEFAULT_BACKENDS),
+        help=f"from {list(BACKENDS)}; hyper-eager is hyper without CUDA graphs",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     add_config_arguments(
         p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}

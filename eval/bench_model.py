@@ -22,6 +22,7 @@ from unittest import mock
 import torch
 
 from hf_hyper import HyperAttentionConfig
+from hf_hyper.attention import clear_cuda_graphs, cuda_graph_stats
 
 from .common import (
     JobError,
@@ -54,6 +55,11 @@ SHAPES = {
     "chatglm2-6b-shaped": dict(
         model_type="llama", hidden_size=4096, intermediate_size=13696, num_hidden_layers=28,
         num_attention_heads=32, num_key_value_heads=2, vocab_size=65024,
+    ),
+    # a small model, where each layer's GPU work is short next to the host's
+    "smollm2-135m": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
     ),
     "qwen2-7b": dict(
         model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -155,6 +161,17 @@ def free_attention() -> Iterator[None]:
         yield
 
 
+def graph_summary() -> dict:
+    """How the patched layers' calls ran: graphs captured, replays (in place or copying
+    the inputs in), calls run eagerly on first sight, and fallbacks by reason."""
+    stats = cuda_graph_stats()
+    return dict(
+        captured=stats.captured, replayed=stats.replayed,
+        replayed_in_place=stats.replayed_in_place, eager_first=stats.eager_first,
+        fallbacks=dict(stats.fallbacks), held_gib=stats.held_bytes / 2**30,
+    )  # fmt: skip
+
+
 def _time(step, args: argparse.Namespace):
     try:
         return time_cuda(step, warmup=args.warmup, repeats=args.repeats)
@@ -242,10 +259,13 @@ def time_prefill(
                     base_ms, base_earlier = kept["ms"], True
                 print(f"  {row}", flush=True)
                 continue
+            clear_cuda_graphs()
             with patched(model, count, config):
                 what = f"length {length}, patched {label}"
                 step = functools.partial(_prefill, model, ids, what)
                 timing = _time(step, args)
+                if count:
+                    row["cuda_graphs"] = graph_summary()
                 free = None
                 if timing is not None and count and args.free:
                     with free_attention():

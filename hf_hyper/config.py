@@ -17,6 +17,10 @@ DEFAULT_SINK_TOKENS = 4
 # Keys before each query attended exactly across the causal recursion's cuts by default:
 # none, as on pretrained checkpoints the gain did not pay for the time (results/real_models/).
 DEFAULT_LOCAL_WINDOW = 0
+# Queries up to which inference calls replay CUDA graphs by default: below it the host's
+# work per call is a large share of the time; above it the GPU's dominates, while a graph
+# holds static copies of its inputs and output.
+DEFAULT_CUDA_GRAPH_MAX_LEN = 65536
 
 
 def parse_exact_up_to(text: str) -> int | str:
@@ -74,6 +78,10 @@ class HyperAttentionConfig:
         forward and backward; an error where they cannot run) or "auto" (triton where it
         can run, else torch). Both compute the same algorithm with the same random draws
         and are differentiable (the sampled and hashed choices are held fixed).
+    cuda_graph_max_len: fused calls without autograd of at most this many queries replay
+        a CUDA graph captured on the second call of their shape, layout and config
+        (a patched model's layers share one), which removes the host's work per call; the
+        result equals the eager call's bit for bit. 0: always eager.
     """
 
     lsh_num_projs: int = field(
@@ -122,6 +130,10 @@ class HyperAttentionConfig:
         default=None, metadata={"help": "seed of the hyperplanes and samples of every call"}
     )
     backend: str = field(default="auto", metadata={"help": "kernels to run", "choices": BACKENDS})
+    cuda_graph_max_len: int = field(
+        default=DEFAULT_CUDA_GRAPH_MAX_LEN,
+        metadata={"help": "inference calls up to this many queries replay CUDA graphs; 0: never"},
+    )
 
     def __post_init__(self) -> None:
         _require_int("lsh_num_projs", self.lsh_num_projs, 0, 48)
@@ -129,6 +141,7 @@ class HyperAttentionConfig:
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
         _require_int("kmeans_iters", self.kmeans_iters, 0)
+        _require_int("cuda_graph_max_len", self.cuda_graph_max_len, 0)
         if self.sink_tokens is not None:
             # the sinks sit inside the first exact block of every problem that has them
             _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)

@@ -12,6 +12,7 @@ from .api import (
 )
 from .blockwise import attention_with_lse, merge_by_lse
 from .diagnostics import AttentionDiagnostics, attention_diagnostics
+from .fused import clear_cuda_graphs, cuda_graph_stats
 from .lsh import angular_lsh_rank, gray_code_rank
 from .masks import future_key_mask
 from .reference import reference_attention
@@ -22,6 +23,8 @@ __all__ = [
     "angular_lsh_rank",
     "attention_diagnostics",
     "attention_with_lse",
+    "clear_cuda_graphs",
+    "cuda_graph_stats",
     "exact_attention_with_lse",
     "future_key_mask",
     "gray_code_rank",

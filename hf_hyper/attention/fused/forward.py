@@ -62,15 +62,20 @@ class Problem:
         spans = [t.untyped_storage().nbytes() // t.element_size() for t in (q, k, v)]
         spans.append(b * hq * self.n_query * v.shape[-1])
         self.index_dtype = torch.int32 if max(spans) < 2**31 else torch.int64
+        # The plan's integer arrays are shape arithmetic: on the host they cost no
+        # launches, and one copy moves them. A CUDA graph cannot capture a copy from
+        # host memory that may change, so under capture they are built on the device.
+        capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
+        self.plan_device = q.device if capturing else torch.device("cpu")
 
     @functools.cached_property
-    def _host_bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(q_base [z, g], k_base [z], v_base [z], o_base [z, g]) on the host: element
+    def _plan_bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(q_base [z, g], k_base [z], v_base [z], o_base [z, g]) on plan_device: element
         offsets of each head's position 0, and its first output row. Pure arithmetic on
-        shapes and strides, so it needs no launches."""
+        shapes and strides, so on the host it needs no launches."""
         q, k, v = self.q, self.k, self.v
         b, hk = q.shape[0], k.shape[1]
-        ints = dict(dtype=torch.int64)
+        ints = dict(dtype=torch.int64, device=self.plan_device)
         bi = torch.arange(b, **ints).repeat_interleave(hk)
         hki = torch.arange(hk, **ints).repeat(b)
         gi = torch.arange(self.g, **ints)
@@ -83,21 +88,22 @@ class Problem:
         return q_base, k_base, v_base, o_base
 
     def _to_device(self, *arrays: Tensor) -> list[Tensor]:
-        """Host integer arrays on the device in the index type, in one copy: a dozen
-        tiny arithmetic launches per recursion level cost more than that."""
+        """Integer arrays from plan_device on the device in the index type, in one copy:
+        a dozen tiny arithmetic launches per recursion level cost more than that."""
         flat = torch.cat([a.reshape(-1) for a in arrays]).to(self.index_dtype)
-        if self.q.is_cuda:
-            flat = flat.pin_memory()
-        flat = flat.to(self.q.device, non_blocking=True)
+        if flat.device != self.q.device:
+            if self.q.is_cuda:
+                flat = flat.pin_memory()
+            flat = flat.to(self.q.device, non_blocking=True)
         parts = flat.split([a.numel() for a in arrays])
         return [part.view(a.shape) for part, a in zip(parts, arrays, strict=True)]
 
     @functools.cached_property
     def _bases(self) -> list[Tensor]:
-        """`_host_bases` on the device, in the index type already: the kernels then take
+        """`_plan_bases` on the device, in the index type already: the kernels then take
         them (and the levels' sums) as they are. Built on first use, so a call that cuDNN
         runs whole copies nothing."""
-        return self._to_device(*self._host_bases)
+        return self._to_device(*self._plan_bases)
 
     @functools.cached_property
     def head_kv_index(self) -> Tensor:
@@ -424,10 +430,10 @@ class Problem:
         clustering (and no ranks), each level's problems cluster their own keys."""
         _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
-        q_base, k_base, v_base, o_base = self._host_bases
+        q_base, k_base, v_base, o_base = self._plan_bases
         for level in levels:
             size, pairs = level.size, level.pairs
-            pair = torch.arange(pairs)
+            pair = torch.arange(pairs, device=self.plan_device)
             # problem (z, pair): queries from (2 pair + 1) size, keys from 2 pair size
             q_first = ((2 * pair + 1) * size)[None, :, None]
             k_first = (2 * pair * size)[None, :]
@@ -438,7 +444,7 @@ class Problem:
                 (v_base[:, None] + k_first * self.v.stride(2)).reshape(-1),
             ]  # fmt: skip
             if n_sink:
-                host.append(level_sinks(z, level, n_sink, "cpu"))
+                host.append(level_sinks(z, level, n_sink, self.plan_device))
             # one pinned copy: a pageable one would wait for the stream at every level
             moved = self._to_device(*host)
             bases, sink_keys = moved[:4], (moved[4] if n_sink else None)

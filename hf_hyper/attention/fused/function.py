@@ -9,6 +9,7 @@ from ...config import HyperAttentionConfig
 from ..planning import Randomness
 from .backward import dense_layout, fused_backward
 from .forward import fused_forward
+from .graphs import GRAPHS
 from .records import ForwardRecord
 
 
@@ -45,11 +46,25 @@ def fused_hyper_attention(
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """HyperAttention through the fused kernels on validated inputs: (out, lse), both
     differentiable where autograd needs them (the fused backward attached). Without
-    gradients, need_lse=False lets a call that merges nothing keep no lse (None)."""
+    gradients, need_lse=False lets a call that merges nothing keep no lse (None), and
+    calls of at most config.cuda_graph_max_len queries replay CUDA graphs (graphs.py)."""
+    graphs = q.is_cuda and q.shape[2] <= config.cuda_graph_max_len
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if graphs:
+            GRAPHS.stats.fallbacks["autograd: the backward replays the eager plan"] += 1
         q, k, v = (t if dense_layout(t) else t.contiguous() for t in (q, k, v))
         return FusedHyperAttention.apply(q, k, v, causal, scale, config, rng, hash_dims)
-    return fused_forward(
-        q, k, v, causal=causal, scale=scale, config=config, rng=rng,
-        hash_dims=hash_dims, need_lse=need_lse,
-    )  # fmt: skip
+
+    def forward(q: Tensor, k: Tensor, v: Tensor, rng) -> tuple[Tensor, Tensor | None]:
+        return fused_forward(
+            q, k, v, causal=causal, scale=scale, config=config, rng=rng,
+            hash_dims=hash_dims, need_lse=need_lse,
+        )  # fmt: skip
+
+    if not graphs:
+        return forward(q, k, v, rng)
+    # everything that fixes the launches; the values reach the graph through its buffers
+    layout = tuple((t.shape, t.stride(), t.dtype) for t in (q, k, v))
+    key = (layout, q.device, causal, scale, config, hash_dims, need_lse, rng.draw_device,
+           torch.get_default_dtype())  # fmt: skip
+    return GRAPHS.run(key, forward, q, k, v, rng)
