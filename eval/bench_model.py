@@ -107,7 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "free-attention prefill plus the patched layers' exact attention, each timed as "
         "one cuDNN call of the model's attention shape (default: always run it)",
     )  # fmt: skip
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--warmup", type=int, default=1,
+        help="untimed prefills first; 0 times the kernels' compilation too",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output-dir", default="bench-model")
 
@@ -207,6 +210,10 @@ def exact_layer_ms(model, length: int, args: argparse.Namespace) -> float:
     return time_cuda(call, warmup=args.warmup, repeats=args.repeats).ms
 
 
+def add_note(row: dict, note: str) -> None:
+    row["note"] = f"{row['note']}; {note}" if row.get("note") else note
+
+
 def _estimate_unpatched(model, length: int, rows: list[dict], args) -> None:
     """Fill the estimated unpatched row of `length` from its first free-attention row,
     and the patched rows' speedups against it."""
@@ -226,7 +233,7 @@ def _estimate_unpatched(model, length: int, rows: list[dict], args) -> None:
     for row in rows:
         if row["length"] == length and row["layer_count"] and row.get("ms"):
             row["speedup"] = base["ms"] / row["ms"]
-            row["note"] = "speedup vs the estimated unpatched prefill"
+            add_note(row, "speedup vs the estimated unpatched prefill")
             if row.get("free_ms"):
                 row["ceiling"] = base["ms"] / row["free_ms"]
                 row["share_of_ceiling"] = row["speedup"] / row["ceiling"]
@@ -280,6 +287,8 @@ def time_prefill(
                 if base_earlier and count:  # a ratio across processes: say so
                     row["note"] = "speedup against the unpatched row of the earlier run"
                 row["tokens_per_s"] = length / timing.ms * 1e3
+                if count and not args.warmup:
+                    add_note(row, "no warm-up: the time includes compiling the kernels")
             if free is not None:
                 row["free_ms"] = free.ms
                 if base_ms:

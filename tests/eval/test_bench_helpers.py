@@ -160,6 +160,8 @@ def test_a_run_cut_short_resumes_from_its_rows(tmp_path, monkeypatch):
     assert [r.get("from_earlier_run", False) for r in rows] == [True, True, True, False]
     assert rows[3]["speedup"] == rows[2]["ms"] / rows[3]["ms"]
     assert "earlier run" in rows[3]["note"]
+    # timed without a warm-up, a patched row says its time includes the compilation
+    assert "no warm-up" in rows[3]["note"] and "note" not in rows[2]
     # a finished run, or one of another config or device, is not resumed
     write_json(path, {**payload, "rows": rows, "complete": True})
     assert bench_model.rows_to_resume(path, payload) == {}
