@@ -1,16 +1,17 @@
 """The fused forward replayed from CUDA graphs.
 
 A fused call's host work (the plan's shape arithmetic, a few dozen launches per
-recursion level) is the same for every call of one shape, and at 16k-64k tokens it, not
-the GPU, sets the call's time. A patched model makes the same call once per layer, so a
-graph captured on the second call of a shape replays the whole forward as one launch for
-all the calls after it.
+recursion level) is the same for every call of one shape, and below 64k tokens a call
+made alone waits on it. A patched model makes the same call once per layer, so a graph
+captured on the second call of a layout replays the whole forward as one launch for the
+calls after it.
 
-What changes between calls reaches the graph through static buffers: the inputs, copied
-in, and the random draws. Those are drawn eagerly before each replay, from the call's
-own randomness, in the order the eager forward draws them (recorded at capture), so a
-replay gives the eager result bit for bit and leaves the generator where the eager call
-would. The output is copied out, since the next replay overwrites it.
+What changes between calls reaches the graph through static memory: the inputs, copied
+into static buffers (or, for inputs that come again at the same addresses, read where
+they lie), and the random draws. Those are drawn eagerly before each replay, from the
+call's own randomness, in the order the eager forward draws them (logged at warm-up),
+so a replay gives the eager result bit for bit and leaves the generator where the eager
+call would. The output is cloned out, since the next replay overwrites it.
 """
 
 from __future__ import annotations
