@@ -44,24 +44,9 @@ def kmeans_ranks(
     exactly elsewhere); they still get a rank, the nearest cluster's.
     """
     with torch.no_grad():
-        z, n_key, dim = k.shape
-        clusters = min(2**num_projs, n_key)
-        skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
-        if skip_keys is not None:
-            skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
-        weight = (torch.arange(n_key, device=k.device) >= skip).float()
-        # evenly spaced keys after the skipped ones as the first centroids: no random
-        # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
-        start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-        centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
-        for _ in range(iterations):
-            sums, counts = _cluster_sums(k, centroids, weight)
-            # an emptied cluster keeps its centroid
-            centroids = torch.where(
-                counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
-            )
-        assign = _nearest(k, centroids)
-        counts = torch.zeros(z, clusters, device=k.device).scatter_add_(1, assign, weight)
+        z, _, dim = k.shape
+        centroids, assign, counts = kmeans_clusters(k, 2**num_projs, iterations, skip_keys)
+        clusters = centroids.shape[1]
         # relabel clusters in the Gray order of their centroids' LSH buckets
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
         label = torch.empty_like(order).scatter_(
@@ -73,6 +58,34 @@ def kmeans_ranks(
         dtype = rank_dtype(num_projs)
         q_rank = torch.gather(label[:, None].expand(-1, q.shape[1], -1), 2, q_cluster)
         return q_rank.to(dtype), torch.gather(label, 1, assign).to(dtype)
+
+
+def kmeans_clusters(
+    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lloyd's k-means of each problem's keys k [z, nk, d] into min(clusters, nk)
+    clusters, from evenly spaced keys -> (centroids [z, c, d] float32, each key's cluster
+    [z, nk] int64, member counts [z, c] float32). skip_keys [z] (or None): leading keys
+    of each problem left out of the centroids and counts (they still get a cluster)."""
+    z, n_key, dim = k.shape
+    clusters = min(clusters, n_key)
+    skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
+    if skip_keys is not None:
+        skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
+    weight = (torch.arange(n_key, device=k.device) >= skip).float()
+    # evenly spaced keys after the skipped ones as the first centroids: no random
+    # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
+    start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
+    centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
+    for _ in range(iterations):
+        sums, counts = _cluster_sums(k, centroids, weight)
+        # an emptied cluster keeps its centroid
+        centroids = torch.where(
+            counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
+        )
+    assign = _nearest(k, centroids)
+    counts = torch.zeros(z, clusters, device=k.device).scatter_add_(1, assign, weight)
+    return centroids, assign, counts
 
 
 def _rows_per_chunk(x: Tensor, clusters: int) -> int:
