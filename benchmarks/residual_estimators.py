@@ -16,11 +16,12 @@ cluster's mean value. On the lower-left rectangle of the first causal cut (as
 - `centroids + sample`, `gaussian + sample`: the model plus the sample as a control
   variate (each sampled key adds its true minus its modelled weight, scaled up),
   unbiased again;
-- `cluster + sample`: each query's cluster of largest estimated mass (|c| exp(s q.mu_c),
-  as `kmeans_iters` picks it) exact, the sample for the rest (k-means HyperAttention
-  with whole clusters for blocks);
-- `cluster + centroids + sample`: that cluster exact, the other clusters as in
-  `centroids + sample`.
+- `cluster + centroids + sample`: each query's cluster of largest estimated mass
+  (|c| exp(s q.mu_c), as `kmeans_iters` picks it) exact, the other clusters as in
+  `centroids + sample`;
+- `top-c clusters + sample`: the query's c clusters of largest estimated mass exact, the
+  sample for the rest (c = 1: k-means HyperAttention with a whole cluster for its
+  block); the mean number of exact keys per query is printed after the table.
 
     python benchmarks/residual_estimators.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --layers 5 12 18 25
@@ -43,9 +44,10 @@ ESTIMATORS = [
     "gaussian",
     "centroids + sample",
     "gaussian + sample",
-    "cluster + sample",
     "cluster + centroids + sample",
 ]
+TOP_CLUSTERS = (1, 2, 4, 8)
+ESTIMATORS += [f"top-{c} clusters + sample" for c in TOP_CLUSTERS]
 
 
 def cluster_model(keys, values, n_sink: int, clusters: int, iterations: int):
@@ -65,8 +67,11 @@ def cluster_model(keys, values, n_sink: int, clusters: int, iterations: int):
     return assign, counts.clamp_min(1e-30).log(), mean, variance, mean_value
 
 
-def estimates(scores, q, values, n_sink: int, scale: float, model, sample_size: int, gen):
-    """Each estimator's output [g, rows, dv] for scores [g, rows, n] (already scaled)."""
+def estimates(
+    scores, q, values, n_sink: int, scale: float, model, sample_size: int, gen, exact_keys: dict
+):
+    """Each estimator's output [g, rows, dv] for scores [g, rows, n] (already scaled);
+    exact_keys[c] is set to the mean number of keys the top-c clusters hold."""
     assign, log_count, mean, variance, mean_value = model
     n_key = scores.shape[-1]
     top = scores.amax(-1, keepdim=True)
@@ -116,17 +121,28 @@ def estimates(scores, q, values, n_sink: int, scale: float, model, sample_size: 
             out["cluster + centroids + sample"] = merged(
                 exact_w @ values + num, (exact_w.sum(-1) + den).clamp_min(1e-300)
             )
-            # the same cluster exact, the sample alone for the rest
-            in_rest = ~own.gather(-1, assign[sample].expand(*own.shape[:2], -1))
-            rest_w = sample_w * in_rest
-            out["cluster + sample"] = merged(
-                exact_w @ values + up * rest_w @ values[sample],
-                exact_w.sum(-1) + up * rest_w.sum(-1),
-            )
+            # the c clusters of largest estimated mass exact, the sample for the rest
+            order = cluster_mass.argsort(-1, descending=True)
+            for c in TOP_CLUSTERS:
+                chosen = none.scatter(-1, order[..., :c], True)
+                keys_in = chosen.gather(-1, assign.clamp_min(0).expand(*chosen.shape[:2], -1))
+                keys_in &= rest
+                exact_w = weight * keys_in
+                in_rest = ~keys_in[..., sample]
+                # each row's sample weight: its keys outside the exact ones over its
+                # sampled keys outside them
+                row_up = (rest.sum() - keys_in.sum(-1)) / in_rest.sum(-1).clamp_min(1)
+                rest_w = sample_w * in_rest * row_up[..., None]
+                out[f"top-{c} clusters + sample"] = merged(
+                    exact_w @ values + rest_w @ values[sample], exact_w.sum(-1) + rest_w.sum(-1)
+                )
+                exact_keys[c] = keys_in.sum(-1).double().mean().item()
     return out
 
 
-def rectangle_errors(q, k, v, scale, config: HyperAttentionConfig, rows: int, iterations: int):
+def rectangle_errors(
+    q, k, v, scale, config: HyperAttentionConfig, rows: int, iterations: int, exact_keys: dict
+):
     n = q.shape[2]
     half = n // 2
     g = q.shape[1] // k.shape[1]
@@ -140,7 +156,9 @@ def rectangle_errors(q, k, v, scale, config: HyperAttentionConfig, rows: int, it
         exact_out = torch.softmax(scores, -1) @ vz
         v_sq += vz.pow(2).sum().item() * g * qz.shape[1] / half
         model = cluster_model(kz, vz, config.sinks, 2**config.lsh_num_projs, iterations)
-        found = estimates(scores, qz, vz, config.sinks, scale, model, config.sample_size, gen)
+        found = estimates(
+            scores, qz, vz, config.sinks, scale, model, config.sample_size, gen, exact_keys
+        )
         for name, est in found.items():
             sq[name] += (est - exact_out).pow(2).sum().item()
     return {name: math.sqrt(value / v_sq) for name, value in sq.items()}
@@ -158,12 +176,19 @@ def main() -> None:
     print("\n| layer | " + " | ".join(ESTIMATORS) + " |")
     print("|---" * (1 + len(ESTIMATORS)) + "|")
 
+    sizes = {}
+
     def report(layer, q, k, v, *, causal, scale):
-        errors = rectangle_errors(q, k, v, scale, config, args.rows, args.iterations)
+        exact_keys = {}
+        errors = rectangle_errors(q, k, v, scale, config, args.rows, args.iterations, exact_keys)
+        sizes[layer] = exact_keys
         print(f"| {layer} | " + " | ".join(f"{e:.4f}" for e in errors.values()) + " |", flush=True)
 
     with torch.no_grad(), capture_attention(model, report, layers=args.layers):
         model(ids)
+    print("\nmean exact keys per query (last KV head), top-c clusters:")
+    for layer, exact_keys in sizes.items():
+        print(f"  layer {layer}: " + ", ".join(f"c={c}: {n:.0f}" for c, n in exact_keys.items()))
 
 
 if __name__ == "__main__":
