@@ -101,6 +101,22 @@ def test_the_cache_is_bounded_and_least_recently_used_goes_first():
     assert cache.stats.captured == 3 and cache.stats.replayed_in_place == 4
 
 
+def test_the_graphs_memory_is_bounded_too():
+    class HundredBytes(EmulatedCapture):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.bytes = 100
+
+    forward = _torch_forward(True, CONFIG)
+    cache = GraphCache(max_bytes=250, capture=HundredBytes)
+    q, k, v = random_qkv(1, 2, 2, 300, 300, dim=16)
+    rng = Randomness(torch.Generator().manual_seed(0), q.device)
+    for key in ("a", "a", "b", "b", "c", "c"):
+        cache.run(key, forward, q, k, v, rng)
+    assert [key[0] for key in cache.graphs] == ["b", "c"]
+    assert cache.stats.held_bytes == 200
+
+
 def test_inputs_at_new_addresses_replay_a_copying_graph_that_follows_their_values():
     forward = _torch_forward(True, CONFIG)
     cache = GraphCache(capture=EmulatedCapture)

@@ -255,14 +255,13 @@ class GraphCache:
         return key in self.graphs
 
     def byte_budget(self, device: torch.device) -> int:
+        """The memory the kept graphs may hold on device."""
         if self.max_bytes is not None:
             return self.max_bytes
-        total = (
-            torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
-        )
-        return (
-            min(MAX_GRAPH_BYTES, int(total * MAX_GRAPH_MEMORY_SHARE)) if total else MAX_GRAPH_BYTES
-        )
+        if device.type != "cuda":
+            return MAX_GRAPH_BYTES
+        total = torch.cuda.get_device_properties(device).total_memory
+        return min(MAX_GRAPH_BYTES, int(total * MAX_GRAPH_MEMORY_SHARE))
 
     def _evict(self, max_bytes: int) -> None:
         while len(self.graphs) > 1 and (
