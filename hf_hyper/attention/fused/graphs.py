@@ -109,6 +109,12 @@ class CapturedForward:
     def __init__(
         self, forward: ForwardFn, q: Tensor, k: Tensor, v: Tensor, copy_inputs: bool
     ) -> None:
+        # the inputs' device, whichever is current: a graph, its pool and its streams
+        # belong to one device (accelerate places models on several)
+        with torch.cuda.device(q.device):
+            self._capture(forward, q, k, v, copy_inputs)
+
+    def _capture(self, forward: ForwardFn, q, k, v, copy_inputs: bool) -> None:
         device = q.device
         before = torch.cuda.memory_allocated(device)
         self.inputs: list[Tensor] | None = None
@@ -142,7 +148,8 @@ class CapturedForward:
             for buffer, t in zip(self.inputs, (q, k, v), strict=True):
                 buffer.copy_(t)
         self.draws.fill(rng)
-        self.graph.replay()
+        with torch.cuda.device(q.device):
+            self.graph.replay()
         out, lse = self.outputs
         return out.clone(), None if lse is None else lse.clone()
 
