@@ -22,7 +22,7 @@ import dataclasses
 import math
 
 import torch
-from captured_window import add_window_arguments, model_and_window
+from captured_window import add_window_arguments, cut_rectangles, model_and_window
 
 from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 
@@ -42,31 +42,24 @@ def sampled_estimate(scores, v, exact, sample_size: int, gen) -> torch.Tensor:
 
 def rectangle_errors(q, k, v, scale, config: HyperAttentionConfig, top_ks, rows: int) -> dict:
     """Errors of the three estimators on the first cut's rectangle, per KV head pooled."""
-    n = q.shape[2]
-    half = n // 2
-    g = q.shape[1] // k.shape[1]
     # the recursion serves its rectangles with blocks and sample at any size: so here too
     config = dataclasses.replace(config, min_seq_len=2 * max(config.sinks, 4))
     gen = torch.Generator().manual_seed(0)
     sq = {"hyper": 0.0, "sinks + sample": 0.0, **{f"sinks + top-{t} + sample": 0.0 for t in top_ks}}
     v_sq = 0.0
-    for kv in range(k.shape[1]):
-        qz = q[0, kv * g : (kv + 1) * g, half : half + rows].double()
-        kz, vz = k[0, kv, :half].double(), v[0, kv, :half].double()
-        scores = qz @ kz.T * scale
-        exact_out = torch.softmax(scores, -1) @ vz
-        v_sq += vz.pow(2).sum().item() * g * qz.shape[1] / half
-        approx = hyper_attention(qz[None], kz[None, None], vz[None, None], causal=False,
+    for r in cut_rectangles(q, k, v, scale, rows):
+        v_sq += r.v_sq
+        approx = hyper_attention(r.q[None], r.k[None, None], r.v[None, None], causal=False,
                                  scale=scale, config=config)[0]  # fmt: skip
-        sq["hyper"] += (approx - exact_out).pow(2).sum().item()
-        sinks = torch.zeros(scores.shape, dtype=torch.bool)
+        sq["hyper"] += (approx - r.exact).pow(2).sum().item()
+        sinks = torch.zeros(r.scores.shape, dtype=torch.bool)
         sinks[..., : config.sinks] = True
-        est = sampled_estimate(scores, vz, sinks, config.sample_size, gen)
-        sq["sinks + sample"] += (est - exact_out).pow(2).sum().item()
+        est = sampled_estimate(r.scores, r.v, sinks, config.sample_size, gen)
+        sq["sinks + sample"] += (est - r.exact).pow(2).sum().item()
         for t in top_ks:
-            exact = sinks.scatter(-1, scores.topk(t, -1).indices, True)
-            est = sampled_estimate(scores, vz, exact, config.sample_size, gen)
-            sq[f"sinks + top-{t} + sample"] += (est - exact_out).pow(2).sum().item()
+            exact = sinks.scatter(-1, r.scores.topk(t, -1).indices, True)
+            est = sampled_estimate(r.scores, r.v, exact, config.sample_size, gen)
+            sq[f"sinks + top-{t} + sample"] += (est - r.exact).pow(2).sum().item()
     return {name: math.sqrt(value / v_sq) for name, value in sq.items()}
 
 

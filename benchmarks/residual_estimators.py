@@ -33,7 +33,7 @@ import argparse
 import math
 
 import torch
-from captured_window import add_window_arguments, model_and_window
+from captured_window import add_window_arguments, cut_rectangles, model_and_window
 
 from hf_hyper import HyperAttentionConfig, capture_attention
 from hf_hyper.attention.clustering import kmeans_clusters
@@ -143,24 +143,17 @@ def estimates(
 def rectangle_errors(
     q, k, v, scale, config: HyperAttentionConfig, rows: int, iterations: int, exact_keys: dict
 ):
-    n = q.shape[2]
-    half = n // 2
-    g = q.shape[1] // k.shape[1]
     gen = torch.Generator().manual_seed(0)
     sq = dict.fromkeys(ESTIMATORS, 0.0)
     v_sq = 0.0
-    for kv in range(k.shape[1]):
-        qz = q[0, kv * g : (kv + 1) * g, half : half + rows].double()
-        kz, vz = k[0, kv, :half].double(), v[0, kv, :half].double()
-        scores = qz @ kz.T * scale
-        exact_out = torch.softmax(scores, -1) @ vz
-        v_sq += vz.pow(2).sum().item() * g * qz.shape[1] / half
-        model = cluster_model(kz, vz, config.sinks, 2**config.lsh_num_projs, iterations)
+    for r in cut_rectangles(q, k, v, scale, rows):
+        v_sq += r.v_sq
+        model = cluster_model(r.k, r.v, config.sinks, 2**config.lsh_num_projs, iterations)
         found = estimates(
-            scores, qz, vz, config.sinks, scale, model, config.sample_size, gen, exact_keys
+            r.scores, r.q, r.v, config.sinks, scale, model, config.sample_size, gen, exact_keys
         )
         for name, est in found.items():
-            sq[name] += (est - exact_out).pow(2).sum().item()
+            sq[name] += (est - r.exact).pow(2).sum().item()
     return {name: math.sqrt(value / v_sq) for name, value in sq.items()}
 
 
