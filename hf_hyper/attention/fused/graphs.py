@@ -33,7 +33,8 @@ MAX_GRAPH_BYTES = 8 * 2**30
 MAX_GRAPH_MEMORY_SHARE = 1 / 32
 # Shapes seen once (not captured yet) remembered.
 MAX_SEEN = 256
-# Graphs per layout that read their inputs in place (one per set of input addresses).
+# In-place graphs (one per set of input addresses) captured per layout, evicted ones
+# included: inputs whose addresses keep changing then stop costing captures.
 MAX_IN_PLACE = 4
 
 ForwardFn = Callable[[Tensor, Tensor, Tensor, object], tuple[Tensor, Tensor | None]]
@@ -177,7 +178,7 @@ class GraphCache:
     inputs in, captured on its second sight. Inputs that come again at the same
     addresses (a benchmark's repeated call, a model whose layers reuse the allocator's
     blocks) get a graph of their own that reads them in place, without the copies, up to
-    MAX_IN_PLACE graphs per layout.
+    MAX_IN_PLACE captures per layout.
     """
 
     def __init__(
