@@ -68,6 +68,14 @@ class HyperAttentionConfig:
         queries) and each query takes the cluster of largest estimated mass. On
         pretrained checkpoints it removed a fifth to a third of the perplexity excess, in
         plain torch ops at several times the attention's time (results/real_models/).
+    cluster_probes: 0 (default): each query attends the block its tile shares (from
+        the LSH or, with kmeans_iters, the k-means ranks). c > 0: each problem clusters
+        its keys by k-means (kmeans_iters iterations; enough clusters that c of them
+        hold about block_size keys, at least 2**lsh_num_projs) and each query attends
+        its own c clusters of largest estimated mass exactly, the sample estimating
+        its other keys. A per-query finder: on pretrained checkpoints it finds far more
+        of the large entries than shared blocks (results/real_models/). Plain torch ops
+        only so far: backend "auto" runs it there, "triton" refuses it.
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -118,6 +126,13 @@ class HyperAttentionConfig:
             "clusters of each problem's keys after n Lloyd iterations"
         },
     )
+    cluster_probes: int = field(
+        default=0,
+        metadata={
+            "help": "0: blocks shared by a tile of queries; c: each query attends its own c "
+            "k-means clusters exactly (needs --kmeans-iters; plain torch ops)"
+        },
+    )
     exact_up_to: int | str = field(
         default=0,
         metadata={
@@ -142,6 +157,12 @@ class HyperAttentionConfig:
         _require_int("min_seq_len", self.min_seq_len, 1)
         _require_int("kmeans_iters", self.kmeans_iters, 0)
         _require_int("cuda_graph_max_len", self.cuda_graph_max_len, 0)
+        _require_int("cluster_probes", self.cluster_probes, 0)
+        if self.cluster_probes and not self.kmeans_iters:
+            raise ValueError(
+                "HyperAttentionConfig.cluster_probes needs k-means clusters to probe: "
+                "set kmeans_iters > 0 (e.g. 4) as well"
+            )
         if self.sink_tokens is not None:
             # the sinks sit inside the first exact block of every problem that has them
             _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)

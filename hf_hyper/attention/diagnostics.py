@@ -165,6 +165,14 @@ def _causal_region(
     return ExactRegion(True, n_query, n_key, base, out, False, device, n_sink, config.window)
 
 
+def _refuse_probes(config: HyperAttentionConfig) -> None:
+    if config.cluster_probes:
+        raise ValueError(
+            "attention diagnostics do not model cluster_probes (each query's exact keys "
+            "are its own); measure with cluster_probes=0, or judge probes by perplexity"
+        )
+
+
 def call_region(
     qz: Tensor, kz: Tensor, causal: bool, config: HyperAttentionConfig,
     generator: torch.Generator, scale: float | None = None,
@@ -174,6 +182,7 @@ def call_region(
     short enough to run exact is exact everywhere. With k-means buckets the blocks are
     those its problems cluster (scale: the call's, default 1/sqrt(d))."""
     n_query, n_key = qz.shape[2], kz.shape[1]
+    _refuse_probes(config)
     short = n_query <= config.exact_query_len(causal) or (
         not causal and n_key <= config.min_seq_len
     )
@@ -266,6 +275,7 @@ def attention_diagnostics(
     Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
     """
     config = config or HyperAttentionConfig()
+    _refuse_probes(config)
     check_inputs(q, k, v, causal)
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(

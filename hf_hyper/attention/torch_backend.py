@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
+from .cluster_probes import ClusterProbes
 from .clustering import KeyClustering
 from .lsh import angular_lsh_rank
 from .padding import pad_end, pad_rows
@@ -155,6 +156,22 @@ def _sorted_block(
     return _with_band(q, k, v, out, lse, scale, band)
 
 
+def _approximate(
+    q: Tensor, k: Tensor, v: Tensor, q_rank: Tensor | None, k_rank: Tensor | None,
+    scale: float, config: HyperAttentionConfig, rng: Randomness, sinks: Tensor | None,
+    band: int, finder: KeyClustering | ClusterProbes | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One batch of problems by the call's large-entry finder: blocks of the LSH ranks
+    given, blocks of k-means ranks, or each query's own clusters; then the band."""
+    if isinstance(finder, ClusterProbes):
+        out, lse = finder.attend(q, k, v, rng, sinks, band)
+        return _with_band(q, k, v, out, lse, scale, band)
+    if finder is not None:
+        q_rank, k_rank = finder.ranks(q, k, sinks)
+    assert q_rank is not None and k_rank is not None
+    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band)
+
+
 def _with_band(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, band: int
 ) -> tuple[Tensor, Tensor]:
@@ -217,9 +234,7 @@ def _noncausal(
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return grouped_exact_attention(q, k, v, scale, causal=False)
     sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
-    if cluster is not None:
-        q_rank, k_rank = cluster.ranks(q, k, sinks)
-    out, lse = _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band)
+    out, lse = _approximate(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band, cluster)
     return _with_sinks(q, k, v, out, lse, scale, n_sink)
 
 
@@ -267,13 +282,13 @@ def _causal_square(
         q_low, k_left = level_problems(q, k, level)
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
         sinks = level_sinks(z, level, n_sink, q.device) if n_sink else None
+        # with clusters, each lower-left block clusters its own keys, all before its queries
+        q_rank_l = k_rank_l = None
         if cluster is None:
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
-        else:  # each lower-left block clusters its own keys, all before its queries
-            q_rank_l, k_rank_l = cluster.ranks(q_low, k_left, sinks)
-        out_l, lse_l = _sorted_block(
+        out_l, lse_l = _approximate(
             q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks,
-            config.window,
+            config.window, cluster,
         )  # fmt: skip
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
@@ -312,7 +327,9 @@ def torch_hyper_attention(
     q_rank = k_rank = cluster = None
     if n_query > config.min_seq_len:
         planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
-        if config.kmeans_iters:
+        if config.cluster_probes:
+            cluster = ClusterProbes.of_call(hash_dims, config, scale)
+        elif config.kmeans_iters:
             cluster = KeyClustering.of_call(planes, hash_dims, config, scale)
         else:
             q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)

@@ -189,6 +189,9 @@ def test_bad_input_is_named():
         attention_diagnostics(q, k, v, causal=True)
     with pytest.raises(ValueError, match="expects q as"):
         attention_diagnostics(q[0], k, v, causal=False)
+    probes = HyperAttentionConfig(kmeans_iters=2, cluster_probes=2)
+    with pytest.raises(ValueError, match="cluster_probes"):
+        attention_diagnostics(q, k, v, causal=False, config=probes)
 
 
 @pytest.mark.gpu

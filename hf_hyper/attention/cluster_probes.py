@@ -1,0 +1,266 @@
+"""Each query's own k-means clusters, attended exactly: a per-query large-entry finder.
+
+HyperAttention's blocks are shared: the queries of a tile attend one block of the
+sorted keys. On pretrained models a query's large entries lie in clusters of its own, so
+here each problem's keys are clustered (`kmeans_clusters`, the sinks left out), every
+query ranks the clusters by their estimated softmax mass for it, |c| exp(scale q.mu_c),
+and attends its `probes` best clusters exactly. A uniform sample estimates the rest:
+drawn from all keys, the draws that fall in the query's exact keys are dropped, and the
+remaining ones stand for the keys the query does not attend exactly.
+
+The number of clusters grows with the keys so that `probes` clusters hold about a block
+(`block_size`) of keys on average, whatever the length; never fewer than
+2**lsh_num_projs. The clustering depends on the problem's keys alone, so in the causal
+recursion (each lower-left block clusters its own keys, which precede its queries) no
+output depends on a later token.
+
+Internal layout: queries `[z, g, nq, d]`, keys and values `[z, nk, d]` (blockwise.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .blockwise import attention_with_lse, merge_by_lse
+from .clustering import kmeans_clusters
+from .numerics import MASKED_LOGIT
+from .planning import Randomness, pack_query_tiles
+
+# Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
+MAX_TILE_ROWS = 256
+
+
+def probe_cluster_count(n_key: int, probes: int, block_size: int, num_projs: int) -> int:
+    """Clusters of a problem with n_key keys: `probes` of them hold about block_size keys
+    on average, and there are at least 2**num_projs (at most one per key)."""
+    return min(n_key, max(2**num_projs, math.ceil(probes * n_key / block_size)))
+
+
+@dataclass
+class ProbePlan:
+    """Which clusters each query attends exactly in one batch of problems.
+
+    k_order [z, nk]: key index at each position sorted by cluster (stable, so a cluster
+    keeps sequence order); starts [z, clusters + 1]: where each cluster begins there;
+    assign [z, nk]: each key's cluster; counts [z, clusters]: keys per cluster, sinks
+    left out; chosen [z, g, nq, probes]: each query's clusters, best first (distinct).
+    """
+
+    k_order: Tensor
+    starts: Tensor
+    assign: Tensor
+    counts: Tensor
+    chosen: Tensor
+
+
+def plan_probes(
+    q: Tensor, k: Tensor, probes: int, clusters: int, iterations: int, scale: float,
+    sinks: Tensor | None,
+) -> ProbePlan:  # fmt: skip
+    """Cluster each problem's keys k [z, nk, d] and choose the `probes` clusters of
+    largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed)."""
+    with torch.no_grad():
+        z, g, n_query, dim = q.shape
+        centroids, assign, counts = kmeans_clusters(k, clusters, iterations, sinks)
+        clusters = centroids.shape[1]
+        # log |c| + scale q.mu_c estimates log of the cluster's softmax mass; an empty
+        # cluster (or one of sinks only) can only be chosen after every non-empty one
+        log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
+        chosen = torch.empty(z, g * n_query, probes, dtype=torch.int64, device=q.device)
+        flat = q.reshape(z, g * n_query, dim)
+        rows = max(1, 2**25 // (z * max(clusters, dim)))
+        transposed = centroids.transpose(-1, -2)
+        for first in range(0, g * n_query, rows):
+            part = flat[:, first : first + rows].float()
+            mass = scale * (part @ transposed) + log_size[:, None]
+            chosen[:, first : first + rows] = mass.topk(probes, dim=-1).indices
+        _, k_order = torch.sort(assign, dim=-1, stable=True)
+        starts = torch.zeros(z, clusters + 1, dtype=torch.int64, device=k.device)
+        ones = torch.ones_like(assign)
+        starts[:, 1:] = torch.zeros(z, clusters, dtype=torch.int64, device=k.device).scatter_add_(
+            1, assign, ones
+        )
+        starts = starts.cumsum(dim=1)
+        return ProbePlan(k_order, starts, assign, counts, chosen.view(z, g, n_query, probes))
+
+
+def cluster_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sinks: Tensor | None,
+    band: int = 0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Exact attention of each query over the keys of its chosen clusters, less the
+    problem's first sinks[z] keys and, for its first `band` queries, its last `band`
+    keys (both attended exactly elsewhere): -> out [z, g, nq, dv], lse [z, g, nq]."""
+    out, lse = _rank_attention(q, k, v, plan, 0, scale, sinks, band)
+    for rank in range(1, plan.chosen.shape[-1]):
+        out, lse = merge_by_lse(out, lse, *_rank_attention(q, k, v, plan, rank, scale, sinks, band))
+    return out, lse
+
+
+def _rank_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, rank: int, scale: float,
+    sinks: Tensor | None, band: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """`cluster_attention` over each query's rank-th cluster alone (the clusters of one
+    query are distinct, so the ranks' parts are disjoint and merge by their LSE)."""
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_rows, clusters = g * n_query, plan.counts.shape[1]
+    dev = q.device
+    z_base = torch.arange(z, device=dev)[:, None]
+    # queries grouped by their rank-th cluster, in tiles of one cluster each
+    tile = max(1, min(MAX_TILE_ROWS, math.ceil(n_rows / clusters)))
+    pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, n_rows), clusters, tile)
+    n_tiles = pack.n_tiles
+    seg_start = torch.gather(plan.starts, 1, pack.tile_block)  # [z, tiles]
+    seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
+    width = max(1, int(seg_len.max()))
+    # [z, tiles, width]: key index at each slot of the tile's cluster (n_key: none)
+    offset = torch.arange(width, device=dev)
+    pos = (seg_start[..., None] + offset).clamp_max(n_key - 1).view(z, -1)
+    key_index = torch.gather(plan.k_order, 1, pos).view(z, n_tiles, width)
+    key_index = key_index.masked_fill(offset >= seg_len[..., None], n_key)
+    hidden = key_index >= n_key
+    if sinks is not None:
+        hidden = hidden | (key_index < sinks[:, None, None])
+    hidden = hidden.view(z * n_tiles, width)
+    flat_keys = (key_index.clamp_max(n_key - 1) + z_base[..., None] * n_key).view(-1)
+    k_tiles = k.reshape(-1, dim).index_select(0, flat_keys).view(z * n_tiles, width, dim)
+    v_tiles = v.reshape(-1, dv).index_select(0, flat_keys).view(z * n_tiles, width, dv)
+    # [z, g*nq + 1, d] (one empty row for the tiles' empty slots) -> [z*tiles, 1, tile, d]
+    q_rows = torch.nn.functional.pad(q.reshape(z, n_rows, dim), (0, 0, 0, 1))
+    slot_rows = (pack.slot_query + z_base * (n_rows + 1)).view(-1)
+    q_tiles = q_rows.reshape(-1, dim).index_select(0, slot_rows).view(z * n_tiles, 1, tile, dim)
+    # the first `band` queries of a problem leave its last `band` keys to the band
+    in_corner = (key_index >= n_key - band).view(z * n_tiles, width)
+    early = ((pack.slot_query % n_query < band) & (pack.slot_query < n_rows)).view(
+        z * n_tiles, tile
+    )
+
+    def mask(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+        part = hidden[z0:z1, None, None, :]
+        if band:
+            corner = early[z0:z1, None, r0:r1, None] & in_corner[z0:z1, None, None, :]
+            part = part | corner
+        return part
+
+    out, lse = attention_with_lse(q_tiles, k_tiles, v_tiles, scale, mask)
+    # [z*tiles, 1, tile, dv] -> [z, tiles*tile, dv] -> rows in original order
+    out = torch.gather(
+        out.view(z, n_tiles * tile, dv), 1, pack.query_slot[..., None].expand(-1, -1, dv)
+    )
+    lse = torch.gather(lse.view(z, n_tiles * tile), 1, pack.query_slot)
+    return out.view(z, g, n_query, dv), lse.view(z, g, n_query)
+
+
+def sampled_rest_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sample_size: int,
+    rng: Randomness, sinks: Tensor | None, band: int = 0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Attention to the keys each query does not attend exactly, estimated from one
+    uniform sample of sample_size keys per problem (with replacement): a query drops the
+    draws that fall in its exact keys, and the r draws it keeps stand for its R other
+    keys, each weighing R / r (uniform draws on the keys it does not attend exactly)."""
+    z, g, n_query, _ = q.shape
+    n_key = k.shape[1]
+    dev = q.device
+    key_index = rng.indices(n_key, (z, sample_size))  # [z, m]
+    draw_cluster = torch.gather(plan.assign, 1, key_index)  # [z, m]
+    flat_draws = (key_index + torch.arange(z, device=dev)[:, None] * n_key).view(-1)
+    k_sample = k.reshape(-1, k.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
+    v_sample = v.reshape(-1, v.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
+    n_sink = torch.zeros(z, dtype=torch.int64, device=dev) if sinks is None else sinks.long()
+    is_sink = key_index < n_sink[:, None]
+    in_corner = key_index >= n_key - band
+
+    def exact_here(z0: int, z1: int, r0: int, r1: int) -> Tensor:
+        # [z, g, rows, m]: the draws that the query attends exactly elsewhere
+        chosen = plan.chosen[z0:z1, :, r0:r1, None, :]
+        hidden = (draw_cluster[z0:z1, None, None, :, None] == chosen).any(-1)
+        hidden = hidden | is_sink[z0:z1, None, None, :]
+        if band and r0 < band:
+            early = torch.arange(r0, r1, device=dev) < band
+            hidden = hidden | (early[:, None] & in_corner[z0:z1, None, None, :])
+        return hidden
+
+    out, lse = attention_with_lse(q, k_sample, v_sample, scale, exact_here)
+    kept = torch.empty(z, g, n_query, device=dev)
+    rows = max(1, 2**24 // (z * g * sample_size))
+    for first in range(0, n_query, rows):
+        last = min(n_query, first + rows)
+        kept[:, :, first:last] = (~exact_here(0, z, first, last)).sum(-1)
+    # R: the keys outside the query's clusters and the sinks (and its band corner)
+    exact = (
+        torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
+        .view(plan.chosen.shape)
+        .sum(-1)
+    )  # [z, g, nq]; counts leave the sinks out
+    rest = (n_key - n_sink).float()[:, None, None] - exact
+    if band:
+        early = min(band, n_query)
+        corner = torch.arange(n_key - band, n_key, device=dev)
+        corner_cluster = plan.assign[:, n_key - band :]  # [z, band]
+        corner_chosen = (
+            corner_cluster[:, None, None, :, None] == plan.chosen[:, :, :early, None, :]
+        ).any(-1)  # [z, g, early, band]
+        outside = ~corner_chosen & (corner >= n_sink[:, None])[:, None, None]
+        rest[:, :, :early] -= outside.sum(-1)
+    # a query that keeps no draw (or has no other keys) gets no sampled mass
+    log_weight = (rest.to(lse.dtype).clamp_min(1) / kept.clamp_min(1)).log()
+    log_weight = torch.where((kept > 0) & (rest > 0), log_weight, MASKED_LOGIT)
+    return out, lse + log_weight
+
+
+def probed_attention(
+    q: Tensor, k: Tensor, v: Tensor, probe_q: Tensor, probe_k: Tensor, scale: float,
+    probes: int, clusters: int, iterations: int, sample_size: int, rng: Randomness,
+    sinks: Tensor | None = None, band: int = 0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One batch of non-causal problems: each query's `probes` clusters exact, plus the
+    sample for its other keys, less the sinks and the band corner (attended exactly
+    elsewhere). probe_q, probe_k: the columns that choose the clusters (q, k or their
+    leading hash_dims). -> out [z, g, nq, dv], lse [z, g, nq]."""
+    plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks)
+    out, lse = cluster_attention(q, k, v, plan, scale, sinks, band)
+    if sample_size:
+        sampled = sampled_rest_attention(q, k, v, plan, scale, sample_size, rng, sinks, band)
+        out, lse = merge_by_lse(out, lse, *sampled)
+    return out, lse
+
+
+@dataclass(frozen=True)
+class ClusterProbes:
+    """What a call's problems need to attend their cluster probes: the leading columns
+    that choose the clusters, and the config's sizes."""
+
+    hash_dims: int
+    probes: int
+    iterations: int
+    num_projs: int
+    block_size: int
+    sample_size: int
+    scale: float
+
+    @classmethod
+    def of_call(cls, hash_dims: int, config, scale: float) -> ClusterProbes:
+        """The probes a call with this config makes (config.cluster_probes > 0)."""
+        return cls(
+            hash_dims, config.cluster_probes, config.kmeans_iters, config.lsh_num_projs,
+            config.block_size, config.sample_size, scale,
+        )  # fmt: skip
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, rng: Randomness, sinks: Tensor | None,
+        band: int = 0,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """`probed_attention` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
+        hd, n_key = self.hash_dims, k.shape[1]
+        clusters = probe_cluster_count(n_key, self.probes, self.block_size, self.num_projs)
+        return probed_attention(
+            q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
+            clusters, self.iterations, self.sample_size, rng, sinks, band,
+        )  # fmt: skip

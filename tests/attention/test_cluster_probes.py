@@ -1,0 +1,162 @@
+"""Cluster probes (`cluster_probes`): each query's own k-means clusters exact, the sample
+for the rest. Checked against a dense float64 statement of the estimator, for exactness
+where every cluster is probed, for causality, and against the shared blocks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import assert_past_ignores_future, relative_error_to_v
+from test_clustering import grouped_qkv
+
+from hf_hyper import HyperAttentionConfig, hyper_attention
+from hf_hyper.attention.cluster_probes import plan_probes, probe_cluster_count, probed_attention
+from hf_hyper.attention.planning import Randomness
+from hf_hyper.attention.reference import reference_attention
+
+SMALL = dict(block_size=32, sample_size=32, min_seq_len=64, seed=0, backend="torch")
+
+
+def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, band):
+    """The estimator written out as one weighted softmax per query (float64, [g, nq]):
+    weight 1 on the sinks, on the query's clusters and (early queries) on the band
+    corner; each draw outside those counts R / r, R the query's other keys and r the
+    draws it keeps."""
+    sinks = torch.tensor([n_sink]) if n_sink else None
+    plan = plan_probes(q[None], k[None], probes, clusters, iterations, scale, sinks)
+    g, n_query, _ = q.shape
+    n_key = k.shape[0]
+    chosen = plan.chosen[0]  # [g, nq, probes]
+    in_cluster = (plan.assign[0][None, None, :, None] == chosen[:, :, None, :]).any(-1)
+    key = torch.arange(n_key)
+    exact = in_cluster | (key < n_sink)
+    early = (torch.arange(n_query) < band)[None, :, None]
+    exact = exact | (early & (key >= n_key - band))
+    weights = exact.double()
+    kept = (~exact[..., sample]).sum(-1)  # [g, nq]
+    rest = n_key - exact.sum(-1)
+    per_draw = torch.where(kept > 0, rest.double() / kept.clamp_min(1), 0.0)
+    for draw in sample.tolist():
+        weights[..., draw] += (~exact[..., draw]) * per_draw
+    scores = scale * q @ k.T
+    probs = weights * torch.exp(scores - scores.amax(-1, keepdim=True))
+    return (probs @ v) / probs.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("n_sink, band", [(0, 0), (3, 0), (2, 16)])
+def test_matches_the_dense_statement_of_the_estimator(n_sink, band):
+    gen = torch.Generator().manual_seed(3)
+    g, n_query, n_key, dim = 3, 90, 200, 8
+    q = torch.randn(g, n_query, dim, generator=gen, dtype=torch.float64)
+    k = torch.randn(n_key, dim, generator=gen, dtype=torch.float64)
+    v = torch.randn(n_key, 5, generator=gen, dtype=torch.float64)
+    scale, probes, clusters, m = 0.9, 3, 16, 40
+    sinks = torch.tensor([n_sink]) if n_sink else None
+    rng = Randomness(torch.Generator().manual_seed(7), q.device)
+    out, lse = probed_attention(
+        q[None], k[None], v[None], q[None], k[None], scale, probes, clusters, 3, m, rng,
+        sinks, band,
+    )  # fmt: skip
+    out, lse = out[0], lse[0]
+    # the sinks and the band corner are attended exactly by the caller: merge them here
+    key = torch.arange(n_key)
+    early = (torch.arange(n_query) < band)[:, None]
+    elsewhere = (key < n_sink) | (early & (key >= n_key - band))  # [nq, nk]
+    if elsewhere.any():
+        scores = (scale * q @ k.T).masked_fill(~elsewhere, -torch.inf)
+        lse_else = torch.logsumexp(scores, -1)
+        out_else = torch.nan_to_num(torch.softmax(scores, -1)) @ v
+        total = torch.logaddexp(lse, lse_else)
+        out = out * torch.exp(lse - total)[..., None] + torch.nan_to_num(
+            out_else * torch.exp(lse_else - total)[..., None]
+        )
+    sample = torch.randint(n_key, (1, m), generator=torch.Generator().manual_seed(7))[0]
+    dense = dense_probed(q, k, v, probes, clusters, 3, scale, sample, n_sink, band)
+    torch.testing.assert_close(out, dense, rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_match_the_dense_statement():
+    gen = torch.Generator().manual_seed(4)
+    g, n, dim = 2, 120, 8
+    q = torch.randn(g, n, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(g, n, 4, generator=gen, dtype=torch.float64)
+    rng = Randomness(torch.Generator().manual_seed(1), q.device)
+    out, _ = probed_attention(
+        q[None], k[None], v[None], q[None].detach(), k[None].detach(), 0.7, 2, 12, 3, 30, rng
+    )
+    grads = torch.autograd.grad((out[0] * weight).sum(), (q, k, v))
+    sample = torch.randint(n, (1, 30), generator=torch.Generator().manual_seed(1))[0]
+    dense = dense_probed(q, k, v, 2, 12, 3, 0.7, sample, 0, 0)
+    dense_grads = torch.autograd.grad((dense * weight).sum(), (q, k, v))
+    for got, want in zip(grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("extra", [{}, dict(sink_tokens=3, local_window=8)])
+def test_probing_every_cluster_is_exact(causal, extra):
+    gen = torch.Generator().manual_seed(0)
+    f64 = dict(generator=gen, dtype=torch.float64)
+    q, k, v = (torch.randn(1, h, 300, 16, **f64) for h in (4, 2, 2))
+    # 16 clusters (a block larger than any problem) and 16 probes: every key is exact,
+    # and the sample, which then stands for no key, adds nothing
+    config = HyperAttentionConfig(
+        **dict(SMALL, block_size=10**6), lsh_num_projs=4, kmeans_iters=3, cluster_probes=16,
+        **extra,
+    )  # fmt: skip
+    exact, _ = reference_attention(q, k, v, causal=causal)
+    out = hyper_attention(q, k, v, causal=causal, config=config)
+    torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_prefix", [0, 150])
+def test_causal_outputs_ignore_future_tokens(n_prefix):
+    config = HyperAttentionConfig(**SMALL, kmeans_iters=3, cluster_probes=4, sink_tokens=2,
+                                  local_window=8)  # fmt: skip
+    assert_past_ignores_future(
+        lambda q, k, v: hyper_attention(q, k, v, causal=True, config=config), n_prefix
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_own_clusters_beat_shared_blocks_where_matches_are_by_inner_product(causal):
+    q, k, v = grouped_qkv()
+    exact, _ = reference_attention(q, k, v, causal=causal)
+    errors = {}
+    for probes in (0, 4):
+        config = HyperAttentionConfig(
+            block_size=64, sample_size=64, min_seq_len=256, lsh_num_projs=5, seed=0,
+            backend="torch", kmeans_iters=4, cluster_probes=probes,
+        )  # fmt: skip
+        out = hyper_attention(q, k, v, causal=causal, config=config)
+        errors[probes] = relative_error_to_v(out, exact, v)
+    assert errors[4] < 0.8 * errors[0], errors
+
+
+def test_cluster_count_keeps_about_a_block_of_keys_per_query():
+    assert probe_cluster_count(4096, 8, 256, 7) == 128
+    assert probe_cluster_count(16384, 8, 256, 7) == 512
+    assert probe_cluster_count(1000, 4, 256, 7) == 128  # never fewer than 2**r
+    assert probe_cluster_count(50, 4, 256, 7) == 50  # never more than the keys
+    assert math.ceil(8 * 65536 / 256) == probe_cluster_count(65536, 8, 256, 7)
+
+
+def test_config_names_the_field_and_the_fix():
+    with pytest.raises(ValueError, match="cluster_probes"):
+        HyperAttentionConfig(cluster_probes=-1)
+    with pytest.raises(TypeError, match="cluster_probes"):
+        HyperAttentionConfig(cluster_probes=2.0)
+    with pytest.raises(ValueError, match="kmeans_iters"):
+        HyperAttentionConfig(cluster_probes=4)
+
+
+def test_the_triton_backend_refuses_it_in_one_line():
+    q = torch.randn(1, 2, 80, 16)
+    config = HyperAttentionConfig(**dict(SMALL, backend="triton"), kmeans_iters=2,
+                                  cluster_probes=2)  # fmt: skip
+    with pytest.raises(ValueError, match="cluster_probes"):
+        hyper_attention(q, q, q, causal=True, config=config)
