@@ -25,6 +25,7 @@ from .common import (
     JobError,
     command_line,
     job_main,
+    markdown_table,
     output_dir,
     positive_int,
     release_processes,
@@ -64,8 +65,34 @@ COLUMNS = [
     ("tokens", "scored tokens"),
     ("nll", "mean NLL"),
     ("ppl", "perplexity"),
+    ("vs_unpatched", "vs unpatched"),
     ("attention", "attention"),
 ]
+
+
+def with_change(rows: list[dict]) -> list[dict]:
+    """rows with `vs_unpatched`: the relative change of perplexity from the unpatched
+    row of the same length (None where the run has none)."""
+    base = {r["length"]: r["ppl"] for r in rows if r["layer_count"] == 0}
+
+    def change(row: dict) -> float | None:
+        return row["ppl"] / base[row["length"]] - 1 if row["length"] in base else None
+
+    return [dict(row, vs_unpatched=change(row)) for row in rows]
+
+
+def ppl_table(rows: list[dict]) -> str:
+    """The markdown table: perplexity to 4 decimals and its change in percent, which
+    tell settings apart where they differ by a fraction of a percent."""
+    shown = [
+        dict(
+            row,
+            ppl=f"{row['ppl']:.4f}",
+            vs_unpatched=None if row["vs_unpatched"] is None else f"{row['vs_unpatched']:+.2%}",
+        )  # fmt: skip
+        for row in rows
+    ]
+    return markdown_table(shown, COLUMNS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -226,9 +253,9 @@ def run(args: argparse.Namespace) -> Path | None:
         "window_prefix": list(prefix),
         "hyper_config": hyper.to_dict(),
         "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
-        "rows": rows,
+        "rows": with_change(rows),
     }
-    save_results(out, "ppl", payload, COLUMNS, plot_ppl)
+    save_results(out, "ppl", payload, COLUMNS, plot_ppl, ppl_table(payload["rows"]))
     release_processes()
     return out
 

@@ -76,6 +76,10 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert rows[("all", 128)]["ppl"] != rows[("0", 128)]["ppl"]  # patched layers took effect
     assert rows[("all", 64)]["attention"] == "HyperAttention"
     assert rows[("0", 64)]["attention"] == "exact (unpatched)"
+    change = rows[("all", 128)]["ppl"] / rows[("0", 128)]["ppl"] - 1
+    assert rows[("all", 128)]["vs_unpatched"] == pytest.approx(change, rel=1e-12)
+    assert rows[("0", 64)]["vs_unpatched"] == 0
+    assert f"{change:+.2%}" in (out / "ppl.md").read_text()
     assert (out / "ppl.md").is_file() and (out / "ppl.png").is_file()
     assert data["documents"] and data["windows"]["64"][0].startswith("joined:64:")
     # the plot job reads the job from the JSON; a kind that disagrees is refused
