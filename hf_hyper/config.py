@@ -74,8 +74,9 @@ class HyperAttentionConfig:
         hold about block_size keys, at least 2**lsh_num_projs) and each query attends
         its own c clusters of largest estimated mass exactly, the sample estimating
         its other keys. A per-query finder: on pretrained checkpoints it finds far more
-        of the large entries than shared blocks (results/real_models/). Plain torch ops
-        only so far: backend "auto" runs it there, "triton" refuses it.
+        of the large entries than shared blocks (results/real_models/). Its plan runs
+        in torch ops, its attention in Triton kernels for CUDA calls without autograd
+        ("triton" refuses calls that need gradients; "torch" never uses the kernels).
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -130,7 +131,7 @@ class HyperAttentionConfig:
         default=0,
         metadata={
             "help": "0: blocks shared by a tile of queries; c: each query attends its own c "
-            "k-means clusters exactly (needs --kmeans-iters; plain torch ops)"
+            "k-means clusters exactly (needs --kmeans-iters)"
         },
     )
     exact_up_to: int | str = field(

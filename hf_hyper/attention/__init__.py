@@ -1,8 +1,9 @@
 """Attention kernels and their references. Knows nothing of transformers.
 
 Layers, each importing only those below it: numerics, masks, padding -> lsh, planning,
-blockwise, reference -> kernels (Triton) -> torch_backend, fused (launchers, the
-autograd.Function) -> api (the public functions) -> diagnostics.
+blockwise, reference, clustering -> kernels (Triton) -> fused (launchers, the
+autograd.Function) -> cluster_probes -> torch_backend -> api (the public functions) ->
+diagnostics.
 """
 
 from .api import (

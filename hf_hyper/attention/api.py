@@ -24,11 +24,10 @@ def _use_fused(q: Tensor, k: Tensor, v: Tensor, config: HyperAttentionConfig) ->
     if config.backend == "torch":
         return False
     reason = fused_unsupported_reason(q, k, v)
-    if config.cluster_probes:
-        reason = "cluster_probes has no fused kernels yet; use backend 'torch' or 'auto'"
     if reason is not None and config.backend == "triton":
         raise ValueError(f"HyperAttentionConfig(backend='triton'): {reason}")
-    return reason is None
+    # cluster probes run the torch path's recursion, their parts in their own kernels
+    return reason is None and not config.cluster_probes
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:

@@ -14,6 +14,10 @@ The number of clusters grows with the keys so that `probes` clusters hold about 
 recursion (each lower-left block clusters its own keys, which precede its queries) no
 output depends on a later token.
 
+The plan (k-means, each query's clusters, tiles of one cluster) is torch ops; the
+attention over the clusters and the sample runs in Triton kernels for CUDA calls
+without autograd (`fused.probes`), else in torch ops, with the same draws.
+
 Internal layout: queries `[z, g, nq, d]`, keys and values `[z, nk, d]` (blockwise.py).
 """
 
@@ -27,6 +31,8 @@ from torch import Tensor
 
 from .blockwise import attention_with_lse, merge_by_lse
 from .clustering import kmeans_clusters
+from .fused import probes as probe_kernels
+from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
 from .planning import Randomness, pack_query_tiles
 
@@ -157,6 +163,41 @@ def _rank_attention(
     return out.view(z, g, n_query, dv), lse.view(z, g, n_query)
 
 
+def _sink_counts(sinks: Tensor | None, z: int, device) -> Tensor:
+    """Sinks of each problem [z] int64 (zeros where there are none)."""
+    if sinks is None:
+        return torch.zeros(z, dtype=torch.int64, device=device)
+    return sinks.to(device=device, dtype=torch.int64)
+
+
+def _draw(plan: ProbePlan, n_key: int, sample_size: int, rng: Randomness) -> tuple[Tensor, Tensor]:
+    """One problem-wide uniform sample, with replacement: (keys, their clusters), [z, m]."""
+    key_index = rng.indices(n_key, (plan.assign.shape[0], sample_size))
+    return key_index, torch.gather(plan.assign, 1, key_index)
+
+
+def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor:
+    """R of each query [z, g, nq] float32: the keys outside its clusters, the sinks and
+    (its first `band` queries) the band corner, which the sample stands for."""
+    z, g, n_query, _ = plan.chosen.shape
+    exact = (
+        torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
+        .view(plan.chosen.shape)
+        .sum(-1)
+    )  # fmt: skip  (counts leave the sinks out)
+    rest = (n_key - n_sink).float()[:, None, None] - exact
+    if band:
+        early = min(band, n_query)
+        corner = torch.arange(n_key - band, n_key, device=rest.device)
+        corner_cluster = plan.assign[:, n_key - band :]  # [z, band]
+        corner_chosen = (
+            corner_cluster[:, None, None, :, None] == plan.chosen[:, :, :early, None, :]
+        ).any(-1)  # [z, g, early, band]
+        outside = ~corner_chosen & (corner >= n_sink[:, None])[:, None, None]
+        rest[:, :, :early] -= outside.sum(-1)
+    return rest
+
+
 def sampled_rest_attention(
     q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sample_size: int,
     rng: Randomness, sinks: Tensor | None, band: int = 0,
@@ -168,12 +209,11 @@ def sampled_rest_attention(
     z, g, n_query, _ = q.shape
     n_key = k.shape[1]
     dev = q.device
-    key_index = rng.indices(n_key, (z, sample_size))  # [z, m]
-    draw_cluster = torch.gather(plan.assign, 1, key_index)  # [z, m]
+    key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
     flat_draws = (key_index + torch.arange(z, device=dev)[:, None] * n_key).view(-1)
     k_sample = k.reshape(-1, k.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
     v_sample = v.reshape(-1, v.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
-    n_sink = torch.zeros(z, dtype=torch.int64, device=dev) if sinks is None else sinks.long()
+    n_sink = _sink_counts(sinks, z, dev)
     is_sink = key_index < n_sink[:, None]
     in_corner = key_index >= n_key - band
 
@@ -193,22 +233,7 @@ def sampled_rest_attention(
     for first in range(0, n_query, rows):
         last = min(n_query, first + rows)
         kept[:, :, first:last] = (~exact_here(0, z, first, last)).sum(-1)
-    # R: the keys outside the query's clusters and the sinks (and its band corner)
-    exact = (
-        torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
-        .view(plan.chosen.shape)
-        .sum(-1)
-    )  # [z, g, nq]; counts leave the sinks out
-    rest = (n_key - n_sink).float()[:, None, None] - exact
-    if band:
-        early = min(band, n_query)
-        corner = torch.arange(n_key - band, n_key, device=dev)
-        corner_cluster = plan.assign[:, n_key - band :]  # [z, band]
-        corner_chosen = (
-            corner_cluster[:, None, None, :, None] == plan.chosen[:, :, :early, None, :]
-        ).any(-1)  # [z, g, early, band]
-        outside = ~corner_chosen & (corner >= n_sink[:, None])[:, None, None]
-        rest[:, :, :early] -= outside.sum(-1)
+    rest = _rest_keys(plan, n_key, n_sink, band)
     # a query that keeps no draw (or has no other keys) gets no sampled mass
     log_weight = (rest.to(lse.dtype).clamp_min(1) / kept.clamp_min(1)).log()
     log_weight = torch.where((kept > 0) & (rest > 0), log_weight, MASKED_LOGIT)
@@ -218,18 +243,62 @@ def sampled_rest_attention(
 def probed_attention(
     q: Tensor, k: Tensor, v: Tensor, probe_q: Tensor, probe_k: Tensor, scale: float,
     probes: int, clusters: int, iterations: int, sample_size: int, rng: Randomness,
-    sinks: Tensor | None = None, band: int = 0,
+    sinks: Tensor | None = None, band: int = 0, kernels: bool = False,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One batch of non-causal problems: each query's `probes` clusters exact, plus the
     sample for its other keys, less the sinks and the band corner (attended exactly
     elsewhere). probe_q, probe_k: the columns that choose the clusters (q, k or their
-    leading hash_dims). -> out [z, g, nq, dv], lse [z, g, nq]."""
+    leading hash_dims). kernels: run the exact and sampled parts in the Triton kernels
+    (no autograd) instead of torch ops; the same draws and the same sums, in another
+    order. -> out [z, g, nq, dv], lse [z, g, nq]."""
     plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks)
+    if kernels:
+        return _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
     out, lse = cluster_attention(q, k, v, plan, scale, sinks, band)
     if sample_size:
         sampled = sampled_rest_attention(q, k, v, plan, scale, sample_size, rng, sinks, band)
         out, lse = merge_by_lse(out, lse, *sampled)
     return out, lse
+
+
+def _probed_by_kernels(
+    q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sample_size: int,
+    rng: Randomness, sinks: Tensor | None, band: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """`probed_attention`'s parts in the fused kernels, folded into one (out, lse)."""
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_rows, clusters = g * n_query, plan.counts.shape[1]
+    q_rows = q.reshape(z, n_rows, dim).contiguous()
+    k, v = k.contiguous(), v.contiguous()
+    n_sink = _sink_counts(sinks, z, q.device)
+    out, lse = probe_kernels.empty_accumulators(z, n_rows, dv, q.device)
+    tile = probe_kernels.segment_tile_rows(n_rows, clusters)
+    for rank in range(plan.chosen.shape[-1]):
+        pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, n_rows), clusters, tile)
+        seg_start = torch.gather(plan.starts, 1, pack.tile_block)
+        seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
+        probe_kernels.segment_attention(
+            q_rows, k, v, out, lse, pack.slot_query, seg_start, seg_len, plan.k_order,
+            n_sink, n_query, band, scale, merge=rank > 0, block_m=tile,
+        )  # fmt: skip
+    if sample_size:
+        key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
+        rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
+        chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
+        probe_kernels.sample_attention(
+            q_rows, k, v, out, lse, key_index, draw_cluster, chosen, rest, n_sink, n_query,
+            band, scale,
+        )  # fmt: skip
+    return out[:, :n_rows].view(z, g, n_query, dv), lse[:, :n_rows].view(z, g, n_query)
+
+
+def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether the probes' Triton kernels can serve these inputs: CUDA tensors they
+    take, and no gradient asked for (they have no backward)."""
+    if fused_unsupported_reason(q, k, v) is not None:
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
 
 
 @dataclass(frozen=True)
@@ -244,13 +313,15 @@ class ClusterProbes:
     block_size: int
     sample_size: int
     scale: float
+    backend: str
 
     @classmethod
     def of_call(cls, hash_dims: int, config, scale: float) -> ClusterProbes:
-        """The probes a call with this config makes (config.cluster_probes > 0)."""
+        """The probes a call with this config makes (config.cluster_probes > 0); the
+        kernels serve its inference calls on CUDA unless the backend is "torch"."""
         return cls(
             hash_dims, config.cluster_probes, config.kmeans_iters, config.lsh_num_projs,
-            config.block_size, config.sample_size, scale,
+            config.block_size, config.sample_size, scale, config.backend,
         )  # fmt: skip
 
     def attend(
@@ -260,7 +331,14 @@ class ClusterProbes:
         """`probed_attention` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
         hd, n_key = self.hash_dims, k.shape[1]
         clusters = probe_cluster_count(n_key, self.probes, self.block_size, self.num_projs)
+        kernels = self.backend != "torch" and kernels_can_run(q, k, v)
+        if self.backend == "triton" and not kernels:
+            raise ValueError(
+                "HyperAttentionConfig(backend='triton'): the cluster probes' kernels serve "
+                "inference calls only (no backward); use backend 'auto' for gradients"
+            )
         return probed_attention(
             q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
             clusters, self.iterations, self.sample_size, rng, sinks, band,
+            kernels,
         )  # fmt: skip

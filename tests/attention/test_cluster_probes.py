@@ -154,9 +154,75 @@ def test_config_names_the_field_and_the_fix():
         HyperAttentionConfig(cluster_probes=4)
 
 
-def test_the_triton_backend_refuses_it_in_one_line():
+def test_the_triton_backend_refuses_cpu_inputs_in_one_line():
     q = torch.randn(1, 2, 80, 16)
     config = HyperAttentionConfig(**dict(SMALL, backend="triton"), kmeans_iters=2,
                                   cluster_probes=2)  # fmt: skip
-    with pytest.raises(ValueError, match="cluster_probes"):
+    with pytest.raises(ValueError, match="CUDA"):
         hyper_attention(q, q, q, causal=True, config=config)
+
+
+KERNEL_CASES = [
+    # z, g, nq, nk, d, dv, probes, clusters, sample, sinks, band
+    (2, 3, 90, 200, 16, 16, 3, 16, 40, None, 0),
+    (2, 2, 100, 150, 32, 24, 4, 12, 64, (3, 0), 16),
+    (1, 1, 40, 300, 64, 64, 2, 40, 0, None, 0),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
+def test_kernels_match_the_torch_ops(case):
+    z, g, n_query, n_key, dim, dv, probes, clusters, m, sinks, band = case
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(z, g, n_query, dim, generator=gen)
+    k, v = torch.randn(z, n_key, dim, generator=gen), torch.randn(z, n_key, dv, generator=gen)
+    sinks = None if sinks is None else torch.tensor(sinks)
+    results = []
+    for kernels in (False, True):
+        rng = Randomness(torch.Generator().manual_seed(7), q.device)
+        results.append(probed_attention(
+            q, k, v, q, k, 0.5, probes, clusters, 3, m, rng, sinks, band, kernels))  # fmt: skip
+    # float32 both ways: only the order of the sums differs
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
+    from hf_hyper.attention import cluster_probes
+
+    q, k, v = grouped_qkv(n=600, dim=16, groups=8)
+    q, k, v = q.float(), k.float(), v.float()
+    settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4, seed=0,
+                    kmeans_iters=3, cluster_probes=4, sink_tokens=2, local_window=8)  # fmt: skip
+    plain = HyperAttentionConfig(**settings, backend="torch")
+    expected = hyper_attention(q, k, v, causal=causal, config=plain)
+    monkeypatch.setattr(cluster_probes, "kernels_can_run", lambda *tensors: True)
+    got = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernels_on_a_gpu_are_within_twice_the_torch_ops_rounding(dtype, causal):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, 3000, 64, device="cuda", generator=gen).to(dtype)
+               for h in (8, 2, 2))  # fmt: skip
+    settings = dict(block_size=64, sample_size=64, min_seq_len=256, seed=0, kmeans_iters=3,
+                    cluster_probes=4, local_window=16)  # fmt: skip
+    torch_config = HyperAttentionConfig(**settings, backend="torch")
+    # the inputs in float64 cluster the same (the clustering runs in float32 either way)
+    truth = hyper_attention(q.double(), k.double(), v.double(), causal=causal,
+                            config=torch_config)  # fmt: skip
+    plain = hyper_attention(q, k, v, causal=causal, config=torch_config)
+    fused = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
+    plain_err = relative_error_to_v(plain.double(), truth, v.double())
+    fused_err = relative_error_to_v(fused.double(), truth, v.double())
+    assert fused_err <= 2 * plain_err + 1e-6, (fused_err, plain_err)
+    with pytest.raises(ValueError, match="backward"):
+        q.requires_grad_(True)
+        hyper_attention(q, k, v, causal=causal,
+                        config=HyperAttentionConfig(**settings, backend="triton"))  # fmt: skip

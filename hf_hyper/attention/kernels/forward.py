@@ -16,7 +16,7 @@ from .common import LN2, band_cut, key_tile, masked_load, slot_rows
 
 
 @triton.jit
-def _scores(q, k, IEEE: tl.constexpr):
+def tile_scores(q, k, IEEE: tl.constexpr):
     if IEEE:  # noqa: SIM108 (constexpr branch)
         s = tl.dot(q, k, input_precision="ieee")
     else:
@@ -25,7 +25,7 @@ def _scores(q, k, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
+def online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
     """Fold a tile of scores s (log2 units, -inf = excluded) into (m_i, l_i, acc)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -42,28 +42,28 @@ def _online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 @triton.jit
 def _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """One online-softmax step over a key tile; keep [BLOCK_M, BLOCK_N] masks scores."""
-    s = tl.where(keep, _scores(q, k, IEEE) * qk_scale, float("-inf"))
-    return _online_step(s, v, m_i, l_i, acc, IEEE)
+    s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
+    return online_step(s, v, m_i, l_i, acc, IEEE)
 
 
 @triton.jit
 def _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """`_update` with a per-key bias [BLOCK_N] in log2 units (-inf excludes a key)."""
-    s = _scores(q, k, IEEE) * qk_scale + bias[None, :]
-    return _online_step(s, v, m_i, l_i, acc, IEEE)
+    s = tile_scores(q, k, IEEE) * qk_scale + bias[None, :]
+    return online_step(s, v, m_i, l_i, acc, IEEE)
 
 
 @triton.jit
 def _update_cut(q, k, v, bias, key, cut, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
     """`_update_biased` that also excludes, per row, the keys at or past its cut [BLOCK_M]
     (the band corner, attended exactly elsewhere)."""
-    s = _scores(q, k, IEEE) * qk_scale + bias[None, :]
+    s = tile_scores(q, k, IEEE) * qk_scale + bias[None, :]
     s = tl.where(key[None, :] >= cut[:, None], float("-inf"), s)
-    return _online_step(s, v, m_i, l_i, acc, IEEE)
+    return online_step(s, v, m_i, l_i, acc, IEEE)
 
 
 @triton.jit
-def _finish(
+def finish_rows(
     Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc,
     DV: tl.constexpr, FULL_DV: tl.constexpr, MERGE: tl.constexpr, STORE_LSE: tl.constexpr,
 ):  # fmt: skip
@@ -189,7 +189,7 @@ def block_sample_kernel(
             k = masked_load(K + k_off[None, :] + offs_d[:, None], True, d_ok[:, None], FULL_D)
             v = masked_load(V + v_off[:, None] + offs_dv[None, :], True, dv_ok[None, :], FULL_DV)
             m_i, l_i, acc = _update_biased(q, k, v, bias, m_i, l_i, acc, qk_scale, IEEE)
-    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
+    finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
 
 
 @triton.jit
@@ -258,4 +258,4 @@ def dense_kernel(
         v = masked_load(v_ptrs, ok[:, None], dv_ok[None, :], FULL_DV)
         m_i, l_i, acc = _update(q, k, v, keep, m_i, l_i, acc, qk_scale, IEEE)
     o_row = o_base + rows64
-    _finish(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)
+    finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, STORE_LSE)

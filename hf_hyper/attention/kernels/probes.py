@@ -1,0 +1,136 @@
+"""Triton kernels of the cluster probes' forward (CUDA, or Triton's CPU interpreter;
+imported lazily): a query tile against its cluster's run of the cluster-sorted keys, and
+the sample with each query's own exclusions and weight.
+
+Both read contiguous `q [z, rows, d]`, `k [z, n_key, d]`, `v [z, n_key, dv]` and fold
+their result into float32 `out [z, rows + 1, dv]`, `lse [z, rows + 1]` in place (row
+`rows` of each problem takes the tiles' empty slots and is never read back). Every row
+is written by one program per launch, so the in-place merge needs no atomics.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import masked_load
+from .forward import finish_rows, online_step, tile_scores
+
+
+@triton.jit
+def segment_kernel(
+    Q, K, V, Out, LSE,
+    slot_query_ptr, seg_start_ptr, seg_len_ptr, k_order_ptr, sink_keys_ptr,
+    n_slots, n_tiles, n_rows, n_query, n_key, band, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
+):  # fmt: skip
+    """One tile of BLOCK_M query rows of problem zp that share a cluster: exact over the
+    cluster's run [seg_start, seg_start + seg_len) of k_order (key indices sorted by
+    cluster), less the problem's first sink_keys[zp] keys and, for rows at positions
+    t < band (t = row % n_query), its last `band` keys (both attended exactly elsewhere)."""
+    pid = tl.program_id(0)
+    zp = (pid // n_tiles).to(tl.int64)
+    tile = pid % n_tiles
+    slots = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
+    if tl.min(row, 0) >= n_rows:
+        return  # an unused tile: every slot is empty
+    row_ok = row < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    q_rows = zp * n_rows + tl.where(row_ok, row, 0).to(tl.int64)
+    q = masked_load(Q + q_rows[:, None] * D + offs_d[None, :], row_ok[:, None], d_ok[None, :],
+                    FULL_D)  # fmt: skip
+    cut = tl.zeros([BLOCK_M], tl.int32) + n_key
+    if HAS_BAND:
+        cut = tl.where(row % n_query < band, n_key - band, n_key)
+    n_sink = tl.load(sink_keys_ptr + zp)
+    seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
+    seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
+    order = k_order_ptr + zp * n_key + seg_start
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    for start in range(0, seg_len, BLOCK_N):
+        ok = start + offs_n < seg_len
+        key = tl.load(order + start + offs_n, mask=ok, other=0).to(tl.int32)
+        ok = ok & (key >= n_sink)
+        key64 = zp * n_key + key.to(tl.int64)
+        k = masked_load(K + key64[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
+                        FULL_D)  # fmt: skip
+        v = masked_load(V + key64[:, None] * DV + offs_dv[None, :], ok[:, None],
+                        dv_ok[None, :], FULL_DV)  # fmt: skip
+        keep = ok[None, :] & (key[None, :] < cut[:, None])
+        s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
+        m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
+    o_row = zp * (n_rows + 1) + tl.where(row_ok, row, n_rows).to(tl.int64)
+    finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, True)
+
+
+@triton.jit
+def probe_sample_kernel(
+    Q, K, V, Out, LSE,
+    sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, sink_keys_ptr,
+    n_rows, n_query, n_key, n_sample, band, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
+    IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
+):  # fmt: skip
+    """BLOCK_M query rows of problem zp against the problem's n_sample drawn keys: each
+    row drops the draws in its own exact keys (its PROBES clusters chosen [z, rows,
+    PROBES], the sinks, its band corner) and weighs the r draws it keeps rest / r each
+    (rest [z, rows]: the keys it does not attend exactly); merged into (out, lse)."""
+    pid = tl.program_id(0)
+    n_row_tiles = tl.cdiv(n_rows, BLOCK_M)
+    zp = (pid // n_row_tiles).to(tl.int64)
+    row = (pid % n_row_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = row < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    FULL_D: tl.constexpr = D == D_PAD
+    FULL_DV: tl.constexpr = DV == DV_PAD
+    q_rows = zp * n_rows + tl.where(row_ok, row, 0).to(tl.int64)
+    q = masked_load(Q + q_rows[:, None] * D + offs_d[None, :], row_ok[:, None], d_ok[None, :],
+                    FULL_D)  # fmt: skip
+    cut = tl.zeros([BLOCK_M], tl.int32) + n_key
+    if HAS_BAND:
+        cut = tl.where(row % n_query < band, n_key - band, n_key)
+    n_sink = tl.load(sink_keys_ptr + zp)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    kept = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, n_sample, BLOCK_N):
+        ok = start + offs_n < n_sample
+        key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
+        drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
+        key64 = zp * n_key + key.to(tl.int64)
+        k = masked_load(K + key64[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
+                        FULL_D)  # fmt: skip
+        v = masked_load(V + key64[:, None] * DV + offs_dv[None, :], ok[:, None],
+                        dv_ok[None, :], FULL_DV)  # fmt: skip
+        keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
+        for p in tl.static_range(PROBES):
+            mine = tl.load(chosen_ptr + q_rows * PROBES + p, mask=row_ok, other=-2)
+            keep = keep & (mine[:, None] != drawn[None, :])
+        kept += tl.sum(keep.to(tl.float32), 1)
+        s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
+        m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
+    rest = tl.load(rest_ptr + q_rows, mask=row_ok, other=0.0)
+    # each kept draw stands for rest / kept keys: log2 of that shifts the row's scores
+    has_mass = (kept > 0) & (rest > 0)
+    weight = tl.where(has_mass, rest / tl.where(kept > 0, kept, 1.0), 1.0)
+    m_i = m_i + tl.math.log2(weight)
+    l_i = tl.where(has_mass, l_i, 0.0)
+    o_row = zp * (n_rows + 1) + tl.where(row_ok, row, n_rows).to(tl.int64)
+    finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, True, True)
