@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .blockwise import attention_with_lse, merge_by_lse
-from .clustering import kmeans_clusters
+from .clustering import CHUNK_ELEMENTS, kmeans_clusters
 from .fused import probes as probe_kernels
 from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
@@ -78,7 +78,7 @@ def plan_probes(
         log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
         chosen = torch.empty(z, g * n_query, probes, dtype=torch.int64, device=q.device)
         flat = q.reshape(z, g * n_query, dim)
-        rows = max(1, 2**25 // (z * max(clusters, dim)))
+        rows = max(1, CHUNK_ELEMENTS // (z * max(clusters, dim)))
         transposed = centroids.transpose(-1, -2)
         for first in range(0, g * n_query, rows):
             part = flat[:, first : first + rows].float()
@@ -218,10 +218,11 @@ def sampled_rest_attention(
     in_corner = key_index >= n_key - band
 
     def exact_here(z0: int, z1: int, r0: int, r1: int) -> Tensor:
-        # [z, g, rows, m]: the draws that the query attends exactly elsewhere
-        chosen = plan.chosen[z0:z1, :, r0:r1, None, :]
-        hidden = (draw_cluster[z0:z1, None, None, :, None] == chosen).any(-1)
-        hidden = hidden | is_sink[z0:z1, None, None, :]
+        # [z, g, rows, m]: the draws that the query attends exactly elsewhere (one
+        # probe at a time, so no [.., m, probes] temporary)
+        hidden = is_sink[z0:z1, None, None, :].expand(-1, q.shape[1], r1 - r0, -1)
+        for probe in plan.chosen[z0:z1, :, r0:r1].unbind(-1):
+            hidden = hidden | (draw_cluster[z0:z1, None, None, :] == probe[..., None])
         if band and r0 < band:
             early = torch.arange(r0, r1, device=dev) < band
             hidden = hidden | (early[:, None] & in_corner[z0:z1, None, None, :])
