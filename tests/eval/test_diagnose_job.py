@@ -104,3 +104,6 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     assert "do not exist" in capsys.readouterr().err
     assert cli.main([*base, "--length", "100000"]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
+    probes = ["--length", "64", "--kmeans-iters", "2", "--cluster-probes", "2"]
+    assert cli.main([*base, *probes]) == 2
+    assert "do not model cluster_probes" in capsys.readouterr().err

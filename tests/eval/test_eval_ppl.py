@@ -152,6 +152,7 @@ def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys)
         capsys, *base, "--files", str(jsonl), "--text-field", "body", "--lengths", "256"
     )
     assert "no model at" in _error(capsys, "ppl", "--model", str(tmp_path / "none"))
+    assert "set kmeans_iters > 0" in _error(capsys, *base, "--cluster-probes", "4")
 
 
 def test_bad_text_files_name_the_file_and_the_fix(tiny_checkpoint, tmp_path, capsys):
