@@ -85,12 +85,9 @@ def plan_probes(
             mass = scale * (part @ transposed) + log_size[:, None]
             chosen[:, first : first + rows] = mass.topk(probes, dim=-1).indices
         _, k_order = torch.sort(assign, dim=-1, stable=True)
-        starts = torch.zeros(z, clusters + 1, dtype=torch.int64, device=k.device)
-        ones = torch.ones_like(assign)
-        starts[:, 1:] = torch.zeros(z, clusters, dtype=torch.int64, device=k.device).scatter_add_(
-            1, assign, ones
-        )
-        starts = starts.cumsum(dim=1)
+        sizes = torch.zeros(z, clusters, dtype=torch.int64, device=k.device)
+        sizes.scatter_add_(1, assign, torch.ones_like(assign))  # sinks included
+        starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
         return ProbePlan(k_order, starts, assign, counts, chosen.view(z, g, n_query, probes))
 
 
