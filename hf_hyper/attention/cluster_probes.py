@@ -34,7 +34,8 @@ from .clustering import CHUNK_ELEMENTS, kmeans_clusters
 from .fused import probes as probe_kernels
 from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
-from .planning import Randomness, pack_query_tiles
+from .padding import gather_rows, pad_rows
+from .planning import Randomness, TilePacking, pack_query_tiles
 
 # Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
 MAX_TILE_ROWS = 256
@@ -114,13 +115,9 @@ def _rank_attention(
     n_key, dv = k.shape[1], v.shape[-1]
     n_rows, clusters = g * n_query, plan.counts.shape[1]
     dev = q.device
-    z_base = torch.arange(z, device=dev)[:, None]
-    # queries grouped by their rank-th cluster, in tiles of one cluster each
     tile = max(1, min(MAX_TILE_ROWS, math.ceil(n_rows / clusters)))
-    pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, n_rows), clusters, tile)
+    pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
     n_tiles = pack.n_tiles
-    seg_start = torch.gather(plan.starts, 1, pack.tile_block)  # [z, tiles]
-    seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
     width = max(1, int(seg_len.max()))
     # [z, tiles, width]: key index at each slot of the tile's cluster (n_key: none)
     offset = torch.arange(width, device=dev)
@@ -131,13 +128,12 @@ def _rank_attention(
     if sinks is not None:
         hidden = hidden | (key_index < sinks[:, None, None])
     hidden = hidden.view(z * n_tiles, width)
-    flat_keys = (key_index.clamp_max(n_key - 1) + z_base[..., None] * n_key).view(-1)
-    k_tiles = k.reshape(-1, dim).index_select(0, flat_keys).view(z * n_tiles, width, dim)
-    v_tiles = v.reshape(-1, dv).index_select(0, flat_keys).view(z * n_tiles, width, dv)
+    flat_keys = key_index.clamp_max(n_key - 1).view(z, -1)
+    k_tiles = gather_rows(k, flat_keys).view(z * n_tiles, width, dim)
+    v_tiles = gather_rows(v, flat_keys).view(z * n_tiles, width, dv)
     # [z, g*nq + 1, d] (one empty row for the tiles' empty slots) -> [z*tiles, 1, tile, d]
-    q_rows = torch.nn.functional.pad(q.reshape(z, n_rows, dim), (0, 0, 0, 1))
-    slot_rows = (pack.slot_query + z_base * (n_rows + 1)).view(-1)
-    q_tiles = q_rows.reshape(-1, dim).index_select(0, slot_rows).view(z * n_tiles, 1, tile, dim)
+    q_rows = pad_rows(q.reshape(z, n_rows, dim), 1)
+    q_tiles = gather_rows(q_rows, pack.slot_query).view(z * n_tiles, 1, tile, dim)
     # the first `band` queries of a problem leave its last `band` keys to the band
     in_corner = (key_index >= n_key - band).view(z * n_tiles, width)
     early = ((pack.slot_query % n_query < band) & (pack.slot_query < n_rows)).view(
@@ -153,11 +149,21 @@ def _rank_attention(
 
     out, lse = attention_with_lse(q_tiles, k_tiles, v_tiles, scale, mask)
     # [z*tiles, 1, tile, dv] -> [z, tiles*tile, dv] -> rows in original order
-    out = torch.gather(
-        out.view(z, n_tiles * tile, dv), 1, pack.query_slot[..., None].expand(-1, -1, dv)
-    )
+    out = gather_rows(out.view(z, n_tiles * tile, dv), pack.query_slot)
     lse = torch.gather(lse.view(z, n_tiles * tile), 1, pack.query_slot)
     return out.view(z, g, n_query, dv), lse.view(z, g, n_query)
+
+
+def _rank_tiles(plan: ProbePlan, rank: int, tile: int) -> tuple[TilePacking, Tensor, Tensor]:
+    """The queries grouped by their rank-th cluster in tiles of `tile` rows, one cluster
+    each, and each tile's run of the cluster-sorted keys: (packing, starts, lengths
+    [z, tiles])."""
+    z = plan.chosen.shape[0]
+    clusters = plan.counts.shape[1]
+    pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, -1), clusters, tile)
+    seg_start = torch.gather(plan.starts, 1, pack.tile_block)
+    seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
+    return pack, seg_start, seg_len
 
 
 def _sink_counts(sinks: Tensor | None, z: int, device) -> Tensor:
@@ -177,11 +183,9 @@ def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor
     """R of each query [z, g, nq] float32: the keys outside its clusters, the sinks and
     (its first `band` queries) the band corner, which the sample stands for."""
     z, g, n_query, _ = plan.chosen.shape
-    exact = (
-        torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
-        .view(plan.chosen.shape)
-        .sum(-1)
-    )  # fmt: skip  (counts leave the sinks out)
+    # the chosen clusters' sizes, which leave the sinks out
+    sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
+    exact = sizes.view(plan.chosen.shape).sum(-1)
     rest = (n_key - n_sink).float()[:, None, None] - exact
     if band:
         early = min(band, n_query)
@@ -207,9 +211,7 @@ def sampled_rest_attention(
     n_key = k.shape[1]
     dev = q.device
     key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
-    flat_draws = (key_index + torch.arange(z, device=dev)[:, None] * n_key).view(-1)
-    k_sample = k.reshape(-1, k.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
-    v_sample = v.reshape(-1, v.shape[-1]).index_select(0, flat_draws).view(z, sample_size, -1)
+    k_sample, v_sample = gather_rows(k, key_index), gather_rows(v, key_index)
     n_sink = _sink_counts(sinks, z, dev)
     is_sink = key_index < n_sink[:, None]
     in_corner = key_index >= n_key - band
@@ -273,9 +275,7 @@ def _probed_by_kernels(
     out, lse = probe_kernels.empty_accumulators(z, n_rows, dv, q.device)
     tile = probe_kernels.segment_tile_rows(n_rows, clusters)
     for rank in range(plan.chosen.shape[-1]):
-        pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, n_rows), clusters, tile)
-        seg_start = torch.gather(plan.starts, 1, pack.tile_block)
-        seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
+        pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
         probe_kernels.segment_attention(
             q_rows, k, v, out, lse, pack.slot_query, seg_start, seg_len, plan.k_order,
             n_sink, n_query, band, scale, merge=rank > 0, block_m=tile,

@@ -1,4 +1,4 @@
-"""Row and length padding shared by the torch path and the fused launchers."""
+"""Row gathers and length padding shared by the torch path and the fused launchers."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def pad_end(x: Tensor, count: int, value: float = 0) -> Tensor:
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """x [..., n, d], order [..., n] (rows to take) -> [..., n, d], via one flat index."""
+    *lead, n, d = x.shape
+    flat = x.reshape(-1, d)
+    groups = flat.shape[0] // n
+    base = torch.arange(groups, device=x.device).view(*lead, 1) * n
+    return flat.index_select(0, (order + base).reshape(-1)).view(*lead, -1, d)

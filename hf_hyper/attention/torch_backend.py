@@ -16,7 +16,7 @@ from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
 from .cluster_probes import ClusterProbes
 from .clustering import KeyClustering
 from .lsh import angular_lsh_rank
-from .padding import pad_end, pad_rows
+from .padding import gather_rows, pad_end, pad_rows
 from .planning import (
     BlockPlan,
     Randomness,
@@ -27,15 +27,6 @@ from .planning import (
     pack_query_tiles,
     plan_blocks,
 )
-
-
-def gather_rows(x: Tensor, order: Tensor) -> Tensor:
-    """x [..., n, d], order [..., n] (rows to take) -> [..., n, d], via one flat index."""
-    *lead, n, d = x.shape
-    flat = x.reshape(-1, d)
-    groups = flat.shape[0] // n
-    base = torch.arange(groups, device=x.device).view(*lead, 1) * n
-    return flat.index_select(0, (order + base).reshape(-1)).view(*lead, -1, d)
 
 
 def _block_attention(
