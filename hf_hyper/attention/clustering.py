@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fused import kmeans as fused_kmeans
+from .fused.kmeans import kernels_can_cluster
 from .lsh import angular_lsh_rank, rank_dtype
+from .padding import gather_rows, pad_end, pad_rows
 
 # Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
 # in row chunks of at most this many elements, so clustering adds little to the peak.
@@ -76,16 +79,78 @@ def kmeans_clusters(
     # evenly spaced keys after the skipped ones as the first centroids: no random
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
     start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
+    return kmeans_from(k, start, weight, iterations)
+
+
+def kmeans_from(
+    k: Tensor, start: Tensor, weight: Tensor, iterations: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lloyd's k-means of k [z, n, d] from the keys at positions start [z, c], each key
+    weighing weight [z, n] (0: left out of the centroids and counts, still assigned)
+    -> (centroids [z, c, d] float32, assignments [z, n] int64, counts [z, c] float32)."""
+    dim = k.shape[-1]
     centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
     for _ in range(iterations):
-        sums, counts = _cluster_sums(k, centroids, weight)
+        if kernels_can_cluster(k):
+            assign = _nearest(k, centroids)
+            sums, counts = fused_kmeans.cluster_sums(k, assign, weight, centroids.shape[1])
+        else:
+            sums, counts = _cluster_sums(k, centroids, weight)
         # an emptied cluster keeps its centroid
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
         )
     assign = _nearest(k, centroids)
-    counts = torch.zeros(z, clusters, device=k.device).scatter_add_(1, assign, weight)
-    return centroids, assign, counts
+    counts = torch.zeros(weight.shape[0], centroids.shape[1], device=k.device)
+    return centroids, assign, counts.scatter_add_(1, assign, weight)
+
+
+@dataclass
+class TwoLevelClusters:
+    """Each problem's keys in `groups` runs of about equal length, each run in `fine`
+    clusters: centroids [z, groups * fine, d] float32 and counts [z, groups * fine]
+    (cluster j * fine + i is run j's i-th), each key's cluster assign [z, nk] int64."""
+
+    centroids: Tensor
+    assign: Tensor
+    counts: Tensor
+    groups: int
+    fine: int
+
+
+def two_level_clusters(
+    k: Tensor, groups: int, fine: int, iterations: int, skip_keys: Tensor | None = None
+) -> TwoLevelClusters:
+    """k-means of each problem's keys k [z, nk, d] into `groups` coarse clusters, the
+    keys sorted by them and cut into `groups` runs of equal length, and k-means of each
+    run into `fine` clusters: about groups * fine clusters for (groups + fine) distances
+    per key and iteration instead of groups * fine. Equal runs batch the second level
+    whatever the coarse clusters' sizes; a run that straddles two coarse clusters has
+    its fine clusters split them. skip_keys as in `kmeans_clusters`."""
+    z, n_key, dim = k.shape
+    groups = min(groups, n_key)
+    run = -(-n_key // groups)
+    groups = -(-n_key // run)  # every run holds a key
+    fine = min(fine, run)
+    _, coarse, _ = kmeans_clusters(k, groups, iterations, skip_keys)
+    # padded slots (index n_key) only end the last run; they weigh nothing
+    order = pad_end(torch.sort(coarse, dim=1, stable=True).indices, groups * run - n_key, n_key)
+    skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
+    if skip_keys is not None:
+        skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
+    weight = ((order < n_key) & (order >= skip)).float().view(z * groups, run)
+    keys = gather_rows(pad_rows(k, 1), order).view(z * groups, run, dim)
+    in_run = (n_key - torch.arange(groups, device=k.device) * run).clamp(max=run)
+    start = torch.arange(fine, device=k.device) * in_run[:, None] // fine
+    centroids, assign, counts = kmeans_from(keys, start.repeat(z, 1), weight, iterations)
+    first = (torch.arange(groups, device=k.device) * fine)[None, :, None]
+    cluster = (assign.view(z, groups, run) + first).view(z, -1)
+    key_cluster = torch.empty(z, n_key + 1, dtype=torch.int64, device=k.device)
+    key_cluster.scatter_(1, order, cluster)
+    return TwoLevelClusters(
+        centroids.view(z, groups * fine, dim), key_cluster[:, :n_key],
+        counts.view(z, groups * fine), groups, fine,
+    )  # fmt: skip
 
 
 def _rows_per_chunk(x: Tensor, clusters: int) -> int:
@@ -94,7 +159,9 @@ def _rows_per_chunk(x: Tensor, clusters: int) -> int:
 
 def _best(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d] (float32),
-    bias [z, c] -> [z, n] int64."""
+    bias [z, c] -> [z, n] int64 (in the k-means kernels where they serve x)."""
+    if kernels_can_cluster(x):
+        return fused_kmeans.best_centroid(x, centroids, factor, bias)
     z, n, _ = x.shape
     best = torch.empty(z, n, dtype=torch.int64, device=x.device)
     rows = _rows_per_chunk(x, centroids.shape[1])

@@ -1,0 +1,114 @@
+"""Where a cluster-probes call spends its GPU time: plan (k-means, choice, packing)
+against the attention kernels, with flat and with two-level clusters, beside cuDNN in the
+same run.
+
+One causal forward per setting on `bench attention`'s planted inputs (bf16, no autograd),
+timed whole (median of 3), then once under torch.profiler with the CUDA time of its
+kernels summed by kind:
+
+- `probe kernels`: the Triton segment and sample kernels;
+- `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
+- `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
+
+    python benchmarks/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+import torch
+
+from hf_hyper import HyperAttentionConfig, hyper_attention
+from hf_hyper.attention import cluster_probes
+from hf_hyper.eval.bench_attention import planted_inputs
+from hf_hyper.eval.timing import environment, time_cuda
+
+KINDS = [
+    ("probe kernels", ("segment_kernel", "probe_sample_kernel")),
+    ("matmul", ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas")),
+    ("sort / topk", ("sort", "topk", "radix", "bitonic", "select")),
+    ("gather / scatter / index", ("gather", "scatter", "index")),
+    ("elementwise / reduce", ("elementwise", "reduce", "vectorized")),
+]
+
+
+# FLAT_MAX_CLUSTERS of each setting: flat never goes to two levels
+SETTINGS = {"flat": 10**9, "2-level": cluster_probes.FLAT_MAX_CLUSTERS}
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, marks in KINDS:
+        if any(mark in low for mark in marks):
+            return kind
+    return "other"
+
+
+def profile_split(fn) -> dict[str, float]:
+    """CUDA milliseconds of one call of fn by kernel kind."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    split: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            split[kind_of(event.name)] += event.device_time / 1000
+    return dict(split)
+
+
+def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> list[dict]:
+    """cuDNN and each setting at one length and head width, printed as table rows."""
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+
+    def exact():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        cudnn = time_cuda(exact, repeats=3)
+    print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 |" + " |" * len(kinds), flush=True)
+    config = HyperAttentionConfig(kmeans_iters=args.kmeans_iters, cluster_probes=args.probes)
+
+    def call():
+        with torch.no_grad():
+            return hyper_attention(q, k, v, causal=True, config=config)
+
+    rows = []
+    for name, flat_max in SETTINGS.items():
+        cluster_probes.FLAT_MAX_CLUSTERS = flat_max
+        timing = time_cuda(call, warmup=1, repeats=3)
+        split = profile_split(call)
+        cells = " | ".join(f"{split.get(kind, 0.0):.1f}" for kind in kinds)
+        ratio = cudnn.ms / timing.ms
+        print(f"| {n} | {dim} | {name} | {timing.ms:.1f} | {ratio:.3f} | {cells} |", flush=True)
+        rows.append(dict(n=n, dim=dim, setting=name, ms=timing.ms, cudnn_ms=cudnn.ms,
+                         peak_gib=timing.peak_gib, split_ms=split))  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
+    p.add_argument("--dims", type=int, nargs="+", default=[128])
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--probes", type=int, default=16)
+    p.add_argument("--kmeans-iters", type=int, default=4)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    env = environment()
+    print(env)
+    kinds = [kind for kind, _ in KINDS] + ["other"]
+    header = "| n | d | setting | ms | vs cuDNN | " + " | ".join(kinds) + " |"
+    print("\n" + header + "\n" + "|---" * (5 + len(kinds)) + "|")
+    rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(environment=env, args=vars(args), rows=rows), f, indent=1)
+        print("wrote", os.path.basename(args.json))
+
+
+if __name__ == "__main__":
+    main()

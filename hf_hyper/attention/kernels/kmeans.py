@@ -1,0 +1,74 @@
+"""Triton kernels of k-means on a problem's keys (CUDA, or Triton's CPU interpreter;
+imported lazily): each row's best centroid without materialising the [rows, clusters]
+scores, and each cluster's weighted sum over its run of the cluster-sorted rows, which
+is the same on every run (no atomics)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .forward import tile_scores
+
+
+@triton.jit
+def best_centroid_kernel(
+    X, C, Bias, Out, n_rows, n_centroids, x_stride_z, x_stride_row, factor,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    IEEE: tl.constexpr,
+):  # fmt: skip
+    """Out[z, r] = argmax_c factor * X[z, r] . C[z, c] + Bias[z, c] (the first on ties):
+    X rows of D elements at the given strides, C [z, c, D] and Bias [z, c] float32."""
+    zp = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    x_ptrs = X + zp * x_stride_z + rows[:, None].to(tl.int64) * x_stride_row + offs_d[None, :]
+    x = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    best_index = tl.zeros([BLOCK_M], tl.int32)
+    for c0 in range(0, n_centroids, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cols < n_centroids
+        c_ptrs = C + (zp * n_centroids + cols[None, :]) * D + offs_d[:, None]
+        c = tl.load(c_ptrs, mask=c_ok[None, :] & d_ok[:, None], other=0.0)
+        bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
+        s = factor * tile_scores(x, c.to(x.dtype), IEEE) + bias[None, :]
+        s = tl.where(c_ok[None, :], s, float("-inf"))
+        block_best = tl.max(s, 1)
+        block_index = tl.argmax(s, 1) + c0
+        better = block_best > best
+        best_index = tl.where(better, block_index, best_index)
+        best = tl.where(better, block_best, best)
+    tl.store(Out + zp * n_rows + rows, best_index.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def cluster_sums_kernel(
+    X, Order, Starts, Weight, Sums, Counts, n_rows, n_clusters, x_stride_z, x_stride_row,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Sums[z, c] = sum of Weight[z, r] * X[z, r] over the rows r of cluster c, which
+    are Order[z, Starts[z, c] : Starts[z, c + 1]] (rows sorted by cluster); Counts[z, c]
+    the sum of their weights. Float32 sums, in the sorted order."""
+    cluster = tl.program_id(0)
+    zp = tl.program_id(1).to(tl.int64)
+    first = tl.load(Starts + zp * (n_clusters + 1) + cluster)
+    last = tl.load(Starts + zp * (n_clusters + 1) + cluster + 1)
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    count = tl.zeros([BLOCK_N], tl.float32)
+    for start in range(first, last, BLOCK_N):
+        ok = start + offs_n < last
+        row = tl.load(Order + zp * n_rows + start + offs_n, mask=ok, other=0).to(tl.int64)
+        w = tl.load(Weight + zp * n_rows + row, mask=ok, other=0.0)
+        x_ptrs = X + zp * x_stride_z + row[:, None] * x_stride_row + offs_d[None, :]
+        x = tl.load(x_ptrs, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        acc += x * w[:, None]
+        count += w
+    out = Sums + (zp * n_clusters + cluster) * D + offs_d
+    tl.store(out, tl.sum(acc, 0), mask=d_ok)
+    tl.store(Counts + zp * n_clusters + cluster, tl.sum(count, 0))

@@ -1,0 +1,101 @@
+"""The k-means kernels (`fused.kmeans`) against the torch ops they replace: each row's
+best centroid and each cluster's weighted sum, in Triton's interpreter (float32) and on
+a GPU (16-bit rows meet rounded centroids, so there the choice is checked by its score)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_hyper.attention import clustering
+from hf_hyper.attention.clustering import kmeans_clusters, two_level_clusters
+
+
+def _scores(x, centroids, factor, bias):
+    return factor * x.double() @ centroids.double().transpose(-1, -2) + bias.double()[:, None]
+
+
+def _inputs(device="cpu", z=2, n=150, c=70, dim=24, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(z, n, dim + 8, generator=gen)[..., :dim]  # a column slice, as hash_dims
+    centroids = torch.randn(z, c, dim, generator=gen)
+    bias = torch.randn(z, c, generator=gen)
+    bias[:, 3] = -torch.inf  # an empty cluster
+    return x.to(device), centroids.to(device), bias.to(device)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("c", [70, 5])
+def test_best_centroid_matches_the_argmax(c):
+    from hf_hyper.attention.fused.kmeans import best_centroid
+
+    x, centroids, bias = _inputs(c=c)
+    got = best_centroid(x, centroids, 1.7, bias)
+    scores = _scores(x, centroids, 1.7, bias)
+    top2 = scores.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 1e-4  # rows whose best is not a near-tie
+    assert clear.float().mean() > 0.95
+    assert torch.equal(got[clear], scores.argmax(-1)[clear])
+
+
+@pytest.mark.interpreter
+def test_cluster_sums_match_the_one_hot_sums():
+    from hf_hyper.attention.fused.kmeans import cluster_sums
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 300, 40, generator=gen)[..., :33]
+    assign = torch.randint(0, 9, (2, 300), generator=gen)  # cluster 9 stays empty
+    weight = (torch.rand(2, 300, generator=gen) > 0.2).float()
+    sums, counts = cluster_sums(x, assign, weight, 10)
+    member = torch.nn.functional.one_hot(assign, 10).float() * weight[..., None]
+    torch.testing.assert_close(sums, member.transpose(-1, -2) @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(counts, member.sum(1))
+    assert counts[:, 9].eq(0).all() and sums[:, 9].eq(0).all()
+
+
+def _separated_keys(n=400, dim=16, groups=12, seed=2):
+    """Keys around well-separated centres, so no key is near a tie between clusters."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = 10 * torch.randn(2, groups, dim, generator=gen)
+    member = torch.randint(groups, (2, n), generator=gen)
+    k = torch.gather(centre, 1, member[..., None].expand(-1, -1, dim))
+    return k + 0.1 * torch.randn(2, n, dim, generator=gen)
+
+
+@pytest.mark.interpreter
+def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch):
+    k = _separated_keys()
+    skip = torch.tensor([3, 0])
+    plain = kmeans_clusters(k, 12, 3, skip)
+    plain_two = two_level_clusters(k, 4, 3, 3, skip)
+    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    fused = kmeans_clusters(k, 12, 3, skip)
+    fused_two = two_level_clusters(k, 4, 3, 3, skip)
+    for got, want in ((fused, plain), (fused_two, plain_two)):
+        if isinstance(got, tuple):
+            centroids, assign, counts = got
+            want_centroids, want_assign, want_counts = want
+        else:
+            centroids, assign, counts = got.centroids, got.assign, got.counts
+            want_centroids, want_assign, want_counts = want.centroids, want.assign, want.counts
+        assert torch.equal(assign, want_assign)
+        torch.testing.assert_close(counts, want_counts)
+        torch.testing.assert_close(centroids, want_centroids, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_best_centroid_on_a_gpu_picks_a_best_score_within_rounding(dtype):
+    from hf_hyper.attention.fused.kmeans import best_centroid
+
+    x, centroids, bias = _inputs("cuda", n=5000, c=300, dim=64)
+    x = x.to(dtype)
+    got = best_centroid(x, centroids, 2.0, bias)
+    scores = _scores(x, centroids, 2.0, bias)
+    chosen = torch.gather(scores, -1, got[..., None])[..., 0]
+    # 16-bit rows meet centroids rounded to their dtype: a score moves by at most about
+    # factor * |x| |c| * eps; float32 dots differ from float64 in rounding only
+    eps = torch.finfo(dtype).eps
+    bound = 2.0 * x.double().norm(dim=-1) * centroids.double().norm(dim=-1).amax(-1)[:, None]
+    assert (scores.amax(-1) - chosen <= 2 * eps * bound + 1e-6).all()
+    assert (got >= 0).all() and (got < 300).all() and (got != 3).all()
