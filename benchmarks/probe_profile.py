@@ -1,16 +1,18 @@
-"""Where a cluster-probes call spends its GPU time: plan (k-means, choice, packing)
-against the attention kernels, with flat and with two-level clusters, beside cuDNN in the
-same run.
+"""Where a call spends its GPU time with each large-entry finder: LSH blocks (the
+defaults), k-means blocks (`kmeans_iters`) and cluster probes (`cluster_probes`), beside
+cuDNN in the same run.
 
 One causal forward per setting on `bench attention`'s planted inputs (bf16, no autograd),
 timed whole (median of 3), then once under torch.profiler with the CUDA time of its
 kernels summed by kind:
 
-- `probe kernels`: the Triton segment and sample kernels;
+- `probe kernels`: the probes' Triton segment and sample kernels;
+- `k-means kernels`: the best-centroid and cluster-sum kernels;
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
 
-    python benchmarks/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16
+    python benchmarks/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16 \
+        --kmeans-iters 4
 """
 
 from __future__ import annotations
@@ -23,21 +25,21 @@ from collections import defaultdict
 import torch
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
-from hf_hyper.attention import cluster_probes
 from hf_hyper.eval.bench_attention import planted_inputs
 from hf_hyper.eval.timing import environment, time_cuda
 
 KINDS = [
     ("probe kernels", ("segment_kernel", "probe_sample_kernel")),
+    ("k-means kernels", ("best_centroid", "cluster_sums")),
+    (
+        "HyperAttention kernels",
+        ("block_sample", "dense_kernel", "lsh_rank", "query_block", "histogram", "bucket_scatter"),
+    ),
     ("matmul", ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas")),
     ("sort / topk", ("sort", "topk", "radix", "bitonic", "select")),
     ("gather / scatter / index", ("gather", "scatter", "index")),
     ("elementwise / reduce", ("elementwise", "reduce", "vectorized")),
 ]
-
-
-# FLAT_MAX_CLUSTERS of each setting: flat never goes to two levels
-SETTINGS = {"flat": 10**9, "2-level": cluster_probes.FLAT_MAX_CLUSTERS}
 
 
 def kind_of(name: str) -> str:
@@ -70,15 +72,18 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         cudnn = time_cuda(exact, repeats=3)
     print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 |" + " |" * len(kinds), flush=True)
-    config = HyperAttentionConfig(kmeans_iters=args.kmeans_iters, cluster_probes=args.probes)
-
-    def call():
-        with torch.no_grad():
-            return hyper_attention(q, k, v, causal=True, config=config)
-
+    settings = {
+        "LSH blocks": HyperAttentionConfig(),
+        "k-means blocks": HyperAttentionConfig(kmeans_iters=args.kmeans_iters),
+        "probes": HyperAttentionConfig(kmeans_iters=args.kmeans_iters, cluster_probes=args.probes),
+    }
     rows = []
-    for name, flat_max in SETTINGS.items():
-        cluster_probes.FLAT_MAX_CLUSTERS = flat_max
+    for name, config in settings.items():
+
+        def call(config=config):
+            with torch.no_grad():
+                return hyper_attention(q, k, v, causal=True, config=config)
+
         timing = time_cuda(call, warmup=1, repeats=3)
         split = profile_split(call)
         cells = " | ".join(f"{split.get(kind, 0.0):.1f}" for kind in kinds)

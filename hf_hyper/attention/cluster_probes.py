@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .blockwise import attention_with_lse, merge_by_lse
-from .clustering import CHUNK_ELEMENTS, TwoLevelClusters, kmeans_clusters, two_level_clusters
+from .clustering import CHUNK_ELEMENTS, kmeans_clusters
 from .fused import probes as probe_kernels
 from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
@@ -39,12 +39,6 @@ from .planning import Randomness, TilePacking, pack_query_tiles
 
 # Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
 MAX_TILE_ROWS = 256
-# Above this many clusters a problem is clustered in two levels and its queries routed
-# through the runs (`plan_probes`): a query scores the clusters of enough runs to hold
-# ROUTE_FACTOR times its probes, and of at least MIN_ROUTE_RUNS runs.
-FLAT_MAX_CLUSTERS = 256
-ROUTE_FACTOR = 4
-MIN_ROUTE_RUNS = 2
 
 
 def probe_cluster_count(n_key: int, probes: int, block_size: int, num_projs: int) -> int:
@@ -72,39 +66,21 @@ class ProbePlan:
 
 def plan_probes(
     q: Tensor, k: Tensor, probes: int, clusters: int, iterations: int, scale: float,
-    sinks: Tensor | None, two_level: bool | None = None, route_runs: int | None = None,
+    sinks: Tensor | None,
 ) -> ProbePlan:  # fmt: skip
     """Cluster each problem's keys k [z, nk, d] and choose the `probes` clusters of
-    largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed).
-
-    two_level (None: above FLAT_MAX_CLUSTERS clusters): cluster in two levels
-    (`two_level_clusters`, about sqrt(clusters) runs of sqrt(clusters) clusters) and let
-    each query score the clusters of its route_runs best runs only (None: enough runs to
-    hold ROUTE_FACTOR times its probes), so that neither keys nor queries meet every
-    centroid. Else every query scores every cluster."""
+    largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed)."""
     with torch.no_grad():
         z, g, n_query, dim = q.shape
+        centroids, assign, counts = kmeans_clusters(k, clusters, iterations, sinks)
         q_rows = q.reshape(z, g * n_query, dim)
-        if two_level is None:
-            two_level = clusters > FLAT_MAX_CLUSTERS
-        if two_level:
-            groups = math.isqrt(clusters - 1) + 1
-            found = two_level_clusters(k, groups, -(-clusters // groups), iterations, sinks)
-            assign, counts = found.assign, found.counts
-            probes = min(probes, counts.shape[1])
-            if route_runs is None:
-                route_runs = max(MIN_ROUTE_RUNS, -(-ROUTE_FACTOR * probes // found.fine))
-            runs = min(found.groups, max(route_runs, -(-probes // found.fine)))
-            chosen = _routed_choice(q_rows, found, scale, probes, runs)
-        else:
-            centroids, assign, counts = kmeans_clusters(k, clusters, iterations, sinks)
-            chosen = _best_clusters(q_rows, centroids, _log_sizes(counts), scale, probes)
+        chosen = _best_clusters(q_rows, centroids, _log_sizes(counts), scale, probes)
         clusters = counts.shape[1]
         _, k_order = torch.sort(assign, dim=-1, stable=True)
         sizes = torch.zeros(z, clusters, dtype=torch.int64, device=k.device)
         sizes.scatter_add_(1, assign, torch.ones_like(assign))  # sinks included
         starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
-        return ProbePlan(k_order, starts, assign, counts, chosen.view(z, g, n_query, -1))
+        return ProbePlan(k_order, starts, assign, counts, chosen.view(z, g, n_query, probes))
 
 
 def _log_sizes(counts: Tensor) -> Tensor:
@@ -129,37 +105,6 @@ def _best_clusters(
         mass = scale * (part @ transposed) + log_size[:, None]
         chosen[:, first : first + rows] = mass.topk(count, dim=-1).indices
     return chosen
-
-
-def _routed_choice(
-    q_rows: Tensor, found: TwoLevelClusters, scale: float, probes: int, runs: int
-) -> Tensor:
-    """Each row's `probes` best clusters among those of its `runs` best runs, a run
-    scored as one cluster (its keys' mean and count) -> [z, rows, probes] int64."""
-    z, n_rows, dim = q_rows.shape
-    groups, fine = found.groups, found.fine
-    fine_centroids = found.centroids.view(z, groups, fine, dim)
-    fine_counts = found.counts.view(z, groups, fine)
-    run_size = fine_counts.sum(-1)
-    run_mean = (fine_centroids * fine_counts[..., None]).sum(2) / run_size.clamp_min(1)[..., None]
-    top_runs = _best_clusters(q_rows, run_mean, _log_sizes(run_size), scale, runs)
-    log_fine = _log_sizes(found.counts).view(z, groups, fine)
-    # queries grouped by their r-th run in tiles, so a tile meets one run's centroids
-    tile = min(MAX_TILE_ROWS, max(16, -(-n_rows // groups)))
-    q_padded = pad_rows(q_rows, 1)
-    mass = torch.empty(z, n_rows, runs, fine, device=q_rows.device)
-    for r in range(runs):
-        pack = pack_query_tiles(top_runs[..., r], groups, tile)
-        tiles = pack.n_tiles
-        q_tiles = gather_rows(q_padded, pack.slot_query).view(z, tiles, tile, dim).float()
-        c_tiles = gather_rows(fine_centroids.view(z, groups, fine * dim), pack.tile_block)
-        l_tiles = gather_rows(log_fine, pack.tile_block)  # [z, tiles, fine]
-        scores = scale * (q_tiles @ c_tiles.view(z, tiles, fine, dim).transpose(-1, -2))
-        scores = (scores + l_tiles[:, :, None]).view(z, tiles * tile, fine)
-        mass[:, :, r] = gather_rows(scores, pack.query_slot)
-    ids = top_runs[..., None] * fine + torch.arange(fine, device=q_rows.device)
-    best = mass.view(z, n_rows, runs * fine).topk(probes, dim=-1).indices
-    return torch.gather(ids.view(z, n_rows, runs * fine), 2, best)
 
 
 def cluster_attention(
@@ -314,18 +259,14 @@ def probed_attention(
     q: Tensor, k: Tensor, v: Tensor, probe_q: Tensor, probe_k: Tensor, scale: float,
     probes: int, clusters: int, iterations: int, sample_size: int, rng: Randomness,
     sinks: Tensor | None = None, band: int = 0, kernels: bool = False,
-    two_level: bool | None = None, route_runs: int | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One batch of non-causal problems: each query's `probes` clusters exact, plus the
     sample for its other keys, less the sinks and the band corner (attended exactly
     elsewhere). probe_q, probe_k: the columns that choose the clusters (q, k or their
     leading hash_dims). kernels: run the exact and sampled parts in the Triton kernels
     (no autograd) instead of torch ops; the same draws and the same sums, in another
-    order. two_level, route_runs: as in `plan_probes`. -> out [z, g, nq, dv], lse
-    [z, g, nq]."""
-    plan = plan_probes(
-        probe_q, probe_k, probes, clusters, iterations, scale, sinks, two_level, route_runs
-    )
+    order. -> out [z, g, nq, dv], lse [z, g, nq]."""
+    plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks)
     if kernels:
         return _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
     out, lse = cluster_attention(q, k, v, plan, scale, sinks, band)

@@ -23,7 +23,6 @@ from torch import Tensor
 from .fused import kmeans as fused_kmeans
 from .fused.kmeans import kernels_can_cluster
 from .lsh import angular_lsh_rank, rank_dtype
-from .padding import gather_rows, pad_end, pad_rows
 
 # Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
 # in row chunks of at most this many elements, so clustering adds little to the peak.
@@ -103,54 +102,6 @@ def kmeans_from(
     assign = _nearest(k, centroids)
     counts = torch.zeros(weight.shape[0], centroids.shape[1], device=k.device)
     return centroids, assign, counts.scatter_add_(1, assign, weight)
-
-
-@dataclass
-class TwoLevelClusters:
-    """Each problem's keys in `groups` runs of about equal length, each run in `fine`
-    clusters: centroids [z, groups * fine, d] float32 and counts [z, groups * fine]
-    (cluster j * fine + i is run j's i-th), each key's cluster assign [z, nk] int64."""
-
-    centroids: Tensor
-    assign: Tensor
-    counts: Tensor
-    groups: int
-    fine: int
-
-
-def two_level_clusters(
-    k: Tensor, groups: int, fine: int, iterations: int, skip_keys: Tensor | None = None
-) -> TwoLevelClusters:
-    """k-means of each problem's keys k [z, nk, d] into `groups` coarse clusters, the
-    keys sorted by them and cut into `groups` runs of equal length, and k-means of each
-    run into `fine` clusters: about groups * fine clusters for (groups + fine) distances
-    per key and iteration instead of groups * fine. Equal runs batch the second level
-    whatever the coarse clusters' sizes; a run that straddles two coarse clusters has
-    its fine clusters split them. skip_keys as in `kmeans_clusters`."""
-    z, n_key, dim = k.shape
-    groups = min(groups, n_key)
-    run = -(-n_key // groups)
-    groups = -(-n_key // run)  # every run holds a key
-    fine = min(fine, run)
-    _, coarse, _ = kmeans_clusters(k, groups, iterations, skip_keys)
-    # padded slots (index n_key) only end the last run; they weigh nothing
-    order = pad_end(torch.sort(coarse, dim=1, stable=True).indices, groups * run - n_key, n_key)
-    skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
-    if skip_keys is not None:
-        skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
-    weight = ((order < n_key) & (order >= skip)).float().view(z * groups, run)
-    keys = gather_rows(pad_rows(k, 1), order).view(z * groups, run, dim)
-    in_run = (n_key - torch.arange(groups, device=k.device) * run).clamp(max=run)
-    start = torch.arange(fine, device=k.device) * in_run[:, None] // fine
-    centroids, assign, counts = kmeans_from(keys, start.repeat(z, 1), weight, iterations)
-    first = (torch.arange(groups, device=k.device) * fine)[None, :, None]
-    cluster = (assign.view(z, groups, run) + first).view(z, -1)
-    key_cluster = torch.empty(z, n_key + 1, dtype=torch.int64, device=k.device)
-    key_cluster.scatter_(1, order, cluster)
-    return TwoLevelClusters(
-        centroids.view(z, groups * fine, dim), key_cluster[:, :n_key],
-        counts.view(z, groups * fine), groups, fine,
-    )  # fmt: skip
 
 
 def _rows_per_chunk(x: Tensor, clusters: int) -> int:

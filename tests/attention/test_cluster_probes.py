@@ -13,21 +13,19 @@ from test_clustering import grouped_qkv
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention.cluster_probes import plan_probes, probe_cluster_count, probed_attention
-from hf_hyper.attention.clustering import two_level_clusters
 from hf_hyper.attention.planning import Randomness
 from hf_hyper.attention.reference import reference_attention
 
 SMALL = dict(block_size=32, sample_size=32, min_seq_len=64, seed=0, backend="torch")
 
 
-def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, band,
-                 two_level=False):  # fmt: skip
+def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, band):
     """The estimator written out as one weighted softmax per query (float64, [g, nq]):
     weight 1 on the sinks, on the query's clusters and (early queries) on the band
     corner; each draw outside those counts R / r, R the query's other keys and r the
     draws it keeps."""
     sinks = torch.tensor([n_sink]) if n_sink else None
-    plan = plan_probes(q[None], k[None], probes, clusters, iterations, scale, sinks, two_level)
+    plan = plan_probes(q[None], k[None], probes, clusters, iterations, scale, sinks)
     g, n_query, _ = q.shape
     n_key = k.shape[0]
     chosen = plan.chosen[0]  # [g, nq, probes]
@@ -47,9 +45,8 @@ def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, b
     return (probs @ v) / probs.sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("two_level", [False, True])
 @pytest.mark.parametrize("n_sink, band", [(0, 0), (3, 0), (2, 16)])
-def test_matches_the_dense_statement_of_the_estimator(n_sink, band, two_level):
+def test_matches_the_dense_statement_of_the_estimator(n_sink, band):
     gen = torch.Generator().manual_seed(3)
     g, n_query, n_key, dim = 3, 90, 200, 8
     q = torch.randn(g, n_query, dim, generator=gen, dtype=torch.float64)
@@ -60,7 +57,7 @@ def test_matches_the_dense_statement_of_the_estimator(n_sink, band, two_level):
     rng = Randomness(torch.Generator().manual_seed(7), q.device)
     out, lse = probed_attention(
         q[None], k[None], v[None], q[None], k[None], scale, probes, clusters, 3, m, rng,
-        sinks, band, two_level=two_level,
+        sinks, band,
     )  # fmt: skip
     out, lse = out[0], lse[0]
     # the sinks and the band corner are attended exactly by the caller: merge them here
@@ -76,7 +73,7 @@ def test_matches_the_dense_statement_of_the_estimator(n_sink, band, two_level):
             out_else * torch.exp(lse_else - total)[..., None]
         )
     sample = torch.randint(n_key, (1, m), generator=torch.Generator().manual_seed(7))[0]
-    dense = dense_probed(q, k, v, probes, clusters, 3, scale, sample, n_sink, band, two_level)
+    dense = dense_probed(q, k, v, probes, clusters, 3, scale, sample, n_sink, band)
     torch.testing.assert_close(out, dense, rtol=1e-10, atol=1e-10)
 
 
@@ -138,51 +135,6 @@ def test_own_clusters_beat_shared_blocks_where_matches_are_by_inner_product(caus
         out = hyper_attention(q, k, v, causal=causal, config=config)
         errors[probes] = relative_error_to_v(out, exact, v)
     assert errors[4] < 0.8 * errors[0], errors
-
-
-def test_routing_through_every_run_chooses_as_scoring_every_cluster():
-    gen = torch.Generator().manual_seed(5)
-    q = torch.randn(1, 2, 70, 8, generator=gen, dtype=torch.float64)
-    k = torch.randn(1, 150, 8, generator=gen, dtype=torch.float64)
-    sinks, scale, probes = torch.tensor([3]), 0.7, 5
-    plan = plan_probes(q, k, probes, 36, 2, scale, sinks, two_level=True, route_runs=6)
-    found = two_level_clusters(k, 6, 6, 2, sinks)
-    log_size = torch.where(found.counts > 0, found.counts.clamp_min(1).log(), -math.inf)
-    mass = scale * q @ found.centroids.double().transpose(-1, -2)[:, None] + log_size[:, None, None]
-    want = mass.topk(probes, dim=-1).indices
-    assert torch.equal(plan.chosen.sort(-1).values, want.sort(-1).values)
-    assert torch.equal(plan.assign, found.assign)
-
-
-def test_routing_scores_only_the_best_runs_clusters():
-    gen = torch.Generator().manual_seed(6)
-    q = torch.randn(1, 1, 50, 8, generator=gen, dtype=torch.float64)
-    k = torch.randn(1, 400, 8, generator=gen, dtype=torch.float64)
-    plan = plan_probes(q, k, 3, 64, 2, 0.5, None, two_level=True, route_runs=2)
-    found = two_level_clusters(k, 8, 8, 2)
-    run_of = plan.chosen[0, 0] // found.fine  # [nq, probes]
-    counts = found.counts.view(8, 8)
-    centroids = found.centroids[0].double().view(8, 8, -1)
-    mean = (centroids * counts[..., None]).sum(1) / counts.sum(1)[:, None]
-    best_runs = (0.5 * q[0, 0] @ mean.T + counts.sum(1).log()).topk(2, dim=-1).indices
-    assert (run_of[..., None] == best_runs[:, None]).any(-1).all()
-
-
-@pytest.mark.parametrize("n_sink", [0, 4])
-def test_two_levels_probing_every_cluster_is_exact(n_sink):
-    gen = torch.Generator().manual_seed(1)
-    q = torch.randn(1, 2, 60, 8, generator=gen, dtype=torch.float64)
-    k = torch.randn(1, 130, 8, generator=gen, dtype=torch.float64)
-    v = torch.randn(1, 130, 4, generator=gen, dtype=torch.float64)
-    sinks = torch.tensor([n_sink])
-    rng = Randomness(torch.Generator().manual_seed(2), q.device)
-    out, lse = probed_attention(
-        q, k, v, q, k, 0.6, 36, 36, 2, 16, rng, sinks, two_level=True
-    )  # fmt: skip
-    scores = 0.6 * q @ k[:, None].transpose(-1, -2)
-    scores[..., :n_sink] = -math.inf  # the sinks are the caller's
-    torch.testing.assert_close(out, torch.softmax(scores, -1) @ v[:, None], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(lse, torch.logsumexp(scores, -1), rtol=1e-12, atol=1e-12)
 
 
 def test_cluster_count_keeps_about_a_block_of_keys_per_query():

@@ -9,7 +9,7 @@ from helpers import assert_past_ignores_future, relative_error_to_v
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention import clustering
-from hf_hyper.attention.clustering import kmeans_clusters, kmeans_ranks, two_level_clusters
+from hf_hyper.attention.clustering import kmeans_ranks
 from hf_hyper.attention.reference import reference_attention
 
 SMALL = dict(block_size=32, sample_size=32, min_seq_len=64, seed=0, backend="torch")
@@ -115,26 +115,3 @@ def test_clustered_blocks_beat_lsh_blocks_where_matches_are_by_inner_product(cau
         errors[iters] = relative_error_to_v(out, exact, v)
     # measured: 0.62x non-causal, 0.45x causal
     assert errors[4] < 0.8 * errors[0], errors
-
-
-@pytest.mark.parametrize("skip", [None, torch.tensor([0, 5])])
-def test_two_level_clusters_cut_the_coarse_order_into_runs_of_their_own_clusters(skip):
-    gen = torch.Generator().manual_seed(4)
-    k = torch.randn(2, 203, 6, generator=gen, dtype=torch.float64)
-    found = two_level_clusters(k, 5, 4, 3, skip)
-    run = 41  # ceil(203 / 5)
-    assert (found.groups, found.fine) == (5, 4)
-    # each key's run is its place in the keys sorted by coarse cluster
-    _, coarse, _ = kmeans_clusters(k, 5, 3, skip)
-    place = torch.sort(coarse, dim=1, stable=True).indices.argsort(dim=1)
-    assert torch.equal(found.assign // 4, place // run)
-    # counts leave the skipped keys out
-    first = torch.zeros(2, dtype=torch.long) if skip is None else skip
-    kept = (torch.arange(203) >= first[:, None]).double()
-    want = torch.zeros(2, 20, dtype=torch.float64).scatter_add_(1, found.assign, kept)
-    torch.testing.assert_close(found.counts.double(), want)
-    if skip is None:
-        # a run's clusters are its own k-means
-        members = torch.sort(coarse, dim=1, stable=True).indices[:, :run]
-        own, _, _ = kmeans_clusters(torch.gather(k, 1, members[..., None].expand(-1, -1, 6)), 4, 3)
-        torch.testing.assert_close(found.centroids[:, :4], own)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_hyper.attention import clustering
-from hf_hyper.attention.clustering import kmeans_clusters, two_level_clusters
+from hf_hyper.attention.clustering import kmeans_clusters
 
 
 def _scores(x, centroids, factor, bias):
@@ -66,21 +66,12 @@ def _separated_keys(n=400, dim=16, groups=12, seed=2):
 def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch):
     k = _separated_keys()
     skip = torch.tensor([3, 0])
-    plain = kmeans_clusters(k, 12, 3, skip)
-    plain_two = two_level_clusters(k, 4, 3, 3, skip)
+    want_centroids, want_assign, want_counts = kmeans_clusters(k, 12, 3, skip)
     monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
-    fused = kmeans_clusters(k, 12, 3, skip)
-    fused_two = two_level_clusters(k, 4, 3, 3, skip)
-    for got, want in ((fused, plain), (fused_two, plain_two)):
-        if isinstance(got, tuple):
-            centroids, assign, counts = got
-            want_centroids, want_assign, want_counts = want
-        else:
-            centroids, assign, counts = got.centroids, got.assign, got.counts
-            want_centroids, want_assign, want_counts = want.centroids, want.assign, want.counts
-        assert torch.equal(assign, want_assign)
-        torch.testing.assert_close(counts, want_counts)
-        torch.testing.assert_close(centroids, want_centroids, rtol=1e-5, atol=1e-5)
+    centroids, assign, counts = kmeans_clusters(k, 12, 3, skip)
+    assert torch.equal(assign, want_assign)
+    torch.testing.assert_close(counts, want_counts)
+    torch.testing.assert_close(centroids, want_centroids, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu
