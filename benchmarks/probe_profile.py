@@ -50,16 +50,20 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_split(fn) -> dict[str, float]:
-    """CUDA milliseconds of one call of fn by kernel kind."""
+def profile_split(fn) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
+    """CUDA milliseconds of one call of fn by kernel kind, and (ms, launches) by kernel
+    name."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     split: dict[str, float] = defaultdict(float)
+    by_name: dict[str, list] = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             split[kind_of(event.name)] += event.device_time / 1000
-    return dict(split)
+            by_name[event.name[:90]][0] += event.device_time / 1000
+            by_name[event.name[:90]][1] += 1
+    return dict(split), {name: tuple(v) for name, v in by_name.items()}
 
 
 def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> list[dict]:
@@ -78,19 +82,24 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
         "probes": HyperAttentionConfig(kmeans_iters=args.kmeans_iters, cluster_probes=args.probes),
     }
     rows = []
-    for name, config in settings.items():
+    for name in args.settings:
+        config = settings[name]
 
         def call(config=config):
             with torch.no_grad():
                 return hyper_attention(q, k, v, causal=True, config=config)
 
         timing = time_cuda(call, warmup=1, repeats=3)
-        split = profile_split(call)
+        split, by_name = profile_split(call)
         cells = " | ".join(f"{split.get(kind, 0.0):.1f}" for kind in kinds)
         ratio = cudnn.ms / timing.ms
         print(f"| {n} | {dim} | {name} | {timing.ms:.1f} | {ratio:.3f} | {cells} |", flush=True)
         rows.append(dict(n=n, dim=dim, setting=name, ms=timing.ms, cudnn_ms=cudnn.ms,
                          peak_gib=timing.peak_gib, split_ms=split))  # fmt: skip
+        top = sorted(by_name.items(), key=lambda item: -item[1][0])[: args.top]
+        rows[-1]["top_kernels"] = [dict(name=t, ms=ms, launches=c) for t, (ms, c) in top]
+        for kernel, (ms, launches) in top:
+            print(f"    {ms:8.2f} ms {launches:6d}x  {kernel}")
     return rows
 
 
@@ -101,6 +110,11 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--probes", type=int, default=16)
     p.add_argument("--kmeans-iters", type=int, default=4)
+    p.add_argument(
+        "--settings", nargs="+", default=["LSH blocks", "k-means blocks", "probes"],
+        choices=["LSH blocks", "k-means blocks", "probes"],
+    )  # fmt: skip
+    p.add_argument("--top", type=int, default=0, help="also list the N costliest kernels")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
