@@ -27,6 +27,8 @@ from .lsh import angular_lsh_rank, rank_dtype
 # Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
 # in row chunks of at most this many elements, so clustering adds little to the peak.
 CHUNK_ELEMENTS = 2**25
+# Keys per cluster that Lloyd's iterations fit the centroids on (`kmeans_clusters`).
+FIT_KEYS_PER_CLUSTER = 32
 
 
 def kmeans_ranks(
@@ -68,7 +70,11 @@ def kmeans_clusters(
     """Lloyd's k-means of each problem's keys k [z, nk, d] into min(clusters, nk)
     clusters, from evenly spaced keys -> (centroids [z, c, d] float32, each key's cluster
     [z, nk] int64, member counts [z, c] float32). skip_keys [z] (or None): leading keys
-    of each problem left out of the centroids and counts (they still get a cluster)."""
+    of each problem left out of the centroids and counts (they still get a cluster).
+
+    The iterations fit the centroids on every s-th key, s chosen so that about
+    FIT_KEYS_PER_CLUSTER keys per cluster remain (all keys where there are fewer); the
+    final assignment and the counts take every key."""
     z, n_key, dim = k.shape
     clusters = min(clusters, n_key)
     skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
@@ -78,23 +84,29 @@ def kmeans_clusters(
     # evenly spaced keys after the skipped ones as the first centroids: no random
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
     start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-    return kmeans_from(k, start, weight, iterations)
+    return kmeans_from(
+        k, start, weight, iterations, max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
+    )
 
 
 def kmeans_from(
-    k: Tensor, start: Tensor, weight: Tensor, iterations: int
+    k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lloyd's k-means of k [z, n, d] from the keys at positions start [z, c], each key
-    weighing weight [z, n] (0: left out of the centroids and counts, still assigned)
-    -> (centroids [z, c, d] float32, assignments [z, n] int64, counts [z, c] float32)."""
+    weighing weight [z, n] (0: left out of the centroids and counts, still assigned),
+    the iterations over every fit_stride-th key -> (centroids [z, c, d] float32,
+    assignments [z, n] int64, counts [z, c] float32)."""
     dim = k.shape[-1]
     centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
+    fit, fit_weight = k[:, ::fit_stride], weight[..., ::fit_stride]
     for _ in range(iterations):
-        if kernels_can_cluster(k):
-            assign = _nearest(k, centroids)
-            sums, counts = fused_kmeans.cluster_sums(k, assign, weight, centroids.shape[1])
+        if kernels_can_cluster(fit):
+            assign = _nearest(fit, centroids)
+            sums, counts = fused_kmeans.cluster_sums(
+                fit, assign, fit_weight.expand(fit.shape[:2]), centroids.shape[1]
+            )
         else:
-            sums, counts = _cluster_sums(k, centroids, weight)
+            sums, counts = _cluster_sums(fit, centroids, fit_weight)
         # an emptied cluster keeps its centroid
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids

@@ -115,3 +115,23 @@ def test_clustered_blocks_beat_lsh_blocks_where_matches_are_by_inner_product(cau
         errors[iters] = relative_error_to_v(out, exact, v)
     # measured: 0.62x non-causal, 0.45x causal
     assert errors[4] < 0.8 * errors[0], errors
+
+
+def test_fitting_on_every_sth_key_clusters_about_as_well_as_a_full_fit(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    centre = 10 * torch.randn(2, 12, 16, generator=gen)
+    member = torch.randint(12, (2, 2000), generator=gen)
+    k = torch.gather(centre, 1, member[..., None].expand(-1, -1, 16))
+    k = k + 0.1 * torch.randn(2, 2000, 16, generator=gen)
+    skip = torch.tensor([4, 0])
+
+    def spread(centroids, assign):
+        return (k - torch.gather(centroids, 1, assign[..., None].expand(-1, -1, 16))).pow(2).sum()
+
+    fitted = clustering.kmeans_clusters(k, 12, 3, skip)  # 2000 // (32 * 12): every 5th key
+    monkeypatch.setattr(clustering, "FIT_KEYS_PER_CLUSTER", 10**9)
+    full = clustering.kmeans_clusters(k, 12, 3, skip)
+    assert not torch.equal(fitted[0], full[0])  # the fit did see fewer keys
+    assert spread(*fitted[:2]) < 1.05 * spread(*full[:2])
+    # every key is assigned and counted, the skipped ones excepted
+    assert fitted[2].sum(-1).tolist() == [1996, 2000]

@@ -11,7 +11,10 @@ from ..planning import block_id_dtype
 from .support import FUSED_DTYPES, MAX_HEAD_DIM, triton_available
 from .tuning import padded_width
 
-BEST_TILE = (64, 64)  # (BLOCK_M rows, BLOCK_C centroids) of the best-centroid kernel
+# (BLOCK_M rows, BLOCK_C centroids, num_warps) of the best-centroid kernel: every
+# program reads all centroids, so tall row tiles keep that traffic small
+BEST_TILE = (128, 64, 8)
+BEST_TILE_IEEE = (64, 32, 4)
 SUMS_BLOCK_N = 64  # rows per step of the cluster-sums kernel
 
 
@@ -38,11 +41,12 @@ def best_centroid(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> 
     z, n_rows, dim = x.shape
     n_centroids = centroids.shape[1]
     out = torch.empty(z, n_rows, dtype=torch.int64, device=x.device)
-    block_m, block_c = BEST_TILE
+    ieee = x.dtype == torch.float32
+    block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
     best_centroid_kernel[(-(-n_rows // block_m), z)](
-        x, centroids.float().contiguous(), bias.float().contiguous(), out, n_rows,
+        x, centroids.to(x.dtype).contiguous(), bias.float().contiguous(), out, n_rows,
         n_centroids, x.stride(0), x.stride(1), factor, D=dim, D_PAD=padded_width(dim),
-        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=x.dtype == torch.float32, num_warps=4,
+        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, num_warps=warps,
     )  # fmt: skip
     return out
 

@@ -18,7 +18,8 @@ def best_centroid_kernel(
     IEEE: tl.constexpr,
 ):  # fmt: skip
     """Out[z, r] = argmax_c factor * X[z, r] . C[z, c] + Bias[z, c] (the first on ties):
-    X rows of D elements at the given strides, C [z, c, D] and Bias [z, c] float32."""
+    X rows of D elements at the given strides, C [z, c, D] in X's dtype, Bias [z, c]
+    float32."""
     zp = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
@@ -34,7 +35,7 @@ def best_centroid_kernel(
         c_ptrs = C + (zp * n_centroids + cols[None, :]) * D + offs_d[:, None]
         c = tl.load(c_ptrs, mask=c_ok[None, :] & d_ok[:, None], other=0.0)
         bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
-        s = factor * tile_scores(x, c.to(x.dtype), IEEE) + bias[None, :]
+        s = factor * tile_scores(x, c, IEEE) + bias[None, :]
         s = tl.where(c_ok[None, :], s, float("-inf"))
         block_best = tl.max(s, 1)
         block_index = tl.argmax(s, 1) + c0
