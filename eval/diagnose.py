@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import hf_hyper
+from hf_hyper.attention import check_diagnosable
 
 from .cache import ResultLog, run_key
 from .common import (
@@ -250,6 +251,10 @@ def run(args: argparse.Namespace) -> Path:
     if args.ppl_windows < 1:
         raise JobError(f"--ppl-windows must be at least 1; got {args.ppl_windows}")
     config = hyper_config(args)
+    try:  # before the model loads: a refusal should not cost its loading time
+        check_diagnosable(config)
+    except ValueError as err:
+        raise JobError(str(err)) from err
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)

@@ -12,7 +12,7 @@ from .api import (
     hyper_attention_with_lse,
 )
 from .blockwise import attention_with_lse, merge_by_lse
-from .diagnostics import AttentionDiagnostics, attention_diagnostics
+from .diagnostics import AttentionDiagnostics, attention_diagnostics, check_diagnosable
 from .fused import clear_cuda_graphs, cuda_graph_stats
 from .lsh import angular_lsh_rank, gray_code_rank
 from .masks import future_key_mask
@@ -23,6 +23,7 @@ __all__ = [
     "AttentionDiagnostics",
     "angular_lsh_rank",
     "attention_diagnostics",
+    "check_diagnosable",
     "attention_with_lse",
     "clear_cuda_graphs",
     "cuda_graph_stats",

@@ -165,7 +165,8 @@ def _causal_region(
     return ExactRegion(True, n_query, n_key, base, out, False, device, n_sink, config.window)
 
 
-def _refuse_probes(config: HyperAttentionConfig) -> None:
+def check_diagnosable(config: HyperAttentionConfig) -> None:
+    """Raise ValueError, naming the fix, for a config the diagnostics cannot model."""
     if config.cluster_probes:
         raise ValueError(
             "attention diagnostics do not model cluster_probes (each query's exact keys "
@@ -182,7 +183,7 @@ def call_region(
     short enough to run exact is exact everywhere. With k-means buckets the blocks are
     those its problems cluster (scale: the call's, default 1/sqrt(d))."""
     n_query, n_key = qz.shape[2], kz.shape[1]
-    _refuse_probes(config)
+    check_diagnosable(config)
     short = n_query <= config.exact_query_len(causal) or (
         not causal and n_key <= config.min_seq_len
     )
@@ -275,7 +276,7 @@ def attention_diagnostics(
     Scores run in float32 or better, `SCORE_BUDGET` elements at a time.
     """
     config = config or HyperAttentionConfig()
-    _refuse_probes(config)
+    check_diagnosable(config)
     check_inputs(q, k, v, causal)
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(

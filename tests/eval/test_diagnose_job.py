@@ -94,6 +94,18 @@ def test_generous_budget_takes_every_layer_and_plain_run_has_no_search(checkpoin
     assert [r["layer"] for r in plain["rows"]] == [2, 3] and "recommendation" not in plain
 
 
+def test_probes_are_refused_before_the_model_loads(checkpoint, tmp_path, capsys, monkeypatch):
+    from hf_hyper.eval import diagnose
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(diagnose, "load_model", no_loading)
+    argv = ["diagnose", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    assert cli.main([*argv, "--kmeans-iters", "2", "--cluster-probes", "2"]) == 2
+    assert "do not model cluster_probes" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     base = ["diagnose", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
     assert cli.main([*base, "--ppl-budget", "-1"]) == 2
