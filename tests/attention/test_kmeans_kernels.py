@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_hyper.attention import clustering
-from hf_hyper.attention.clustering import kmeans_clusters
+from hf_hyper.attention.clustering import kmeans_clusters, kmeans_ranks
 
 
 def _scores(x, centroids, factor, bias):
@@ -63,8 +63,9 @@ def _separated_keys(n=400, dim=16, groups=12, seed=2):
 
 
 @pytest.mark.interpreter
-def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch):
-    k = _separated_keys()
+@pytest.mark.parametrize("n", [400, 2000])  # 2000: the fit takes every 5th key, a strided view
+def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch, n):
+    k = _separated_keys(n=n)
     skip = torch.tensor([3, 0])
     want_centroids, want_assign, want_counts = kmeans_clusters(k, 12, 3, skip)
     monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
@@ -90,3 +91,17 @@ def test_best_centroid_on_a_gpu_picks_a_best_score_within_rounding(dtype):
     bound = 2.0 * x.double().norm(dim=-1) * centroids.double().norm(dim=-1).amax(-1)[:, None]
     assert (scores.amax(-1) - chosen <= 2 * eps * bound + 1e-6).all()
     assert (got >= 0).all() and (got < 300).all() and (got != 3).all()
+
+
+@pytest.mark.interpreter
+def test_kmeans_ranks_through_the_kernels_match_the_torch_ops(monkeypatch):
+    k = _separated_keys(n=600)
+    gen = torch.Generator().manual_seed(5)
+    # queries near the keys' centres, grouped two per key head, as GQA reaches them
+    q = k[:, None, ::3].repeat(1, 2, 1, 1) + 0.1 * torch.randn(2, 2, 200, 16, generator=gen)
+    planes = torch.randn(16, 4, generator=gen)
+    skip = torch.tensor([2, 2])
+    want = kmeans_ranks(q, k, 4, 3, 0.25, planes, skip)
+    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    got = kmeans_ranks(q, k, 4, 3, 0.25, planes, skip)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
