@@ -84,12 +84,10 @@ def kmeans_clusters(
     # evenly spaced keys after the skipped ones as the first centroids: no random
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
     start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-    return kmeans_from(
-        k, start, weight, iterations, max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
-    )
+    return _lloyd(k, start, weight, iterations, max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters)))
 
 
-def kmeans_from(
+def _lloyd(
     k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lloyd's k-means of k [z, n, d] from the keys at positions start [z, c], each key
@@ -102,9 +100,7 @@ def kmeans_from(
     for _ in range(iterations):
         if kernels_can_cluster(fit):
             assign = _nearest(fit, centroids)
-            sums, counts = fused_kmeans.cluster_sums(
-                fit, assign, fit_weight.expand(fit.shape[:2]), centroids.shape[1]
-            )
+            sums, counts = fused_kmeans.cluster_sums(fit, assign, fit_weight, centroids.shape[1])
         else:
             sums, counts = _cluster_sums(fit, centroids, fit_weight)
         # an emptied cluster keeps its centroid
@@ -112,6 +108,7 @@ def kmeans_from(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
         )
     assign = _nearest(k, centroids)
+    # atomic float adds, but of 0/1 weights: exact, so the same on every run
     counts = torch.zeros(weight.shape[0], centroids.shape[1], device=k.device)
     return centroids, assign, counts.scatter_add_(1, assign, weight)
 
