@@ -1,15 +1,18 @@
 """One window of held-out text through a real checkpoint, for the benchmarks that study
 its captured attention inputs (`large_entry_oracle.py`, `bucket_finders.py`,
-`residual_estimators.py`), and the first causal cut's rectangles they measure on."""
+`residual_estimators.py`, `kmeans_fit.py`), the first causal cut's rectangles they
+measure on, and the per-layer error table of HyperAttention settings there."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 
 
 def add_window_arguments(p: argparse.ArgumentParser, length: int) -> None:
@@ -58,3 +61,50 @@ def cut_rectangles(q, k, v, scale: float, rows: int) -> Iterator[Rectangle]:
         scores = qz @ kz.T * scale
         v_sq = vz.pow(2).sum().item() * g * qz.shape[1] / half
         yield Rectangle(qz, kz, vz, scores, torch.softmax(scores, -1) @ vz, v_sq)
+
+
+def first_cut_errors(q, k, v, scale: float, settings: dict[str, Callable[[int], object]],
+                     seeds: int) -> dict[str, float]:  # fmt: skip
+    """||O - O*||_F / ||V||_F of non-causal HyperAttention on the first cut's rectangle
+    (the second half's queries against the first half's keys, float64) for each
+    setting, the mean over `seeds` seeds: settings[name](seed) gives the config (and may
+    set what a config does not hold)."""
+    half = q.shape[2] // 2
+    q, k, v = q[:, :, half:].double(), k[:, :, :half].double(), v[:, :, :half].double()
+    g = q.shape[1] // k.shape[1]
+    k_full, v_full = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    exact = torch.softmax(q @ k_full.transpose(-1, -2) * scale, -1) @ v_full
+    errors = {}
+    for name, config_of in settings.items():
+        total = 0.0
+        for seed in range(seeds):
+            out = hyper_attention(q, k, v, causal=False, scale=scale, config=config_of(seed))
+            total += ((out - exact).norm() / v_full.norm()).item()
+        errors[name] = total / seeds
+    return errors
+
+
+def rectangle_config(seed: int, **fields) -> HyperAttentionConfig:
+    """A config for one rectangle: the recursion serves it with blocks and sample at any
+    size (min_seq_len 8), in torch ops."""
+    return HyperAttentionConfig(seed=seed, backend="torch", min_seq_len=8, **fields)
+
+
+def print_error_table(
+    args: argparse.Namespace, columns: list[str], errors_of, seeds: int, caption: str = ""
+) -> None:
+    """Run the window through the model and print one row per captured layer of
+    errors_of(q, k, v, scale) -> {column: error}."""
+    model, ids = model_and_window(args)
+    print(f"{args.model} {args.gguf_file or ''}, {ids.shape[1]} tokens, {seeds} seeds")
+    if caption:
+        print(f"\n{caption}")
+    print("\n| layer | " + " | ".join(columns) + " |")
+    print("|---" * (1 + len(columns)) + "|")
+
+    def report(layer, q, k, v, *, causal, scale):
+        errors = errors_of(q, k, v, scale)
+        print(f"| {layer} | " + " | ".join(f"{e:.4f}" for e in errors.values()) + " |", flush=True)
+
+    with torch.no_grad(), capture_attention(model, report, layers=args.layers):
+        model(ids)

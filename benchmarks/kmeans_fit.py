@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from captured_window import add_window_arguments, model_and_window
+from captured_window import (
+    add_window_arguments,
+    first_cut_errors,
+    print_error_table,
+    rectangle_config,
+)
 
-from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 from hf_hyper.attention import clustering
 
 FIT_SIZES = {"all": 10**9, "32": 32, "16": 16, "8": 8, "4": 4}
@@ -27,39 +30,25 @@ SEEDS = 3
 
 def rectangle_errors(q, k, v, scale: float) -> dict[str, float]:
     """Error of each fit size on the first cut's rectangle, in float64."""
-    half = q.shape[2] // 2
-    q, k, v = q[:, :, half:].double(), k[:, :, :half].double(), v[:, :, :half].double()
-    g = q.shape[1] // k.shape[1]
-    k_full, v_full = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    exact = torch.softmax(q @ k_full.transpose(-1, -2) * scale, -1) @ v_full
-    errors = {}
-    for name, per_cluster in FIT_SIZES.items():
-        clustering.FIT_KEYS_PER_CLUSTER = per_cluster
-        total = 0.0
-        for seed in range(SEEDS):
-            config = HyperAttentionConfig(seed=seed, backend="torch", min_seq_len=8, kmeans_iters=4)
-            out = hyper_attention(q, k, v, causal=False, scale=scale, config=config)
-            total += ((out - exact).norm() / v_full.norm()).item()
-        errors[name] = total / SEEDS
-    return errors
+
+    def fitted_on(per_cluster: int):
+        def config_of(seed: int):
+            clustering.FIT_KEYS_PER_CLUSTER = per_cluster  # read when the call clusters
+            return rectangle_config(seed, kmeans_iters=4)
+
+        return config_of
+
+    settings = {name: fitted_on(size) for name, size in FIT_SIZES.items()}
+    return first_cut_errors(q, k, v, scale, settings, SEEDS)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_window_arguments(p, length=8192)
     args = p.parse_args()
-    model, ids = model_and_window(args)
-    print(f"{args.model} {args.gguf_file or ''}, {ids.shape[1]} tokens, {SEEDS} seeds")
-    print("\nkeys per cluster in the fit:\n")
-    print("| layer | " + " | ".join(FIT_SIZES) + " |")
-    print("|---" * (1 + len(FIT_SIZES)) + "|")
-
-    def report(layer, q, k, v, *, causal, scale):
-        errors = rectangle_errors(q, k, v, scale)
-        print(f"| {layer} | " + " | ".join(f"{e:.4f}" for e in errors.values()) + " |", flush=True)
-
-    with torch.no_grad(), capture_attention(model, report, layers=args.layers):
-        model(ids)
+    print_error_table(
+        args, list(FIT_SIZES), rectangle_errors, SEEDS, "keys per cluster in the fit:"
+    )
 
 
 if __name__ == "__main__":
