@@ -7,7 +7,7 @@ timed whole (median of 3), then once under torch.profiler with the CUDA time of 
 kernels summed by kind:
 
 - `probe kernels`: the probes' Triton segment and sample kernels;
-- `k-means kernels`: the best-centroid and cluster-sum kernels;
+- `k-means kernels`: the best-centroid and Lloyd-update kernels;
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
 
@@ -30,7 +30,7 @@ from hf_hyper.eval.timing import environment, time_cuda
 
 KINDS = [
     ("probe kernels", ("segment_kernel", "probe_sample_kernel")),
-    ("k-means kernels", ("best_centroid", "cluster_sums")),
+    ("k-means kernels", ("best_centroid", "lloyd_update")),
     (
         "HyperAttention kernels",
         ("block_sample", "dense_kernel", "lsh_rank", "query_block", "histogram", "bucket_scatter"),

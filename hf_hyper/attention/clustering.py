@@ -99,10 +99,9 @@ def _lloyd(
     fit, fit_weight = k[:, ::fit_stride], weight[..., ::fit_stride]
     for _ in range(iterations):
         if kernels_can_cluster(fit):
-            assign = _nearest(fit, centroids)
-            sums, counts = fused_kmeans.cluster_sums(fit, assign, fit_weight, centroids.shape[1])
-        else:
-            sums, counts = _cluster_sums(fit, centroids, fit_weight)
+            centroids = fused_kmeans.lloyd_step(fit, centroids, fit_weight)
+            continue
+        sums, counts = _cluster_sums(fit, centroids, fit_weight)
         # an emptied cluster keeps its centroid
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
@@ -134,6 +133,8 @@ def _best(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
 
 def _nearest(keys: Tensor, centroids: Tensor) -> Tensor:
     """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]."""
+    if kernels_can_cluster(keys):
+        return fused_kmeans.best_centroid(keys, centroids)
     # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
     return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1))
 

@@ -1,5 +1,5 @@
-"""Launchers of the k-means kernels (`kernels.kmeans`): each row's best centroid and
-each cluster's weighted sum, for `clustering` on CUDA inputs (no autograd: the
+"""Launchers of the k-means kernels (`kernels.kmeans`): each row's best (or nearest)
+centroid and one Lloyd iteration, for `clustering` on CUDA inputs (no autograd: the
 clustering is a plan, not part of the output's graph)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .tuning import padded_width
 # program reads all centroids, so tall row tiles keep that traffic small
 BEST_TILE = (128, 64, 8)
 BEST_TILE_IEEE = (64, 32, 4)
-SUMS_BLOCK_N = 64  # rows per step of the cluster-sums kernel
+SUMS_BLOCK_N = 64  # rows per step of the Lloyd-update kernel
 
 
 def kernels_can_cluster(x: Tensor) -> bool:
@@ -31,10 +31,13 @@ def _rows_view(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def best_centroid(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
+def best_centroid(
+    x: Tensor, centroids: Tensor, factor: float = 2.0, bias: Tensor | None = None
+) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d]
-    (float32), bias [z, c] -> [z, n] int64. 16-bit x meets the centroids rounded to its
-    dtype (tensor-core dots); float32 x exact dots."""
+    (float32), bias [z, c] -> [z, n] int64; bias None: each row's nearest centroid (as
+    factor 2, bias -|c|^2). 16-bit x meets the centroids rounded to its dtype
+    (tensor-core dots, and the norms of the rounded centroids); float32 x exact dots."""
     from ..kernels.kmeans import best_centroid_kernel
 
     x = _rows_view(x)
@@ -43,33 +46,34 @@ def best_centroid(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> 
     out = torch.empty(z, n_rows, dtype=torch.int64, device=x.device)
     ieee = x.dtype == torch.float32
     block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
+    nearest = bias is None
+    bias = centroids if nearest else bias.float().contiguous()  # not read when nearest
     best_centroid_kernel[(-(-n_rows // block_m), z)](
-        x, centroids.to(x.dtype).contiguous(), bias.float().contiguous(), out, n_rows,
-        n_centroids, x.stride(0), x.stride(1), factor, D=dim, D_PAD=padded_width(dim),
-        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, num_warps=warps,
+        x, centroids.to(x.dtype).contiguous(), bias, out, n_rows, n_centroids, x.stride(0),
+        x.stride(1), factor, D=dim, D_PAD=padded_width(dim), BLOCK_M=block_m,
+        BLOCK_C=block_c, IEEE=ieee, NEAREST=nearest, num_warps=warps,
     )  # fmt: skip
     return out
 
 
-def cluster_sums(
-    x: Tensor, assign: Tensor, weight: Tensor, n_clusters: int
-) -> tuple[Tensor, Tensor]:
-    """Weighted sum and weight of the rows of each cluster: x [z, n, d], assign [z, n]
-    (each row's cluster), weight [z, n] float32 -> (sums [z, c, d], counts [z, c]),
-    float32 and the same on every run."""
-    from ..kernels.kmeans import cluster_sums_kernel
+def lloyd_step(x: Tensor, centroids: Tensor, weight: Tensor) -> Tensor:
+    """One of Lloyd's iterations: each row of x [z, n, d] to its nearest centroid, then
+    each centroid [z, c, d] (float32) to the weighted mean of its rows (weight [z, n];
+    a cluster whose rows weigh nothing keeps its centroid) -> new centroids, float32 and
+    the same on every run."""
+    from ..kernels.kmeans import lloyd_update_kernel
 
     x = _rows_view(x)
     z, n_rows, dim = x.shape
-    _, order = torch.sort(assign.to(block_id_dtype(n_clusters)), dim=-1, stable=True)
-    members = torch.zeros(z, n_clusters, dtype=torch.int64, device=x.device)
-    members.scatter_add_(1, assign, torch.ones_like(assign))  # integer adds: exact
-    starts = torch.nn.functional.pad(members.cumsum(dim=1), (1, 0))
-    sums = torch.empty(z, n_clusters, dim, dtype=torch.float32, device=x.device)
-    counts = torch.empty(z, n_clusters, dtype=torch.float32, device=x.device)
-    cluster_sums_kernel[(n_clusters, z)](
-        x, order.contiguous(), starts, weight.float().contiguous(), sums, counts, n_rows,
-        n_clusters, x.stride(0), x.stride(1), D=dim, D_PAD=padded_width(dim),
+    n_clusters = centroids.shape[1]
+    assign = best_centroid(x, centroids)
+    sorted_assign, order = torch.sort(assign.to(block_id_dtype(n_clusters)), dim=-1, stable=True)
+    weight = weight.float()
+    new = torch.empty_like(centroids)
+    lloyd_update_kernel[(n_clusters, z)](
+        x, sorted_assign, order, weight, centroids.contiguous(), new, n_rows, n_clusters,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        max(1, n_rows.bit_length() + 1), D=dim, D_PAD=padded_width(dim),
         BLOCK_N=SUMS_BLOCK_N, num_warps=4,
     )  # fmt: skip
-    return sums, counts
+    return new
