@@ -49,19 +49,17 @@ def kmeans_ranks(
     """
     with torch.no_grad():
         z, _, dim = k.shape
-        centroids, assign, counts = kmeans_clusters(k, 2**num_projs, iterations, skip_keys)
-        clusters = centroids.shape[1]
-        # relabel clusters in the Gray order of their centroids' LSH buckets
+        centroids, weight = fit_centroids(k, 2**num_projs, iterations, skip_keys)
+        # renumber the clusters in the Gray order of their centroids' LSH buckets, so a
+        # cluster's index is its rank and the choices below are written as ranks
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
-        label = torch.empty_like(order).scatter_(
-            1, order, torch.arange(clusters, device=k.device).expand(z, clusters)
-        )
-        # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
-        grouped = q.reshape(z, -1, dim)
-        q_cluster = _best(grouped, centroids, scale, counts.log()).view(q.shape[:3])
+        centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, dim))
         dtype = rank_dtype(num_projs)
-        q_rank = torch.gather(label[:, None].expand(-1, q.shape[1], -1), 2, q_cluster)
-        return q_rank.to(dtype), torch.gather(label, 1, assign).to(dtype)
+        k_rank = _nearest(k, centroids, dtype)
+        counts = _member_counts(k_rank, weight, centroids.shape[1])
+        # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
+        q_rank = _best(q.reshape(z, -1, dim), centroids, scale, counts.log(), dtype)
+        return q_rank.view(q.shape[:3]), k_rank
 
 
 def kmeans_clusters(
@@ -75,7 +73,17 @@ def kmeans_clusters(
     The iterations fit the centroids on every s-th key, s chosen so that about
     FIT_KEYS_PER_CLUSTER keys per cluster remain (all keys where there are fewer); the
     final assignment and the counts take every key."""
-    z, n_key, dim = k.shape
+    centroids, weight = fit_centroids(k, clusters, iterations, skip_keys)
+    assign = _nearest(k, centroids)
+    return centroids, assign, _member_counts(assign, weight, centroids.shape[1])
+
+
+def fit_centroids(
+    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The centroids of `kmeans_clusters` -> (centroids [z, c, d] float32, each key's
+    weight [z, nk] float32: 0 for the skipped keys, 1 for the rest)."""
+    z, n_key, _ = k.shape
     clusters = min(clusters, n_key)
     skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
     if skip_keys is not None:
@@ -84,16 +92,14 @@ def kmeans_clusters(
     # evenly spaced keys after the skipped ones as the first centroids: no random
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
     start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-    return _lloyd(k, start, weight, iterations, max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters)))
+    fit_stride = max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
+    return _lloyd(k, start, weight, iterations, fit_stride), weight
 
 
-def _lloyd(
-    k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride: int = 1
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Lloyd's k-means of k [z, n, d] from the keys at positions start [z, c], each key
-    weighing weight [z, n] (0: left out of the centroids and counts, still assigned),
-    the iterations over every fit_stride-th key -> (centroids [z, c, d] float32,
-    assignments [z, n] int64, counts [z, c] float32)."""
+def _lloyd(k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride: int) -> Tensor:
+    """Lloyd's iterations on k [z, n, d] over every fit_stride-th key from the keys at
+    positions start [z, c], each key weighing weight [z, n] (0: left out of the
+    centroids) -> centroids [z, c, d] float32."""
     dim = k.shape[-1]
     centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
     fit, fit_weight = k[:, ::fit_stride], weight[..., ::fit_stride]
@@ -106,23 +112,30 @@ def _lloyd(
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
         )
-    assign = _nearest(k, centroids)
+    return centroids
+
+
+def _member_counts(assign: Tensor, weight: Tensor, clusters: int) -> Tensor:
+    """Weighted member count of each cluster [z, c] float32 from each key's cluster
+    assign [z, n] (any integer type) and weight [z, n]."""
+    counts = torch.zeros(weight.shape[0], clusters, device=weight.device)
     # atomic float adds, but of 0/1 weights: exact, so the same on every run
-    counts = torch.zeros(weight.shape[0], centroids.shape[1], device=k.device)
-    return centroids, assign, counts.scatter_add_(1, assign, weight)
+    return counts.scatter_add_(1, assign.long(), weight)
 
 
 def _rows_per_chunk(x: Tensor, clusters: int) -> int:
     return max(1, CHUNK_ELEMENTS // (x.shape[0] * max(clusters, x.shape[-1])))
 
 
-def _best(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
+def _best(
+    x: Tensor, centroids: Tensor, factor: float, bias: Tensor, dtype: torch.dtype = torch.int64
+) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d] (float32),
-    bias [z, c] -> [z, n] int64 (in the k-means kernels where they serve x)."""
+    bias [z, c] -> [z, n] of the integer dtype (in the k-means kernels where they serve x)."""
     if kernels_can_cluster(x):
-        return fused_kmeans.best_centroid(x, centroids, factor, bias)
+        return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype)
     z, n, _ = x.shape
-    best = torch.empty(z, n, dtype=torch.int64, device=x.device)
+    best = torch.empty(z, n, dtype=dtype, device=x.device)
     rows = _rows_per_chunk(x, centroids.shape[1])
     transposed = centroids.transpose(-1, -2)
     for first in range(0, n, rows):
@@ -131,12 +144,13 @@ def _best(x: Tensor, centroids: Tensor, factor: float, bias: Tensor) -> Tensor:
     return best
 
 
-def _nearest(keys: Tensor, centroids: Tensor) -> Tensor:
-    """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]."""
+def _nearest(keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
+    """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]
+    of the integer dtype."""
     if kernels_can_cluster(keys):
-        return fused_kmeans.best_centroid(keys, centroids)
+        return fused_kmeans.best_centroid(keys, centroids, dtype=dtype)
     # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
-    return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1))
+    return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1), dtype)
 
 
 def _cluster_sums(keys: Tensor, centroids: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:

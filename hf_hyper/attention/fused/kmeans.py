@@ -32,10 +32,14 @@ def _rows_view(x: Tensor) -> Tensor:
 
 
 def best_centroid(
-    x: Tensor, centroids: Tensor, factor: float = 2.0, bias: Tensor | None = None
+    x: Tensor,
+    centroids: Tensor,
+    factor: float = 2.0,
+    bias: Tensor | None = None,
+    dtype: torch.dtype = torch.int64,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d]
-    (float32), bias [z, c] -> [z, n] int64; bias None: each row's nearest centroid (as
+    (float32), bias [z, c] -> [z, n] of the integer dtype (one that holds c); bias None: each row's nearest centroid (as
     factor 2, bias -|c|^2). 16-bit x meets the centroids rounded to its dtype
     (tensor-core dots, and the norms of the rounded centroids); float32 x exact dots."""
     from ..kernels.kmeans import best_centroid_kernel
@@ -43,7 +47,7 @@ def best_centroid(
     x = _rows_view(x)
     z, n_rows, dim = x.shape
     n_centroids = centroids.shape[1]
-    out = torch.empty(z, n_rows, dtype=torch.int64, device=x.device)
+    out = torch.empty(z, n_rows, dtype=dtype, device=x.device)
     ieee = x.dtype == torch.float32
     block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
     nearest = bias is None
@@ -66,8 +70,8 @@ def lloyd_step(x: Tensor, centroids: Tensor, weight: Tensor) -> Tensor:
     x = _rows_view(x)
     z, n_rows, dim = x.shape
     n_clusters = centroids.shape[1]
-    assign = best_centroid(x, centroids)
-    sorted_assign, order = torch.sort(assign.to(block_id_dtype(n_clusters)), dim=-1, stable=True)
+    assign = best_centroid(x, centroids, dtype=block_id_dtype(n_clusters))
+    sorted_assign, order = torch.sort(assign, dim=-1, stable=True)
     weight = weight.float()
     new = torch.empty_like(centroids)
     lloyd_update_kernel[(n_clusters, z)](

@@ -19,7 +19,7 @@ def best_centroid_kernel(
 ):  # fmt: skip
     """Out[z, r] = argmax_c factor * X[z, r] . C[z, c] + Bias[z, c] (the first on ties):
     X rows of D elements at the given strides, C [z, c, D] in X's dtype, Bias [z, c]
-    float32. NEAREST: the nearest centroid instead (factor 2, bias -|c|^2, from C as
+    float32; Out of an integer type. NEAREST: the nearest centroid instead (factor 2, bias -|c|^2, from C as
     stored; Bias is not read)."""
     zp = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -48,7 +48,7 @@ def best_centroid_kernel(
         better = block_best > best
         best_index = tl.where(better, block_index, best_index)
         best = tl.where(better, block_best, best)
-    tl.store(Out + zp * n_rows + rows, best_index.to(tl.int64), mask=row_ok)
+    tl.store(Out + zp * n_rows + rows, best_index.to(Out.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
