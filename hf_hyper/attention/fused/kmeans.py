@@ -39,9 +39,10 @@ def best_centroid(
     dtype: torch.dtype = torch.int64,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d]
-    (float32), bias [z, c] -> [z, n] of the integer dtype (one that holds c); bias None: each row's nearest centroid (as
-    factor 2, bias -|c|^2). 16-bit x meets the centroids rounded to its dtype
-    (tensor-core dots, and the norms of the rounded centroids); float32 x exact dots."""
+    (float32), bias [z, c] -> [z, n] of the integer dtype (one that holds c); bias
+    None: each row's nearest centroid (as factor 2, bias -|c|^2). 16-bit x meets the
+    centroids rounded to its dtype (tensor-core dots, and the norms of the rounded
+    centroids); float32 x exact dots."""
     from ..kernels.kmeans import best_centroid_kernel
 
     x = _rows_view(x)

@@ -19,8 +19,8 @@ def best_centroid_kernel(
 ):  # fmt: skip
     """Out[z, r] = argmax_c factor * X[z, r] . C[z, c] + Bias[z, c] (the first on ties):
     X rows of D elements at the given strides, C [z, c, D] in X's dtype, Bias [z, c]
-    float32; Out of an integer type. NEAREST: the nearest centroid instead (factor 2, bias -|c|^2, from C as
-    stored; Bias is not read)."""
+    float32; Out of an integer type. NEAREST: the nearest centroid instead (factor 2,
+    bias -|c|^2, from C as stored; Bias is not read)."""
     zp = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
