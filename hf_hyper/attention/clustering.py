@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .fused import kmeans as fused_kmeans
+from .fused.bucket_sort import bucket_histogram, bucket_totals
 from .fused.kmeans import kernels_can_cluster
 from .lsh import angular_lsh_rank, rank_dtype
 
@@ -40,26 +41,28 @@ def kmeans_ranks(
     planes: Tensor,
     skip_keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Bucket ranks of queries q [z, g, nq, d] and keys k [z, nk, d] from 2**num_projs
-    k-means clusters of each problem's keys -> ([z, g, nq], [z, nk]) in rank_dtype.
+    """Bucket ranks of queries q [zp, g, nq, d] (or a [z, p, g, nq, d] view, problem
+    zp = z * p + p_i, as a causal level's queries are) and keys k [zp, nk, d] from
+    2**num_projs k-means clusters of each problem's keys -> ([zp, g, nq], [zp, nk]) in
+    rank_dtype.
 
-    planes [d, r]: hyperplanes that order the clusters. skip_keys [z] (or None): leading
+    planes [d, r]: hyperplanes that order the clusters. skip_keys [zp] (or None): leading
     keys of each problem that take no part in the clustering (the sinks, attended
     exactly elsewhere); they still get a rank, the nearest cluster's.
     """
     with torch.no_grad():
-        z, _, dim = k.shape
-        centroids, weight = fit_centroids(k, 2**num_projs, iterations, skip_keys)
+        zp, _, dim = k.shape
+        centroids = fit_centroids(k, 2**num_projs, iterations, skip_keys)
         # renumber the clusters in the Gray order of their centroids' LSH buckets, so a
         # cluster's index is its rank and the choices below are written as ranks
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, dim))
         dtype = rank_dtype(num_projs)
         k_rank = _nearest(k, centroids, dtype)
-        counts = _member_counts(k_rank, weight, centroids.shape[1])
+        counts = _member_counts(k_rank, skip_keys, centroids.shape[1])
         # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
-        q_rank = _best(q.reshape(z, -1, dim), centroids, scale, counts.log(), dtype)
-        return q_rank.view(q.shape[:3]), k_rank
+        q_rank = _best(q, centroids, scale, counts.log(), dtype)
+        return q_rank.view(zp, q.shape[-3], q.shape[-2]), k_rank
 
 
 def kmeans_clusters(
@@ -73,41 +76,34 @@ def kmeans_clusters(
     The iterations fit the centroids on every s-th key, s chosen so that about
     FIT_KEYS_PER_CLUSTER keys per cluster remain (all keys where there are fewer); the
     final assignment and the counts take every key."""
-    centroids, weight = fit_centroids(k, clusters, iterations, skip_keys)
+    centroids = fit_centroids(k, clusters, iterations, skip_keys)
     assign = _nearest(k, centroids)
-    return centroids, assign, _member_counts(assign, weight, centroids.shape[1])
+    return centroids, assign, _member_counts(assign, skip_keys, centroids.shape[1])
 
 
 def fit_centroids(
     k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """The centroids of `kmeans_clusters` -> (centroids [z, c, d] float32, each key's
-    weight [z, nk] float32: 0 for the skipped keys, 1 for the rest)."""
-    z, n_key, _ = k.shape
+) -> Tensor:
+    """The centroids of `kmeans_clusters`: [z, c, d] float32."""
+    z, n_key, dim = k.shape
     clusters = min(clusters, n_key)
-    skip = torch.zeros(z, 1, dtype=torch.int64, device=k.device)
+    skip = torch.zeros(z, dtype=torch.int64, device=k.device)
     if skip_keys is not None:
-        skip = skip_keys.to(device=k.device, dtype=torch.int64)[:, None]
-    weight = (torch.arange(n_key, device=k.device) >= skip).float()
+        skip = skip_keys.to(device=k.device, dtype=torch.int64)
     # evenly spaced keys after the skipped ones as the first centroids: no random
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
-    start = skip + torch.arange(clusters, device=k.device) * (n_key - skip) // clusters
-    fit_stride = max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
-    return _lloyd(k, start, weight, iterations, fit_stride), weight
-
-
-def _lloyd(k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride: int) -> Tensor:
-    """Lloyd's iterations on k [z, n, d] over every fit_stride-th key from the keys at
-    positions start [z, c], each key weighing weight [z, n] (0: left out of the
-    centroids) -> centroids [z, c, d] float32."""
-    dim = k.shape[-1]
+    spacing = torch.arange(clusters, device=k.device) * (n_key - skip[:, None])
+    start = skip[:, None] + spacing // clusters
     centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
-    fit, fit_weight = k[:, ::fit_stride], weight[..., ::fit_stride]
+    stride = max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
+    fit = k[:, ::stride]
+    first_fit_row = (skip + stride - 1) // stride  # fit row i is key i * stride
     for _ in range(iterations):
         if kernels_can_cluster(fit):
-            centroids = fused_kmeans.lloyd_step(fit, centroids, fit_weight)
+            fused_kmeans.lloyd_step_(fit, centroids, first_fit_row)
             continue
-        sums, counts = _cluster_sums(fit, centroids, fit_weight)
+        weight = (torch.arange(fit.shape[1], device=k.device) >= first_fit_row[:, None]).float()
+        sums, counts = _cluster_sums(fit, centroids, weight)
         # an emptied cluster keeps its centroid
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
@@ -115,12 +111,17 @@ def _lloyd(k: Tensor, start: Tensor, weight: Tensor, iterations: int, fit_stride
     return centroids
 
 
-def _member_counts(assign: Tensor, weight: Tensor, clusters: int) -> Tensor:
-    """Weighted member count of each cluster [z, c] float32 from each key's cluster
-    assign [z, n] (any integer type) and weight [z, n]."""
-    counts = torch.zeros(weight.shape[0], clusters, device=weight.device)
-    # atomic float adds, but of 0/1 weights: exact, so the same on every run
-    return counts.scatter_add_(1, assign.long(), weight)
+def _member_counts(assign: Tensor, skip_keys: Tensor | None, clusters: int) -> Tensor:
+    """Member count of each cluster [z, c] float32 from each key's cluster assign [z, n]
+    (any integer type), the leading skip_keys [z] keys (or none) left out."""
+    # integer counts: the same on every run, and no int64 copy of assign; the
+    # left-out keys are counted in an extra cluster, dropped (no host sync)
+    if skip_keys is not None:
+        skip = skip_keys.to(device=assign.device)[:, None]
+        kept = torch.arange(assign.shape[1], device=assign.device) >= skip
+        assign = assign.masked_fill(~kept, clusters)
+    counts = bucket_totals(bucket_histogram(assign, clusters + 1), clusters + 1)
+    return counts[:, :clusters].float()
 
 
 def _rows_per_chunk(x: Tensor, clusters: int) -> int:
@@ -130,18 +131,21 @@ def _rows_per_chunk(x: Tensor, clusters: int) -> int:
 def _best(
     x: Tensor, centroids: Tensor, factor: float, bias: Tensor, dtype: torch.dtype = torch.int64
 ) -> Tensor:
-    """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d] (float32),
-    bias [z, c] -> [z, n] of the integer dtype (in the k-means kernels where they serve x)."""
+    """argmax over clusters of factor * x.c + bias: x rows [zp, n, d], [zp, g, n, d] or
+    [z, p, g, n, d] (`fused.kmeans.problem_rows`), centroids [zp, c, d] (float32), bias
+    [zp, c] -> x.shape[:-1] of the integer dtype (in the k-means kernels where they
+    serve x)."""
     if kernels_can_cluster(x):
         return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype)
-    z, n, _ = x.shape
-    best = torch.empty(z, n, dtype=dtype, device=x.device)
-    rows = _rows_per_chunk(x, centroids.shape[1])
+    flat = x.reshape(centroids.shape[0], -1, x.shape[-1])
+    n = flat.shape[1]
+    best = torch.empty(flat.shape[:2], dtype=dtype, device=x.device)
+    rows = _rows_per_chunk(flat, centroids.shape[1])
     transposed = centroids.transpose(-1, -2)
     for first in range(0, n, rows):
-        part = x[:, first : first + rows].float()
+        part = flat[:, first : first + rows].float()
         best[:, first : first + rows] = (factor * (part @ transposed) + bias[:, None]).argmax(-1)
-    return best
+    return best.view(x.shape[:-1])
 
 
 def _nearest(keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
@@ -187,7 +191,8 @@ class KeyClustering:
         return cls(planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale)
 
     def ranks(self, q: Tensor, k: Tensor, skip_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """`kmeans_ranks` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
+        """`kmeans_ranks` of one batch of problems: q [zp, g, nq, d] or a causal level's
+        [z, p, g, nq, d] view, k [zp, nk, d]."""
         hd = self.hash_dims
         return kmeans_ranks(
             q[..., :hd], k[..., :hd], self.num_projs, self.iterations, self.scale,

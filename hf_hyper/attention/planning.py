@@ -184,14 +184,27 @@ def causal_levels(n: int, min_seq_len: int) -> tuple[int, int, list[CausalLevel]
     return padded_n, base, [CausalLevel(padded_n >> i, 2 ** (i - 1)) for i in range(1, levels + 1)]
 
 
+def level_queries(q: Tensor, level: CausalLevel) -> Tensor:
+    """One level's queries from the padded square, q [z, g, N, d] -> the second halves
+    as a view [z, pairs, g, size, d] (problem (z, pair) has the query heads g)."""
+    z, g, _, dim = q.shape
+    return q.view(z, g, level.pairs, 2, level.size, dim)[:, :, :, 1].transpose(1, 2)
+
+
 def level_problems(q: Tensor, k: Tensor, level: CausalLevel) -> tuple[Tensor, Tensor]:
     """One level's problems from the padded square: q [z, g, N, d], k [z, N, d] ->
-    second-half queries [z*pairs, g, size, d] and first-half keys [z*pairs, size, d],
-    ordered (z, pair)."""
+    second-half queries [z*pairs, g, size, d] (a copy where g > 1) and first-half keys
+    [z*pairs, size, d] (a view), ordered (z, pair)."""
     z, g, _, dim = q.shape
-    size, pairs = level.size, level.pairs
-    q_low = q.view(z, g, pairs, 2, size, dim)[:, :, :, 1].transpose(1, 2)
-    return q_low.reshape(z * pairs, g, size, dim), k.view(z * pairs, 2, size, dim)[:, 0]
+    q_low = level_queries(q, level).reshape(z * level.pairs, g, level.size, dim)
+    return q_low, level_keys(k, level)
+
+
+def level_keys(k: Tensor, level: CausalLevel) -> Tensor:
+    """One level's keys from the padded square, k [z, N, d] -> the first halves as a
+    view [z*pairs, size, d], ordered (z, pair)."""
+    z, _, dim = k.shape
+    return k.view(z * level.pairs, 2, level.size, dim)[:, 0]
 
 
 def level_sinks(z: int, level: CausalLevel, n_sink: int, device) -> Tensor:

@@ -40,8 +40,8 @@ def test_best_centroid_matches_the_argmax(c):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("n", [1, 37, 300])
-def test_lloyd_step_moves_each_centroid_to_its_rows_weighted_mean(n):
-    from hf_hyper.attention.fused.kmeans import best_centroid, lloyd_step
+def test_lloyd_step_moves_each_centroid_to_its_rows_mean_in_place(n):
+    from hf_hyper.attention.fused.kmeans import best_centroid, lloyd_step_
 
     gen = torch.Generator().manual_seed(1)
     centroids = 5 * torch.randn(2, 10, 33, generator=gen)
@@ -52,16 +52,38 @@ def test_lloyd_step_moves_each_centroid_to_its_rows_weighted_mean(n):
     wide = torch.zeros(2, n, 40)
     wide[..., :33] = x
     x = wide[..., :33]  # a column slice, as hash_dims
-    weight = (torch.rand(2, n, generator=gen) > 0.2).float()
+    first_row = torch.tensor([min(3, n), 0])  # problem 0's first rows take no part
     assign = best_centroid(x, centroids)
     want_assign = (2 * x @ centroids.transpose(-1, -2) - centroids.pow(2).sum(-1)[:, None]).argmax(
         -1
     )
     assert torch.equal(assign, want_assign)
+    weight = (torch.arange(n) >= first_row[:, None]).float()
     member = torch.nn.functional.one_hot(want_assign, 10).float() * weight[..., None]
     sums, counts = member.transpose(-1, -2) @ x, member.sum(1)
     want = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids)
-    torch.testing.assert_close(lloyd_step(x, centroids, weight), want, rtol=1e-5, atol=1e-5)
+    got = centroids.clone()
+    assert lloyd_step_(x, got, first_row) is got
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_best_centroid_reads_a_causal_levels_queries_in_place():
+    from hf_hyper.attention.fused.kmeans import best_centroid
+    from hf_hyper.attention.planning import CausalLevel, level_problems, level_queries
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 64, 16, generator=gen)  # [z, g, N, d]: 3 query heads per key head
+    level = CausalLevel(size=16, pairs=2)
+    centroids = torch.randn(4, 5, 16, generator=gen)  # one set per (z, pair) problem
+    bias = torch.randn(4, 5, generator=gen)
+    view = level_queries(q, level)
+    assert view.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()  # no copy
+    got = best_centroid(view, centroids, 0.5, bias)
+    merged = level_problems(q, q[:, 0].contiguous(), level)[0]  # [z*pairs, g, size, d], copied
+    assert torch.equal(got.reshape(4, 3, 16), best_centroid(merged, centroids, 0.5, bias))
+    scores = 0.5 * merged.reshape(4, 48, 16) @ centroids.transpose(-1, -2) + bias[:, None]
+    assert torch.equal(got.reshape(4, 48), scores.argmax(-1))
 
 
 def _separated_keys(n=400, dim=16, groups=12, seed=2):

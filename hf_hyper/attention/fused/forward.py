@@ -22,7 +22,14 @@ from ...config import HyperAttentionConfig
 from ..clustering import KeyClustering
 from ..numerics import LOG2E
 from ..padding import pad_end, pad_rows
-from ..planning import Randomness, causal_levels, level_problems, level_ranks, level_sinks
+from ..planning import (
+    Randomness,
+    causal_levels,
+    level_keys,
+    level_queries,
+    level_ranks,
+    level_sinks,
+)
 from . import tuning
 from .cudnn import cudnn_attention_usable, cudnn_forward, diagonal_block_view
 from .hashing import lsh_rank
@@ -451,8 +458,10 @@ class Problem:
             if cluster is None:
                 q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
             else:
-                problems = level_problems(*self.grouped(), level)
-                q_rank_l, k_rank_l = cluster.ranks(*problems, sink_keys)
+                # the level's queries as a view: the clustering reads them in place
+                q_all, k_all = self.grouped()
+                q_low, k_low = level_queries(q_all, level), level_keys(k_all, level)
+                q_rank_l, k_rank_l = cluster.ranks(q_low, k_low, sink_keys)
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
                 band=band,

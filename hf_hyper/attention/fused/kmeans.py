@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..planning import block_id_dtype
+from .bucket_sort import stable_bucket_argsort
 from .support import FUSED_DTYPES, MAX_HEAD_DIM, triton_available
 from .tuning import padded_width
 
@@ -15,7 +16,7 @@ from .tuning import padded_width
 # program reads all centroids, so tall row tiles keep that traffic small
 BEST_TILE = (128, 64, 8)
 BEST_TILE_IEEE = (64, 32, 4)
-SUMS_BLOCK_N = 64  # rows per step of the Lloyd-update kernel
+UPDATE_BLOCK_N = 64  # rows per step of the Lloyd-update kernel
 
 
 def kernels_can_cluster(x: Tensor) -> bool:
@@ -26,9 +27,14 @@ def kernels_can_cluster(x: Tensor) -> bool:
     )  # fmt: skip
 
 
-def _rows_view(x: Tensor) -> Tensor:
-    """x [z, n, d] with unit stride along d (a view if it has one already)."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+def problem_rows(x: Tensor) -> Tensor:
+    """Rows x [zp, n, d], [zp, g, n, d] or [z, p, g, n, d] as a [z, p, g, n, d] view
+    with unit stride along d (copied only if it has none): problem zp = z * p + p_i has
+    the centroids, its g groups of n rows each take them."""
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    if x.dim() == 3:
+        return x[:, None, None]
+    return x[:, None] if x.dim() == 4 else x
 
 
 def best_centroid(
@@ -38,47 +44,47 @@ def best_centroid(
     bias: Tensor | None = None,
     dtype: torch.dtype = torch.int64,
 ) -> Tensor:
-    """argmax over clusters of factor * x.c + bias: x [z, n, d], centroids [z, c, d]
-    (float32), bias [z, c] -> [z, n] of the integer dtype (one that holds c); bias
-    None: each row's nearest centroid (as factor 2, bias -|c|^2). 16-bit x meets the
-    centroids rounded to its dtype (tensor-core dots, and the norms of the rounded
-    centroids); float32 x exact dots."""
+    """argmax over clusters of factor * x.c + bias: x rows as `problem_rows` takes them,
+    centroids [zp, c, d] (float32), bias [zp, c] -> x.shape[:-1] of the integer dtype
+    (one that holds c); bias None: each row's nearest centroid (as factor 2, bias
+    -|c|^2). 16-bit x meets the centroids rounded to its dtype (tensor-core dots, and
+    the norms of the rounded centroids); float32 x exact dots."""
     from ..kernels.kmeans import best_centroid_kernel
 
-    x = _rows_view(x)
-    z, n_rows, dim = x.shape
+    rows = problem_rows(x)
+    z, pairs, groups, n_rows, dim = rows.shape
     n_centroids = centroids.shape[1]
-    out = torch.empty(z, n_rows, dtype=dtype, device=x.device)
+    if centroids.shape[0] != z * pairs:
+        raise ValueError(f"centroids for {centroids.shape[0]} problems, rows for {z * pairs}")
+    out = torch.empty(rows.shape[:-1], dtype=dtype, device=x.device)
     ieee = x.dtype == torch.float32
     block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
     nearest = bias is None
+    centroids = centroids.float().contiguous()
     bias = centroids if nearest else bias.float().contiguous()  # not read when nearest
-    best_centroid_kernel[(-(-n_rows // block_m), z)](
-        x, centroids.to(x.dtype).contiguous(), bias, out, n_rows, n_centroids, x.stride(0),
-        x.stride(1), factor, D=dim, D_PAD=padded_width(dim), BLOCK_M=block_m,
-        BLOCK_C=block_c, IEEE=ieee, NEAREST=nearest, num_warps=warps,
+    s_z, s_p, s_g, s_row = rows.stride()[:4]
+    best_centroid_kernel[(z * pairs * groups, -(-n_rows // block_m))](
+        rows, centroids, bias, out, n_rows, n_centroids, pairs, groups, s_z, s_p, s_g, s_row,
+        factor, D=dim, D_PAD=padded_width(dim), BLOCK_M=block_m, BLOCK_C=block_c,
+        IEEE=ieee, NEAREST=nearest, num_warps=warps,
     )  # fmt: skip
-    return out
+    return out.view(x.shape[:-1])
 
 
-def lloyd_step(x: Tensor, centroids: Tensor, weight: Tensor) -> Tensor:
-    """One of Lloyd's iterations: each row of x [z, n, d] to its nearest centroid, then
-    each centroid [z, c, d] (float32) to the weighted mean of its rows (weight [z, n];
-    a cluster whose rows weigh nothing keeps its centroid) -> new centroids, float32 and
-    the same on every run."""
+def lloyd_step_(x: Tensor, centroids: Tensor, first_row: Tensor) -> Tensor:
+    """One of Lloyd's iterations, in place: each row of x [z, n, d] to its nearest
+    centroid, then each centroid of centroids [z, c, d] (float32, contiguous) to the
+    mean of its rows; rows before first_row[z] (integers) take no part, and a cluster
+    with no rows keeps its centroid. The same on every run. Returns centroids."""
     from ..kernels.kmeans import lloyd_update_kernel
 
-    x = _rows_view(x)
+    x = problem_rows(x)[:, 0, 0]
     z, n_rows, dim = x.shape
     n_clusters = centroids.shape[1]
     assign = best_centroid(x, centroids, dtype=block_id_dtype(n_clusters))
-    sorted_assign, order = torch.sort(assign, dim=-1, stable=True)
-    weight = weight.float()
-    new = torch.empty_like(centroids)
+    order, starts = stable_bucket_argsort(assign, n_clusters)
     lloyd_update_kernel[(n_clusters, z)](
-        x, sorted_assign, order, weight, centroids.contiguous(), new, n_rows, n_clusters,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        max(1, n_rows.bit_length() + 1), D=dim, D_PAD=padded_width(dim),
-        BLOCK_N=SUMS_BLOCK_N, num_warps=4,
+        x, order, starts, first_row.contiguous(), centroids, n_rows, n_clusters, x.stride(0),
+        x.stride(1), D=dim, D_PAD=padded_width(dim), BLOCK_N=UPDATE_BLOCK_N, num_warps=4,
     )  # fmt: skip
-    return new
+    return centroids
