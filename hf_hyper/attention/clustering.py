@@ -56,12 +56,11 @@ def kmeans_ranks(
         # renumber the clusters in the Gray order of their centroids' LSH buckets, so a
         # cluster's index is its rank and the choices below are written as ranks
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
-        centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, dim))
         dtype = rank_dtype(num_projs)
-        k_rank = _nearest(k, centroids, dtype)
+        k_rank = _nearest(k, centroids, dtype, order)
         counts = _member_counts(k_rank, skip_keys, centroids.shape[1])
         # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
-        q_rank = _best(q, centroids, scale, counts.log(), dtype)
+        q_rank = _best(q, centroids, scale, counts.log(), dtype, order)
         return q_rank.view(zp, q.shape[-3], q.shape[-2]), k_rank
 
 
@@ -129,14 +128,21 @@ def _rows_per_chunk(x: Tensor, clusters: int) -> int:
 
 
 def _best(
-    x: Tensor, centroids: Tensor, factor: float, bias: Tensor, dtype: torch.dtype = torch.int64
+    x: Tensor,
+    centroids: Tensor,
+    factor: float,
+    bias: Tensor,
+    dtype: torch.dtype = torch.int64,
+    order: Tensor | None = None,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x rows [zp, n, d], [zp, g, n, d] or
     [z, p, g, n, d] (`fused.kmeans.problem_rows`), centroids [zp, c, d] (float32), bias
     [zp, c] -> x.shape[:-1] of the integer dtype (in the k-means kernels where they
-    serve x)."""
+    serve x). order [zp, c] (or None): index j stands for centroid order[:, j]."""
     if kernels_can_cluster(x):
-        return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype)
+        return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype, order)
+    if order is not None:
+        centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, x.shape[-1]))
     flat = x.reshape(centroids.shape[0], -1, x.shape[-1])
     n = flat.shape[1]
     best = torch.empty(flat.shape[:2], dtype=dtype, device=x.device)
@@ -148,11 +154,15 @@ def _best(
     return best.view(x.shape[:-1])
 
 
-def _nearest(keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
+def _nearest(
+    keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64, order: Tensor | None = None
+) -> Tensor:
     """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]
-    of the integer dtype."""
+    of the integer dtype (index j: centroid order[:, j] where order is given)."""
     if kernels_can_cluster(keys):
-        return fused_kmeans.best_centroid(keys, centroids, dtype=dtype)
+        return fused_kmeans.best_centroid(keys, centroids, dtype=dtype, order=order)
+    if order is not None:
+        centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, keys.shape[-1]))
     # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
     return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1), dtype)
 

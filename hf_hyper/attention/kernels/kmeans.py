@@ -13,17 +13,19 @@ from .forward import tile_scores
 
 @triton.jit
 def best_centroid_kernel(
-    X, C, Bias, Out, n_rows, n_centroids, pairs, groups, x_stride_z, x_stride_p,
+    X, C, Bias, Order, Out, n_rows, n_centroids, pairs, groups, x_stride_z, x_stride_p,
     x_stride_g, x_stride_row, factor,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    IEEE: tl.constexpr, NEAREST: tl.constexpr,
+    IEEE: tl.constexpr, NEAREST: tl.constexpr, ORDERED: tl.constexpr,
 ):  # fmt: skip
     """Out[r, i] = argmax_c factor * x_i . C[zp, c] + Bias[zp, c] (the first on ties) for
     the rows i of row problem r = (z, p, g), flattened (z * pairs + p) * groups + g, at
     X + z x_stride_z + p x_stride_p + g x_stride_g + i x_stride_row; its centroids are
     those of problem zp = z * pairs + p: C [zp, c, D] float32, met in X's dtype; Bias
     [zp, c] float32; Out of an integer type. NEAREST: the nearest centroid instead
-    (factor 2, bias -|c|^2 of the centroid in X's dtype; Bias is not read)."""
+    (factor 2, bias -|c|^2 of the centroid in X's dtype; Bias is not read). ORDERED:
+    index j stands for centroid Order[zp, j] (Bias is in that order already), so a
+    renumbering of the centroids needs no copy of them."""
     row_problem = tl.program_id(0).to(tl.int64)
     zp = row_problem // groups
     z, p, g = zp // pairs, zp % pairs, row_problem % groups
@@ -39,7 +41,10 @@ def best_centroid_kernel(
     for c0 in range(0, n_centroids, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         c_ok = cols < n_centroids
-        c_ptrs = C + (zp * n_centroids + cols[None, :]) * D + offs_d[:, None]
+        source = cols
+        if ORDERED:
+            source = tl.load(Order + zp * n_centroids + cols, mask=c_ok, other=0)
+        c_ptrs = C + (zp * n_centroids + source[None, :]) * D + offs_d[:, None]
         c = tl.load(c_ptrs, mask=c_ok[None, :] & d_ok[:, None], other=0.0)
         c = c.to(X.dtype.element_ty)
         if NEAREST:
