@@ -170,13 +170,16 @@ def test_cuda_graph_max_len_is_validated():
 
 # --- on a GPU: real graphs against eager fused calls ---------------------------------
 
-# (causal, n_query, n_key, q heads, kv heads, head_dim, dtype, window): cuDNN's diagonal
-# (MHA, bf16), the Triton dense one (GQA, fp32), a cached prefix, padding, non-causal
+# (causal, n_query, n_key, q heads, kv heads, head_dim, dtype, window, kmeans_iters):
+# cuDNN's diagonal (MHA, bf16), the Triton dense one (GQA, fp32), a cached prefix,
+# padding, non-causal; k-means buckets with GQA levels and with a prefix
 GPU_GRAPH_CASES = [
-    (True, 4096, 4096, 4, 4, 64, torch.bfloat16, 0),
-    (True, 3000, 3000, 4, 2, 64, torch.float32, 16),
-    (True, 2500, 4000, 4, 2, 128, torch.bfloat16, 0),
-    (False, 3000, 3500, 4, 1, 64, torch.float16, 0),
+    (True, 4096, 4096, 4, 4, 64, torch.bfloat16, 0, 0),
+    (True, 3000, 3000, 4, 2, 64, torch.float32, 16, 0),
+    (True, 2500, 4000, 4, 2, 128, torch.bfloat16, 0, 0),
+    (False, 3000, 3500, 4, 1, 64, torch.float16, 0, 0),
+    (True, 4096, 4096, 4, 2, 64, torch.bfloat16, 0, 4),
+    (True, 2500, 4000, 4, 1, 128, torch.float16, 0, 2),
 ]
 GPU_CONFIG = HyperAttentionConfig(block_size=64, sample_size=64, min_seq_len=512)
 
@@ -185,9 +188,10 @@ GPU_CONFIG = HyperAttentionConfig(block_size=64, sample_size=64, min_seq_len=512
 @pytest.mark.parametrize("case", GPU_GRAPH_CASES, ids=str)
 @pytest.mark.parametrize("seeded", [True, False])
 def test_graph_replays_equal_eager_fused_calls_bit_for_bit(case, seeded):
-    causal, n_query, n_key, hq, hk, dim, dtype, window = case
+    causal, n_query, n_key, hq, hk, dim, dtype, window, iterations = case
+    settings = {"local_window": window, "kmeans_iters": iterations}
     graphs = HyperAttentionConfig(
-        **{**GPU_CONFIG.to_dict(), "local_window": window, "seed": 0 if seeded else None}
+        **{**GPU_CONFIG.to_dict(), **settings, "seed": 0 if seeded else None}
     )
     eager = HyperAttentionConfig(**{**graphs.to_dict(), "cuda_graph_max_len": 0})
     clear_cuda_graphs()
