@@ -57,8 +57,7 @@ def kmeans_ranks(
         # cluster's index is its rank and the choices below are written as ranks
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
         dtype = rank_dtype(num_projs)
-        k_rank = _nearest(k, centroids, dtype, order)
-        counts = _member_counts(k_rank, skip_keys, centroids.shape[1])
+        k_rank, counts = _nearest_with_counts(k, centroids, skip_keys, dtype, order)
         # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
         q_rank = _best(q, centroids, scale, counts.log(), dtype, order)
         return q_rank.view(zp, q.shape[-3], q.shape[-2]), k_rank
@@ -76,8 +75,7 @@ def kmeans_clusters(
     FIT_KEYS_PER_CLUSTER keys per cluster remain (all keys where there are fewer); the
     final assignment and the counts take every key."""
     centroids = fit_centroids(k, clusters, iterations, skip_keys)
-    assign = _nearest(k, centroids)
-    return centroids, assign, _member_counts(assign, skip_keys, centroids.shape[1])
+    return centroids, *_nearest_with_counts(k, centroids, skip_keys)
 
 
 def fit_centroids(
@@ -108,6 +106,29 @@ def fit_centroids(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
         )
     return centroids
+
+
+def _nearest_with_counts(
+    k: Tensor,
+    centroids: Tensor,
+    skip_keys: Tensor | None,
+    dtype: torch.dtype = torch.int64,
+    order: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Each key's nearest centroid (`_nearest`) and each cluster's member count [z, c]
+    float32, the leading skip_keys [z] keys (or none) left out of the counts."""
+    if not kernels_can_cluster(k):
+        assign = _nearest(k, centroids, dtype, order)
+        return assign, _member_counts(assign, skip_keys, centroids.shape[1])
+    z = k.shape[0]
+    counts = torch.zeros(z, centroids.shape[1], dtype=torch.int32, device=k.device)
+    first_row = torch.zeros(z, dtype=torch.int64, device=k.device)
+    if skip_keys is not None:
+        first_row = skip_keys.to(device=k.device, dtype=torch.int64)
+    assign = fused_kmeans.best_centroid(
+        k, centroids, dtype=dtype, order=order, counts=counts, first_row=first_row
+    )
+    return assign, counts.float()
 
 
 def _member_counts(assign: Tensor, skip_keys: Tensor | None, clusters: int) -> Tensor:

@@ -44,13 +44,17 @@ def best_centroid(
     bias: Tensor | None = None,
     dtype: torch.dtype = torch.int64,
     order: Tensor | None = None,
+    counts: Tensor | None = None,
+    first_row: Tensor | None = None,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x rows as `problem_rows` takes them,
     centroids [zp, c, d] (float32), bias [zp, c] -> x.shape[:-1] of the integer dtype
     (one that holds c); bias None: each row's nearest centroid (as factor 2, bias
     -|c|^2). 16-bit x meets the centroids rounded to its dtype (tensor-core dots, and
     the norms of the rounded centroids); float32 x exact dots. order [zp, c] (or None):
-    index j stands for centroid order[:, j], as if centroids were gathered by it."""
+    index j stands for centroid order[:, j], as if centroids were gathered by it.
+    counts [zp, c] int32 (or None): each row at or after first_row[zp] adds 1 to its
+    problem's count of the index chosen for it (the same on every run)."""
     from ..kernels.kmeans import best_centroid_kernel
 
     rows = problem_rows(x)
@@ -66,11 +70,16 @@ def best_centroid(
     bias = centroids if nearest else bias.float().contiguous()  # not read when nearest
     ordered = order is not None
     order = order.contiguous() if ordered else out  # not read unless ordered
+    count = counts is not None
+    if count and (counts.dtype != torch.int32 or not counts.is_contiguous()):
+        raise ValueError("counts must be a contiguous int32 tensor")
+    counts, first_row = (counts, first_row.contiguous()) if count else (out, out)
     s_z, s_p, s_g, s_row = rows.stride()[:4]
     best_centroid_kernel[(z * pairs * groups, -(-n_rows // block_m))](
-        rows, centroids, bias, order, out, n_rows, n_centroids, pairs, groups, s_z, s_p, s_g, s_row,
-        factor, D=dim, D_PAD=padded_width(dim), BLOCK_M=block_m, BLOCK_C=block_c,
-        IEEE=ieee, NEAREST=nearest, ORDERED=ordered, num_warps=warps,
+        rows, centroids, bias, order, out, counts, first_row, n_rows, n_centroids, pairs,
+        groups, s_z, s_p, s_g, s_row, factor, D=dim, D_PAD=padded_width(dim),
+        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, NEAREST=nearest, ORDERED=ordered,
+        COUNT=count, num_warps=warps,
     )  # fmt: skip
     return out.view(x.shape[:-1])
 

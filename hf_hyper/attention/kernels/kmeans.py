@@ -13,10 +13,10 @@ from .forward import tile_scores
 
 @triton.jit
 def best_centroid_kernel(
-    X, C, Bias, Order, Out, n_rows, n_centroids, pairs, groups, x_stride_z, x_stride_p,
-    x_stride_g, x_stride_row, factor,
+    X, C, Bias, Order, Out, Counts, FirstRow, n_rows, n_centroids, pairs, groups,
+    x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    IEEE: tl.constexpr, NEAREST: tl.constexpr, ORDERED: tl.constexpr,
+    IEEE: tl.constexpr, NEAREST: tl.constexpr, ORDERED: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
     """Out[r, i] = argmax_c factor * x_i . C[zp, c] + Bias[zp, c] (the first on ties) for
     the rows i of row problem r = (z, p, g), flattened (z * pairs + p) * groups + g, at
@@ -25,7 +25,9 @@ def best_centroid_kernel(
     [zp, c] float32; Out of an integer type. NEAREST: the nearest centroid instead
     (factor 2, bias -|c|^2 of the centroid in X's dtype; Bias is not read). ORDERED:
     index j stands for centroid Order[zp, j] (Bias is in that order already), so a
-    renumbering of the centroids needs no copy of them."""
+    renumbering of the centroids needs no copy of them. COUNT: each row i >=
+    FirstRow[zp] also adds 1 to Counts[zp, Out[r, i]] (int32; integer atomics, so the
+    same counts on every run)."""
     row_problem = tl.program_id(0).to(tl.int64)
     zp = row_problem // groups
     z, p, g = zp // pairs, zp % pairs, row_problem % groups
@@ -61,6 +63,9 @@ def best_centroid_kernel(
         best_index = tl.where(better, block_index, best_index)
         best = tl.where(better, block_best, best)
     tl.store(Out + row_problem * n_rows + rows, best_index.to(Out.dtype.element_ty), mask=row_ok)
+    if COUNT:
+        counted = row_ok & (rows >= tl.load(FirstRow + zp))
+        tl.atomic_add(Counts + zp * n_centroids + best_index, 1, mask=counted)
 
 
 @triton.jit
