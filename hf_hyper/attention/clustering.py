@@ -51,7 +51,7 @@ def kmeans_ranks(
     exactly elsewhere); they still get a rank, the nearest cluster's.
     """
     with torch.no_grad():
-        zp, _, dim = k.shape
+        zp = k.shape[0]
         centroids = fit_centroids(k, 2**num_projs, iterations, skip_keys)
         # renumber the clusters in the Gray order of their centroids' LSH buckets, so a
         # cluster's index is its rank and the choices below are written as ranks
@@ -134,8 +134,8 @@ def _nearest_with_counts(
 def _member_counts(assign: Tensor, skip_keys: Tensor | None, clusters: int) -> Tensor:
     """Member count of each cluster [z, c] float32 from each key's cluster assign [z, n]
     (any integer type), the leading skip_keys [z] keys (or none) left out."""
-    # integer counts: the same on every run, and no int64 copy of assign; the
-    # left-out keys are counted in an extra cluster, dropped (no host sync)
+    # integer counts, the same on every run; the left-out keys are counted in an extra
+    # cluster and dropped, which needs no host sync for their number
     if skip_keys is not None:
         skip = skip_keys.to(device=assign.device)[:, None]
         kept = torch.arange(assign.shape[1], device=assign.device) >= skip
