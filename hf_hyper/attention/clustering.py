@@ -28,6 +28,8 @@ from .lsh import angular_lsh_rank, rank_dtype
 # Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
 # in row chunks of at most this many elements, so clustering adds little to the peak.
 CHUNK_ELEMENTS = 2**25
+# Elements of the first centroids gathered at once (`fit_centroids`).
+INIT_CHUNK_ELEMENTS = 2**21
 # Keys per cluster that Lloyd's iterations fit the centroids on (`kmeans_clusters`).
 FIT_KEYS_PER_CLUSTER = 32
 
@@ -91,7 +93,13 @@ def fit_centroids(
     # draw, so the random stream (hyperplanes, samples) is the same as with LSH buckets
     spacing = torch.arange(clusters, device=k.device) * (n_key - skip[:, None])
     start = skip[:, None] + spacing // clusters
-    centroids = torch.gather(k, 1, start[..., None].expand(-1, -1, dim)).float()
+    centroids = torch.empty(z, clusters, dim, dtype=torch.float32, device=k.device)
+    # gathered a few problems at a time: deep causal levels hold hundreds of problems,
+    # and the whole gather in k's dtype beside its float32 copy was a call's peak
+    step = max(1, INIT_CHUNK_ELEMENTS // (clusters * dim))
+    for first in range(0, z, step):
+        index = start[first : first + step, :, None].expand(-1, -1, dim)
+        centroids[first : first + step] = torch.gather(k[first : first + step], 1, index)
     stride = max(1, n_key // (FIT_KEYS_PER_CLUSTER * clusters))
     fit = k[:, ::stride]
     first_fit_row = (skip + stride - 1) // stride  # fit row i is key i * stride

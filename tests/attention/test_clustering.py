@@ -58,13 +58,15 @@ def test_skipped_keys_take_no_part_in_the_clustering():
         assert chosen.numel() and (chosen == group).all()
 
 
-def test_row_chunks_give_the_same_ranks(monkeypatch):
+def test_row_and_problem_chunks_give_the_same_ranks(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(3, 2, 500, 16, generator=gen), torch.randn(3, 500, 16, generator=gen)
     planes = torch.randn(16, 5, generator=gen)
     args = (q, k, 5, 3, 0.25, planes, torch.tensor([2, 0, 0]))
     whole = kmeans_ranks(*args)
     monkeypatch.setattr(clustering, "CHUNK_ELEMENTS", 1000)  # 10 rows a chunk
+    # first centroids two problems at a time (32 clusters of 16 values each)
+    monkeypatch.setattr(clustering, "INIT_CHUNK_ELEMENTS", 2 * 32 * 16)
     chunked = kmeans_ranks(*args)
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
 
