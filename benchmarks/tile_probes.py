@@ -1,0 +1,164 @@
+"""Cluster probes chosen per query tile instead of per query, on a real model's
+attention inputs: how much of the per-query probes' accuracy survives when a tile of T
+queries shares its exact clusters (which is what lets an attention kernel use large
+tiles).
+
+On the lower-left rectangle of the first causal cut (as `bucket_finders.py`), float64,
+4 sinks, each problem's keys in k-means clusters of about 16 keys
+(`probe_cluster_count` for 16 probes, 4 Lloyd iterations), the sample of 256 keys per
+problem drawn and weighed as `cluster_probes` does. Columns, ||O - O*||_F / ||V||_F, the
+mean over three seeds:
+
+- `lsh`, `kmeans blocks`, `probes 16`: the library's settings (`HyperAttentionConfig`);
+- `query P`: each query's own P clusters of largest estimated mass (this script's
+  path, to compare with `probes 16`);
+- `tile T, P`: the queries ordered by their best cluster (clusters in the angular-LSH
+  order of their centroids, so neighbours are near), cut into tiles of T, each tile
+  attending the P clusters of largest summed estimated mass share over its queries.
+
+`keys/query` below the table: the mean count of exactly attended keys per query.
+
+    python benchmarks/tile_probes.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+        --length 8192 --layers 5 12 18 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from captured_window import (
+    add_window_arguments,
+    cut_rectangles,
+    first_cut_errors,
+    print_error_table,
+    rectangle_config,
+)
+
+from hf_hyper.attention import angular_lsh_rank, merge_by_lse
+from hf_hyper.attention.cluster_probes import (
+    ProbePlan,
+    cluster_attention,
+    probe_cluster_count,
+    sampled_rest_attention,
+)
+from hf_hyper.attention.clustering import kmeans_clusters
+from hf_hyper.attention.planning import Randomness
+
+SEEDS = 3
+SINKS = 4
+PROBES = 16  # the cluster count follows 16 probes: about 16 keys a cluster
+ITERATIONS = 4
+SAMPLE = 256
+BLOCK = 256
+LIBRARY = {
+    "lsh": {},
+    "kmeans blocks": dict(kmeans_iters=4),
+    "probes 16": dict(kmeans_iters=4, cluster_probes=16),
+}
+# (tile rows T, clusters P); T = 1: each query's own clusters
+PROTOTYPES = [(1, 16), (64, 16), (64, 32), (64, 64), (128, 32), (128, 64)]
+
+
+def name_of(tile: int, probes: int) -> str:
+    return f"query {probes}" if tile == 1 else f"tile {tile}, {probes}"
+
+
+def tile_plan(q: torch.Tensor, k: torch.Tensor, tile: int, probes: int, scale: float,
+              seed: int) -> ProbePlan:  # fmt: skip
+    """The probes' plan for q [1, g, rows, d], k [1, nk, d] with each tile of `tile`
+    queries sharing the `probes` clusters of largest summed estimated mass share."""
+    n_key, dim = k.shape[1], k.shape[2]
+    clusters = probe_cluster_count(n_key, PROBES, BLOCK, 7)
+    sinks = torch.tensor([SINKS])
+    centroids, assign, counts = kmeans_clusters(k, clusters, ITERATIONS, sinks)
+    centroids = centroids.to(q.dtype)
+    log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
+    rows = q.reshape(1, -1, dim)
+    mass = scale * rows @ centroids.transpose(-1, -2) + log_size[:, None]  # [1, rows, c]
+    if tile == 1:
+        chosen = mass.topk(probes, dim=-1).indices
+    else:
+        planes = torch.randn(dim, 7, generator=torch.Generator().manual_seed(seed), dtype=k.dtype)
+        # each cluster's place in the LSH order of the centroids: near clusters adjacent
+        position = angular_lsh_rank(centroids, planes).long().argsort(-1).argsort(-1)
+        best = torch.gather(position, 1, mass.argmax(-1))
+        order = best.argsort(dim=-1, stable=True)[0]
+        share = torch.softmax(mass[0, order], -1)  # each query's estimated mass share
+        n_tiles = math.ceil(share.shape[0] / tile)
+        padded = torch.nn.functional.pad(share, (0, 0, 0, n_tiles * tile - share.shape[0]))
+        tile_choice = padded.view(n_tiles, tile, -1).sum(1).topk(probes, dim=-1).indices
+        chosen = torch.empty(share.shape[0], probes, dtype=torch.int64)
+        chosen[order] = tile_choice.repeat_interleave(tile, 0)[: share.shape[0]]
+        chosen = chosen[None]
+    _, k_order = torch.sort(assign, dim=-1, stable=True)
+    sizes = torch.zeros(1, clusters, dtype=torch.int64).scatter_add_(
+        1, assign, torch.ones_like(assign)
+    )
+    starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
+    return ProbePlan(k_order, starts, assign, counts, chosen.view(*q.shape[:3], probes))
+
+
+def prototype_errors(q, k, v, scale: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Each prototype's error over all KV heads' rectangles, and its exact keys per query."""
+    half = q.shape[2] // 2
+    errors, keys = {}, {}
+    for tile, probes in PROTOTYPES:
+        total_err = 0.0
+        total_keys = []
+        for seed in range(SEEDS):
+            err_sq, v_sq = 0.0, 0.0
+            for rect in cut_rectangles(q, k, v, scale, half):
+                qz, kz, vz = rect.q[None], rect.k[None], rect.v[None]
+                plan = tile_plan(qz, kz, tile, probes, scale, seed)
+                sinks = torch.tensor([SINKS])
+                out, lse = cluster_attention(qz, kz, vz, plan, scale, sinks)
+                rng = Randomness(torch.Generator().manual_seed(seed), torch.device("cpu"))
+                sampled = sampled_rest_attention(qz, kz, vz, plan, scale, SAMPLE, rng, sinks)
+                out, lse = merge_by_lse(out, lse, *sampled)
+                # the sinks, exact for every query, merged by their own LSE
+                s = qz @ kz[:, :SINKS].transpose(-1, -2) * scale
+                sink_lse = torch.logsumexp(s, -1)
+                sink_out = torch.softmax(s, -1) @ vz[:, :SINKS]
+                out, _ = merge_by_lse(out, lse, sink_out, sink_lse)
+                err_sq += (out[0] - rect.exact).pow(2).sum().item()
+                v_sq += rect.v_sq
+                g = qz.shape[1]
+                sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2,
+                                     plan.chosen.reshape(1, g, -1))  # fmt: skip
+                total_keys.append(sizes.view(plan.chosen.shape).sum(-1).mean().item())
+            total_err += math.sqrt(err_sq / v_sq)
+        errors[name_of(tile, probes)] = total_err / SEEDS
+        keys[name_of(tile, probes)] = sum(total_keys) / len(total_keys) + SINKS
+    return errors, keys
+
+
+KEYS_SEEN: list[dict[str, float]] = []
+
+
+def rectangle_errors(q, k, v, scale: float) -> dict[str, float]:
+    settings = {
+        name: (lambda seed, extra=extra: rectangle_config(seed, **extra))
+        for name, extra in LIBRARY.items()
+    }
+    errors = first_cut_errors(q, k, v, scale, settings, SEEDS)
+    proto, keys = prototype_errors(q, k, v, scale)
+    KEYS_SEEN.append(keys)
+    return {**errors, **proto}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_window_arguments(p, length=8192)
+    args = p.parse_args()
+    columns = list(LIBRARY) + [name_of(t, c) for t, c in PROTOTYPES]
+    print_error_table(args, columns, rectangle_errors, SEEDS)
+    print("\nkeys/query (exact, sinks included), mean over layers:")
+    for name in KEYS_SEEN[0]:
+        mean = sum(layer[name] for layer in KEYS_SEEN) / len(KEYS_SEEN)
+        print(f"- {name}: {mean:.0f}")
+
+
+if __name__ == "__main__":
+    main()
