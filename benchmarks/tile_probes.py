@@ -68,6 +68,31 @@ def name_of(tile: int, probes: int) -> str:
     return f"query {probes}" if tile == 1 else f"tile {tile}, {probes}"
 
 
+def tile_union_sizes(q: torch.Tensor, k: torch.Tensor, scale: float, tiles: list[int],
+                     seed: int) -> dict[int, float]:  # fmt: skip
+    """For tiles of T queries ordered by their best cluster: the mean number of distinct
+    clusters among the tile's per-query top PROBES (what a kernel that runs each query's
+    own probes in T-row tiles, masking the clusters a row did not choose, walks)."""
+    n_key, dim = k.shape[1], k.shape[2]
+    clusters = probe_cluster_count(n_key, PROBES, BLOCK, 7)
+    centroids, _, counts = kmeans_clusters(k, clusters, ITERATIONS, torch.tensor([SINKS]))
+    centroids = centroids.to(q.dtype)
+    log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
+    mass = scale * q.reshape(1, -1, dim) @ centroids.transpose(-1, -2) + log_size[:, None]
+    chosen = mass.topk(PROBES, dim=-1).indices[0]  # [rows, PROBES]
+    planes = torch.randn(dim, 7, generator=torch.Generator().manual_seed(seed), dtype=k.dtype)
+    position = angular_lsh_rank(centroids, planes).long().argsort(-1).argsort(-1)[0]
+    order = position[chosen[:, 0]].argsort(stable=True)
+    sizes = {}
+    for tile in tiles:
+        n_tiles = math.ceil(order.numel() / tile)
+        member = torch.zeros(n_tiles, clusters, dtype=torch.bool)
+        tile_of = torch.arange(order.numel()) // tile
+        member[tile_of[:, None].expand(-1, PROBES), chosen[order]] = True
+        sizes[tile] = member.sum(1).double().mean().item()
+    return sizes
+
+
 def tile_plan(q: torch.Tensor, k: torch.Tensor, tile: int, probes: int, scale: float,
               seed: int) -> ProbePlan:  # fmt: skip
     """The probes' plan for q [1, g, rows, d], k [1, nk, d] with each tile of `tile`
@@ -151,10 +176,33 @@ def rectangle_errors(q, k, v, scale: float) -> dict[str, float]:
     return {**errors, **proto}
 
 
+UNION_TILES = [16, 32, 64, 128]
+
+
+def union_columns(q, k, v, scale: float) -> dict[str, float]:
+    """Mean distinct clusters per tile over the KV heads' rectangles (seed 0)."""
+    half = q.shape[2] // 2
+    parts = [
+        tile_union_sizes(rect.q[None], rect.k[None], scale, UNION_TILES, 0)
+        for rect in cut_rectangles(q, k, v, scale, half)
+    ]
+    return {f"T={t}": sum(p[t] for p in parts) / len(parts) for t in UNION_TILES}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_window_arguments(p, length=8192)
+    p.add_argument(
+        "--union",
+        action="store_true",
+        help="only the per-query probes' distinct clusters per tile of T queries",
+    )
     args = p.parse_args()
+    if args.union:
+        columns = [f"T={t}" for t in UNION_TILES]
+        caption = f"distinct clusters among a tile's per-query top {PROBES} (of about 16 keys)"
+        print_error_table(args, columns, union_columns, 1, caption)
+        return
     columns = list(LIBRARY) + [name_of(t, c) for t, c in PROTOTYPES]
     print_error_table(args, columns, rectangle_errors, SEEDS)
     print("\nkeys/query (exact, sinks included), mean over layers:")
