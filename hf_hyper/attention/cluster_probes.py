@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .blockwise import attention_with_lse, merge_by_lse
-from .clustering import CHUNK_ELEMENTS, kmeans_clusters
+from .clustering import kmeans_clusters, score_chunks
 from .fused import probes as probe_kernels
 from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
@@ -95,15 +95,10 @@ def _best_clusters(
 ) -> Tensor:
     """The `count` clusters of largest scale q.mu_c + log_size[c] for each row of q_rows
     [z, rows, d] (centroids [z, c, d]), best first -> [z, rows, count] int64."""
-    z, n_rows, dim = q_rows.shape
-    clusters = centroids.shape[1]
+    z, n_rows, _ = q_rows.shape
     chosen = torch.empty(z, n_rows, count, dtype=torch.int64, device=q_rows.device)
-    rows = max(1, CHUNK_ELEMENTS // (z * max(clusters, dim)))
-    transposed = centroids.transpose(-1, -2)
-    for first in range(0, n_rows, rows):
-        part = q_rows[:, first : first + rows].float()
-        mass = scale * (part @ transposed) + log_size[:, None]
-        chosen[:, first : first + rows] = mass.topk(count, dim=-1).indices
+    for first, mass in score_chunks(q_rows, centroids, scale, log_size):
+        chosen[:, first : first + mass.shape[1]] = mass.topk(count, dim=-1).indices
     return chosen
 
 

@@ -15,6 +15,7 @@ so no output depends on a later token.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -156,6 +157,20 @@ def _rows_per_chunk(x: Tensor, clusters: int) -> int:
     return max(1, CHUNK_ELEMENTS // (x.shape[0] * max(clusters, x.shape[-1])))
 
 
+def score_chunks(
+    x: Tensor, centroids: Tensor, factor: float, bias: Tensor
+) -> Iterator[tuple[int, Tensor]]:
+    """factor * x.c + bias of the rows of x [z, n, d] against centroids [z, c, d], bias
+    [z, c], in float32 and in row chunks of at most CHUNK_ELEMENTS scores (or x's width)
+    -> (first row, scores [z, rows, c]) per chunk: the torch ops' path to the best
+    cluster(s), which keeps the [z, n, c] scores out of memory."""
+    rows = _rows_per_chunk(x, centroids.shape[1])
+    transposed = centroids.transpose(-1, -2)
+    for first in range(0, x.shape[1], rows):
+        part = x[:, first : first + rows].float()
+        yield first, factor * (part @ transposed) + bias[:, None]
+
+
 def _best(
     x: Tensor,
     centroids: Tensor,
@@ -173,13 +188,9 @@ def _best(
     if order is not None:
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, x.shape[-1]))
     flat = x.reshape(centroids.shape[0], -1, x.shape[-1])
-    n = flat.shape[1]
     best = torch.empty(flat.shape[:2], dtype=dtype, device=x.device)
-    rows = _rows_per_chunk(flat, centroids.shape[1])
-    transposed = centroids.transpose(-1, -2)
-    for first in range(0, n, rows):
-        part = flat[:, first : first + rows].float()
-        best[:, first : first + rows] = (factor * (part @ transposed) + bias[:, None]).argmax(-1)
+    for first, scores in score_chunks(flat, centroids, factor, bias):
+        best[:, first : first + scores.shape[1]] = scores.argmax(-1)
     return best.view(x.shape[:-1])
 
 
