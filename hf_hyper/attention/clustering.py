@@ -96,7 +96,7 @@ def fit_centroids(
     start = skip[:, None] + spacing // clusters
     centroids = torch.empty(z, clusters, dim, dtype=torch.float32, device=k.device)
     # gathered a few problems at a time: deep causal levels hold hundreds of problems,
-    # and the whole gather in k's dtype beside its float32 copy was a call's peak
+    # and a whole gather in k's dtype beside its float32 copy would set a call's peak
     step = max(1, INIT_CHUNK_ELEMENTS // (clusters * dim))
     for first in range(0, z, step):
         index = start[first : first + step, :, None].expand(-1, -1, dim)
