@@ -43,6 +43,8 @@ from hf_hyper.attention import angular_lsh_rank, merge_by_lse
 from hf_hyper.attention.cluster_probes import (
     ProbePlan,
     cluster_attention,
+    log_sizes,
+    plan_of_choice,
     probe_cluster_count,
     sampled_rest_attention,
 )
@@ -77,8 +79,7 @@ def tile_union_sizes(q: torch.Tensor, k: torch.Tensor, scale: float, tiles: list
     clusters = probe_cluster_count(n_key, PROBES, BLOCK, 7)
     centroids, _, counts = kmeans_clusters(k, clusters, ITERATIONS, torch.tensor([SINKS]))
     centroids = centroids.to(q.dtype)
-    log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
-    mass = scale * q.reshape(1, -1, dim) @ centroids.transpose(-1, -2) + log_size[:, None]
+    mass = scale * q.reshape(1, -1, dim) @ centroids.transpose(-1, -2) + log_sizes(counts)[:, None]
     chosen = mass.topk(PROBES, dim=-1).indices[0]  # [rows, PROBES]
     planes = torch.randn(dim, 7, generator=torch.Generator().manual_seed(seed), dtype=k.dtype)
     position = angular_lsh_rank(centroids, planes).long().argsort(-1).argsort(-1)[0]
@@ -102,7 +103,7 @@ def tile_plan(q: torch.Tensor, k: torch.Tensor, tile: int, probes: int, scale: f
     sinks = torch.tensor([SINKS])
     centroids, assign, counts = kmeans_clusters(k, clusters, ITERATIONS, sinks)
     centroids = centroids.to(q.dtype)
-    log_size = torch.where(counts > 0, counts.clamp_min(1).log(), -math.inf)
+    log_size = log_sizes(counts)
     rows = q.reshape(1, -1, dim)
     mass = scale * rows @ centroids.transpose(-1, -2) + log_size[:, None]  # [1, rows, c]
     if tile == 1:
@@ -120,12 +121,7 @@ def tile_plan(q: torch.Tensor, k: torch.Tensor, tile: int, probes: int, scale: f
         chosen = torch.empty(share.shape[0], probes, dtype=torch.int64)
         chosen[order] = tile_choice.repeat_interleave(tile, 0)[: share.shape[0]]
         chosen = chosen[None]
-    _, k_order = torch.sort(assign, dim=-1, stable=True)
-    sizes = torch.zeros(1, clusters, dtype=torch.int64).scatter_add_(
-        1, assign, torch.ones_like(assign)
-    )
-    starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
-    return ProbePlan(k_order, starts, assign, counts, chosen.view(*q.shape[:3], probes))
+    return plan_of_choice(assign, counts, chosen.view(*q.shape[:3], probes))
 
 
 def prototype_errors(q, k, v, scale: float) -> tuple[dict[str, float], dict[str, float]]:

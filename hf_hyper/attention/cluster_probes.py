@@ -74,16 +74,21 @@ def plan_probes(
         z, g, n_query, dim = q.shape
         centroids, assign, counts = kmeans_clusters(k, clusters, iterations, sinks)
         q_rows = q.reshape(z, g * n_query, dim)
-        chosen = _best_clusters(q_rows, centroids, _log_sizes(counts), scale, probes)
-        clusters = counts.shape[1]
-        _, k_order = torch.sort(assign, dim=-1, stable=True)
-        sizes = torch.zeros(z, clusters, dtype=torch.int64, device=k.device)
-        sizes.scatter_add_(1, assign, torch.ones_like(assign))  # sinks included
-        starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
-        return ProbePlan(k_order, starts, assign, counts, chosen.view(z, g, n_query, probes))
+        chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
+        return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes))
 
 
-def _log_sizes(counts: Tensor) -> Tensor:
+def plan_of_choice(assign: Tensor, counts: Tensor, chosen: Tensor) -> ProbePlan:
+    """The plan for queries that attend the clusters `chosen` [z, g, nq, probes] (distinct
+    per query) of keys clustered as assign [z, nk] int64, with counts [z, c]."""
+    _, k_order = torch.sort(assign, dim=-1, stable=True)
+    sizes = torch.zeros_like(counts, dtype=torch.int64)
+    sizes.scatter_add_(1, assign, torch.ones_like(assign))  # sinks included
+    starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
+    return ProbePlan(k_order, starts, assign, counts, chosen)
+
+
+def log_sizes(counts: Tensor) -> Tensor:
     """log |c|, -inf for an empty cluster (or one of sinks only): with scale q.mu_c it
     estimates the log of the cluster's softmax mass, and an empty cluster can only be
     chosen after every non-empty one."""
