@@ -308,11 +308,13 @@ def plan_mismatches(device: str) -> list[str]:
 
 # (rows, n, buckets, key dtype, rows strided): with 256-key chunks
 # several chunks and a partial one, the 8-bit ranks, int16 block numbers, a chunk
-# widened to 1024 for 600 buckets, torch beyond 4096 buckets.
+# widened to 1024 for 600 buckets (several of the bookkeeping's bucket tiles), more
+# chunks than one bookkeeping tile holds, torch beyond 4096 buckets.
 BUCKET_SORT_CASES = [
     (2, 600, 128, torch.uint8, True),
     (2, 300, 16, torch.int16, False),
     (1, 1500, 600, torch.int16, True),
+    (2, 5000, 100, torch.uint8, False),
     (1, 3000, 5000, torch.int32, False),
 ]
 
@@ -323,7 +325,9 @@ def bucket_sort_mismatches(device: str) -> list[str]:
     (second case) a sort into the head of wider rows writes past it."""
     from hf_hyper.attention.fused.bucket_sort import (
         bucket_histogram,
+        bucket_place,
         bucket_scatter,
+        bucket_spots,
         stable_bucket_argsort,
     )
 
@@ -350,4 +354,27 @@ def bucket_sort_mismatches(device: str) -> list[str]:
             stable_bucket_argsort(keys, buckets, out=wide[:, :n])
             if not torch.equal(wide[:, :n], order) or not (wide[:, n:] == -1).all():
                 bad.append(f"{name}: sort into a wider row")
+        # runs that start on tiles of 5: each key's run, its tiles and every tile's key
+        tile, n_tiles = 5, (n + buckets * 4) // 5 + 3
+        count = count.cpu()
+        tiles = (count + tile - 1) // tile
+        tile_end = tiles.cumsum(1)
+        spots = torch.arange(n_tiles).expand(rows, -1).contiguous()
+        want_bucket = torch.searchsorted(tile_end, spots, right=True).clamp(max=buckets - 1)
+        key_sorted = keys.long().cpu().gather(1, want.cpu())
+        within = torch.arange(n) - (count.cumsum(1) - count).gather(1, key_sorted)
+        slot = ((tile_end - tiles) * tile).gather(1, key_sorted) + within
+        want_slots = torch.full((rows, n_tiles * tile), -1, dtype=torch.int32)
+        want_slots.scatter_(1, slot, want.cpu().to(torch.int32))
+        hist = bucket_histogram(keys, buckets)
+        tile_bucket = torch.full((rows, n_tiles), -1, dtype=torch.int64, device=device)
+        starts = bucket_spots(hist, buckets, tile, tile_bucket)
+        slots = torch.full((rows, n_tiles * tile), -1, dtype=torch.int32, device=device)
+        bucket_place(keys, hist, buckets, slots)
+        if not torch.equal(starts[:, 1:].long().cpu(), tile_end):
+            bad.append(f"{name}: tile starts")
+        if not torch.equal(tile_bucket.cpu(), want_bucket):
+            bad.append(f"{name}: tile keys")
+        if not torch.equal(slots.cpu(), want_slots):
+            bad.append(f"{name}: tile slots")
     return bad

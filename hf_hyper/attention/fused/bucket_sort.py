@@ -23,6 +23,10 @@ MAX_BUCKETS = 4096
 # Each chunk is sorted in registers by one program; the smallest chunks placed keys
 # fastest (benchmarks/bucket_sort.py, results/attention/bucket_sort.txt).
 MIN_CHUNK = 256
+# The bookkeeping pass walks a row's [chunks, buckets] counts in tiles of this size.
+SPOTS_CHUNKS = 16
+SPOTS_BUCKETS = 128
+SPOTS_TILES = 256
 
 
 def _buckets_pad(n_buckets: int) -> int:
@@ -71,27 +75,88 @@ def bucket_scatter(keys: Tensor, hist: Tensor, first: Tensor, out: Tensor) -> No
     overwritten with the chunks' spots, so the placement needs no second table of its
     size), first [rows, n_buckets] integers, out [rows, m] int32, any row stride (spots
     no element reaches keep their value). With first = exclusive cumsum of the totals,
-    out[:, :n] is the stable argsort.
+    out[:, :n] is the stable argsort (`stable_bucket_argsort` does that in fewer
+    launches).
     """
-    rows, n = keys.shape
     n_buckets = first.shape[1]
     if not _use_triton(keys, n_buckets):
-        sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
-        totals = hist.sum(1, dtype=torch.int64)
-        bucket_first = totals.cumsum(1) - totals  # sorted position of each key's first
-        key = sorted_keys.long()
-        within = torch.arange(n, device=keys.device) - bucket_first.gather(1, key)
-        out.scatter_(1, first.long().gather(1, key) + within, order.to(out.dtype))
+        _place_torch(keys, first, out)
         return
-    from ..kernels.planning import bucket_scatter_kernel
-
-    chunk, width = _chunk(n_buckets), hist.shape[2]
+    width = hist.shape[2]
     first = torch.nn.functional.pad(first.to(torch.int32), (0, width - n_buckets))
     # in place, each chunk's spot just past its own elements of each key
     hist.cumsum_(1).add_(first[:, None, :])
-    bucket_scatter_kernel[(hist.shape[1], rows)](
-        keys, hist, out, n, keys.stride(0), hist.shape[1], out.stride(0),
-        NB=width, CHUNK=chunk, num_warps=max(1, chunk // 1024),
+    _place(keys, hist, n_buckets, out)
+
+
+def bucket_spots(
+    hist: Tensor, n_buckets: int, tile: int = 1, tile_bucket: Tensor | None = None
+) -> Tensor:
+    """The counting sort's bookkeeping in one pass: hist (`bucket_histogram`'s result,
+    consumed) becomes the spots `bucket_place` writes to, with each key's run starting
+    on a multiple of `tile` (a key of t elements takes ceil(t / tile) tiles). Returns
+    starts int32 [rows, n_buckets + 1]: the tiles before each key's run (tile 1:
+    elements, the exclusive cumsum of the totals), the last entry all tiles. With
+    tile_bucket [rows, n_tiles] (integers), also writes the key whose run holds each
+    tile (the last key for tiles past the end)."""
+    rows, n_chunks, width = hist.shape
+    starts = torch.empty(rows, n_buckets + 1, dtype=torch.int32, device=hist.device)
+    if not _use_triton(hist, n_buckets):
+        tiles = (hist.sum(1, dtype=torch.int32)[:, :n_buckets] + tile - 1) // tile
+        starts[:, 1:] = tiles.cumsum(1)
+        starts[:, 0] = 0
+        first = torch.nn.functional.pad(starts[:, :-1] * tile, (0, width - n_buckets))
+        hist.cumsum_(1).add_(first[:, None, :])
+        if tile_bucket is not None:
+            spots = torch.arange(tile_bucket.shape[1], device=hist.device).expand(rows, -1)
+            found = torch.searchsorted(starts[:, 1:].contiguous(), spots.contiguous(), right=True)
+            tile_bucket.copy_(found.clamp_(max=n_buckets - 1))
+        return starts
+    from ..kernels.planning import bucket_spots_kernel
+
+    n_tiles = 0 if tile_bucket is None else tile_bucket.shape[1]
+    buckets = min(_buckets_pad(n_buckets), SPOTS_BUCKETS)
+    bucket_spots_kernel[(rows,)](
+        hist, starts, starts if tile_bucket is None else tile_bucket,
+        n_chunks, n_buckets, n_tiles,
+        NB=width, TILE=tile, BUCKETS=buckets, CHUNKS=SPOTS_CHUNKS,
+        TILE_BUCKETS=tile_bucket is not None, TILES=SPOTS_TILES,
+        SEARCH_STEPS=max(1, n_buckets.bit_length()), num_warps=4,
+    )  # fmt: skip
+    return starts
+
+
+def bucket_place(keys: Tensor, hist: Tensor, n_buckets: int, out: Tensor) -> None:
+    """The placement after `bucket_spots`: every element of keys [rows, n] writes its
+    index to its spot in out [rows, m] int32 (any row stride), in index order within
+    each key's run."""
+    if not _use_triton(keys, n_buckets):
+        totals = torch.zeros(keys.shape[0], n_buckets, dtype=torch.int64, device=keys.device)
+        totals.scatter_add_(1, keys.long(), torch.ones_like(keys, dtype=torch.int64))
+        _place_torch(keys, hist[:, -1, :n_buckets] - totals, out)
+        return
+    _place(keys, hist, n_buckets, out)
+
+
+def _place_torch(keys: Tensor, first: Tensor, out: Tensor) -> None:
+    n = keys.shape[1]
+    sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
+    key = sorted_keys.long()
+    totals = torch.zeros(first.shape, dtype=torch.int64, device=keys.device)
+    totals.scatter_add_(1, key, torch.ones_like(key))
+    bucket_first = totals.cumsum(1) - totals  # sorted position of each key's first
+    within = torch.arange(n, device=keys.device) - bucket_first.gather(1, key)
+    out.scatter_(1, first.long().gather(1, key) + within, order.to(out.dtype))
+
+
+def _place(keys: Tensor, spots: Tensor, n_buckets: int, out: Tensor) -> None:
+    from ..kernels.planning import bucket_scatter_kernel
+
+    rows, n = keys.shape
+    chunk = _chunk(n_buckets)
+    bucket_scatter_kernel[(spots.shape[1], rows)](
+        keys, spots, out, n, keys.stride(0), spots.shape[1], out.stride(0),
+        NB=spots.shape[2], CHUNK=chunk, num_warps=max(1, chunk // 1024),
     )  # fmt: skip
 
 
@@ -101,13 +166,20 @@ def stable_bucket_argsort(
     """(order int32 [rows, n], starts int32 [rows, n_buckets + 1]): the stable argsort
     of keys [rows, n] in [0, n_buckets) and where each key's run begins in it. out: an
     int32 [rows, n] view (any row stride) to write the order into, e.g. the head of a
-    larger per-row list, which then needs no copy."""
+    larger per-row list, which then needs no copy. Three launches: histogram,
+    bookkeeping, placement."""
     hist = bucket_histogram(keys, n_buckets)
-    totals = bucket_totals(hist, n_buckets)
-    starts = torch.nn.functional.pad(totals.cumsum(1, dtype=torch.int32), (1, 0))
+    starts = bucket_spots(hist, n_buckets)
     order = torch.empty(keys.shape, dtype=torch.int32, device=keys.device) if out is None else out
-    bucket_scatter(keys, hist, starts[:, :-1], order)
+    bucket_place(keys, hist, n_buckets, order)
     return order, starts
 
 
-__all__ = ["bucket_histogram", "bucket_scatter", "bucket_totals", "stable_bucket_argsort"]
+__all__ = [
+    "bucket_histogram",
+    "bucket_place",
+    "bucket_scatter",
+    "bucket_spots",
+    "bucket_totals",
+    "stable_bucket_argsort",
+]

@@ -17,7 +17,7 @@ from .. import planning
 from ..padding import pad_end, round_up
 from ..planning import Randomness
 from . import tuning
-from .bucket_sort import bucket_histogram, bucket_scatter, bucket_totals, stable_bucket_argsort
+from .bucket_sort import bucket_histogram, bucket_place, bucket_spots, stable_bucket_argsort
 
 
 @dataclass
@@ -104,13 +104,11 @@ def plan_tiles(
     )  # fmt: skip
     # the rows of each block go, in row order, to consecutive slots of its tiles
     hist = bucket_histogram(block, n_blocks)
-    tiles_per_block = (bucket_totals(hist, n_blocks) + tile - 1) // tile
-    tile_end = tiles_per_block.cumsum(1)
     n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on the tiles used
-    tiles = torch.arange(n_tiles, device=dev).expand(zp, -1).contiguous()
-    tile_block = torch.searchsorted(tile_end, tiles, right=True).clamp_(max=n_blocks - 1)
+    tile_block = torch.empty(zp, n_tiles, dtype=torch.int64, device=dev)
+    bucket_spots(hist, n_blocks, tile, tile_block)
     slot_query = torch.full((zp, n_tiles * tile), n_rows, dtype=torch.int32, device=dev)
-    bucket_scatter(block, hist, (tile_end - tiles_per_block) * tile, slot_query)
+    bucket_place(block, hist, n_blocks, slot_query)
     return TilePlan(
         k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles,
         key_list,

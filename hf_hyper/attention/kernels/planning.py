@@ -1,5 +1,6 @@
 """Triton kernels of the fused planner: the LSH hash, each query's key block, and the
-counting sort's histogram and placement passes (CUDA only; imported lazily)."""
+counting sort's histogram, bookkeeping and placement passes (CUDA only; imported
+lazily)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,63 @@ def bucket_scatter_kernel(
     start = tl.load(row_ptr + key_sorted, mask=valid, other=0)
     value = (c * CHUNK + packed % CHUNK).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + zp * out_stride + start + local, value, mask=valid)
+
+
+@triton.jit
+def bucket_spots_kernel(
+    hist_ptr, starts_ptr, tile_bucket_ptr,
+    n_chunks, n_buckets, n_tiles,
+    NB: tl.constexpr, TILE: tl.constexpr, BUCKETS: tl.constexpr, CHUNKS: tl.constexpr,
+    TILE_BUCKETS: tl.constexpr, TILES: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+):  # fmt: skip
+    """One row's counting-sort bookkeeping in one program, in place of a dozen torch ops.
+
+    hist[zp, c, b] (chunk counts, NB wide) becomes the spot just past chunk c's elements
+    of key b, each key's run starting at TILE * (the tiles of all smaller keys), a key of
+    t elements taking ceil(t / TILE) tiles: what `bucket_scatter_kernel` consumes.
+    starts[zp, b] = tiles before key b's run, starts[zp, n_buckets] = all tiles. With
+    TILE_BUCKETS, tile_bucket[zp, t] = the key whose run holds tile t (the last key for
+    tiles past the end) for t < n_tiles."""
+    zp = tl.program_id(0).to(tl.int64)
+    hist_row = hist_ptr + zp * n_chunks * NB
+    starts_row = starts_ptr + zp * (n_buckets + 1)
+    carry = tl.zeros((), dtype=tl.int32)
+    for b0 in range(0, n_buckets, BUCKETS):
+        bins = b0 + tl.arange(0, BUCKETS)
+        bin_ok = bins < n_buckets
+        total = tl.zeros((BUCKETS,), dtype=tl.int32)
+        for c0 in range(0, n_chunks, CHUNKS):
+            chunks = c0 + tl.arange(0, CHUNKS)
+            ptrs = hist_row + chunks[:, None] * NB + bins[None, :]
+            ok = (chunks < n_chunks)[:, None] & bin_ok[None, :]
+            total += tl.sum(tl.load(ptrs, mask=ok, other=0), 0)
+        tiles = (total + TILE - 1) // TILE
+        first = carry + tl.cumsum(tiles, 0) - tiles
+        tl.store(starts_row + bins, first, mask=bin_ok)
+        carry += tl.sum(tiles, 0)
+        spot = first * TILE
+        for c0 in range(0, n_chunks, CHUNKS):
+            chunks = c0 + tl.arange(0, CHUNKS)
+            ptrs = hist_row + chunks[:, None] * NB + bins[None, :]
+            ok = (chunks < n_chunks)[:, None] & bin_ok[None, :]
+            counts = tl.load(ptrs, mask=ok, other=0)
+            tl.store(ptrs, spot[None, :] + tl.cumsum(counts, 0), mask=ok)
+            spot += tl.sum(counts, 0)
+    tl.store(starts_row + n_buckets, carry)
+    if TILE_BUCKETS:
+        tl.debug_barrier()  # the starts just stored are searched by every thread below
+        for t0 in range(0, n_tiles, TILES):
+            tile = t0 + tl.arange(0, TILES)
+            # the keys whose runs end at or before the tile: searchsorted(ends, tile, right)
+            lo = tl.zeros((TILES,), dtype=tl.int32)
+            hi = tl.full((TILES,), 0, dtype=tl.int32) + n_buckets
+            for _ in tl.static_range(SEARCH_STEPS):
+                open_ = lo < hi
+                mid = (lo + hi) // 2
+                end = tl.load(starts_row + mid + 1, mask=open_, other=0)
+                right = open_ & (end <= tile)
+                lo = tl.where(right, mid + 1, lo)
+                hi = tl.where(open_ & ~right, mid, hi)
+            bucket = tl.minimum(lo, n_buckets - 1)
+            out = tile_bucket_ptr + zp * n_tiles + tile
+            tl.store(out, bucket.to(tile_bucket_ptr.dtype.element_ty), mask=tile < n_tiles)
