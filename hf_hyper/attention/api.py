@@ -105,10 +105,12 @@ def _hyper_attention(
     hash_dims = q.shape[-1] if hash_dims is None else int(hash_dims)
     if not 0 < hash_dims <= q.shape[-1]:
         raise ValueError(f"hash_dims must be in 1..{q.shape[-1]}; got {hash_dims}")
+    seed = None
     if generator is None and config.seed is not None:
         # on the inputs' device: drawing on the CPU and copying over would stall the GPU
         generator = torch.Generator(device=q.device).manual_seed(config.seed)
-    rng = Randomness(generator, q.device)
+        seed = config.seed
+    rng = Randomness(generator, q.device, seed)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     if _use_fused(q, k, v, config):

@@ -18,18 +18,28 @@ from ..config import HyperAttentionConfig
 
 
 class Randomness:
-    """Where hyperplanes and samples come from: a generator (reproducible) or global RNG."""
+    """Where hyperplanes and samples come from: a generator (reproducible) or global RNG.
 
-    def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
+    seed: the seed the generator was just made from, when it was (and nobody else holds
+    it): while `unused`, the draws to come are then a function of the seed and the
+    requests alone, which lets a graph replay keep draws it made before."""
+
+    def __init__(
+        self, generator: torch.Generator | None, device: torch.device, seed: int | None = None
+    ) -> None:
         self.generator = generator
         self.device = device
         self.draw_device = generator.device if generator is not None else device
+        self.seed = seed if generator is not None else None
+        self.unused = True
 
     def hyperplanes(self, dim: int, count: int) -> Tensor:
+        self.unused = False
         planes = torch.randn(dim, count, generator=self.generator, device=self.draw_device)
         return planes.to(self.device)
 
     def indices(self, high: int, shape: tuple[int, ...]) -> Tensor:
+        self.unused = False
         idx = torch.randint(high, shape, generator=self.generator, device=self.draw_device)
         return idx.to(self.device)
 

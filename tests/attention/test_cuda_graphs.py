@@ -141,6 +141,30 @@ def test_a_forward_that_draws_differently_from_its_warm_up_is_not_captured():
         draws.rewind()
 
 
+def test_draws_from_a_fresh_seed_are_kept_between_fills_and_redrawn_otherwise():
+    requests = [("hyperplanes", (4, 3)), ("indices", (50, (2, 6))), ("indices", (9, (3,)))]
+    draws = DrawBuffers(requests, torch.device("cpu"))
+
+    def rng_of(seed: int, fresh: bool) -> Randomness:
+        generator = torch.Generator().manual_seed(seed)
+        return Randomness(generator, torch.device("cpu"), seed if fresh else None)
+
+    def drawn(seed: int) -> list[torch.Tensor]:
+        rng = rng_of(seed, fresh=False)
+        return [getattr(rng, kind)(*args) for kind, args in requests]
+
+    for seed, fresh in [(0, True), (0, True), (1, True), (1, False), (1, True), (0, True)]:
+        rng = rng_of(seed, fresh)
+        kept = fresh and draws.filled_from == seed
+        draws.fill(rng)
+        assert all(torch.equal(a, b) for a, b in zip(draws.buffers, drawn(seed), strict=True))
+        assert rng.unused == kept  # drawn unless the buffers already held its draws
+    used = rng_of(0, fresh=True)
+    used.indices(5, (1,))  # no longer at its seed's start: its draws are other ones
+    draws.fill(used)
+    assert not torch.equal(draws.buffers[0], drawn(0)[0])
+
+
 def test_a_failed_capture_runs_eagerly_once_counted_and_is_not_retried():
     attempts = []
 
