@@ -124,6 +124,22 @@ def tile_plan(q: torch.Tensor, k: torch.Tensor, tile: int, probes: int, scale: f
     return plan_of_choice(assign, counts, chosen.view(*q.shape[:3], probes))
 
 
+def probe_estimate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: ProbePlan,
+                   scale: float, seed: int) -> torch.Tensor:  # fmt: skip
+    """The probes' estimate for q [1, g, rows, d] against k, v [1, nk, d] with the chosen
+    clusters of `plan` exact, the SINKS exact for every query and the sample of SAMPLE
+    keys for the rest, merged through their log-sum-exps -> [1, g, rows, dv]."""
+    sinks = torch.tensor([SINKS])
+    out, lse = cluster_attention(q, k, v, plan, scale, sinks)
+    rng = Randomness(torch.Generator().manual_seed(seed), torch.device("cpu"))
+    out, lse = merge_by_lse(
+        out, lse, *sampled_rest_attention(q, k, v, plan, scale, SAMPLE, rng, sinks)
+    )
+    s = q @ k[:, :SINKS].transpose(-1, -2) * scale
+    out, _ = merge_by_lse(out, lse, torch.softmax(s, -1) @ v[:, :SINKS], torch.logsumexp(s, -1))
+    return out
+
+
 def prototype_errors(q, k, v, scale: float) -> tuple[dict[str, float], dict[str, float]]:
     """Each prototype's error over all KV heads' rectangles, and its exact keys per query."""
     half = q.shape[2] // 2
@@ -136,16 +152,7 @@ def prototype_errors(q, k, v, scale: float) -> tuple[dict[str, float], dict[str,
             for rect in cut_rectangles(q, k, v, scale, half):
                 qz, kz, vz = rect.q[None], rect.k[None], rect.v[None]
                 plan = tile_plan(qz, kz, tile, probes, scale, seed)
-                sinks = torch.tensor([SINKS])
-                out, lse = cluster_attention(qz, kz, vz, plan, scale, sinks)
-                rng = Randomness(torch.Generator().manual_seed(seed), torch.device("cpu"))
-                sampled = sampled_rest_attention(qz, kz, vz, plan, scale, SAMPLE, rng, sinks)
-                out, lse = merge_by_lse(out, lse, *sampled)
-                # the sinks, exact for every query, merged by their own LSE
-                s = qz @ kz[:, :SINKS].transpose(-1, -2) * scale
-                sink_lse = torch.logsumexp(s, -1)
-                sink_out = torch.softmax(s, -1) @ vz[:, :SINKS]
-                out, _ = merge_by_lse(out, lse, sink_out, sink_lse)
+                out = probe_estimate(qz, kz, vz, plan, scale, seed)
                 err_sq += (out[0] - rect.exact).pow(2).sum().item()
                 v_sq += rect.v_sq
                 g = qz.shape[1]
