@@ -134,22 +134,24 @@ def bucket_place(keys: Tensor, hist: Tensor, n_buckets: int, out: Tensor) -> Non
     index to its spot in out [rows, m] int32 (any row stride), in index order within
     each key's run."""
     if not _use_triton(keys, n_buckets):
-        totals = torch.zeros(keys.shape[0], n_buckets, dtype=torch.int64, device=keys.device)
-        totals.scatter_add_(1, keys.long(), torch.ones_like(keys, dtype=torch.int64))
-        _place_torch(keys, hist[:, -1, :n_buckets] - totals, out)
+        # the last chunk's spots are each key's first spot plus its count
+        _place_torch(keys, hist[:, -1, :n_buckets], out, past_end=True)
         return
     _place(keys, hist, n_buckets, out)
 
 
-def _place_torch(keys: Tensor, first: Tensor, out: Tensor) -> None:
+def _place_torch(keys: Tensor, first: Tensor, out: Tensor, past_end: bool = False) -> None:
+    """The placement in torch ops from each key's first spot (past_end: from the spot
+    just past its run)."""
     n = keys.shape[1]
     sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
     key = sorted_keys.long()
     totals = torch.zeros(first.shape, dtype=torch.int64, device=keys.device)
     totals.scatter_add_(1, key, torch.ones_like(key))
+    first = first.long() - totals if past_end else first.long()
     bucket_first = totals.cumsum(1) - totals  # sorted position of each key's first
     within = torch.arange(n, device=keys.device) - bucket_first.gather(1, key)
-    out.scatter_(1, first.long().gather(1, key) + within, order.to(out.dtype))
+    out.scatter_(1, first.gather(1, key) + within, order.to(out.dtype))
 
 
 def _place(keys: Tensor, spots: Tensor, n_buckets: int, out: Tensor) -> None:
