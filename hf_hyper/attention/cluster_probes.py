@@ -32,6 +32,7 @@ from torch import Tensor
 from .blockwise import attention_with_lse, merge_by_lse
 from .clustering import kmeans_clusters, score_chunks
 from .fused import probes as probe_kernels
+from .fused.bucket_sort import stable_bucket_argsort
 from .fused.support import fused_unsupported_reason
 from .numerics import MASKED_LOGIT
 from .padding import gather_rows, pad_rows
@@ -81,11 +82,9 @@ def plan_probes(
 def plan_of_choice(assign: Tensor, counts: Tensor, chosen: Tensor) -> ProbePlan:
     """The plan for queries that attend the clusters `chosen` [z, g, nq, probes] (distinct
     per query) of keys clustered as assign [z, nk] int64, with counts [z, c]."""
-    _, k_order = torch.sort(assign, dim=-1, stable=True)
-    sizes = torch.zeros_like(counts, dtype=torch.int64)
-    sizes.scatter_add_(1, assign, torch.ones_like(assign))  # sinks included
-    starts = torch.nn.functional.pad(sizes.cumsum(dim=1), (1, 0))
-    return ProbePlan(k_order, starts, assign, counts, chosen)
+    # the counting sort's order and run starts (sinks included), as int64 for the gathers
+    k_order, starts = stable_bucket_argsort(assign, counts.shape[1])
+    return ProbePlan(k_order.long(), starts.long(), assign, counts, chosen)
 
 
 def log_sizes(counts: Tensor) -> Tensor:
