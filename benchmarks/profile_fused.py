@@ -30,7 +30,8 @@ def main() -> None:
     grad = torch.randn_like(q)
     for t in (q, k, v):
         t.requires_grad_(args.backward)
-    config = HyperAttentionConfig(seed=0)
+    # eager launches: a graph replay would show as one launch
+    config = HyperAttentionConfig(seed=0, cuda_graph_max_len=0)
 
     def run() -> None:
         with torch.set_grad_enabled(args.backward):
@@ -45,6 +46,11 @@ def main() -> None:
         run()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
+    # launches, and GPU-busy time against the span they ran in: the gaps are host time
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busy = sum(e.device_time for e in kernels) / 1e3
+    span = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / 1e3
+    print(f"{len(kernels)} kernels, GPU busy {busy:.3f} ms of a {span:.3f} ms span")
 
 
 if __name__ == "__main__":
