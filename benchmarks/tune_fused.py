@@ -1,6 +1,8 @@
-"""Time the fused causal attention at 131k tokens under alternative kernel tile shapes.
+"""Time the fused causal attention under alternative kernel tile shapes (131k tokens
+unless --lengths says otherwise).
 
     python benchmarks/tune_fused.py              # forward: TUNING variants
+    python benchmarks/tune_fused.py --lengths 32768 131072 --wide  # a larger grid
     python benchmarks/tune_fused.py --backward   # forward+backward: BACKWARD_TUNING
     python benchmarks/tune_fused.py --plan-chunks  # forward: PLAN_CHUNK_ROWS, ms and peak
 
@@ -12,12 +14,14 @@ defaults). The winners are the defaults in `hf_hyper.attention.fused.tuning.TUNI
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention.fused import tuning
+from hf_hyper.attention.fused.graphs import clear_cuda_graphs
 from hf_hyper.eval.bench_attention import planted_inputs
 from hf_hyper.eval.timing import time_cuda
 
@@ -32,6 +36,26 @@ VARIANTS = {
         for t in [(64, 32, 4, 3, 128), (64, 32, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
     ],
 }
+# The wider forward grid: warps, stages and register caps around the defaults.
+WIDE_VARIANTS = {
+    64: [
+        ("block_sample_d64", t)
+        for t in [
+            (128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 2), (128, 64, 4, 3),
+            (128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3),
+            (64, 64, 4, 3), (256, 32, 8, 3),
+        ]
+    ],
+    128: [
+        ("block_sample_d128", t)
+        for t in [
+            (64, 32, 4, 3, 128), (64, 32, 4, 4, 128), (64, 32, 4, 2, 128),
+            (64, 64, 4, 3, 128), (64, 64, 4, 2, 128), (64, 32, 8, 3), (64, 64, 8, 3),
+            (128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3),
+            (64, 32, 4, 3, 168),
+        ]
+    ],
+}  # fmt: skip
 BACKWARD_VARIANTS = {
     64: [
         *(("dq", t) for t in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3)]),
@@ -74,16 +98,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backward", action="store_true", help="time forward+backward")
     parser.add_argument("--plan-chunks", action="store_true", help="time PLAN_CHUNK_ROWS")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[N], help="tokens")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--wide", action="store_true", help="the wider forward grid")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.plan_chunks:
         plan_chunks()
         return
     table = tuning.BACKWARD_TUNING if args.backward else tuning.TUNING
-    variants = BACKWARD_VARIANTS if args.backward else VARIANTS
+    variants = BACKWARD_VARIANTS if args.backward else WIDE_VARIANTS if args.wide else VARIANTS
     default = dict(table)
     config = HyperAttentionConfig(seed=0)
-    for dim in (64, 128):
-        q, k, v = planted_inputs(N, 32, 32, dim, torch.bfloat16, True, 0)
+    for n, dim in itertools.product(args.lengths, args.head_dims):
+        q, k, v = planted_inputs(n, 32, 32, dim, torch.bfloat16, True, 0)
         grad = torch.randn_like(q)
         for t in (q, k, v):
             t.requires_grad_(args.backward)
@@ -99,8 +127,9 @@ def main() -> None:
         for key, tiles in variants[dim]:
             table.update(default)
             table[key] = tiles
-            t = time_cuda(run, warmup=1, repeats=3)
-            print(f"d={dim} {key}={tiles}: {t.ms:.2f} ms", flush=True)
+            clear_cuda_graphs()  # a graph captured under other tiles would replay them
+            t = time_cuda(run, warmup=2, repeats=args.repeats)
+            print(f"n={n} d={dim} {key}={tiles}: {t.ms:.3f} ms (min {t.ms_min:.3f})", flush=True)
         del q, k, v, grad
     table.update(default)
 

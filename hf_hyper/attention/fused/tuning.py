@@ -2,9 +2,10 @@
 
 Tiles are (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) for 16-bit inputs with
 head_dim <= 128; float32 and larger heads take the "small" entries. They were chosen by
-timing the causal forward (and forward+backward) at 131k tokens, 32 heads, bf16
-(`benchmarks/tune_fused.py`; the sweeps and the device they ran on are in
-results/attention/). Read them as `tuning.NAME` at call time, so a sweep can set them.
+timing the causal forward (and forward+backward) at 131k tokens, 32 heads, bf16, and
+the forward's block-sample tiles at 32k too (`benchmarks/tune_fused.py`; the sweeps and
+the devices they ran on are in results/attention/). Read them as `tuning.NAME` at call
+time, so a sweep can set them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ TUNING = {
     "dense": (128, 64, 8, 3),
     "dense_small": (64, 32, 4, 2),
     "block_sample_d64": (128, 32, 4, 3),
-    "block_sample_d128": (64, 32, 4, 3, 128),
+    "block_sample_d128": (64, 32, 4, 2, 128),
     "block_sample_d128_backward": (128, 32, 4, 3),
     "block_sample_small": (64, 64, 4, 2),
     "block_sample_ieee": (64, 32, 4, 2),
