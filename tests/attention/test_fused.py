@@ -240,3 +240,35 @@ def test_triton_backend_on_cpu_names_the_problem():
 def test_config_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         HyperAttentionConfig(backend="cuda")
+
+
+OVERLAP_CASES = [c for c in GPU_CASES + KMEANS_GPU_CASES if c.causal]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", OVERLAP_CASES, ids=str)
+def test_levels_beside_the_diagonal_equal_one_stream_bit_for_bit(case, monkeypatch):
+    """The causal forward's work beside its diagonal (fused/overlap.py) reads nothing
+    before it is written: the result is the one-stream result, bit for bit. Calls on
+    other inputs and seeds run in between, so a read of stale memory would not match."""
+    from hf_hyper.attention.fused import forward, overlap
+
+    config = HyperAttentionConfig(**{**case.config, "cuda_graph_max_len": 0})
+    q, k, v = make_inputs(case, torch.bfloat16, "cuda", seed=3)
+    other = make_inputs(case, torch.bfloat16, "cuda", seed=4)
+
+    def run(inputs, seed: int):
+        torch.cuda.manual_seed(seed)
+        with torch.no_grad():
+            return hyper_attention_with_lse(*inputs, causal=True, config=config)
+
+    def one_stream(device, enabled=True):
+        return overlap.DiagonalOverlap(device, enabled=False)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(forward, "DiagonalOverlap", one_stream)
+        want_out, want_lse = run((q, k, v), 1)
+    for _ in range(3):
+        run(other, 2)
+        out, lse = run((q, k, v), 1)
+        assert torch.equal(out, want_out) and torch.equal(lse, want_lse)

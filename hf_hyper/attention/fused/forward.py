@@ -33,6 +33,7 @@ from ..planning import (
 from . import tuning
 from .cudnn import cudnn_attention_usable, cudnn_forward, diagonal_block_view
 from .hashing import lsh_rank
+from .overlap import DiagonalOverlap
 from .records import BlockSampleCall, DenseCall, DiagonalCall, ForwardRecord
 from .support import row_alignment
 from .tiles import draw_sample, key_list, plan_tiles
@@ -74,6 +75,8 @@ class Problem:
         # host memory that may change, so under capture they are built on the device.
         capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
         self.plan_device = q.device if capturing else torch.device("cpu")
+        # set by a causal forward whose levels run beside its diagonal (overlap.py)
+        self.overlap = DiagonalOverlap(q.device, enabled=False)
 
     @functools.cached_property
     def _plan_bases(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -230,6 +233,7 @@ class Problem:
         zp, g, rows_per_head = q_rank.shape
         n_rows, n_key = g * rows_per_head, k_rank.shape[1]
         plan = plan_tiles(q_rank, k_rank, config, sample, self.sample_tiles)
+        self.overlap.wait_diagonal()  # the launch merges into the diagonal's output
         self.allocate()  # after the plan, whose sorts then never meet the output
         block_m, block_n, warps, stages, *registers = plan.kernel_tiles
         # a register cap only where the tuning names one
@@ -554,36 +558,43 @@ def fused_forward(
     square = Problem(q_sq, k_sq, v_sq, scale, None if record is None else record.square)
     if record is not None:
         record.offset, record.pad = offset, pad
+    # Everything after the diagonal runs beside it on a second stream (overlap.py);
+    # the bases are made first, as the levels read them.
+    square._plan_bases  # noqa: B018 (a cached property, built before the streams fork)
+    overlap = DiagonalOverlap(q.device, enabled=record is None)
+    square.overlap = overlap
     square.causal_diagonal(config)  # no draws: the random stream's order is unchanged
-    q_rank, k_rank, cluster = buckets()
-    q_rank_sq = k_rank_sq = None
-    if cluster is None:
-        q_rank_sq = pad_end(q_rank, pad)
-        k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
-    square.causal_levels(
-        q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
-        band=config.window, cluster=cluster,
-    )  # fmt: skip
-    if pad:
-        problem.allocate()
-        problem.out.copy_(square.out[:, :, :n_query])
-        problem.lse.copy_(square.lse[:, :, :n_query])
-    else:  # the same rows in the same layout
-        problem.out, problem.lse = square.out, square.lse
-    del square
-    if offset:  # the cached prefix is visible to every query
-        if min(n_query, offset) <= config.min_seq_len:
-            problem.exact(0, offset, causal=False, merge=True)
-        else:
-            prefix_sinks = min(n_sink, offset)
-            if cluster is None:
-                q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
+    with overlap.beside():
+        q_rank, k_rank, cluster = buckets()
+        q_rank_sq = k_rank_sq = None
+        if cluster is None:
+            q_rank_sq = pad_end(q_rank, pad)
+            k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
+        square.causal_levels(
+            q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
+            band=config.window, cluster=cluster,
+        )  # fmt: skip
+        if pad:
+            problem.allocate()
+            problem.out.copy_(square.out[:, :, :n_query])
+            problem.lse.copy_(square.lse[:, :, :n_query])
+        else:  # the same rows in the same layout
+            problem.out, problem.lse = square.out, square.lse
+        del square
+        if offset:  # the cached prefix is visible to every query
+            if min(n_query, offset) <= config.min_seq_len:
+                problem.exact(0, offset, causal=False, merge=True)
             else:
-                q_rank_p, k_rank_p = clustered_ranks(cluster, offset, prefix_sinks)
-            problem.hyper(
-                q_rank_p, k_rank_p, 0, config, rng, merge=True,
-                n_sink=prefix_sinks, band=config.window,
-            )  # fmt: skip
-            if prefix_sinks:
-                problem.record_sinks(0, prefix_sinks)
+                prefix_sinks = min(n_sink, offset)
+                if cluster is None:
+                    q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
+                else:
+                    q_rank_p, k_rank_p = clustered_ranks(cluster, offset, prefix_sinks)
+                problem.hyper(
+                    q_rank_p, k_rank_p, 0, config, rng, merge=True,
+                    n_sink=prefix_sinks, band=config.window,
+                )  # fmt: skip
+                if prefix_sinks:
+                    problem.record_sinks(0, prefix_sinks)
+    overlap.close(problem.out, problem.lse)
     return problem.out, problem.lse
