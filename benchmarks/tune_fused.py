@@ -44,6 +44,9 @@ WIDE_VARIANTS = {
             (128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 4, 2), (128, 64, 4, 3),
             (128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3),
             (64, 64, 4, 3), (256, 32, 8, 3),
+            # register caps for four (or two 8-warp) programs per SM
+            (128, 32, 4, 3, 128), (128, 32, 4, 2, 128), (128, 32, 8, 3, 128),
+            (128, 64, 8, 2, 128), (256, 32, 8, 2, 128),
         ]
     ],
     128: [
@@ -53,6 +56,9 @@ WIDE_VARIANTS = {
             (64, 64, 4, 3, 128), (64, 64, 4, 2, 128), (64, 32, 8, 3), (64, 64, 8, 3),
             (128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3),
             (64, 32, 4, 3, 168),
+            # the cap for two 8-warp programs per SM, and none at two stages
+            (128, 32, 8, 2, 128), (128, 32, 8, 3, 128), (128, 64, 8, 2, 128),
+            (64, 32, 4, 2),
         ]
     ],
 }  # fmt: skip
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--wide", action="store_true", help="the wider forward grid")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", type=int, default=0, help="the grid's last ONLY entries")
     args = parser.parse_args()
     if args.plan_chunks:
         plan_chunks()
@@ -124,7 +131,12 @@ def main() -> None:
             if args.backward:
                 out.backward(grad)
 
-        for key, tiles in variants[dim]:
+        for key, tiles in (
+            # the current default first, then the grid's last entries
+            [(variants[dim][0][0], default[variants[dim][0][0]]), *variants[dim][-args.only :]]
+            if args.only
+            else variants[dim]
+        ):
             table.update(default)
             table[key] = tiles
             clear_cuda_graphs()  # a graph captured under other tiles would replay them

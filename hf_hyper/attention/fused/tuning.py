@@ -15,7 +15,7 @@ from __future__ import annotations
 TUNING = {
     "dense": (128, 64, 8, 3),
     "dense_small": (64, 32, 4, 2),
-    "block_sample_d64": (128, 32, 4, 3),
+    "block_sample_d64": (128, 32, 4, 2, 128),
     "block_sample_d128": (64, 32, 4, 2, 128),
     "block_sample_d128_backward": (128, 32, 4, 3),
     "block_sample_small": (64, 64, 4, 2),
