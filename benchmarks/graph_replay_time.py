@@ -16,19 +16,7 @@ import hf_hyper
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention.fused.graphs import GRAPHS
 from hf_hyper.eval.bench_attention import planted_inputs
-
-
-def event_ms(fn, repeats: int) -> float:
-    """Median CUDA-event time of fn(), each call alone on an idle GPU."""
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+from hf_hyper.eval.timing import time_cuda
 
 
 def main() -> None:
@@ -56,9 +44,11 @@ def main() -> None:
             host.append(time.perf_counter() - started)
             torch.cuda.synchronize()
         graph = next(reversed(GRAPHS.graphs.values())).graph
+        call_ms = time_cuda(call, warmup=0, repeats=args.repeats).ms
+        replay_ms = time_cuda(graph.replay, warmup=0, repeats=args.repeats).ms
         print(f"n={args.seq_len} d={args.head_dim}: host time in the call "
-              f"{statistics.median(host) * 1e3:.3f} ms, call {event_ms(call, args.repeats):.3f} ms "
-              f"(events), replay alone {event_ms(graph.replay, args.repeats):.3f} ms; "
+              f"{statistics.median(host) * 1e3:.3f} ms, call {call_ms:.3f} ms "
+              f"(events), replay alone {replay_ms:.3f} ms; "
               f"{GRAPHS.stats}")  # fmt: skip
 
 

@@ -49,7 +49,8 @@ def _use_triton(keys: Tensor, n_buckets: int) -> bool:
 def bucket_histogram(keys: Tensor, n_buckets: int) -> Tensor:
     """Counts of each key per chunk of each row: keys [rows, n] (integers in
     [0, n_buckets), last dim contiguous) -> int32 [rows, chunks, >= n_buckets];
-    pass it to `bucket_scatter` and `bucket_totals`."""
+    pass it to `bucket_spots` then `bucket_place` (or to `bucket_scatter`), or to
+    `bucket_totals`."""
     rows, n = keys.shape
     if not _use_triton(keys, n_buckets):
         counts = torch.zeros(rows, 1, n_buckets, dtype=torch.int32, device=keys.device)
