@@ -86,8 +86,26 @@ def test_best_centroid_reads_a_causal_levels_queries_in_place():
     assert torch.equal(got.reshape(4, 48), scores.argmax(-1))
 
 
-def _separated_keys(n=400, dim=16, groups=12, seed=2):
-    """Keys around well-separated centres, so no key is near a tie between clusters."""
+def _separated_keys(n=400, dim=16, groups=12, seed=2, skip=(3, 0)):
+    """Keys around well-separated centres, 0.1 from their own centre and tens from any
+    other. With as many clusters as groups, the evenly spaced first centroids each start
+    in a group of their own, so k-means finds the groups and every key is far from a tie:
+    an answer that rounding in any order cannot change."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = 10 * torch.randn(2, groups, dim, generator=gen)
+    member = torch.randint(groups, (2, n), generator=gen)
+    for z, first in enumerate(skip):  # the keys `fit_centroids` starts from
+        starts = first + torch.arange(groups) * (n - first) // groups
+        member[z, starts] = torch.arange(groups)
+    k = torch.gather(centre, 1, member[..., None].expand(-1, -1, dim))
+    return k + 0.1 * torch.randn(2, n, dim, generator=gen)
+
+
+def _split_group_keys(n=400, dim=16, groups=12, seed=2):
+    """Keys around 12 centres whose evenly spaced first centroids meet some group twice:
+    k-means splits that group, and some of its keys sit within rounding of a tie between
+    the two halves. A change of one unit in the last place of the inputs flips such keys,
+    in the fit as well as in the final assignment."""
     gen = torch.Generator().manual_seed(seed)
     centre = 10 * torch.randn(2, groups, dim, generator=gen)
     member = torch.randint(groups, (2, n), generator=gen)
@@ -106,6 +124,80 @@ def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch, n):
     assert torch.equal(assign, want_assign)
     torch.testing.assert_close(counts, want_counts)
     torch.testing.assert_close(centroids, want_centroids, rtol=1e-5, atol=1e-5)
+
+
+def _distances(k, centroids):
+    """Squared distances [z, n, c] in float64."""
+    return (k.double()[:, :, None] - centroids.double()[:, None]).pow(2).sum(-1)
+
+
+def _score_error_bound(k, centroids):
+    """Largest rounding error [z, n] of one float32 nearest-centroid score 2 k.c - |c|^2:
+    a dot product over d terms is within gamma_d |k| |c| of the truth (gamma_d =
+    d u / (1 - d u), u the unit roundoff), and combining the terms adds a few units of
+    roundoff of the score's size."""
+    u = torch.finfo(torch.float32).eps / 2
+    d = k.shape[-1]
+    gamma = d * u / (1 - d * u)
+    k_norm = k.double().norm(dim=-1)
+    c_norm = centroids.double().norm(dim=-1).amax(-1)[:, None]
+    return (gamma + 3 * u) * (2 * k_norm * c_norm + c_norm**2)
+
+
+def _objective(k, centroids, assign, skip):
+    """The k-means objective: the summed squared distance of each counted key to the
+    centroid it was given, in float64."""
+    chosen = torch.gather(_distances(k, centroids), -1, assign[..., None])[..., 0]
+    counted = torch.arange(k.shape[1]) >= skip[:, None]
+    return (chosen * counted).sum().item()
+
+
+@pytest.mark.interpreter
+def test_kmeans_near_ties_agree_within_rounding(monkeypatch):
+    """Where a key sits within rounding of a tie, the kernels and the torch ops may choose
+    either side, and a choice flipped during the fit moves two centroids: each path must
+    give every key a nearest centroid of its own within the rounding bound, agree on every
+    key clear of that bound, and reach the same objective within what the flips allow."""
+    k = _split_group_keys()
+    skip = torch.tensor([3, 0])
+    counted = torch.arange(k.shape[1]) >= skip[:, None]
+    torch_path = kmeans_clusters(k, 12, 3, skip)
+    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    kernel_path = kmeans_clusters(k, 12, 3, skip)
+    bound = _score_error_bound(k, torch_path[0])
+    for centroids, assign, counts in (torch_path, kernel_path):
+        distances = _distances(k, centroids)
+        chosen = torch.gather(distances, -1, assign[..., None])[..., 0]
+        # two scores each within `bound` of the truth: a gap below 2 bound can flip
+        assert (chosen - distances.amin(-1) <= 2 * bound).all()
+        pairs = zip(assign, counted, strict=True)
+        want_counts = [torch.bincount(a[m], minlength=12) for a, m in pairs]
+        assert torch.equal(counts, torch.stack(want_counts).float())
+
+    # a key flipped during the fit moves its old and new centroids by about
+    # |key - centroid| / cluster size; a centroid moved by `shift` moves a key's distance
+    # to it by at most 2 |key - centroid| shift + shift^2. A key is clear where its best
+    # centroid stays best by more than the rounding bound, whichever way each one moved.
+    shift = (kernel_path[0] - torch_path[0]).double().norm(dim=-1)[:, None]  # [z, 1, c]
+    distances = _distances(k, torch_path[0])
+    moved = 2 * distances.sqrt() * shift + shift**2
+    best = distances.argmin(-1, keepdim=True)
+    best_far = torch.gather(distances + moved, -1, best)[..., 0]
+    others_near = (distances - moved).scatter(-1, best, torch.inf).amin(-1)
+    clear = others_near - best_far > 2 * bound
+    assert clear.float().mean() > 0.9  # the comparison covers most keys
+    assert torch.equal(kernel_path[1][clear], torch_path[1][clear])
+
+    # moving key i between clusters a and b at a near-tie, then recentring both, changes
+    # the objective by at most its gap d_b - d_a plus d_a / (n_a - 1) + d_b / (n_b + 1);
+    # each key that is not clear may flip in the fit and again in the final assignment
+    top2 = distances.topk(2, dim=-1, largest=False).values[~clear]
+    smallest = torch_path[2][torch_path[2] > 0].min().item()
+    per_flip = top2[:, 1] - top2[:, 0] + top2.sum(-1) / max(smallest - 1, 1)
+    allowed = 2 * per_flip.sum().item()
+    want_objective = _objective(k, *torch_path[:2], skip)
+    got_objective = _objective(k, *kernel_path[:2], skip)
+    assert abs(got_objective - want_objective) <= allowed
 
 
 @pytest.mark.gpu
@@ -129,7 +221,7 @@ def test_best_centroid_on_a_gpu_picks_a_best_score_within_rounding(dtype):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("iterations", [0, 3])
 def test_kmeans_ranks_through_the_kernels_match_the_torch_ops(monkeypatch, iterations):
-    k = _separated_keys(n=600)
+    k = _split_group_keys(n=600)
     gen = torch.Generator().manual_seed(5)
     # queries near the keys' centres, grouped two per key head, as GQA reaches them
     q = k[:, None, ::3].repeat(1, 2, 1, 1) + 0.1 * torch.randn(2, 2, 200, 16, generator=gen)
