@@ -21,6 +21,9 @@ DEFAULT_LOCAL_WINDOW = 0
 # work per call is a large share of the time; above it the GPU's dominates, while a graph
 # holds static copies of its inputs and output.
 DEFAULT_CUDA_GRAPH_MAX_LEN = 65536
+# The last queries of a causal call attended exactly by default: where a prompt ends with
+# its question, the rows that generation reads from; see `exact_tail`.
+DEFAULT_EXACT_TAIL = 0
 
 
 def parse_exact_up_to(text: str) -> int | str:
@@ -28,9 +31,14 @@ def parse_exact_up_to(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
+class ConfigTypeError(TypeError, ValueError):
+    """A field of the wrong type: a TypeError, and a ValueError like every other bad value,
+    so one `except ValueError` catches any invalid config."""
+
+
 def _require_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"HyperAttentionConfig.{name} must be an int; got {value!r}")
+        raise ConfigTypeError(f"HyperAttentionConfig.{name} must be an int; got {value!r}")
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"HyperAttentionConfig.{name} must be {bound}; got {value}")
@@ -81,6 +89,11 @@ class HyperAttentionConfig:
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
         slower than the exact kernel.
+    exact_tail: causal calls only: the last exact_tail queries of a call that runs
+        approximately attend every key they may see exactly (the rest of the call runs as
+        configured, on the keys before its tail). A prompt's last tokens are where
+        generation reads the context, and a needle lost there is lost for good, while the
+        tail costs exact_tail * n work against the call's n^2 / 2. 0: no tail.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded
         with it, so calls are reproducible; if None the global torch RNG is used.
     backend: "torch" (plain torch ops, any device), "triton" (fused CUDA kernels,
@@ -142,6 +155,10 @@ class HyperAttentionConfig:
             "parse": parse_exact_up_to,
         },
     )
+    exact_tail: int = field(
+        default=DEFAULT_EXACT_TAIL,
+        metadata={"help": "causal: the last t queries of a call attend every key exactly"},
+    )
     seed: int | None = field(
         default=None, metadata={"help": "seed of the hyperplanes and samples of every call"}
     )
@@ -159,6 +176,7 @@ class HyperAttentionConfig:
         _require_int("kmeans_iters", self.kmeans_iters, 0)
         _require_int("cuda_graph_max_len", self.cuda_graph_max_len, 0)
         _require_int("cluster_probes", self.cluster_probes, 0)
+        _require_int("exact_tail", self.exact_tail, 0)
         if self.cluster_probes and not self.kmeans_iters:
             raise ValueError(
                 "HyperAttentionConfig.cluster_probes needs k-means clusters to probe: "

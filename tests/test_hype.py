@@ -50,6 +50,20 @@ def test_hyper_kernel_in_its_exact_limit_equals_explicit_bias():
     torch.testing.assert_close(out, explicit(q, k, v, mu, tau, True), atol=1e-9, rtol=0)
 
 
+def test_exact_tail_rows_carry_the_bias_exactly():
+    # an approximate hyper kernel whose last 30 rows attend exactly: those rows are the
+    # explicit bias's, position columns and all
+    q, k, v = random_qkv(1, 4, 2, 300, 300, seed=5)
+    mu, tau = HyPEConfig.alibi(4).per_head(4)
+    config = HyperAttentionConfig(
+        block_size=16, sample_size=16, min_seq_len=64, seed=0, exact_tail=30
+    )
+    out = hype_attention(q, k, v, causal=True, mu=mu, tau=tau, kernel="hyper", hyper_config=config)
+    want = explicit(q, k, v, mu, tau, True)
+    torch.testing.assert_close(out[:, :, -30:], want[:, :, -30:], atol=1e-9, rtol=0)
+    assert (out[:, :, :-30] - want[:, :, :-30]).abs().max().item() > 1e-4
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_low_precision_keeps_the_bias(dtype, device):
     # ALiBi preset: slopes up to 0.5, so the bias spans hundreds of logits. bf16/fp16 must

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
+from .exact_tail import exact_tail_attention
 from .fused import fused_hyper_attention, fused_unsupported_reason
 from .planning import Randomness
 from .torch_backend import grouped_exact_attention, torch_hyper_attention
@@ -102,6 +103,11 @@ def _hyper_attention(
         # short enough to run exact by exact_up_to: below min_seq_len, so every path
         # (fused, torch) takes its exact branch
         config = replace(config, min_seq_len=q.shape[2])
+    tail = config.exact_tail if causal and q.shape[2] > config.min_seq_len else 0
+    if tail >= q.shape[2]:
+        config = replace(config, min_seq_len=q.shape[2])  # every row is in the tail
+    elif tail:
+        return _with_exact_tail(q, k, v, scale, config, generator, hash_dims, need_lse)
     hash_dims = q.shape[-1] if hash_dims is None else int(hash_dims)
     if not 0 < hash_dims <= q.shape[-1]:
         raise ValueError(f"hash_dims must be in 1..{q.shape[-1]}; got {hash_dims}")
@@ -121,6 +127,26 @@ def _hyper_attention(
     return torch_hyper_attention(
         q, k, v, causal=causal, scale=scale, config=config, rng=rng, hash_dims=hash_dims
     )
+
+
+def _with_exact_tail(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None, config: HyperAttentionConfig,
+    generator: torch.Generator | None, hash_dims: int | None, need_lse: bool,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """A causal call whose last config.exact_tail queries attend exactly: the rows before
+    the tail see only the keys before it, so they are a causal call of their own."""
+    tail = config.exact_tail
+    n_head, n_key = q.shape[2] - tail, k.shape[2] - tail
+    out_head, lse_head = _hyper_attention(
+        q[:, :, :n_head], k[:, :, :n_key], v[:, :, :n_key], True, scale,
+        replace(config, exact_tail=0), generator, hash_dims, need_lse,
+    )  # fmt: skip
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out_tail, lse_tail = exact_tail_attention(q[:, :, n_head:], k, v, scale)
+    out = torch.cat([out_head, out_tail.to(out_head.dtype)], dim=2)
+    if lse_head is None:  # need_lse=False let the head skip it
+        return out, None
+    return out, torch.cat([lse_head, lse_tail.to(lse_head.dtype)], dim=2)
 
 
 def _exact_by_sdpa(q: Tensor, k: Tensor, causal: bool, config: HyperAttentionConfig) -> bool:

@@ -68,12 +68,13 @@ def test_long_input_approximates_and_unpatch_restores_bits(family):
     assert hf_hyper.patch_report(model) is None
 
 
-@pytest.mark.parametrize("window", [0, 6])  # the sinks are on (default); with a window too
+# the sinks are on (default); with a window too; with an exact tail
+@pytest.mark.parametrize("extra", [{}, {"local_window": 6}, {"exact_tail": 24}], ids=str)
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_padded_batch_equals_each_sequence_alone(family, side, window):
+def test_padded_batch_equals_each_sequence_alone(family, side, extra):
     model = tiny_model(family)
-    config = dataclasses.replace(APPROX, local_window=window)
+    config = dataclasses.replace(APPROX, **extra)
     assert config.sinks > 0
     hf_hyper.patch(model, last_layers=4, config=config)
     lengths, n = [300, 200], 300
