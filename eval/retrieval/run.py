@@ -17,6 +17,7 @@ appended to a cache in --output-dir; re-running the same command skips the cases
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +61,41 @@ COLUMNS = [
     ("task", "task"),
     ("length", "length"),
     ("cases", "cases"),
+    ("hits", "hits"),
     ("accuracy", "accuracy"),
+    ("interval", "95% interval"),
     ("attention", "attention"),
 ]
+# The normal quantile of a two-sided 95% interval.
+Z_95 = 1.959964
+
+
+def wilson_interval(hits: int, cases: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate: unlike the normal one it stays inside
+    [0, 1] and does not shrink to a point at 0 or n hits, which small grids hit often."""
+    if cases == 0:
+        return 0.0, 1.0
+    rate = hits / cases
+    denominator = 1 + z**2 / cases
+    centre = (rate + z**2 / (2 * cases)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / cases + z**2 / (4 * cases**2)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_fields(marks: list[bool]) -> dict[str, Any]:
+    """cases, hits, accuracy and its 95% interval (numbers, and the table's text)."""
+    hits, cases = sum(marks), len(marks)
+    low, high = wilson_interval(hits, cases)
+    return dict(
+        cases=cases,
+        hits=hits,
+        accuracy=round(hits / cases, 4),
+        ci_low=round(low, 4),
+        ci_high=round(high, 4),
+        interval=f"[{low:.2f}, {high:.2f}]",
+    )
+
+
 # Room for the answers: a 7-digit number with its words; multivalue lists several.
 MAX_NEW_TOKENS = {"multivalue": 64}
 DEFAULT_NEW_TOKENS = 24
@@ -156,14 +189,7 @@ def summarize(records: list[dict], settings, hyper) -> tuple[list[dict], list[di
         )
     for (label, task, length, depth), marks in groups.items():
         cells.append(
-            dict(
-                setting=label,
-                task=task,
-                length=length,
-                depth=depth,
-                cases=len(marks),
-                accuracy=sum(marks) / len(marks),
-            )
+            dict(setting=label, task=task, length=length, depth=depth) | rate_fields(marks)
         )
     for label, _ in settings:
         for task in dict.fromkeys(r["task"] for r in records):
@@ -175,17 +201,26 @@ def summarize(records: list[dict], settings, hyper) -> tuple[list[dict], list[di
                 ]
                 if marks:
                     rows.append(
-                        dict(
-                            setting=label,
-                            layer_count=counts[label],
-                            task=task,
-                            length=length,
-                            cases=len(marks),
-                            accuracy=round(sum(marks) / len(marks), 4),
-                            attention=_attention(counts[label], length, hyper),
-                        )
+                        dict(setting=label, layer_count=counts[label], task=task, length=length)
+                        | rate_fields(marks)
+                        | dict(attention=_attention(counts[label], length, hyper))
                     )
     return rows, cells
+
+
+def depth_table(cells: list[dict]) -> str:
+    """Hits per needle depth: one row per setting, task and length, one column a depth."""
+    all_depths = sorted({c["depth"] for c in cells})
+    rows: dict[tuple, dict[str, Any]] = {}
+    for c in cells:
+        row = rows.setdefault(
+            (c["setting"], c["task"], c["length"]),
+            dict(setting=c["setting"], task=c["task"], length=c["length"]),
+        )
+        row[f"d{c['depth']}"] = f"{c['hits']}/{c['cases']}"
+    columns = [("setting", "patched layers"), ("task", "task"), ("length", "length")]
+    columns += [(f"d{d}", f"depth {100 * d:.0f}%") for d in all_depths]
+    return "\nHits per needle depth:\n\n" + markdown_table(list(rows.values()), columns)
 
 
 def _coverage_table(coverage: dict[str, dict]) -> str:
@@ -335,7 +370,7 @@ def run(args: argparse.Namespace) -> Path | None:
         "cases": records,
         "coverage": coverage,
     }
-    table = markdown_table(rows, COLUMNS) + _coverage_table(coverage)
+    table = markdown_table(rows, COLUMNS) + depth_table(cells) + _coverage_table(coverage)
     save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
     release_processes()
     return out

@@ -13,6 +13,7 @@ from helpers import cpu_processes_only, run_two_cpu_processes
 from tiny_models import save_tiny_checkpoint
 from transformers import AutoTokenizer
 
+from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.retrieval import run as retrieval_run
@@ -173,3 +174,31 @@ def test_bad_input_is_one_line_naming_the_fix(checkpoint, tmp_path, capsys):
     assert data["cases"][0]["prompt_tokens"] <= 400
     with pytest.raises(JobError, match="unknown --tasks"):
         check_tasks(["passkey", "nope"])
+
+
+def test_wilson_interval_matches_known_values_and_brackets_every_rate():
+    low, high = retrieval_run.wilson_interval(0, 10)
+    assert low == 0.0 and abs(high - 0.2775) < 1e-4
+    low, high = retrieval_run.wilson_interval(5, 10)
+    assert abs(low - 0.2366) < 1e-4 and abs(high - 0.7634) < 1e-4
+    for cases in (1, 7, 100):
+        for hits in range(cases + 1):
+            low, high = retrieval_run.wilson_interval(hits, cases)
+            assert 0 <= low <= hits / cases <= high <= 1
+    # more cases, a narrower interval at the same rate
+    assert retrieval_run.wilson_interval(50, 100)[1] < retrieval_run.wilson_interval(5, 10)[1]
+
+
+def test_rates_carry_their_interval_in_rows_cells_and_the_depth_table():
+    records = [
+        dict(setting="0", task="passkey", length=64, depth=d, correct=ok)
+        for d, ok in [(0.0, True), (0.0, False), (1.0, True), (1.0, True)]
+    ]
+    hyper = HyperAttentionConfig()
+    rows, cells = retrieval_run.summarize(records, [("0", 0)], hyper)
+    assert rows[0]["hits"] == 3 and rows[0]["cases"] == 4
+    assert rows[0]["ci_low"] < 0.75 < rows[0]["ci_high"]
+    assert rows[0]["interval"] == f"[{rows[0]['ci_low']:.2f}, {rows[0]['ci_high']:.2f}]"
+    assert sorted((c["depth"], c["hits"]) for c in cells) == [(0.0, 1), (1.0, 2)]
+    table = retrieval_run.depth_table(cells)
+    assert "| 0 | passkey | 64 | 1/2 | 2/2 |" in table
