@@ -19,7 +19,8 @@ cpu_processes_only = pytest.mark.skipif(
 def run_two_cpu_processes(module: str, *args: str) -> None:
     """`torchrun --nproc_per_node 2 -m module args`, one thread a process; a failure
     fails the test with the end of its stderr."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    # --standalone: a free rendezvous port, so two such tests may run side by side
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", module, *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

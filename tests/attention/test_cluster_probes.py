@@ -114,6 +114,7 @@ def test_probing_every_cluster_is_exact(causal, extra):
 
 
 @pytest.mark.parametrize("n_prefix", [0, 150])
+@pytest.mark.slow
 def test_causal_outputs_ignore_future_tokens(n_prefix):
     config = HyperAttentionConfig(**SMALL, kmeans_iters=3, cluster_probes=4, sink_tokens=2,
                                   local_window=8)  # fmt: skip
@@ -190,6 +191,7 @@ def test_kernels_match_the_torch_ops(case):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.slow
 def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
     from hf_hyper.attention import cluster_probes
 

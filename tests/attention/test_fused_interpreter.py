@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fused_cases import (
+    BUCKET_SORT_CASES,
     LSH_CASES,
     SMALL_CASES,
     bucket_sort_mismatches,
@@ -30,9 +31,11 @@ def small_sort_chunks(monkeypatch):
     monkeypatch.setattr(bucket_sort, "MIN_CHUNK", 32)
 
 
-def test_counting_sort_matches_stable_sort(monkeypatch):
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(BUCKET_SORT_CASES)))
+def test_counting_sort_matches_stable_sort(monkeypatch, case):
     monkeypatch.setattr(bucket_sort, "MIN_CHUNK", 256)  # the GPU's chunks
-    assert bucket_sort_mismatches("cpu") == []
+    assert bucket_sort_mismatches("cpu", only=case) == []
 
 
 def test_planner_matches_torch_planner():

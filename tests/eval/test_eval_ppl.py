@@ -115,6 +115,7 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
 
 
 @cpu_processes_only
+@pytest.mark.slow
 def test_two_processes_give_the_same_numbers(tiny_checkpoint, tmp_path):
     extra = ["--lengths", "64", "--patch-layers", "0", "all", "--max-windows", "4"]
     one = _ppl(tiny_checkpoint, tmp_path / "one", *extra)

@@ -178,6 +178,7 @@ def test_job_end_to_end_rescoring_and_settings_guard(checkpoint, data_dir, tmp_p
                       "--max-length", "120") == 2  # fmt: skip
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_files(checkpoint, data_dir, tmp_path, monkeypatch):
     extra = ["--datasets", "hotpotqa", "trec", "samsum", "--patch-layers", "0", "all"]
     assert _longbench(checkpoint, data_dir, tmp_path / "whole", *extra) == 0
@@ -209,6 +210,7 @@ def test_interrupted_run_resumes_to_the_same_files(checkpoint, data_dir, tmp_pat
 
 
 @cpu_processes_only
+@pytest.mark.slow
 def test_two_processes_give_the_same_predictions(checkpoint, data_dir, tmp_path):
     extra = ["--datasets", "hotpotqa", "hotpotqa_e", "--patch-layers", "0", "2"]
     assert _longbench(checkpoint, data_dir, tmp_path / "one", *extra) == 0

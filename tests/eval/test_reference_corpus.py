@@ -92,6 +92,7 @@ def test_build_splits_and_tokenizer_never_sees_heldout(tmp_path, monkeypatch):
     assert loaded.eos_token == "<|endoftext|>" and loaded("word1 text")["input_ids"]
 
 
+@pytest.mark.slow
 def test_training_script_runs_resumes_and_saves(tmp_path):
     """A few steps on a tiny corpus: log, resume, summary, and a model that loads."""
     import subprocess

@@ -104,6 +104,7 @@ def test_an_oracle_that_reads_the_prompt_scores_every_case(checkpoint, tmp_path,
     del tok
 
 
+@pytest.mark.slow
 def test_job_end_to_end_exact_patching_changes_nothing_and_resume(checkpoint, tmp_path):
     out = tmp_path / "run"
     # one key block holding every key and no sample: patched layers compute exactly
@@ -133,6 +134,7 @@ def test_job_end_to_end_exact_patching_changes_nothing_and_resume(checkpoint, tm
 
 
 @cpu_processes_only
+@pytest.mark.slow
 def test_two_processes_give_the_same_cases(checkpoint, tmp_path):
     extra = ["--lengths", "900", "--depths", "3", "--seeds", "1", "--tasks", "kv-number",
              "--patch-layers", "0", "all"]  # fmt: skip
