@@ -33,7 +33,7 @@ from .common import (
     write_json,
 )
 from .config_arguments import add_config_arguments, config_from_arguments
-from .models import DTYPES, parse_patch_settings, patched
+from .models import DTYPES, load_plan, parse_patch_settings, patched
 from .plots import plot_model
 from .timing import environment, time_cuda
 
@@ -94,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     p.add_argument("--patch-layers", nargs="+", default=["0", "16", "28"])
+    p.add_argument("--plan", default=None, help="a per-layer plan file: the setting 'plan'")
     add_config_arguments(
         p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}
     )
@@ -329,7 +330,8 @@ def run(args: argparse.Namespace) -> Path:
     out = output_dir(args.output_dir)
     model, name = build_model(args)
     num_layers = model.config.num_hidden_layers
-    settings = parse_patch_settings(args.patch_layers, num_layers)
+    plan = load_plan(args.plan, model) if getattr(args, "plan", None) else None
+    settings = parse_patch_settings(args.patch_layers, num_layers, plan)
     config = config_from_arguments(args, HyperAttentionConfig)
     payload = {
         "job": "bench model",

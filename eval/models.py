@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import hf_hyper
-from hf_hyper import HyperAttentionConfig
+from hf_hyper import HyperAttentionConfig, Plan
 
 from .common import JobError
 from .config_arguments import add_config_arguments, config_from_arguments
@@ -52,7 +52,15 @@ def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]
             "--patch-layers",
             nargs="+",
             default=list(patch_default),
-            help="settings to compare: number of final layers patched, or 'all' (0 = unpatched)",
+            help="settings to compare: number of final layers patched, or 'all' (0 = "
+            "unpatched), or 'plan' (the layers of --plan)",
+        )
+        hyp.add_argument(
+            "--plan",
+            default=None,
+            help="a per-layer plan file (hf_hyper.Plan.save): the setting 'plan' patches its "
+            "layers, each with its own config, and is added to --patch-layers if missing; "
+            "the options below then apply to the other settings only",
         )
     # jobs are reproducible by default: seed 0 unless the user picks another
     add_config_arguments(hyp, HyperAttentionConfig, defaults={"seed": 0})
@@ -86,11 +94,41 @@ def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
         )
 
 
-def check_patch_values(values: Sequence[str]) -> None:
+def check_patch_values(values: Sequence[str], plan_file: str | None = None) -> None:
     """Syntax only, before a model is loaded (the layer count comes with the model)."""
     for value in values:
-        if value != "all" and not value.isdigit():
-            raise JobError(f"--patch-layers takes integers or 'all'; got {value!r}")
+        if value not in ("all", "plan") and not value.isdigit():
+            raise JobError(f"--patch-layers takes integers, 'all' or 'plan'; got {value!r}")
+    if "plan" in values and plan_file is None:
+        raise JobError("--patch-layers plan needs --plan FILE (a plan saved by hf_hyper.Plan)")
+    if plan_file is not None:
+        load_plan(plan_file)  # a missing or malformed file fails before the model loads
+
+
+class PlannedLayers(int):
+    """The --patch-layers setting 'plan': an int (the number of layers the plan patches,
+    so jobs count and record it like any other setting) that carries its plan."""
+
+    plan: Plan
+
+    def __new__(cls, plan: Plan) -> PlannedLayers:
+        setting = super().__new__(cls, len(plan.layers))
+        setting.plan = plan
+        return setting
+
+
+def load_plan(plan_file: str, model=None) -> Plan:
+    """The plan in --plan, checked against the model's type and depth where given."""
+    try:
+        plan = Plan.load(plan_file)
+        if model is not None:
+            from hf_hyper.patches.registry import adapter_for
+
+            model_type, adapter = adapter_for(model)
+            plan.check_model(model_type, adapter.num_layers(model), source=f"--plan {plan_file}")
+    except ValueError as err:
+        raise JobError(str(err)) from err
+    return plan
 
 
 def check_patchable(model) -> None:
@@ -105,11 +143,21 @@ def check_patchable(model) -> None:
         raise JobError(str(err)) from err
 
 
-def parse_patch_settings(values: Sequence[str], num_layers: int) -> list[tuple[str, int]]:
-    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]."""
+def parse_patch_settings(
+    values: Sequence[str], num_layers: int, plan: Plan | None = None
+) -> list[tuple[str, int]]:
+    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]; with a plan,
+    ('plan', PlannedLayers(plan)), added at the end if `values` lacks it."""
     check_patch_values(values)
-    settings = []
-    for value in values:
+    if plan is not None and "plan" not in values:
+        values = [*values, "plan"]
+    settings: list[tuple[str, int]] = []
+    for value in dict.fromkeys(values):  # a setting named twice runs once
+        if value == "plan":
+            if plan is None:
+                raise JobError("--patch-layers plan needs --plan FILE")
+            settings.append((value, PlannedLayers(plan)))
+            continue
         count = num_layers if value == "all" else int(value)
         if count > num_layers:
             raise JobError(
@@ -187,10 +235,15 @@ def gguf_arguments(args: argparse.Namespace, source: str) -> dict[str, str]:
 
 @contextmanager
 def patched(model, count: int, config: HyperAttentionConfig) -> Iterator[None]:
-    """HyperAttention in the last `count` layers inside the block (0: unchanged)."""
+    """HyperAttention in the last `count` layers inside the block (0: unchanged), or in
+    the layers of the plan a PlannedLayers count carries, each with its own config."""
     if count:
         try:
-            hf_hyper.patch(model, last_layers=count, config=config)
+            plan = getattr(count, "plan", None)
+            if plan is not None:
+                hf_hyper.patch(model, plan=plan)
+            else:
+                hf_hyper.patch(model, last_layers=count, config=config)
         except (ValueError, TypeError) as err:
             raise JobError(str(err)) from err
     try:

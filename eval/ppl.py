@@ -42,6 +42,7 @@ from .models import (
     default_lengths,
     hyper_config,
     load_model,
+    load_plan,
     num_layers,
     parse_patch_settings,
     patched,
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> Path | None:
     accelerator = Accelerator(cpu=args.cpu)
     if args.device_map and accelerator.num_processes > 1:
         raise JobError("--device-map shards one model copy: run it in a single process")
-    check_patch_values(args.patch_layers)
+    check_patch_values(args.patch_layers, args.plan)
     hyper = hyper_config(args)
     source = text_source(args)
     docs = load_documents(source)
@@ -168,7 +169,8 @@ def run(args: argparse.Namespace) -> Path | None:
         args.lengths = default_lengths(model)
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
-    settings = parse_patch_settings(args.patch_layers, layer_total)
+    plan = load_plan(args.plan, model) if args.plan else None
+    settings = parse_patch_settings(args.patch_layers, layer_total, plan)
     if any(count for _, count in settings):
         check_patchable(model)
     streams = token_streams(tokenizer, docs, args.per_document)

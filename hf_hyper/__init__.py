@@ -23,6 +23,7 @@ from .attention import (  # noqa: E402
 )
 from .config import HyperAttentionConfig  # noqa: E402
 from .hype import HyPEConfig  # noqa: E402
+from .plan import Plan, PlanError  # noqa: E402
 
 # name -> module that defines it, imported when the name is first used
 _MODEL_LEVEL = {
@@ -58,6 +59,8 @@ __all__ = [
     "HyPEConfig",
     "HyperAttentionConfig",
     "PatchReport",
+    "Plan",
+    "PlanError",
     "apply_hype",
     "attention_diagnostics",
     "capture_attention",

@@ -90,8 +90,8 @@ class HyperAttentionConfig:
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
         slower than the exact kernel.
     exact_tail: causal calls only: the last exact_tail queries of a call that runs
-        approximately attend every key they may see exactly (the rest of the call runs as
-        configured, on the keys before its tail). A prompt's last tokens are where
+        approximately attend every key they may see exactly; the other rows are those of
+        the call without a tail, bit for bit. A prompt's last tokens are where
         generation reads the context, and a needle lost there is lost for good, while the
         tail costs exact_tail * n work against the call's n^2 / 2. 0: no tail.
     seed: if set, every call draws its hyperplanes and samples from a generator seeded

@@ -10,7 +10,7 @@ layers, decoding steps, short inputs) to the previous implementation unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -143,21 +143,19 @@ class AttentionInterfaceAdapter:
         if previous is None or previous.startswith(PREFIX):
             raise ValueError(f"unexpected attention implementation {previous!r}")
 
-    def patch(
-        self, model: PreTrainedModel, layers: list[int], config: HyperAttentionConfig
-    ) -> dict:
+    def patch(self, model: PreTrainedModel, configs: Mapping[int, HyperAttentionConfig]) -> dict:
         previous = model.config._attn_implementation
         # A HyPE model's attention function runs HyperAttention itself (bias included) in
         # the layers that carry a config; other models get the hf_hyper+ function.
         name = previous if previous.startswith(HYPE_PREFIX) else _register(previous)
         modules = decoder_layers(model)
-        for i in layers:
+        for i in configs:
             if getattr(modules[i].self_attn, "attn_logit_softcapping", None):
                 raise ValueError(
                     f"layer {i} uses attention logit soft-capping, which HyperAttention does not "
                     "implement; load the model with attn_logit_softcapping=None or skip the layer"
                 )
-        for i in layers:
+        for i, config in configs.items():
             setattr(modules[i].self_attn, CONFIG_ATTR, config)
         model.set_attn_implementation(name)
         return {"previous_attn_implementation": previous, "attn_implementation": name}
@@ -200,18 +198,16 @@ class FullAttentionLayersAdapter(AttentionInterfaceAdapter):
 
     name = "attention-interface (full-attention layers)"
 
-    def patch(
-        self, model: PreTrainedModel, layers: list[int], config: HyperAttentionConfig
-    ) -> dict:
+    def patch(self, model: PreTrainedModel, configs: Mapping[int, HyperAttentionConfig]) -> dict:
         full = full_attention_layers(model)
-        keep = [i for i in layers if full is None or i in full]
-        skipped = {i: "sliding-window attention" for i in layers if i not in keep}
+        keep = {i: c for i, c in configs.items() if full is None or i in full}
+        skipped = {i: "sliding-window attention" for i in configs if i not in keep}
         if not keep:
             raise ValueError(
-                f"none of layers {layers} is a full-attention layer; this model's are "
+                f"none of layers {list(configs)} is a full-attention layer; this model's are "
                 f"{sorted(full or [])}: choose among them (layers=[...]) or patch more layers"
             )
-        state = super().patch(model, keep, config)
+        state = super().patch(model, keep)
         return state | {"skipped_layers": skipped}
 
     def observe(self, model: PreTrainedModel, layers: list[int], observer) -> dict:

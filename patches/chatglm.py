@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -158,10 +159,10 @@ class ChatGLMAdapter:
             if "forward" in vars(layer.self_attention.core_attention):
                 raise ValueError(f"layer {i}'s core attention already has a replaced forward")
 
-    def patch(self, model: nn.Module, layers: list[int], config: HyperAttentionConfig) -> dict:
+    def patch(self, model: nn.Module, configs: Mapping[int, HyperAttentionConfig]) -> dict:
         modules = glm_layers(model)
         layouts = {}
-        for i in layers:
+        for i, config in configs.items():
             core = modules[i].self_attention.core_attention
             layouts[i] = detect_layout(core)
             core.forward = _make_forward(core, config, layouts[i])

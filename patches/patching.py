@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from hf_hyper.config import HyperAttentionConfig
+from hf_hyper.plan import Plan
 
 from .registry import AttentionObserver, adapter_for
 
@@ -28,19 +30,23 @@ class PatchReport:
     adapter: str
     layers: tuple[int, ...]
     num_layers: int
-    config: HyperAttentionConfig
+    # the config of every patched layer, or (a plan of several) None
+    config: HyperAttentionConfig | None
     state: dict = field(default_factory=dict, repr=False, compare=False)
     # chosen layers the adapter left exact, with the reason (e.g. sliding-window layers)
     skipped: dict[int, str] = field(default_factory=dict)
+    # each patched layer's config
+    configs: dict[int, HyperAttentionConfig] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         skipped = ""
         if self.skipped:
             reasons = sorted(set(self.skipped.values()))
             skipped = f", skipped={sorted(self.skipped)} ({'; '.join(reasons)})"
+        config = f"config={self.config}" if self.config is not None else "configs=per layer"
         return (
             f"PatchReport(model_type={self.model_type!r}, adapter={self.adapter!r}, "
-            f"layers={list(self.layers)} of {self.num_layers}{skipped}, config={self.config})"
+            f"layers={list(self.layers)} of {self.num_layers}{skipped}, {config})"
         )
 
 
@@ -72,8 +78,11 @@ def patch(
     last_layers: int | None = None,
     layers=None,
     config: HyperAttentionConfig | None = None,
+    plan: Plan | str | Path | None = None,
 ) -> PatchReport:
-    """Use HyperAttention in the final `last_layers` layers (or the given `layers`).
+    """Use HyperAttention in the final `last_layers` layers (or the given `layers`), all
+    with `config`; or in the layers of a `plan` (a Plan or its JSON file), each with its
+    own config.
 
     Patching a patched model is an error: `unpatch` first (this keeps the undo exact).
     Returns a report of the patched layers, also kept as `model._hf_hyper_patch`.
@@ -84,17 +93,30 @@ def patch(
         )
     if getattr(model, CAPTURE_ATTR, None) is not None:
         raise RuntimeError("model is inside capture_attention; patch it after that block ends")
-    config = config or HyperAttentionConfig()
-    if not isinstance(config, HyperAttentionConfig):
-        raise TypeError(f"config must be a HyperAttentionConfig; got {type(config).__name__}")
+    if plan is not None and (last_layers is not None or layers is not None or config):
+        raise ValueError("pass either plan=... or last_layers/layers with config, not both")
+    if plan is None:
+        config = config or HyperAttentionConfig()
+        if not isinstance(config, HyperAttentionConfig):
+            raise TypeError(f"config must be a HyperAttentionConfig; got {type(config).__name__}")
+    elif not isinstance(plan, Plan):
+        plan = Plan.load(plan)
     model_type, adapter = adapter_for(model)
     adapter.check(model)
     num_layers = adapter.num_layers(model)
-    chosen = select_layers(num_layers, last_layers, layers)
-    state = adapter.patch(model, chosen, config)
+    if plan is None:
+        configs = dict.fromkeys(select_layers(num_layers, last_layers, layers), config)
+    else:
+        plan.check_model(model_type, num_layers)
+        configs = dict(plan.layers)
+    state = adapter.patch(model, configs)
     skipped = dict(state.get("skipped_layers", {}))
-    patched = tuple(i for i in chosen if i not in skipped)
-    report = PatchReport(model_type, adapter.name, patched, num_layers, config, state, skipped)
+    patched = {i: c for i, c in configs.items() if i not in skipped}
+    shared = set(patched.values())
+    report = PatchReport(
+        model_type, adapter.name, tuple(patched), num_layers,
+        shared.pop() if len(shared) == 1 else None, state, skipped, patched,
+    )  # fmt: skip
     setattr(model, STATE_ATTR, report)
     return report
 

@@ -3,7 +3,7 @@ contract every adapter keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
@@ -31,7 +31,7 @@ class Adapter(Protocol):
 
     def check(self, model: nn.Module) -> None: ...
 
-    def patch(self, model: nn.Module, layers: list[int], config: HyperAttentionConfig) -> dict: ...
+    def patch(self, model: nn.Module, configs: Mapping[int, HyperAttentionConfig]) -> dict: ...
 
     def observe(self, model: nn.Module, layers: list[int], observer: AttentionObserver) -> dict: ...
 

@@ -38,6 +38,7 @@ from ..models import (
     check_patchable,
     hyper_config,
     load_model,
+    load_plan,
     num_layers,
     parse_patch_settings,
     patched,
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
     if args.max_samples is not None and args.max_samples < 1:
         raise JobError(f"--max-samples must be at least 1; got {args.max_samples}")
-    check_patch_values(args.patch_layers)
+    check_patch_values(args.patch_layers, args.plan)
     hyper = hyper_config(args)
     chosen = tasks(args.datasets)
     try:
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> Path | None:
 
     model, tokenizer = load_model(args, accelerator.device)
     layer_total = num_layers(model)
-    settings = parse_patch_settings(args.patch_layers, layer_total)
+    plan = load_plan(args.plan, model) if args.plan else None
+    settings = parse_patch_settings(args.patch_layers, layer_total, plan)
     if any(count for _, count in settings):
         check_patchable(model)
     budget = _budget(args, model)

@@ -46,6 +46,7 @@ from ..models import (
     default_lengths,
     hyper_config,
     load_model,
+    load_plan,
     num_layers,
     parse_patch_settings,
     patched,
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace) -> Path | None:
     tasks = check_tasks(args.tasks)
     if args.per_document:
         raise JobError("retrieval joins the documents into one haystack: drop --per-document")
-    check_patch_values(args.patch_layers)
+    check_patch_values(args.patch_layers, args.plan)
     hyper = hyper_config(args)
     if args.diagnose and hyper.seed is None:
         raise JobError("--diagnose needs --seed: the exact sets are those of seeded calls")
@@ -266,7 +267,8 @@ def run(args: argparse.Namespace) -> Path | None:
         args.lengths = default_lengths(model)
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
-    settings = parse_patch_settings(args.patch_layers, layer_total)
+    plan = load_plan(args.plan, model) if args.plan else None
+    settings = parse_patch_settings(args.patch_layers, layer_total, plan)
     if any(count for _, count in settings):
         check_patchable(model)
     chat = chat_enabled(tokenizer, args.chat_template)

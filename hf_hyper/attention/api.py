@@ -133,20 +133,27 @@ def _with_exact_tail(
     q: Tensor, k: Tensor, v: Tensor, scale: float | None, config: HyperAttentionConfig,
     generator: torch.Generator | None, hash_dims: int | None, need_lse: bool,
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """A causal call whose last config.exact_tail queries attend exactly: the rows before
-    the tail see only the keys before it, so they are a causal call of their own."""
+    """A causal call whose last config.exact_tail queries attend exactly. The call runs as
+    configured, every row, and its last rows are then replaced: the rows before the tail
+    are bit for bit those of the call without a tail, and the call keeps its shape (its
+    recursion, its CUDA graphs); the tail rows' approximate values are W rows of work."""
     tail = config.exact_tail
-    n_head, n_key = q.shape[2] - tail, k.shape[2] - tail
-    out_head, lse_head = _hyper_attention(
-        q[:, :, :n_head], k[:, :, :n_key], v[:, :, :n_key], True, scale,
-        replace(config, exact_tail=0), generator, hash_dims, need_lse,
-    )  # fmt: skip
+    out, lse = _hyper_attention(
+        q, k, v, True, scale, replace(config, exact_tail=0), generator, hash_dims, need_lse
+    )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out_tail, lse_tail = exact_tail_attention(q[:, :, n_head:], k, v, scale)
-    out = torch.cat([out_head, out_tail.to(out_head.dtype)], dim=2)
-    if lse_head is None:  # need_lse=False let the head skip it
-        return out, None
-    return out, torch.cat([lse_head, lse_tail.to(lse_head.dtype)], dim=2)
+    out_tail, lse_tail = exact_tail_attention(q[:, :, -tail:], k, v, scale)
+    if out.requires_grad and torch.is_grad_enabled():  # autograd: no in-place writes
+        out = torch.cat([out[:, :, :-tail], out_tail.to(out.dtype)], dim=2)
+        if lse is not None:
+            lse = torch.cat([lse[:, :, :-tail], lse_tail.to(lse.dtype)], dim=2)
+        return out, lse
+    # the output is the call's own (a graph replay's is cloned out): overwrite in place,
+    # which spares a copy of the whole output
+    out[:, :, -tail:] = out_tail
+    if lse is not None:
+        lse[:, :, -tail:] = lse_tail
+    return out, lse
 
 
 def _exact_by_sdpa(q: Tensor, k: Tensor, causal: bool, config: HyperAttentionConfig) -> bool:

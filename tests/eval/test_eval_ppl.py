@@ -11,6 +11,8 @@ import torch
 from helpers import cpu_processes_only, run_two_cpu_processes
 from tiny_models import save_tiny_checkpoint, tiny_model
 
+import hf_hyper
+from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.nll import window_nll
@@ -241,3 +243,33 @@ def test_window_prefix_is_what_the_tokenizer_adds_before_text():
 
     assert window_prefix(Tokenizer([2])) == (2,)
     assert window_prefix(Tokenizer([])) == ()
+
+
+def test_a_plan_runs_as_its_own_setting_with_its_layers_configs(tiny_checkpoint, tmp_path):
+    fast = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=16, seed=0)  # SMALL_HYPER
+    plan_file = tmp_path / "plan.json"
+    hf_hyper.Plan({2: fast, 3: fast}, model_type="llama", num_layers=4).save(plan_file)
+    extra = ["--lengths", "128", "--max-windows", "2"]
+    data = _ppl(tiny_checkpoint, tmp_path / "run", *extra, "--patch-layers", "0", "2",
+                "--plan", str(plan_file))  # fmt: skip
+    rows = {r["patched_layers"]: r for r in data["rows"]}
+    assert set(rows) == {"0", "2", "plan"}
+    # the plan patches the last two layers with the job's own small config: the same
+    # numbers as --patch-layers 2
+    assert rows["plan"]["ppl"] == rows["2"]["ppl"] != rows["0"]["ppl"]
+
+
+def test_a_bad_plan_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    assert "needs --plan FILE" in _error(capsys, *base, "--patch-layers", "plan")
+    assert "no plan file" in _error(capsys, *base, "--plan", str(tmp_path / "none.json"))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert f"plan file {broken} is not readable JSON" in _error(
+        capsys, *base, "--plan", str(broken)
+    )
+    other = hf_hyper.Plan({1: HyperAttentionConfig()}, model_type="qwen2").save(tmp_path / "q.json")
+    message = _error(capsys, *base, "--lengths", "64", "--plan", str(other))
+    assert f"--plan {other} is for model type 'qwen2'; this model is 'llama'" in message
+    deep = hf_hyper.Plan({9: HyperAttentionConfig()}).save(tmp_path / "deep.json")
+    assert "which this model lacks" in _error(capsys, *base, "--lengths", "64", "--plan", str(deep))

@@ -200,3 +200,37 @@ def test_device_map_over_two_gpus_matches_one_gpu(tmp_path):
     assert out.shape == (1, 605)
     hf_hyper.unpatch(split)
     assert torch.equal(logits(split, x), base)
+
+
+def test_a_plan_patches_its_layers_each_with_its_own_config_and_unpatch_restores_bits():
+    model = tiny_model("llama")
+    x = ids(1, 300)
+    base = logits(model, x)
+    wide = HyperAttentionConfig(block_size=64, sample_size=256, min_seq_len=32, seed=0)
+    plan = hf_hyper.Plan({1: APPROX, 3: wide}, model_type="llama", num_layers=4)
+    report = hf_hyper.patch(model, plan=plan)
+    assert report.layers == (1, 3) and report.config is None
+    assert report.configs == {1: APPROX, 3: wide}
+    planned = logits(model, x)
+    hf_hyper.unpatch(model)
+    assert torch.equal(logits(model, x), base)
+    # the same two layers under one config give other logits: the configs are per layer
+    hf_hyper.patch(model, layers=[1, 3], config=APPROX)
+    assert not torch.allclose(logits(model, x), planned, atol=1e-4)
+    hf_hyper.unpatch(model)
+    assert not torch.equal(planned, base)
+
+
+def test_a_plan_file_patches_and_a_plan_for_another_model_is_refused(tmp_path):
+    model = tiny_model("llama")
+    path = hf_hyper.Plan({2: APPROX}, model_type="llama").save(tmp_path / "plan.json")
+    assert hf_hyper.patch(model, plan=str(path)).layers == (2,)
+    hf_hyper.unpatch(model)
+    other = hf_hyper.Plan({2: APPROX}, model_type="qwen2").save(tmp_path / "qwen.json")
+    with pytest.raises(hf_hyper.PlanError, match="model type 'qwen2'; this model is 'llama'"):
+        hf_hyper.patch(model, plan=other)
+    with pytest.raises(hf_hyper.PlanError, match="lacks"):
+        hf_hyper.patch(model, plan=hf_hyper.Plan({7: APPROX}))
+    with pytest.raises(ValueError, match="either plan"):
+        hf_hyper.patch(model, plan=path, last_layers=2)
+    assert hf_hyper.patch_report(model) is None
