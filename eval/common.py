@@ -49,8 +49,20 @@ def today() -> str:
 
 
 def output_dir(path: str | Path) -> Path:
+    """The output folder, made if missing and checked writable before any work is done."""
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--output-dir {out} is a file, not a folder: choose another path")
+    probe = out / ".hf_hyper-write-check"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise JobError(
+            f"cannot write to --output-dir {out} ({reason}): choose a folder you can write to"
+        ) from None
     return out
 
 
@@ -113,12 +125,19 @@ def job_main(
 
 def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
     """Run a job: 0 when it finishes; a JobError becomes one line on stderr naming the
-    job and exit status 2, with no traceback."""
+    job and exit status 2, with no traceback; Ctrl-C one line and 130 (the shell's code
+    for an interrupt), since finished work is kept and a rerun resumes."""
     try:
         job(args)
     except JobError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\n{prog}: interrupted; rerun the same command to resume (finished work is kept)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -273,3 +273,27 @@ def test_a_bad_plan_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsy
     assert f"--plan {other} is for model type 'qwen2'; this model is 'llama'" in message
     deep = hf_hyper.Plan({9: HyperAttentionConfig()}).save(tmp_path / "deep.json")
     assert "which this model lacks" in _error(capsys, *base, "--lengths", "64", "--plan", str(deep))
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu"]
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert "is a file, not a folder" in _error(capsys, *base, "--output-dir", str(a_file))
+    inside_a_file = a_file / "out"
+    assert "cannot write to --output-dir" in _error(
+        capsys, *base, "--output-dir", str(inside_a_file)
+    )
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(capsys):
+    from hf_hyper.eval.common import exit_status
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert exit_status("hf-hyper ppl", interrupted, None) == 130
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "hf-hyper ppl: interrupted; rerun the same command to resume (finished work is kept)"
+    )
