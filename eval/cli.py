@@ -136,7 +136,16 @@ def _plot(args: argparse.Namespace) -> None:
     word, plot = draw[job]
     if kind is not None and kind != word:
         raise JobError(f"{src} was written by '{job}', not '{kind}': drop the kind or use {word}")
-    print(plot(src, Path(args.png) if args.png else src.with_suffix(".png")))
+    png = Path(args.png) if args.png else src.with_suffix(".png")
+    if not png.parent.is_dir():
+        raise JobError(f"--png {png}: no folder {png.parent}; create it or pick another path")
+    try:
+        print(plot(src, png))
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise JobError(
+            f"{src} lacks what a {job} plot needs ({type(err).__name__}: {err}); "
+            f"rerun hf-hyper {job} to rewrite it"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

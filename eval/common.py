@@ -20,7 +20,7 @@ def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1 (0 is not a way to say 'all')."""
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (leave it out for no limit); got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
     return value
 
 

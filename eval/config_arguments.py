@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .common import JobError
@@ -15,6 +15,20 @@ ConfigT = TypeVar("ConfigT")
 
 def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def _option_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type from a parse function: its ValueError's message becomes the error
+    line (argparse would print only the function's name)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            message = f"expected an integer; got {text!r}" if parse is int else str(err)
+            raise argparse.ArgumentTypeError(message) from None
+
+    return convert
 
 
 def add_config_arguments(
@@ -34,7 +48,7 @@ def add_config_arguments(
         default = defaults.get(field.name, field.default)
         meta = field.metadata
         parse = meta.get("parse") or (str if isinstance(default, str) else int)
-        options: dict[str, Any] = {"type": parse, "default": default}
+        options: dict[str, Any] = {"type": _option_type(parse), "default": default}
         if "choices" in meta:
             options["choices"] = list(meta["choices"])
         help_text = meta.get("help", "")

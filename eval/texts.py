@@ -143,6 +143,8 @@ def add_text_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def text_source(args: argparse.Namespace) -> TextSource:
+    if args.dataset and args.files:
+        raise JobError("--dataset and --files name two texts: pass one of them")
     return TextSource(
         args.dataset, args.dataset_config, args.split, args.text_field,
         tuple(args.files), args.max_documents,

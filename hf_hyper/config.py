@@ -28,7 +28,12 @@ DEFAULT_EXACT_TAIL = 0
 
 def parse_exact_up_to(text: str) -> int | str:
     """exact_up_to from text: a query length, or "auto" (the measured crossover)."""
-    return text if text == "auto" else int(text)
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a query length or 'auto'; got {text!r}") from None
 
 
 class ConfigTypeError(TypeError, ValueError):

@@ -297,3 +297,23 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(capsys):
     assert (
         err == "hf-hyper ppl: interrupted; rerun the same command to resume (finished work is kept)"
     )
+
+
+def test_more_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    text = tmp_path / "t.txt"
+    text.write_text("some text\n")
+    both = _error(capsys, *base, "--dataset", "pg19", "--files", str(text))
+    assert "--dataset and --files name two texts" in both
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--exact-up-to", "foo"])
+    assert exit_info.value.code == 2
+    assert "expected a query length or 'auto'; got 'foo'" in capsys.readouterr().err
+
+
+def test_plot_refuses_a_missing_folder_and_a_json_without_its_fields(tmp_path, capsys):
+    job = tmp_path / "ppl.json"
+    job.write_text(json.dumps({"job": "ppl"}))
+    missing = _error(capsys, "plot", str(job), "--png", str(tmp_path / "no" / "x.png"))
+    assert "no folder" in missing
+    assert "lacks what a ppl plot needs" in _error(capsys, "plot", str(job))
