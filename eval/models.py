@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,10 +207,18 @@ def load_model(args: argparse.Namespace, device: torch.device):
     except ImportError as err:  # transformers' GGUF reader needs the gguf package
         first = str(err).strip().splitlines()[0]
         raise JobError(f"cannot read {args.gguf_file}: {first} (pip install gguf)") from err
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
+    except (OSError, ValueError, KeyError, EOFError, struct.error) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         what = f"{args.model!r}" + (f" with --gguf-file {args.gguf_file}" if gguf else "")
-        raise JobError(f"cannot load model/tokenizer {what}: {first}") from err
+        hint = "; is the GGUF file complete? copy it again" if gguf else ""
+        raise JobError(f"cannot load model/tokenizer {what}: {first}{hint}") from err
+    # the base vocabulary, not added special tokens, which plain text does not produce
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer.vocab_size > rows:
+        raise JobError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds {rows}: its "
+            "ids would index past the embedding; pass the model's own tokenizer (--tokenizer)"
+        )
     if not args.device_map:
         model.to(device)
     return model.eval(), tokenizer

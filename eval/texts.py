@@ -100,9 +100,17 @@ def _from_files(files: tuple[str, ...], field: str) -> list[Document]:
             docs += _from_jsonl(path, field)
         elif path.suffix in FILE_BUILDERS:
             datasets = _datasets()
-            table = datasets.load_dataset(
-                FILE_BUILDERS[path.suffix], data_files=str(path), split="train"
-            )
+            try:
+                table = datasets.load_dataset(
+                    FILE_BUILDERS[path.suffix], data_files=str(path), split="train"
+                )
+            except Exception as err:  # pyarrow and datasets raise many types for bad files
+                cause = err.__cause__ or err
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+                raise JobError(
+                    f"cannot read {path} as {path.suffix[1:]} ({type(cause).__name__}: {first}); "
+                    "is it complete? rewrite it, or pass another file"
+                ) from None
             docs += _from_table(table, field, path.name)
         else:
             raise JobError(f"unsupported text file {path}: use .txt, .jsonl or .parquet")

@@ -317,3 +317,18 @@ def test_plot_refuses_a_missing_folder_and_a_json_without_its_fields(tmp_path, c
     missing = _error(capsys, "plot", str(job), "--png", str(tmp_path / "no" / "x.png"))
     assert "no folder" in missing
     assert "lacks what a ppl plot needs" in _error(capsys, "plot", str(job))
+
+
+def test_broken_files_and_a_mismatched_tokenizer_are_one_line(tiny_checkpoint, tmp_path, capsys):
+    base = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--output-dir", str(tmp_path / "o")]
+    parquet = tmp_path / "cut.parquet"
+    parquet.write_bytes(b"PAR1" + b"\0" * 40)
+    assert f"cannot read {parquet} as parquet" in _error(capsys, *base, "--files", str(parquet))
+    big = save_tiny_checkpoint(tmp_path / "big", vocab_size=600, all_bytes=True)
+    message = _error(capsys, *base, "--tokenizer", str(big))
+    assert "but the model embeds 256" in message and "--tokenizer" in message
+    gguf = tmp_path / "ckpt"
+    gguf.mkdir()
+    (gguf / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 10)
+    message = _error(capsys, "ppl", "--model", str(gguf), "--gguf-file", "cut.gguf", "--cpu")
+    assert "cannot load model/tokenizer" in message and "cut.gguf" in message
