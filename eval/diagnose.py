@@ -255,6 +255,13 @@ def run(args: argparse.Namespace) -> Path:
         check_diagnosable(config)
     except ValueError as err:
         raise JobError(str(err)) from err
+    if args.length <= config.exact_query_len(True):
+        raise JobError(
+            f"at --length {args.length} every call is short enough to run exact attention "
+            f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "
+            "there is no approximation to measure: use a longer --length or a smaller "
+            "--min-seq-len"
+        )
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)

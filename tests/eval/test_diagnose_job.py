@@ -108,6 +108,9 @@ def test_probes_are_refused_before_the_model_loads(checkpoint, tmp_path, capsys,
 
 def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     base = ["diagnose", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    assert cli.main([*base, "--length", "64"]) == 2  # every call exact at the defaults
+    assert "no approximation to measure" in capsys.readouterr().err
+    base += SMALL_HYPER
     assert cli.main([*base, "--ppl-budget", "-1"]) == 2
     assert "--ppl-budget must be >= 0" in capsys.readouterr().err
     assert cli.main([*base, "--ppl-windows", "0"]) == 2
