@@ -347,6 +347,14 @@ def run(args: argparse.Namespace) -> Path | None:
     done = cache.load()
     records = [done[f"{label}|{c.key}"] for label, _ in settings for c in cases]
     rows, cells = summarize(records, settings, hyper)
+    for row in rows:
+        if row["layer_count"] == 0 and row["hits"] == 0:
+            print(
+                f"note: unpatched, the model found none of the {row['cases']} {row['task']} "
+                f"needles at {row['length']} tokens: it cannot do this task here, so the "
+                "patched rows say nothing about HyperAttention; measure with a model that can",
+                flush=True,
+            )
     coverage = (
         {c.key: done[f"coverage|{c.key}"]["coverage"] for c in cases} if args.diagnose else {}
     )

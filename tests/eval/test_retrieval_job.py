@@ -204,3 +204,12 @@ def test_rates_carry_their_interval_in_rows_cells_and_the_depth_table():
     assert sorted((c["depth"], c["hits"]) for c in cells) == [(0.0, 1), (1.0, 2)]
     table = retrieval_run.depth_table(cells)
     assert "| 0 | passkey | 64 | 1/2 | 2/2 |" in table
+
+
+def test_a_model_that_cannot_do_the_task_unpatched_gets_a_note(checkpoint, tmp_path, capsys):
+    data = _retrieval(checkpoint, tmp_path / "run", "--lengths", "900", "--depths", "1",
+                      "--seeds", "2", "--patch-layers", "0")  # fmt: skip
+    assert data["rows"][0]["hits"] == 0  # the random tiny model finds no needle
+    assert "note: unpatched, the model found none of the 2 passkey needles" in (
+        capsys.readouterr().out
+    )
