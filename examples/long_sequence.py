@@ -3,8 +3,9 @@ sample of rows (exact over all rows would be the O(n^2) cost we avoid).
 
     python examples/long_sequence.py --seq-len 131072 --heads 32 --head-dim 128
 
-The defaults are sized for a GPU. On a 2-core CPU, `--seq-len 16384 --heads 8
---head-dim 64 --dtype float32 --causal yes` takes about 15 seconds.
+The defaults follow the device: on a GPU 131072 tokens, 32 heads of 128, bf16, causal
+and not; on a CPU 16384 tokens, 8 heads of 64, float32, causal (about 30 seconds on 2
+cores; the GPU sizes would take minutes and most of a small machine's memory).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention import attention_with_lse
 from hf_hyper.attention.blockwise import causal_mask_fn
+from hf_hyper.eval.common import show_defaults
 
 
 def sampled_row_error(q, k, v, out, causal: bool, n_rows: int = 256) -> float:
@@ -39,14 +41,21 @@ def sampled_row_error(q, k, v, out, causal: bool, n_rows: int = 256) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seq-len", type=int, default=131072)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=None)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seq-len", type=int, default=131072 if gpu else 16384)
+    p.add_argument("--heads", type=int, default=32 if gpu else 8)
+    p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
+    p.add_argument("--head-dim", type=int, default=128 if gpu else 64)
+    p.add_argument(
+        "--dtype", default="bfloat16" if gpu else "float32",
+        choices=["bfloat16", "float16", "float32"],
+    )  # fmt: skip
+    p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--causal", choices=["yes", "no", "both"], default="both" if gpu else "yes")
+    show_defaults(p)
     args = p.parse_args()
 
     dtype = getattr(torch, args.dtype)
@@ -57,6 +66,7 @@ def main() -> None:
     v = torch.randn_like(k)
     config = HyperAttentionConfig(seed=0)
     for causal in {"yes": [True], "no": [False], "both": [False, True]}[args.causal]:
+        print(f"{args.seq_len} tokens, causal={causal} on {args.device} ...", flush=True)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -1,5 +1,6 @@
 """Patch a Llama-shaped model (random weights: speed does not depend on them) and time a
-long prefill, unpatched vs patched, in one run.
+long prefill, unpatched vs patched, in one run. Needs a CUDA GPU (a 7B-shaped prefill at
+32k tokens); on a CPU, examples/long_sequence.py runs one attention call instead.
 
     python examples/patched_prefill.py --seq-len 32768 --last-layers 28
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -15,6 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
+from hf_hyper.eval.common import show_defaults
 
 LLAMA2_7B = dict(
     hidden_size=4096,
@@ -41,11 +44,22 @@ def timed_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, bool]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seq-len", type=int, default=32768)
-    p.add_argument("--last-layers", type=int, default=28)
-    p.add_argument("--repeats", type=int, default=2)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seq-len", type=int, default=32768, help="prompt tokens")
+    p.add_argument("--last-layers", type=int, default=28, help="final layers patched")
+    p.add_argument("--repeats", type=int, default=2, help="timed prefills after a warm-up")
+    show_defaults(p)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        print(
+            "patched_prefill.py: needs a CUDA GPU (it times a 7B-shaped prefill); on a CPU "
+            "run examples/long_sequence.py",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    print(f"building a Llama-2-7B-shaped model and timing {args.seq_len} tokens ...", flush=True)
 
     config = LlamaConfig(**LLAMA2_7B, max_position_embeddings=args.seq_len)
     with torch.device("cuda"):
