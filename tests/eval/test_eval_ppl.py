@@ -174,7 +174,7 @@ def test_max_windows_zero_is_refused(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     assert exit_info.value.code == 2
-    assert "--max-windows: must be >= 1 (leave it out for no limit)" in capsys.readouterr().err
+    assert "--max-windows: must be at least 1; got 0" in capsys.readouterr().err
 
 
 def test_unsupported_model_type_is_refused(tmp_path, capsys, tiny_checkpoint):
