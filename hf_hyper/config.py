@@ -51,7 +51,9 @@ def _require_int(name: str, value: Any, low: int, high: int | None = None) -> No
 
 @dataclass(frozen=True)
 class HyperAttentionConfig:
-    """Parameters of HyperAttention (defaults are the paper's).
+    """Parameters of HyperAttention. The defaults are what measured best on pretrained
+    checkpoints (attention sinks on); `HyperAttentionConfig.paper()` is the paper's
+    algorithm.
 
     lsh_num_projs: random hyperplanes of the angular LSH (2**lsh_num_projs buckets).
     block_size: keys per diagonal block of the sorted order, attended exactly.
@@ -212,6 +214,14 @@ class HyperAttentionConfig:
             raise ValueError(
                 f"HyperAttentionConfig.backend must be one of {BACKENDS}; got {self.backend!r}"
             )
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> HyperAttentionConfig:
+        """The paper's algorithm: angular LSH blocks and a uniform sample, with no attention
+        sinks, local window, k-means or exact tail; other fields as given, else defaults."""
+        fields = dict(sink_tokens=0, local_window=0, kmeans_iters=0, cluster_probes=0,
+                      exact_tail=0)  # fmt: skip
+        return cls(**(fields | overrides))
 
     @property
     def sinks(self) -> int:

@@ -1,0 +1,20 @@
+"""HyperAttentionConfig: presets and validation that names the field."""
+
+import pytest
+
+from hf_hyper import HyperAttentionConfig
+
+
+def test_the_paper_preset_turns_every_addition_off():
+    paper = HyperAttentionConfig.paper(seed=3)
+    assert (paper.sinks, paper.window, paper.kmeans_iters, paper.exact_tail) == (0, 0, 0, 0)
+    assert paper.seed == 3 and paper.block_size == HyperAttentionConfig().block_size
+    assert HyperAttentionConfig().sinks > 0  # the default is not the paper's
+
+
+@pytest.mark.parametrize("field", ["block_size", "sample_size", "exact_tail", "cluster_probes"])
+def test_a_wrong_type_is_both_a_type_and_a_value_error_naming_the_field(field):
+    with pytest.raises(ValueError, match=field):
+        HyperAttentionConfig(**{field: "8"})
+    with pytest.raises(TypeError, match=field):
+        HyperAttentionConfig(**{field: 2.0})
