@@ -6,18 +6,13 @@ autograd.Function) -> cluster_probes -> torch_backend -> api (the public functio
 diagnostics.
 """
 
-from .api import (
-    exact_attention_with_lse,
-    hyper_attention,
-    hyper_attention_with_lse,
-)
+from .api import hyper_attention, hyper_attention_with_lse
 from .blockwise import attention_with_lse, merge_by_lse
 from .diagnostics import AttentionDiagnostics, attention_diagnostics, check_diagnosable
 from .fused import clear_cuda_graphs, cuda_graph_stats
 from .lsh import angular_lsh_rank, gray_code_rank
 from .masks import future_key_mask
 from .reference import reference_attention
-from .torch_backend import sorted_block_attention
 
 __all__ = [
     "AttentionDiagnostics",
@@ -27,12 +22,10 @@ __all__ = [
     "attention_with_lse",
     "clear_cuda_graphs",
     "cuda_graph_stats",
-    "exact_attention_with_lse",
     "future_key_mask",
     "gray_code_rank",
     "hyper_attention",
     "hyper_attention_with_lse",
     "merge_by_lse",
     "reference_attention",
-    "sorted_block_attention",
 ]

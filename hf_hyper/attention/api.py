@@ -16,7 +16,7 @@ from ..config import HyperAttentionConfig
 from .exact_tail import exact_tail_attention
 from .fused import fused_hyper_attention, fused_unsupported_reason
 from .planning import Randomness
-from .torch_backend import grouped_exact_attention, torch_hyper_attention
+from .torch_backend import torch_hyper_attention
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -190,21 +190,3 @@ def hyper_attention(
         )
     out, _ = _hyper_attention(q, k, v, causal, scale, config, generator, hash_dims, False)
     return out
-
-
-def exact_attention_with_lse(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float | None = None
-) -> tuple[Tensor, Tensor]:
-    """Exact attention with LSE in the same layout and conventions as HyperAttention."""
-    check_inputs(q, k, v, causal)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    b, hq, n_query, dim = q.shape
-    hk, n_key, dv = k.shape[1], k.shape[2], v.shape[-1]
-    out, lse = grouped_exact_attention(
-        q.reshape(b * hk, hq // hk, n_query, dim),
-        k.reshape(b * hk, n_key, dim),
-        v.reshape(b * hk, n_key, dv),
-        scale,
-        causal,
-    )
-    return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)

@@ -192,23 +192,6 @@ def _with_sinks(
     return merge_by_lse(out, lse, sink_out, sink_lse)
 
 
-def sorted_block_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    scale: float,
-    config: HyperAttentionConfig,
-    rng: Randomness,
-) -> tuple[Tensor, Tensor]:
-    """Non-causal HyperAttention on the internal layout.
-
-    q [z, g, nq, d], k [z, nk, d], v [z, nk, dv] -> out [z, g, nq, dv], lse [z, g, nq].
-    """
-    planes = rng.hyperplanes(q.shape[-1], config.lsh_num_projs)
-    q_rank, k_rank = angular_lsh_rank(q, planes), angular_lsh_rank(k, planes)
-    return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng)
-
-
 def grouped_exact_attention(
     q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
 ) -> tuple[Tensor, Tensor]:
