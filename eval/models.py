@@ -17,8 +17,8 @@ from .common import JobError
 from .config_arguments import add_config_arguments, config_from_arguments
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The bundled 8.9M-parameter Llama (RoPE, trained at 8k tokens on Debian documentation;
-# see results/reference_models/): what the jobs run when no --model is given, offline.
+# The bundled 8.9M-parameter Llama (RoPE, trained at 8k tokens on Debian documentation):
+# what the jobs run when no --model is given, offline.
 REFERENCE_MODEL = "hf_hyper-reference"
 REFERENCE_MODEL_DIR = Path(__file__).with_name("reference_model")
 

@@ -7,9 +7,8 @@ per chunk, a bookkeeping pass per row (where each key's run starts, each chunk's
 runs may start on tiles, as the query tiles of a block do) and a placement pass do the
 same work. Wider key ranges fall back to torch.sort with the same result. The gain is
 GPU time and launches: called alone, the few launches here leave the GPU waiting on
-the host (results/attention/bucket_sort.txt); in the forward they queue behind the
-kernels, and in a graph replay each launch left out is time saved
-(results/attention/h200_planning_spots_ab.md).
+the host; in the forward they queue behind the kernels, and in a graph replay each
+launch left out is time saved.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from torch import Tensor
 # buckets, so the histogram [rows, chunks, buckets] stays within one int32 per key.
 MAX_BUCKETS = 4096
 # Each chunk is sorted in registers by one program; the smallest chunks placed keys
-# fastest (benchmarks/bucket_sort.py, results/attention/bucket_sort.txt).
+# fastest (benchmarks/bucket_sort.py times them).
 MIN_CHUNK = 256
 # The bookkeeping pass walks a row's [chunks, buckets] counts in tiles of this size.
 SPOTS_CHUNKS = 16

@@ -372,7 +372,7 @@ class Problem:
 
     def cudnn_diagonal(self, blocks: int, causal: bool = True) -> bool:
         """The diagonal blocks through cuDNN's fused attention, faster than the Triton
-        dense kernel on Hopper (results/attention/parts.md; blocks=1: the whole problem,
+        dense kernel on Hopper (blocks=1: the whole problem,
         causal only with n_query == n_key); False (nothing written) where it cannot run:
         GQA, fp32, head sizes cuDNN does not take, layouts with no view."""
         if self.g != 1 or not cudnn_attention_usable(self.q, self.v):

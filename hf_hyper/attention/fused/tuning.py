@@ -3,9 +3,9 @@
 Tiles are (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) for 16-bit inputs with
 head_dim <= 128; float32 and larger heads take the "small" entries. They were chosen by
 timing the causal forward (and forward+backward) at 131k tokens, 32 heads, bf16, and
-the forward's block-sample tiles at 32k too (`benchmarks/tune_fused.py`; the sweeps and
-the devices they ran on are in results/attention/). Read them as `tuning.NAME` at call
-time, so a sweep can set them.
+the forward's block-sample tiles at 32k too (`benchmarks/tune_fused.py`; the sweeps are
+listed in docs/design-notes.md). Read them as `tuning.NAME` at call time, so a sweep can
+set them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ BACKWARD_TUNING = {
 PLAN_ROWS = 1024
 # Query plus key rows planned and run per launch of the block-sample kernel: larger
 # batches of problems go in chunks, so the plan's sorts and integer arrays stay small
-# next to the output; smaller chunks cost launches (results/attention/plan_chunks.txt).
+# next to the output; smaller chunks cost launches.
 PLAN_CHUNK_ROWS = 2**23
 
 # Tiles of one problem that one program of the sampled-key kernel reads: its atomics
