@@ -5,15 +5,34 @@ The attention functions and configs load with the package; the model adapters
 other model-level names.
 """
 
+import sys as _sys
 from importlib import import_module as _import_module
+from importlib.abc import MetaPathFinder as _MetaPathFinder
+from importlib.util import spec_from_file_location as _spec_from_file_location
 from pathlib import Path as _Path
 
-# `patches/` and `eval/` are installed as hf_hyper.patches / hf_hyper.eval. When Python
-# imports this package straight from a source checkout (e.g. `python -m hf_hyper.eval.cli`
-# run from its root), let the subpackages resolve to those folders there as well.
+
+class _CheckoutSubpackages(_MetaPathFinder):
+    """`patches/` and `eval/` are installed as hf_hyper.patches / hf_hyper.eval. When
+    Python imports this package straight from a source checkout (`python -m
+    hf_hyper.eval.cli` run from its root, not installed), this finder maps those two names,
+    and only those, to their folders: nothing else in the checkout imports as hf_hyper."""
+
+    def __init__(self, root: _Path) -> None:
+        self.folders = {f"{__name__}.{name}": root / name for name in ("patches", "eval")}
+
+    def find_spec(self, fullname, path=None, target=None):
+        folder = self.folders.get(fullname)
+        if folder is None or not (folder / "__init__.py").is_file():
+            return None
+        return _spec_from_file_location(
+            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+
+
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "patches" / "__init__.py").is_file():
-    __path__.append(str(_root))
+    _sys.meta_path.append(_CheckoutSubpackages(_root))
 
 from .attention import (  # noqa: E402
     AttentionDiagnostics,

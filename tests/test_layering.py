@@ -4,6 +4,8 @@ read from the source: one way only, no private names across modules."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,24 @@ def test_dependencies_point_one_way(layer, forbidden):
         if any(target == f or target.startswith(f + ".") for f in forbidden)
     ]
     assert bad == []
+
+
+def test_a_checkout_imports_only_the_library_under_hf_hyper():
+    # Without the installed package's finder, the checkout's hf_hyper maps eval/ and
+    # patches/ into itself, and nothing else in the repository (benchmarks, tests).
+    root = Path(__file__).resolve().parent.parent
+    code = f"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path.insert(0, {str(root)!r})
+import hf_hyper.eval.cli, hf_hyper.patches.patching
+assert hf_hyper.eval.cli.__file__.startswith({str(root)!r}), hf_hyper.eval.cli.__file__
+for name in ("benchmarks", "tests", "research", "results"):
+    try:
+        __import__("hf_hyper." + name)
+    except ModuleNotFoundError:
+        continue
+    raise SystemExit("hf_hyper." + name + " imported from the checkout")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
