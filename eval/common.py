@@ -98,7 +98,8 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every option with a default shows it in --help, unless its help already says."""
     for action in parser._actions:
         meaningful = action.default not in (None, False, argparse.SUPPRESS, ())
-        if not action.option_strings or not meaningful:
+        switch = action.nargs == 0  # --flag / --no-flag: its default says nothing useful
+        if not action.option_strings or not meaningful or switch:
             continue
         if action.help is None:
             action.help = "(default: %(default)s)"

@@ -40,6 +40,11 @@ def sampled_row_error(q, k, v, out, causal: bool, n_rows: int = 256) -> float:
     return (torch.stack(errs).sum() / len(errs) / v_rms).sqrt().item()
 
 
+# the jobs' names, and torch's as aliases
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
 def main() -> None:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(
@@ -50,15 +55,15 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     p.add_argument("--head-dim", type=int, default=128 if gpu else 64)
     p.add_argument(
-        "--dtype", default="bfloat16" if gpu else "float32",
-        choices=["bfloat16", "float16", "float32"],
+        "--dtype", default="bf16" if gpu else "fp32", type=lambda t: DTYPE_NAMES.get(t, t),
+        choices=["bf16", "fp16", "fp32"], help="as the jobs name them (bfloat16 etc. too)",
     )  # fmt: skip
     p.add_argument("--device", default="cuda" if gpu else "cpu")
     p.add_argument("--causal", choices=["yes", "no", "both"], default="both" if gpu else "yes")
     show_defaults(p)
     args = p.parse_args()
 
-    dtype = getattr(torch, args.dtype)
+    dtype = DTYPES[args.dtype]
     kv_heads = args.kv_heads or args.heads
     shape = (1, args.heads, args.seq_len, args.head_dim)
     q = torch.randn(shape, device=args.device, dtype=dtype)

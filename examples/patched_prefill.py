@@ -2,7 +2,7 @@
 long prefill, unpatched vs patched, in one run. Needs a CUDA GPU (a 7B-shaped prefill at
 32k tokens); on a CPU, examples/long_sequence.py runs one attention call instead.
 
-    python examples/patched_prefill.py --seq-len 32768 --last-layers 28
+    python examples/patched_prefill.py --seq-len 32768 --patch-layers 28
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seq-len", type=int, default=32768, help="prompt tokens")
-    p.add_argument("--last-layers", type=int, default=28, help="final layers patched")
+    p.add_argument(
+        "--patch-layers", "--last-layers", dest="patch_layers", type=int, default=28,
+        help="final layers patched (--last-layers: the old name)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=2, help="timed prefills after a warm-up")
     show_defaults(p)
     args = p.parse_args()
@@ -69,7 +72,7 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (1, args.seq_len), device="cuda")
     base_ms, base_ok = timed_prefill(model, ids, args.repeats)
     report = hf_hyper.patch(
-        model, last_layers=args.last_layers, config=HyperAttentionConfig(seed=0)
+        model, last_layers=args.patch_layers, config=HyperAttentionConfig(seed=0)
     )
     torch.cuda.reset_peak_memory_stats()
     patched_ms, patched_ok = timed_prefill(model, ids, args.repeats)

@@ -36,3 +36,14 @@ def test_gpu_example_refuses_a_cpu_machine_in_one_line():
         "patched_prefill.py: needs a CUDA GPU (it times a 7B-shaped prefill); on a CPU run "
         "examples/long_sequence.py"
     ]
+
+
+def test_examples_take_the_jobs_names_and_keep_the_old_ones():
+    new = _run("long_sequence.py", "--seq-len", "1024", "--heads", "1", "--head-dim", "16",
+               "--dtype", "fp32", "--device", "cpu")  # fmt: skip
+    old = _run("long_sequence.py", "--seq-len", "1024", "--heads", "1", "--head-dim", "16",
+               "--dtype", "float32", "--device", "cpu")  # fmt: skip
+    assert new.returncode == old.returncode == 0, old.stderr[-1000:]
+    assert '"dtype": "fp32"' in new.stdout and '"dtype": "fp32"' in old.stdout
+    helped = _run("patched_prefill.py", "--help").stdout
+    assert "--patch-layers PATCH_LAYERS, --last-layers PATCH_LAYERS" in helped
