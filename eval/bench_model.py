@@ -33,7 +33,7 @@ from .common import (
     write_json,
 )
 from .config_arguments import add_config_arguments, config_from_arguments
-from .models import DTYPES, load_plan, parse_patch_settings, patched
+from .models import DTYPES, parse_patch_settings, patched
 from .plots import plot_model
 from .timing import environment, time_cuda
 
@@ -330,8 +330,7 @@ def run(args: argparse.Namespace) -> Path:
     out = output_dir(args.output_dir)
     model, name = build_model(args)
     num_layers = model.config.num_hidden_layers
-    plan = load_plan(args.plan, model) if getattr(args, "plan", None) else None
-    settings = parse_patch_settings(args.patch_layers, num_layers, plan)
+    settings = parse_patch_settings(args.patch_layers, num_layers, args.plan, model)
     config = config_from_arguments(args, HyperAttentionConfig)
     payload = {
         "job": "bench model",

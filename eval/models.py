@@ -145,11 +145,13 @@ def check_patchable(model) -> None:
 
 
 def parse_patch_settings(
-    values: Sequence[str], num_layers: int, plan: Plan | None = None
+    values: Sequence[str], num_layers: int, plan_file: str | None = None, model=None
 ) -> list[tuple[str, int]]:
-    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]; with a plan,
-    ('plan', PlannedLayers(plan)), added at the end if `values` lacks it."""
+    """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]; with a --plan file,
+    ('plan', PlannedLayers(plan)), added at the end if `values` lacks it (the plan checked
+    against `model` where given)."""
     check_patch_values(values)
+    plan = load_plan(plan_file, model) if plan_file else None
     if plan is not None and "plan" not in values:
         values = [*values, "plan"]
     settings: list[tuple[str, int]] = []

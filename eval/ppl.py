@@ -42,7 +42,6 @@ from .models import (
     default_lengths,
     hyper_config,
     load_model,
-    load_plan,
     num_layers,
     parse_patch_settings,
     patched,
@@ -169,8 +168,7 @@ def run(args: argparse.Namespace) -> Path | None:
         args.lengths = default_lengths(model)
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
-    plan = load_plan(args.plan, model) if args.plan else None
-    settings = parse_patch_settings(args.patch_layers, layer_total, plan)
+    settings = parse_patch_settings(args.patch_layers, layer_total, args.plan, model)
     if any(count for _, count in settings):
         check_patchable(model)
     streams = token_streams(tokenizer, docs, args.per_document)

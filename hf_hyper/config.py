@@ -11,7 +11,7 @@ BACKENDS = ("auto", "torch", "triton")
 # parameters: `exact_up_to="auto"`.
 MEASURED_CROSSOVER = {False: 12288, True: 24576}
 # Attention sinks attended exactly when the config does not say. On pretrained
-# checkpoints 1, 4 and 16 sinks gave nearly the same perplexity and none a far worse one
+# checkpoints 1, 4 and 16 sinks gave nearly the same perplexity and none a far worse one;
 # 4 also covers models that spread their sink over a few tokens.
 DEFAULT_SINK_TOKENS = 4
 # Keys before each query attended exactly across the causal recursion's cuts by default:

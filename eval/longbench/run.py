@@ -38,7 +38,6 @@ from ..models import (
     check_patchable,
     hyper_config,
     load_model,
-    load_plan,
     num_layers,
     parse_patch_settings,
     patched,
@@ -135,8 +134,7 @@ def run(args: argparse.Namespace) -> Path | None:
 
     model, tokenizer = load_model(args, accelerator.device)
     layer_total = num_layers(model)
-    plan = load_plan(args.plan, model) if args.plan else None
-    settings = parse_patch_settings(args.patch_layers, layer_total, plan)
+    settings = parse_patch_settings(args.patch_layers, layer_total, args.plan, model)
     if any(count for _, count in settings):
         check_patchable(model)
     budget = _budget(args, model)

@@ -1,7 +1,7 @@
 """Attention kernels and their references. Knows nothing of transformers.
 
 Layers, each importing only those below it: numerics, masks, padding -> lsh, planning,
-blockwise, reference, clustering -> kernels (Triton) -> fused (launchers, the
+blockwise, reference, clustering, exact_tail -> kernels (Triton) -> fused (launchers, the
 autograd.Function) -> cluster_probes -> torch_backend -> api (the public functions) ->
 diagnostics.
 """

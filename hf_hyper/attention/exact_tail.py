@@ -42,13 +42,12 @@ def exact_tail_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple
 def _torch_ops_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     b, hq, w, d = q.shape
     hk, n, dv = k.shape[1], k.shape[2], v.shape[-1]
+    # [b, h, n, d] -> the internal layout [b*hk, g, n, d] / [b*hk, n, d]; blockwise, not
+    # torch_backend, so this module stays below the fused package in the import order
     out, lse = attention_with_lse(
-        q.reshape(b * hk, hq // hk, w, d),
-        k.reshape(b * hk, n, d),
-        v.reshape(b * hk, n, dv),
-        scale,
-        causal_mask_fn(w, n, q.device),
-    )
+        q.reshape(b * hk, hq // hk, w, d), k.reshape(b * hk, n, d), v.reshape(b * hk, n, dv),
+        scale, causal_mask_fn(w, n, q.device),
+    )  # fmt: skip
     return out.reshape(b, hq, w, dv), lse.reshape(b, hq, w)
 
 
