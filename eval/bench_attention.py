@@ -58,22 +58,23 @@ COLUMNS = [
 
 
 def planted_inputs(
-    n: int, heads: int, kv_heads: int, dim: int, dtype: torch.dtype, causal: bool, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n: int, heads: int, kv_heads: int, dim: int, dtype: torch.dtype, causal: bool, seed: int,
+    device: str | torch.device = "cuda",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Each query is a scaled copy of one (earlier, if causal) key plus noise: rows with a
     few large entries among many small ones, so the exact output is far from zero and
     the error of an approximation means something (iid inputs give O* ~ 0)."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     shape = (1, kv_heads, n, dim)
-    k = torch.randn(shape, generator=gen, device="cuda")
-    v = torch.randn(shape, generator=gen, device="cuda")
+    k = torch.randn(shape, generator=gen, device=device)
+    v = torch.randn(shape, generator=gen, device=device)
     g = heads // kv_heads
-    u = torch.rand(1, heads, n, generator=gen, device="cuda")
-    limit = torch.arange(1, n + 1, device="cuda") if causal else torch.full((n,), n, device="cuda")
+    u = torch.rand(1, heads, n, generator=gen, device=device)
+    limit = torch.arange(1, n + 1, device=device) if causal else torch.full((n,), n, device=device)
     partner = (u * limit).long().clamp_max(n - 1)
     k_rep = k.repeat_interleave(g, dim=1)
     q = torch.gather(k_rep, 2, partner[..., None].expand(-1, -1, -1, dim))
-    q = q * (8.0 / math.sqrt(dim)) + 0.5 * torch.randn(q.shape, generator=gen, device="cuda")
+    q = q * (8.0 / math.sqrt(dim)) + 0.5 * torch.randn(q.shape, generator=gen, device=device)
     del k_rep
     return q.to(dtype), k.to(dtype), v.to(dtype)
 

@@ -39,6 +39,12 @@ EXAMPLES = {
         "hf-hyper diagnose --model meta-llama/Llama-2-7b-hf --length 32768\n"
         "hf-hyper diagnose --length 8192 --ppl-budget 0.02"
     ),
+    "plan": (
+        "hf-hyper plan --model ./my-model --length 8192 --ppl-budget 0.01 "
+        "--retrieval-budget 0.9\n"
+        "hf-hyper plan --model ./my-model --length 32768 --target-length 131072 "
+        "--modes fast fast+tail accurate"
+    ),
     "retrieval": (
         "hf-hyper retrieval --model ./my-model --lengths 4096 8192 --tasks passkey kv-number\n"
         "hf-hyper retrieval --model ./my-model --files book.txt --depths 10 --seeds 3 --diagnose\n"
@@ -69,7 +75,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import bench_attention, bench_model, bench_paper, diagnose, ppl
+    from . import bench_attention, bench_model, bench_paper, diagnose, planner, ppl
     from .longbench import run as longbench
     from .retrieval import run as retrieval
 
@@ -82,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     _job(jobs, "longbench", longbench, "LongBench v1 scores ('longbench score DIR' re-scores)")
     _job(jobs, "diagnose", diagnose, "per-layer/head error and alpha, kappa; layer choice")
     _job(jobs, "retrieval", retrieval, "needle-in-a-haystack grid, unpatched vs patched layers")
+    _job(jobs, "plan", planner, "per-layer plan under perplexity and retrieval budgets")
     bench = jobs.add_parser("bench", help="speed: one attention layer, or a whole model")
     what = bench.add_subparsers(dest="bench_job", required=True, metavar="WHAT")
     _job(what, "bench attention", bench_attention, "one attention layer vs exact kernels (GPU)")

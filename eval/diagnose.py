@@ -108,6 +108,32 @@ class LayerProbe:
         self.progress.update(1)
 
 
+def measure_layers(
+    model, ids: torch.Tensor, config: hf_hyper.HyperAttentionConfig, chosen: list[int],
+    length: int,
+) -> tuple[list[dict], list[dict], list[int]]:  # fmt: skip
+    """(per-head rows, per-layer rows ranked by error, the layers measured) of one window
+    `ids` [1, n] through the unpatched model: each layer's HyperAttention under `config`
+    against exact attention on that layer's own inputs. Layers HyperAttention does not
+    serve (sliding-window attention) are left out."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(chosen), desc=f"layers at {length} tokens") as bar:
+        probe = LayerProbe(config, bar)
+        try:
+            with (
+                hf_hyper.capture_attention(model, probe, layers=chosen) as observed,
+                torch.no_grad(),
+            ):
+                bar.total = len(observed)  # the layers HyperAttention can serve
+                bar.refresh()
+                model.get_decoder()(input_ids=ids, use_cache=False)
+        except (ValueError, RuntimeError) as err:
+            raise JobError(str(err)) from err
+    heads, layers = _layer_rows(probe.results)
+    return heads, layers, sorted(observed)
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -241,7 +267,6 @@ def _summary(payload: dict) -> str:
 
 def run(args: argparse.Namespace) -> Path:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     accelerator = Accelerator(cpu=args.cpu)
     if accelerator.num_processes > 1:
@@ -280,20 +305,8 @@ def run(args: argparse.Namespace) -> Path:
         raise JobError(f"--layers {outside} do not exist; the model has layers 0..{total - 1}")
     check_patchable(model)
     out = output_dir(args.output_dir)  # once the input is known good: no empty folders
-    with tqdm(total=len(chosen), desc=f"layers at {args.length} tokens") as bar:
-        probe = LayerProbe(config, bar)
-        try:
-            with (
-                hf_hyper.capture_attention(model, probe, layers=chosen) as observed,
-                torch.no_grad(),
-            ):
-                bar.total = len(observed)  # the layers HyperAttention can serve
-                bar.refresh()
-                ids = torch.tensor(windows[0].ids, device=device)[None]
-                model.get_decoder()(input_ids=ids, use_cache=False)
-        except (ValueError, RuntimeError) as err:
-            raise JobError(str(err)) from err
-    heads, layers = _layer_rows(probe.results)
+    ids = torch.tensor(windows[0].ids, device=device)[None]
+    heads, layers, observed = measure_layers(model, ids, config, chosen, args.length)
 
     payload = {
         "job": "diagnose",

@@ -150,15 +150,14 @@ def parse_patch_settings(
     """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]; with a --plan file,
     ('plan', PlannedLayers(plan)), added at the end if `values` lacks it (the plan checked
     against `model` where given)."""
-    check_patch_values(values)
+    check_patch_values(values, plan_file)
     plan = load_plan(plan_file, model) if plan_file else None
     if plan is not None and "plan" not in values:
         values = [*values, "plan"]
     settings: list[tuple[str, int]] = []
     for value in dict.fromkeys(values):  # a setting named twice runs once
         if value == "plan":
-            if plan is None:
-                raise JobError("--patch-layers plan needs --plan FILE")
+            assert plan is not None  # check_patch_values refuses 'plan' without a file
             settings.append((value, PlannedLayers(plan)))
             continue
         count = num_layers if value == "all" else int(value)

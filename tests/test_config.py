@@ -12,6 +12,14 @@ def test_the_paper_preset_turns_every_addition_off():
     assert HyperAttentionConfig().sinks > 0  # the default is not the paper's
 
 
+def test_the_accurate_preset_probes_clusters_with_a_tail_and_takes_overrides():
+    accurate = HyperAttentionConfig.accurate()
+    assert accurate.cluster_probes > 0 and accurate.kmeans_iters > 0 and accurate.exact_tail > 0
+    assert HyperAttentionConfig.accurate(exact_tail=0, seed=3) == HyperAttentionConfig(
+        kmeans_iters=accurate.kmeans_iters, cluster_probes=accurate.cluster_probes, seed=3
+    )
+
+
 @pytest.mark.parametrize("field", ["block_size", "sample_size", "exact_tail", "cluster_probes"])
 def test_a_wrong_type_is_both_a_type_and_a_value_error_naming_the_field(field):
     with pytest.raises(ValueError, match=field):

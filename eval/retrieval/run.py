@@ -150,6 +150,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="retrieval-results")
 
 
+def answer(model, tokenizer, case: Case, device) -> tuple[str, int]:
+    """The model's greedy answer to a case: (text, new tokens). A chat turn ends at the
+    model's end of turn; a plain prompt at the first newline."""
+    new = MAX_NEW_TOKENS.get(case.task, DEFAULT_NEW_TOKENS)
+    return generate(
+        model,
+        tokenizer,
+        list(case.input_ids),
+        device,
+        max_new_tokens=new,
+        stop_at_newline=not case.chat,
+    )
+
+
 def depths(count: int) -> list[float]:
     return [0.5] if count == 1 else [i / (count - 1) for i in range(count)]
 
@@ -316,15 +330,7 @@ def run(args: argparse.Namespace) -> Path | None:
         with patched(model, count, hyper):
             bar = tqdm(todo, desc=f"patched {label:>3}", disable=not accelerator.is_main_process)
             for case in bar:
-                new = MAX_NEW_TOKENS.get(case.task, DEFAULT_NEW_TOKENS)
-                prediction, n_new = generate(
-                    model,
-                    tokenizer,
-                    list(case.input_ids),
-                    device,
-                    max_new_tokens=new,
-                    stop_at_newline=not chat,
-                )
+                prediction, n_new = answer(model, tokenizer, case, device)
                 cache.append(_record(label, case, prediction, n_new))
     if args.diagnose:
         for case in tqdm(
