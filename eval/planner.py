@@ -283,6 +283,27 @@ def _describe(assignment: dict[int, str]) -> str:
     return ", ".join(f"{n} {mode}" for mode, n in counts.items())
 
 
+def _ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def layers_by_mode(assignment: dict[int, str]) -> str:
+    """{0: 'fast', 1: 'fast', 3: 'fast+tail'} -> 'fast 0-1; fast+tail 3' ('exact': none)."""
+    if not assignment:
+        return EXACT
+    modes = dict.fromkeys(assignment.values())
+    return "; ".join(
+        f"{mode} {_ranges([i for i, m in assignment.items() if m == mode])}" for mode in modes
+    )
+
+
 def _outcome(result: dict[str, Any]) -> str:
     hits = ", ".join(f"{task} {r['hits']}/{r['cases']}" for task, r in result["retrieval"].items())
     return f"perplexity {result['ppl']:.4f}" + (f"; {hits}" if hits else "")
@@ -535,9 +556,17 @@ def run(args: argparse.Namespace) -> Path:
             for c in candidates
         ],  # fmt: skip
     }
-    trial_columns = [("key", "plan (layer:mode)"), ("layers", "layers"), ("ppl", "perplexity")]
+    trial_columns = [
+        ("key", "layers patched, by mode"),
+        ("layers", "layers"),
+        ("ppl", "perplexity"),
+    ]
     trial_rows = [
-        {"key": r["key"].split("|", 1)[1], "layers": r["layers"], "ppl": f"{r['ppl']:.4f}"}
+        {
+            "key": layers_by_mode({int(i): m for i, m in r["assignment"].items()}),
+            "layers": r["layers"],
+            "ppl": f"{r['ppl']:.4f}",
+        }
         | {t: f"{x['hits']}/{x['cases']}" for t, x in r["retrieval"].items()}
         for r in trials
     ]
@@ -579,8 +608,8 @@ def run(args: argparse.Namespace) -> Path:
     columns += [(t, f"{t} hits (95% interval)") for t in tasks]
     speed = all_exact / payload["modelled_ms"]
     table = (
-        f"Plan for {model_type} ({total} layers): {_describe(chosen)} of {total} layers, "
-        f"layers {sorted(chosen)}\nmodelled attention time at {target} tokens: "
+        f"Plan for {model_type} ({total} layers): {_describe(chosen)} of {total} layers "
+        f"({layers_by_mode(chosen)})\nmodelled attention time at {target} tokens: "
         f"{payload['modelled_ms']:.1f} ms against {all_exact:.1f} ms exact ({speed:.2f}x, "
         f"times from {timed_on})\n\n" + markdown_table(rows, columns) + "\n" + search_table
     )

@@ -19,6 +19,7 @@ from hf_hyper.eval.planner import (
     EXACT,
     choose,
     keeps_budgets,
+    layers_by_mode,
     modelled_ms,
     most_layers,
     read_layer_times,
@@ -64,6 +65,12 @@ def test_search_gives_each_mode_alone_and_the_modes_nested():
     assert best == candidates[2]
     assert modelled_ms(best, 5, TIMES) == pytest.approx(1 + 1 + 1.1 + 1.1 + 10)
     assert choose([{}, {}], 4, TIMES) is None
+
+
+def test_trial_tables_name_layers_by_mode_in_ranges():
+    assignment = {9: "fast", 0: "fast", 1: "fast", 2: "fast", 5: "fast", 7: "t", 8: "t"}
+    assert layers_by_mode(assignment) == "fast 0-2,5,9; t 7-8"
+    assert layers_by_mode({}) == EXACT
 
 
 def test_budgets_bound_perplexity_and_every_task_share():
