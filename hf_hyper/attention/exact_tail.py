@@ -3,39 +3,29 @@
 The last queries of a prefill are where generation reads the context (a LongBench or
 needle prompt ends with its question), and one needle token thousands back is what an
 approximation loses first. Attending those W rows exactly costs W n work, nothing next to
-the call's n^2 / 2, but one tile of W rows per head against n keys leaves most of a GPU
-idle in a plain kernel launch. So on CUDA the keys before the tail are cut into chunks,
-viewed (not copied) as a batch of independent problems for PyTorch's flash kernel, and
-the chunks merge by their log-sum-exp, as flash-decoding does. Elsewhere, and wherever a
-gradient must reach the queries through the log-sum-exp, torch ops compute it.
+the call's n^2 / 2; what it cannot avoid is reading every key and value once. On CUDA two
+flash calls do it with few launches: the rectangle (every tail row sees all keys before
+the tail; a key head's query heads stack as rows, so GQA needs no copies) and the
+triangle (the tail's own keys, causal), merged by their log-sum-exp. Elsewhere, and
+wherever a gradient must reach the queries through the log-sum-exp, torch ops compute it.
 
 Layout: [batch, heads, seq, head_dim], key/value heads may be fewer (GQA).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
-
-# Keys per chunk at least: shorter chunks spend more on the merge than they save.
-MIN_CHUNK_KEYS = 512
-# Query rows of one flash-kernel tile, and tiles per streaming multiprocessor the split
-# aims at (two waves hide the shorter last chunk).
-FLASH_TILE_ROWS = 128
-TILES_PER_SM = 2
 
 
 def exact_tail_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Causal exact attention of the last rows: q [b, hq, w, d] are the last w positions
     of k [b, hk, n, d], v [b, hk, n, dv] -> (out [b, hq, w, dv] float32 or float64,
     lse [b, hq, w] of the same dtype)."""
-    chunks = _flash_chunks(q, k, v, k.shape[2] - q.shape[2])
-    if chunks:
-        return _split_keys_attention(q, k, v, scale, chunks)
+    if flash_runs(q, k, v):
+        return _flash_attention(q, k, v, scale)
     return _torch_ops_attention(q, k, v, scale)
 
 
@@ -51,56 +41,46 @@ def _torch_ops_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple
     return out.reshape(b, hq, w, dv), lse.reshape(b, hq, w)
 
 
-def _flash_chunks(q: Tensor, k: Tensor, v: Tensor, n_before: int) -> int:
-    """How many key chunks the flash split cuts the n_before keys before the tail into,
-    or 0 where it does not run: not CUDA, not 16-bit, head sizes the kernel lacks, too
-    few keys to split, or a gradient that would need the log-sum-exp's."""
+def flash_runs(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether the tail runs in PyTorch's flash kernel: CUDA (sm80+), 16-bit, head sizes
+    the kernel has, and no gradient that would need the log-sum-exp's."""
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-        return 0
+        return False
     d, dv = q.shape[-1], v.shape[-1]
     if d != dv or d % 8 or d > 256:
-        return 0
+        return False
     if not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention"):
-        return 0
+        return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return 0
-    if torch.cuda.get_device_capability(q.device) < (8, 0) or n_before < MIN_CHUNK_KEYS:
-        return 0
-    b, hq, w, _ = q.shape
-    hk = k.shape[1]
-    tiles_per_chunk = b * hk * math.ceil(hq // hk * w / FLASH_TILE_ROWS)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    wanted = math.ceil(TILES_PER_SM * sms / tiles_per_chunk)
-    return max(1, min(wanted, n_before // MIN_CHUNK_KEYS))
+        return False
+    return torch.cuda.get_device_capability(q.device) >= (8, 0)
 
 
-def _split_keys_attention(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, chunks: int
-) -> tuple[Tensor, Tensor]:
-    """The exact tail on CUDA: every query sees all keys before the tail, so those form a
-    rectangle whose rows are independent; a query head's g rows stack over one key head
-    (GQA without repeating keys), and `chunks` equal runs of keys become the batch of one
-    flash call. The few keys past the runs (the tail's own, causal) take torch ops."""
+def _flash(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    """(out [b, h, m, d] float32, lse [b, h, m]) of one flash call, heads of q and k equal."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, causal, False, scale=scale
+    )[:2]
+    return out.float(), lse[..., : q.shape[2]]
+
+
+def _flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     b, hq, w, d = q.shape
     hk, n, dv = k.shape[1], k.shape[2], v.shape[-1]
-    g = hq // hk
-    run = (n - w) // chunks
-    covered = chunks * run
-    outs, lses = [], []
-    for i in range(b):
-        # [hk, covered, d] -> [chunks, hk, run, d]: a view, strides kept
-        k_runs = k[i, :, :covered].unflatten(1, (chunks, run)).transpose(0, 1)
-        v_runs = v[i, :, :covered].unflatten(1, (chunks, run)).transpose(0, 1)
-        q_rows = q[i].reshape(hk, g * w, d).expand(chunks, -1, -1, -1).contiguous()
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-            q_rows, k_runs, v_runs, 0.0, False, False, scale=scale
-        )[:2]
-        lse = lse[..., : g * w]  # [chunks, hk, g*w]
-        total = torch.logsumexp(lse, dim=0)
-        weight = torch.exp(lse - total)[..., None]  # each run's share of the mass
-        merged = (out.float() * weight).sum(0)  # [hk, g*w, dv]
-        outs.append(merged.reshape(hq, w, dv))
-        lses.append(total.reshape(hq, w))
-    out_runs, lse_runs = torch.stack(outs), torch.stack(lses)
-    out_rest, lse_rest = _torch_ops_attention(q, k[:, :, covered:], v[:, :, covered:], scale)
-    return merge_by_lse(out_runs, lse_runs, out_rest.float(), lse_rest.float())
+    g, before = hq // hk, n - w
+    # the tail's own keys, causal; a square, so either causal alignment is right, and its
+    # w keys are cheap to repeat for the query heads they serve
+    k_own, v_own = k[:, :, before:], v[:, :, before:]
+    if g > 1:
+        k_own, v_own = k_own.repeat_interleave(g, 1), v_own.repeat_interleave(g, 1)
+    out_own, lse_own = _flash(q, k_own, v_own, scale, causal=True)
+    if before == 0:
+        return out_own, lse_own
+    # every tail row sees every key before the tail: the g query heads of a key head
+    # stack as g * w rows against that head's keys (views, no copies)
+    out_rect, lse_rect = _flash(
+        q.reshape(b, hk, g * w, d), k[:, :, :before], v[:, :, :before], scale, causal=False
+    )
+    return merge_by_lse(
+        out_rect.reshape(b, hq, w, dv), lse_rect.reshape(b, hq, w), out_own, lse_own
+    )
