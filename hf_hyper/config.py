@@ -70,9 +70,9 @@ class HyperAttentionConfig:
         them and are left out of the LSH blocks and the samples: pretrained models put
         much of their attention on the first tokens (attention sinks), which sampling
         estimates badly. At most min_seq_len // 2 (they must fit the first exact block).
-        0 is the paper's algorithm. None (default): DEFAULT_SINK_TOKENS, or
-        min_seq_len // 2 where that is smaller (`sinks` is the number used); the default
-        is measured on pretrained checkpoints.
+        0 is the paper's algorithm. None (default) becomes DEFAULT_SINK_TOKENS,
+        or min_seq_len // 2 where that is smaller, when the config is made, so the
+        config shows the number used; the default is measured on pretrained checkpoints.
     local_window: in causal attention, every query attends exactly at least the
         local_window keys before it: where a recursion cut separates a query from its
         nearest keys, the first local_window queries after the cut attend the
@@ -81,8 +81,8 @@ class HyperAttentionConfig:
         serve badly across a cut. 0: the paper's algorithm (its accuracy against
         its time on pretrained checkpoints: docs/design-notes.md). sink_tokens +
         local_window is at most min_seq_len // 2. Ignored by non-causal calls, which have no order.
-        None (default): DEFAULT_LOCAL_WINDOW, capped so the sum fits (`window` is the
-        number used).
+        None (default) becomes DEFAULT_LOCAL_WINDOW, capped so the sum fits, when the
+        config is made.
     kmeans_iters: 0 (default): the blocks come from angular LSH, the paper's. n > 0: each
         problem clusters its keys into 2**lsh_num_projs k-means clusters (n Lloyd
         iterations; causal: each lower-left block its own keys, which precede its
@@ -195,10 +195,16 @@ class HyperAttentionConfig:
                 "HyperAttentionConfig.cluster_probes needs k-means clusters to probe: "
                 "set kmeans_iters > 0 (e.g. 4) as well"
             )
-        if self.sink_tokens is not None:
-            # the sinks sit inside the first exact block of every problem that has them
-            _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
-        if self.local_window is not None:
+        # None asks for the default that fits min_seq_len; the config then holds (and its
+        # repr, to_dict and saved plans show) the number every call uses
+        if self.sink_tokens is None:
+            object.__setattr__(self, "sink_tokens", min(DEFAULT_SINK_TOKENS, self.min_seq_len // 2))
+        # the sinks sit inside the first exact block of every problem that has them
+        _require_int("sink_tokens", self.sink_tokens, 0, self.min_seq_len // 2)
+        if self.local_window is None:
+            room = self.min_seq_len // 2 - self.sink_tokens
+            object.__setattr__(self, "local_window", max(0, min(DEFAULT_LOCAL_WINDOW, room)))
+        else:
             _require_int("local_window", self.local_window, 0)
             # the corner a cut leaves must sit in the first half's keys beside the sinks
             if self.sinks + self.local_window > self.min_seq_len // 2:
@@ -241,16 +247,12 @@ class HyperAttentionConfig:
 
     @property
     def sinks(self) -> int:
-        """The number of attention-sink keys every call uses."""
-        if self.sink_tokens is None:
-            return min(DEFAULT_SINK_TOKENS, self.min_seq_len // 2)
+        """The number of attention-sink keys every call uses (sink_tokens, resolved)."""
         return self.sink_tokens
 
     @property
     def window(self) -> int:
-        """The local window every causal call uses."""
-        if self.local_window is None:
-            return max(0, min(DEFAULT_LOCAL_WINDOW, self.min_seq_len // 2 - self.sinks))
+        """The local window every causal call uses (local_window, resolved)."""
         return self.local_window
 
     def exact_query_len(self, causal: bool) -> int:

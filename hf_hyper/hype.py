@@ -273,9 +273,10 @@ def _without_exact_parts(config: HyperAttentionConfig) -> HyperAttentionConfig:
     when a kernel sums them in one order; a separate exact part (attention sinks, the
     local window's corners) sums them in another and loses the bias. HyPE's own bias
     already decides how much the first and the nearest tokens get, so HyPE runs
-    HyperAttention without them."""
+    HyperAttention without them: the defaults are dropped, other values refused."""
+    defaults = HyperAttentionConfig(min_seq_len=config.min_seq_len)
     for name in ("sink_tokens", "local_window"):
-        if getattr(config, name):
+        if getattr(config, name) not in (0, getattr(defaults, name)):
             raise ValueError(
                 f"HyPE with HyperAttention runs without attention sinks or a local window; "
                 f"got HyperAttentionConfig({name}={getattr(config, name)}): set {name}=0"

@@ -119,9 +119,16 @@ def test_config_rejects_bad_local_window(kwargs, message):
         HyperAttentionConfig(**kwargs)
 
 
-def test_default_window_fits_small_min_seq_len():
-    config = HyperAttentionConfig(min_seq_len=8)
-    assert config.sinks + config.window <= 4
+def test_default_sinks_and_window_resolve_to_what_fits_and_show_it(monkeypatch):
+    import hf_hyper.config
+
+    monkeypatch.setattr(hf_hyper.config, "DEFAULT_LOCAL_WINDOW", 256)  # a default that must shrink
+    for min_seq_len, sinks, window in [(2, 1, 0), (8, 4, 0), (64, 4, 28), (4096, 4, 256)]:
+        config = HyperAttentionConfig(min_seq_len=min_seq_len)
+        assert (config.sink_tokens, config.local_window) == (sinks, window)
+        assert (config.sinks, config.window) == (sinks, window)
+        assert f"sink_tokens={sinks}, local_window={window}" in repr(config)
+        assert config.to_dict()["sink_tokens"] == sinks
 
 
 def test_hash_dims_with_sinks_and_window_hash_only_the_named_columns():
