@@ -281,13 +281,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--output-dir", default="bench-attention")
+    p.add_argument("--output-dir", default="bench-attention-results")
 
 
 def run(args: argparse.Namespace) -> Path:
     args.kv_heads = args.kv_heads or args.heads
     if args.heads % args.kv_heads:
         raise JobError(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    if not torch.cuda.is_available():  # before the output folder: no empty folders
+        raise JobError("the attention benchmark times CUDA kernels; run it on a GPU machine")
     out = output_dir(args.output_dir)
     rows = run_benchmark(args)
     payload = {

@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="untimed prefills first; 0 times the kernels' compilation too",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--output-dir", default="bench-model")
+    p.add_argument("--output-dir", default="bench-model-results")
 
 
 def build_model(args: argparse.Namespace):

@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup", type=int, default=2, help="one-layer grid (the prefill: 1)")
     p.add_argument("--repeats", type=int, default=5, help="one-layer grid (the prefill: 3)")
-    p.add_argument("--output-dir", default="bench-paper")
+    p.add_argument("--output-dir", default="bench-paper-results")
 
 
 def _layer_args(args: argparse.Namespace) -> argparse.Namespace:

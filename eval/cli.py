@@ -50,7 +50,7 @@ EXAMPLES = {
         "hf-hyper retrieval --model ./my-model --files book.txt --depths 10 --seeds 3 --diagnose\n"
         "accelerate launch -m hf_hyper.eval.retrieval --model ./my-model"
     ),
-    "plot": "hf-hyper plot attention bench-attention/attention.json\n"
+    "plot": "hf-hyper plot attention bench-attention-results/attention.json\n"
     "hf-hyper plot ppl ppl-results/ppl.json\n"
     "hf-hyper plot longbench longbench-results/longbench.json",
 }

@@ -34,6 +34,7 @@ from .common import (
     job_main,
     markdown_table,
     output_dir,
+    positive_int,
     save_results,
     today,
 )
@@ -78,7 +79,10 @@ HEAD_FIELDS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_text_arguments(p)
-    p.add_argument("--length", type=int, default=8192, help="tokens in the measured window")
+    p.add_argument(
+        "--length", "--lengths", type=positive_int, default=8192,
+        help="tokens in the measured window (one length)",
+    )  # fmt: skip
     p.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer")
     p.add_argument("--allow-beyond-max-positions", action="store_true")
     rec = p.add_argument_group("layer recommendation")

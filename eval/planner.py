@@ -104,7 +104,10 @@ VALIDATION_SEED = 1_000_000
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_text_arguments(p)
-    p.add_argument("--length", type=positive_int, default=8192, help="tokens per window and case")
+    p.add_argument(
+        "--length", "--lengths", type=positive_int, default=8192,
+        help="tokens per window and case (one length)",
+    )  # fmt: skip
     p.add_argument(
         "--target-length", type=positive_int, default=None,
         help="the length the plan is for: its layer times are measured there (default: "
