@@ -209,7 +209,7 @@ def hype_attention(
     kernel: "sdpa" or "hyper" (HyperAttention; runs in float32, so the bias columns keep
     full precision). The softmax scale applies to q.k only: columns are divided by it.
     hash_augmented: HyperAttention's LSH sees the HyPE columns too (default: only the
-    original head_dim features; benchmarks/hype_lsh_inputs.py measures both).
+    original head_dim features, the better of the two as measured).
     """
     b, hq, n_query, dim = q.shape
     hk, n_key = k.shape[1], k.shape[2]

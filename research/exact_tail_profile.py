@@ -25,16 +25,19 @@ def study(n: int, dim: int, w: int) -> None:
     rows = q[:, :, -w:]
     scale = dim**-0.5
     before = n - w
+    flash = torch.ops.aten._scaled_dot_product_flash_attention
+    q32, k32, v32 = (t.float() for t in (rows, k, v))
     variants = {
         "the tail (rectangle + triangle + merge)": lambda: exact_tail.exact_tail_attention(
             rows, k, v, scale
         ),
-        "torch ops": lambda: exact_tail._torch_ops_attention(rows, k, v, scale),
-        "rectangle alone (one flash call)": lambda: exact_tail._flash(
-            rows, k[:, :, :before], v[:, :, :before], scale, causal=False
+        # float32 inputs take the torch-ops path (no flash kernel for them)
+        "torch ops (float32 inputs)": lambda: exact_tail.exact_tail_attention(q32, k32, v32, scale),
+        "rectangle alone (one flash call)": lambda: flash(
+            rows, k[:, :, :before], v[:, :, :before], 0.0, False, False, scale=scale
         ),
-        "triangle alone (one flash call)": lambda: exact_tail._flash(
-            rows, k[:, :, before:], v[:, :, before:], scale, causal=True
+        "triangle alone (one flash call)": lambda: flash(
+            rows, k[:, :, before:], v[:, :, before:], 0.0, True, False, scale=scale
         ),
     }
     # the floor of any unfused tail: reading every key and value once

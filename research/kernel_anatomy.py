@@ -1,7 +1,7 @@
 """What the block-sample kernel's time depends on: the same launch of the non-causal
 forward at 131k tokens with one thing changed at a time.
 
-    python benchmarks/kernel_anatomy.py
+    python research/kernel_anatomy.py
 
 Variants: `keys` (sorted position j holds key j, so the LSH block's keys are read
 contiguously), `rows` (slot i holds query row i: queries and outputs contiguous),

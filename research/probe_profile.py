@@ -11,7 +11,7 @@ kernels summed by kind:
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
 
-    python benchmarks/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16 \
+    python research/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16 \
         --kmeans-iters 4
 """
 

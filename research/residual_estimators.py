@@ -23,7 +23,7 @@ cluster's mean value. On the lower-left rectangle of the first causal cut (as
   sample for the rest (c = 1: k-means HyperAttention with a whole cluster for its
   block); the mean number of exact keys per query is printed after the table.
 
-    python benchmarks/residual_estimators.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+    python research/residual_estimators.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --layers 5 12 18 25
 """
 

@@ -4,7 +4,7 @@ against the paper's algorithm and cuDNN: one layer forward, bf16, 32 heads (CUDA
 Settings are timed in interleaved rounds in one process, so the differences between them
 are not process-to-process noise; each cell is the best of the rounds' medians.
 
-    python benchmarks/exact_parts_ab.py --lengths 32768 131072 --head-dims 64 128 \
+    python research/exact_parts_ab.py --lengths 32768 131072 --head-dims 64 128 \
         --settings 0:0 4:0 4:256 > exact_parts.md
 """
 

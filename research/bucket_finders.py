@@ -8,7 +8,7 @@ with each bucketing and reports ||O - O*||_F / ||V||_F, the mean over three seed
 - `lsh`: the paper's angular LSH (`kmeans_iters=0`), 2**7 buckets;
 - `kmeans I, 2**r`: each problem's keys in 2**r k-means clusters after I iterations.
 
-    python benchmarks/bucket_finders.py --model DIR --gguf-file F.gguf --text kjv.txt \
+    python research/bucket_finders.py --model DIR --gguf-file F.gguf --text kjv.txt \
         --length 8192 --layers 5 12 18 25
 """
 

@@ -7,7 +7,7 @@ then assigns every key. On the lower-left rectangle of the first causal cut (as
 2**7 clusters) and each fit size reports ||O - O*||_F / ||V||_F, the mean over three
 seeds ("all": every key).
 
-    python benchmarks/kmeans_fit.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+    python research/kmeans_fit.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --layers 5 12 18 25
 """
 

@@ -1,6 +1,6 @@
 """Bias vs distance of HyPE's ALiBi preset against ALiBi itself; writes a table and a plot.
 
-    python benchmarks/plot_hype_bias.py --heads 8 --out results/hype/alibi_preset.png
+    python research/plot_hype_bias.py --heads 8 --out results/hype/alibi_preset.png
 
 The preset matches ALiBi within max_error wherever |ALiBi| <= fit_bias and falls faster
 beyond; the plot shows both regions (log-scaled magnitudes), the table a few distances.

@@ -1,6 +1,6 @@
 """HyPE + HyperAttention: should the LSH hash the original Q, K or the HyPE-augmented ones?
 
-    python benchmarks/hype_lsh_inputs.py --lengths 4096 8192 --seeds 3
+    python research/hype_lsh_inputs.py --lengths 4096 8192 --seeds 3
 
 Error of HyperAttention-with-HyPE against exact HyPE attention, ||O - O*||_F / ||V||_F,
 for two kinds of causal inputs, with the ALiBi preset:

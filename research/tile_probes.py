@@ -21,7 +21,7 @@ mean over three seeds:
 The tile choice depends on every query of the tile, so it fits bidirectional
 attention; in causal attention it would let later positions steer earlier outputs.
 
-    python benchmarks/tile_probes.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+    python research/tile_probes.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --layers 5 12 18 25
 """
 

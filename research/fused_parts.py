@@ -1,6 +1,6 @@
 """Time the parts the fused forward was rebuilt from, each against what it replaced.
 
-    python benchmarks/fused_parts.py        # on a GPU; prints a markdown table
+    python research/fused_parts.py        # on a GPU; prints a markdown table
 
 Rows: torch.sort by key dtype (the per-level sorts), the LSH hash (Triton pass vs
 torch matmul + Gray-code ops), and the exact causal diagonal blocks at 131k (cuDNN with

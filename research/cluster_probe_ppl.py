@@ -12,7 +12,7 @@ rectangle's keys clustered as `kmeans_iters` does) and a uniform sample of
 only for short windows on a CPU. The same windows run unpatched and with HyperAttention
 at the defaults (and with k-means buckets) through `hf_hyper.patch`, for comparison.
 
-    python benchmarks/cluster_probe_ppl.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+    python research/cluster_probe_ppl.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --windows 2 --clusters 4 8 --patch-last 15 30
 """
 

@@ -3,7 +3,7 @@ default call against one with everything on the caller's stream, alternated, wit
 call on other inputs and another seed before each timing (so a read of stale memory
 would show as a mismatch), and the outputs compared bit for bit.
 
-    python benchmarks/diagonal_overlap_ab.py --lengths 16384 32768 131072
+    python research/diagonal_overlap_ab.py --lengths 16384 32768 131072
 
 With --stages S the block-sample kernel's pipeline depth is also varied (the default
 tiles with num_stages S and with the default's): four variants, not two.

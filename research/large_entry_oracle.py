@@ -11,7 +11,7 @@ attention, as ||O - O*||_F / ||V||_F:
 - `sinks + top-k + sample`: each query's own k largest entries exact as well (an oracle
   no blocked method can match, the ceiling of any better large-entry finder).
 
-    python benchmarks/large_entry_oracle.py --model DIR --gguf-file F.gguf --text kjv.txt \
+    python research/large_entry_oracle.py --model DIR --gguf-file F.gguf --text kjv.txt \
         --length 16384 --top-k 256 1024
 """
 

@@ -1,7 +1,7 @@
 """What a CUDA-graph-replayed causal forward costs beyond its graph: the host's time
 inside the call, the call timed by CUDA events, and the graph's replay alone.
 
-    python benchmarks/graph_replay_time.py --seq-len 32768 --head-dim 64
+    python research/graph_replay_time.py --seq-len 32768 --head-dim 64
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ float64, 4 sinks exact everywhere, the rest from a 256-key sample), columns
   summed estimated mass share over the T positions before the tile (causal);
 - `own tile T, P`: the same clusters chosen by the tile's own queries (not causal).
 
-    python benchmarks/causal_shared_choices.py --model DIR --gguf-file F.gguf \\
+    python research/causal_shared_choices.py --model DIR --gguf-file F.gguf \\
         --text kjv.txt --length 8192 --layers 5 12 18 25
 """
 
