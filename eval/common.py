@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -48,8 +49,43 @@ def today() -> str:
     return dt.date.today().isoformat()
 
 
+# Output folders this process holds locked (path -> open lock file), until its job ends.
+_HELD_LOCKS: dict[Path, Any] = {}
+
+
+def _lock_output(out: Path) -> None:
+    """Hold an exclusive lock on the folder for this process's rank, so a second run into
+    the same folder stops at once instead of computing (and appending) everything again.
+    Each rank of a multi-process run locks its own file; the lock ends with the job."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: nothing to hold
+        return
+    path = (out / f".hf_hyper-running-rank{os.environ.get('RANK', '0')}").resolve()
+    if path in _HELD_LOCKS:
+        return
+    handle = open(path, "w")  # noqa: SIM115 (held open until the job ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise JobError(
+            f"another hf-hyper run is writing to --output-dir {out}: wait for it to end, "
+            "or give this one another --output-dir"
+        ) from None
+    _HELD_LOCKS[path] = handle
+
+
+def release_output_locks() -> None:
+    """End the locks `output_dir` took (closing the file releases its lock)."""
+    while _HELD_LOCKS:
+        _, handle = _HELD_LOCKS.popitem()
+        handle.close()
+
+
 def output_dir(path: str | Path) -> Path:
-    """The output folder, made if missing and checked writable before any work is done."""
+    """The output folder, made if missing, checked writable and locked against a second
+    run before any work is done."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise JobError(f"--output-dir {out} is a file, not a folder: choose another path")
@@ -63,6 +99,7 @@ def output_dir(path: str | Path) -> Path:
         raise JobError(
             f"cannot write to --output-dir {out} ({reason}): choose a folder you can write to"
         ) from None
+    _lock_output(out)
     return out
 
 
@@ -139,6 +176,8 @@ def exit_status(prog: str, job: Callable[[Any], object], args: Any) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        release_output_locks()
     return 0
 
 
