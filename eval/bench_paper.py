@@ -8,7 +8,7 @@ a number it is printed next to ours with its source and its baseline, so that li
 compared with like: the paper measured against FlashAttention on an A100.
 
     hf-hyper bench paper
-    hf-hyper bench paper --lengths 4096 32768 131072 --model-patch-layers 0 all
+    hf-hyper bench paper --lengths 4096 32768 131072 --patch-layers 0 all
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-shape", choices=sorted(bench_model.SHAPES), default="chatglm2-6b-shaped"
     )
     p.add_argument("--model-length", type=int, default=32768, help="prefill tokens (0: skip)")
-    p.add_argument("--model-patch-layers", nargs="+", default=["0", "14", "all"])
+    p.add_argument(
+        "--patch-layers", "--model-patch-layers", dest="patch_layers", nargs="+",
+        default=["0", "14", "all"],
+        help="the model experiment's settings: final layers patched, or 'all' "
+        "(--model-patch-layers: the old name, kept for one release)",
+    )  # fmt: skip
     add_config_arguments(
         p.add_argument_group("HyperAttention"), HyperAttentionConfig, defaults={"seed": 0}
     )
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> Path:
         print(f"whole-model prefill, {args.model_shape}, {args.model_length} tokens", flush=True)
         margs = _model_args(args)
         model, _ = bench_model.build_model(margs)
-        settings = parse_patch_settings(args.model_patch_layers, model.config.num_hidden_layers)
+        settings = parse_patch_settings(args.patch_layers, model.config.num_hidden_layers)
         model_rows = bench_model.time_prefill(model, settings, config, margs)
         del model
         torch.cuda.empty_cache()

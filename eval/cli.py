@@ -26,7 +26,7 @@ EXAMPLES = {
     ),
     "bench paper": (
         "hf-hyper bench paper\n"
-        "hf-hyper bench paper --lengths 4096 32768 131072 --model-patch-layers 0 all"
+        "hf-hyper bench paper --lengths 4096 32768 131072 --patch-layers 0 all"
     ),
     "longbench": (
         "hf-hyper longbench --model THUDM/chatglm2-6b-32k --trust-remote-code "

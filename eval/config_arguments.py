@@ -52,7 +52,12 @@ def add_config_arguments(
         if "choices" in meta:
             options["choices"] = list(meta["choices"])
         help_text = meta.get("help", "")
-        options["help"] = f"{help_text} (default: %(default)s)" if help_text else None
+        if help_text and default is not None:
+            help_text += " (default: %(default)s"
+            if default != field.default:  # a job's own default: say the library's too
+                help_text += f"; HyperAttentionConfig's: {field.default}"
+            help_text += ")"
+        options["help"] = help_text or None
         parser.add_argument(option_name(field.name), **options)
 
 
