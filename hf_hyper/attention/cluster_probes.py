@@ -67,13 +67,16 @@ class ProbePlan:
 
 def plan_probes(
     q: Tensor, k: Tensor, probes: int, clusters: int, iterations: int, scale: float,
-    sinks: Tensor | None,
+    sinks: Tensor | None, kmeans_kernels: bool = True,
 ) -> ProbePlan:  # fmt: skip
     """Cluster each problem's keys k [z, nk, d] and choose the `probes` clusters of
-    largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed)."""
+    largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed).
+    kmeans_kernels=False keeps the clustering in torch ops (backend "torch")."""
     with torch.no_grad():
         z, g, n_query, dim = q.shape
-        centroids, assign, counts = kmeans_clusters(k, clusters, iterations, sinks)
+        centroids, assign, counts = kmeans_clusters(
+            k, clusters, iterations, sinks, kernels=kmeans_kernels
+        )
         q_rows = q.reshape(z, g * n_query, dim)
         chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
         return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes))
@@ -258,14 +261,15 @@ def probed_attention(
     q: Tensor, k: Tensor, v: Tensor, probe_q: Tensor, probe_k: Tensor, scale: float,
     probes: int, clusters: int, iterations: int, sample_size: int, rng: Randomness,
     sinks: Tensor | None = None, band: int = 0, kernels: bool = False,
+    kmeans_kernels: bool = True,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One batch of non-causal problems: each query's `probes` clusters exact, plus the
     sample for its other keys, less the sinks and the band corner (attended exactly
     elsewhere). probe_q, probe_k: the columns that choose the clusters (q, k or their
     leading hash_dims). kernels: run the exact and sampled parts in the Triton kernels
     (no autograd) instead of torch ops; the same draws and the same sums, in another
-    order. -> out [z, g, nq, dv], lse [z, g, nq]."""
-    plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks)
+    order. kmeans_kernels: as in `plan_probes`. -> out [z, g, nq, dv], lse [z, g, nq]."""
+    plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks, kmeans_kernels)
     if kernels:
         return _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
     out, lse = cluster_attention(q, k, v, plan, scale, sinks, band)
@@ -352,5 +356,5 @@ class ClusterProbes:
         return probed_attention(
             q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
             clusters, self.iterations, self.sample_size, rng, sinks, band,
-            kernels,
+            kernels, kmeans_kernels=self.backend != "torch",
         )  # fmt: skip

@@ -43,6 +43,8 @@ def kmeans_ranks(
     scale: float,
     planes: Tensor,
     skip_keys: Tensor | None = None,
+    *,
+    kernels: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Bucket ranks of queries q [zp, g, nq, d] (or a [z, p, g, nq, d] view, problem
     zp = z * p + p_i, as a causal level's queries are) and keys k [zp, nk, d] from
@@ -51,24 +53,27 @@ def kmeans_ranks(
 
     planes [d, r]: hyperplanes that order the clusters. skip_keys [zp] (or None): leading
     keys of each problem that take no part in the clustering (the sinks, attended
-    exactly elsewhere); they still get a rank, the nearest cluster's.
+    exactly elsewhere); they still get a rank, the nearest cluster's. kernels=False
+    keeps every step in torch ops (backend "torch"); True lets the k-means kernels serve
+    the rows they take.
     """
     with torch.no_grad():
         zp = k.shape[0]
-        centroids = fit_centroids(k, 2**num_projs, iterations, skip_keys)
+        centroids = fit_centroids(k, 2**num_projs, iterations, skip_keys, kernels=kernels)
         # renumber the clusters in the Gray order of their centroids' LSH buckets, so a
         # cluster's index is its rank and the choices below are written as ranks
         order = angular_lsh_rank(centroids, planes.float()).long().argsort(dim=-1, stable=True)
         dtype = rank_dtype(num_projs)
-        k_rank, counts = _nearest_with_counts(k, centroids, skip_keys, dtype, order)
+        k_rank, counts = _nearest_with_counts(k, centroids, skip_keys, dtype, order, kernels)
         # a cluster's softmax mass for a query is about |cluster| exp(scale q.c)
-        q_rank = _best(q, centroids, scale, counts.log(), dtype, order)
+        q_rank = _best(q, centroids, scale, counts.log(), dtype, order, kernels)
         return q_rank.view(zp, q.shape[-3], q.shape[-2]), k_rank
 
 
 def kmeans_clusters(
-    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None,
+    *, kernels: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Lloyd's k-means of each problem's keys k [z, nk, d] into min(clusters, nk)
     clusters, from evenly spaced keys -> (centroids [z, c, d] float32, each key's cluster
     [z, nk] int64, member counts [z, c] float32). skip_keys [z] (or None): leading keys
@@ -76,14 +81,15 @@ def kmeans_clusters(
 
     The iterations fit the centroids on every s-th key, s chosen so that about
     FIT_KEYS_PER_CLUSTER keys per cluster remain (all keys where there are fewer); the
-    final assignment and the counts take every key."""
-    centroids = fit_centroids(k, clusters, iterations, skip_keys)
-    return centroids, *_nearest_with_counts(k, centroids, skip_keys)
+    final assignment and the counts take every key. kernels: as in `kmeans_ranks`."""
+    centroids = fit_centroids(k, clusters, iterations, skip_keys, kernels=kernels)
+    return centroids, *_nearest_with_counts(k, centroids, skip_keys, kernels=kernels)
 
 
 def fit_centroids(
-    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None
-) -> Tensor:
+    k: Tensor, clusters: int, iterations: int, skip_keys: Tensor | None = None,
+    *, kernels: bool = True,
+) -> Tensor:  # fmt: skip
     """The centroids of `kmeans_clusters`: [z, c, d] float32."""
     z, n_key, dim = k.shape
     clusters = min(clusters, n_key)
@@ -105,11 +111,11 @@ def fit_centroids(
     fit = k[:, ::stride]
     first_fit_row = (skip + stride - 1) // stride  # fit row i is key i * stride
     for _ in range(iterations):
-        if kernels_can_cluster(fit):
+        if kernels and kernels_can_cluster(fit):
             fused_kmeans.lloyd_step_(fit, centroids, first_fit_row)
             continue
         weight = (torch.arange(fit.shape[1], device=k.device) >= first_fit_row[:, None]).float()
-        sums, counts = _cluster_sums(fit, centroids, weight)
+        sums, counts = _cluster_sums(fit, centroids, weight, kernels)
         # an emptied cluster keeps its centroid
         centroids = torch.where(
             counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids
@@ -123,11 +129,12 @@ def _nearest_with_counts(
     skip_keys: Tensor | None,
     dtype: torch.dtype = torch.int64,
     order: Tensor | None = None,
+    kernels: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Each key's nearest centroid (`_nearest`) and each cluster's member count [z, c]
     float32, the leading skip_keys [z] keys (or none) left out of the counts."""
-    if not kernels_can_cluster(k):
-        assign = _nearest(k, centroids, dtype, order)
+    if not (kernels and kernels_can_cluster(k)):
+        assign = _nearest(k, centroids, dtype, order, kernels)
         return assign, _member_counts(assign, skip_keys, centroids.shape[1])
     z = k.shape[0]
     counts = torch.zeros(z, centroids.shape[1], dtype=torch.int32, device=k.device)
@@ -178,12 +185,14 @@ def _best(
     bias: Tensor,
     dtype: torch.dtype = torch.int64,
     order: Tensor | None = None,
+    kernels: bool = True,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x rows [zp, n, d], [zp, g, n, d] or
     [z, p, g, n, d] (`fused.kmeans.problem_rows`), centroids [zp, c, d] (float32), bias
     [zp, c] -> x.shape[:-1] of the integer dtype (in the k-means kernels where they
-    serve x). order [zp, c] (or None): index j stands for centroid order[:, j]."""
-    if kernels_can_cluster(x):
+    serve x, unless kernels is False). order [zp, c] (or None): index j stands for
+    centroid order[:, j]."""
+    if kernels and kernels_can_cluster(x):
         return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype, order)
     if order is not None:
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, x.shape[-1]))
@@ -195,19 +204,22 @@ def _best(
 
 
 def _nearest(
-    keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64, order: Tensor | None = None
-) -> Tensor:
+    keys: Tensor, centroids: Tensor, dtype: torch.dtype = torch.int64,
+    order: Tensor | None = None, kernels: bool = True,
+) -> Tensor:  # fmt: skip
     """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]
     of the integer dtype (index j: centroid order[:, j] where order is given)."""
-    if kernels_can_cluster(keys):
+    if kernels and kernels_can_cluster(keys):
         return fused_kmeans.best_centroid(keys, centroids, dtype=dtype, order=order)
     if order is not None:
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, keys.shape[-1]))
     # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
-    return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1), dtype)
+    return _best(keys, centroids, 2.0, -centroids.pow(2).sum(-1), dtype, kernels=kernels)
 
 
-def _cluster_sums(keys: Tensor, centroids: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+def _cluster_sums(
+    keys: Tensor, centroids: Tensor, weight: Tensor, kernels: bool = True
+) -> tuple[Tensor, Tensor]:
     """Weighted sum and count of the keys nearest each centroid: ([z, c, d], [z, c])."""
     z, n, _ = keys.shape
     sums = torch.zeros_like(centroids)
@@ -217,7 +229,8 @@ def _cluster_sums(keys: Tensor, centroids: Tensor, weight: Tensor) -> tuple[Tens
         part, w = keys[:, first : first + rows].float(), weight[:, first : first + rows]
         # a weighted one-hot product, not scatter_add_: CUDA's atomic adds would make the
         # sums, and so the clusters, vary from run to run
-        member = torch.nn.functional.one_hot(_nearest(part, centroids), centroids.shape[1])
+        nearest = _nearest(part, centroids, kernels=kernels)
+        member = torch.nn.functional.one_hot(nearest, centroids.shape[1])
         member = member.float() * w[..., None]
         sums += member.transpose(-1, -2) @ part
         counts += member.sum(1)
@@ -234,11 +247,15 @@ class KeyClustering:
     num_projs: int
     iterations: int
     scale: float
+    kernels: bool = True  # False: torch ops only (backend "torch")
 
     @classmethod
     def of_call(cls, planes: Tensor, hash_dims: int, config, scale: float) -> KeyClustering:
         """The clustering a call with this config makes (config.kmeans_iters > 0)."""
-        return cls(planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale)
+        return cls(
+            planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale,
+            kernels=config.backend != "torch",
+        )  # fmt: skip
 
     def ranks(self, q: Tensor, k: Tensor, skip_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`kmeans_ranks` of one batch of problems: q [zp, g, nq, d] or a causal level's
@@ -246,5 +263,5 @@ class KeyClustering:
         hd = self.hash_dims
         return kmeans_ranks(
             q[..., :hd], k[..., :hd], self.num_projs, self.iterations, self.scale,
-            self.planes, skip_keys,
+            self.planes, skip_keys, kernels=self.kernels,
         )  # fmt: skip

@@ -3,6 +3,8 @@ they plug into the same algorithm as LSH buckets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import assert_past_ignores_future, relative_error_to_v
@@ -137,3 +139,35 @@ def test_fitting_on_every_sth_key_clusters_about_as_well_as_a_full_fit(monkeypat
     assert spread(*fitted[:2]) < 1.05 * spread(*full[:2])
     # every key is assigned and counted, the skipped ones excepted
     assert fitted[2].sum(-1).tolist() == [1996, 2000]
+
+
+class KernelLaunched(AssertionError):
+    pass
+
+
+def _kernels_everywhere_but_forbidden(monkeypatch) -> None:
+    """Make every row look like one the k-means kernels serve (as CUDA rows are), and make
+    a launch fail: a call that reaches a kernel then raises KernelLaunched."""
+
+    def launched(*args, **kwargs):
+        raise KernelLaunched
+
+    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    monkeypatch.setattr(clustering.fused_kmeans, "best_centroid", launched)
+    monkeypatch.setattr(clustering.fused_kmeans, "lloyd_step_", launched)
+
+
+@pytest.mark.parametrize("probes", [0, 2])
+def test_backend_torch_clusters_in_torch_ops_only(monkeypatch, probes):
+    _kernels_everywhere_but_forbidden(monkeypatch)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 512, 16, generator=gen) for _ in range(3))
+    config = HyperAttentionConfig(
+        block_size=32, sample_size=32, min_seq_len=128, kmeans_iters=2, cluster_probes=probes,
+        lsh_num_projs=3, seed=0, backend="torch",
+    )  # fmt: skip
+    out = hyper_attention(q, k, v, causal=True, config=config)
+    assert torch.isfinite(out).all()
+    # the same call may use the kernels where the backend allows them: the spy is live
+    with pytest.raises(KernelLaunched):
+        hyper_attention(q, k, v, causal=True, config=replace(config, backend="auto"))
