@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> Path:
         check_diagnosable(config)
     except ValueError as err:
         raise JobError(str(err)) from err
-    if args.length <= config.exact_query_len(True):
+    if config.runs_exact(args.length, True):
         raise JobError(
             f"at --length {args.length} every call is short enough to run exact attention "
             f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "

@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> Path:
     modes = list(dict.fromkeys(args.modes))
     config = hyper_config(args)
     configs = {name: c for name, c in mode_configs(config, args.tail).items() if name in modes}
-    if args.length <= config.exact_query_len(True):
+    if config.runs_exact(args.length, True):
         raise JobError(
             f"at --length {args.length} every call is short enough to run exact attention "
             f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "

@@ -123,7 +123,7 @@ def _attention_kind(count: int, length: int, hyper) -> str:
     every call was short (a prompt of `length` tokens makes calls of that length)."""
     if not count:
         return "exact (unpatched)"
-    if length <= hyper.exact_query_len(True):
+    if hyper.runs_exact(length, True):
         return f"exact (length <= {hyper.exact_query_len(True)})"
     return "HyperAttention"
 

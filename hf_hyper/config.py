@@ -260,5 +260,10 @@ class HyperAttentionConfig:
         limit = MEASURED_CROSSOVER[causal] if self.exact_up_to == "auto" else self.exact_up_to
         return max(self.min_seq_len, limit)
 
+    def runs_exact(self, n_query: int, causal: bool) -> bool:
+        """Whether a call of n_query queries runs exact attention: the one rule that the
+        attention function, every adapter and every job apply (min_seq_len, exact_up_to)."""
+        return n_query <= self.exact_query_len(causal)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

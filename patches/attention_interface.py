@@ -81,7 +81,7 @@ def _make_attention_function(previous: str) -> Callable:
         if observer is not None:
             _observe(observer, module, query, key, value, attention_mask, scaling, kwargs)
         causal = is_causal_call(module, kwargs)
-        if config is None or query.shape[2] <= config.exact_query_len(causal):
+        if config is None or config.runs_exact(query.shape[2], causal):
             # not patched, a decoding step, or short enough to be exact anyway
             fn = previous_attention_function(module, previous)
             return fn(

@@ -113,7 +113,7 @@ def _make_forward(core: nn.Module, config: HyperAttentionConfig, layout: str):
         _check_shapes(core, layout, query_layer)
         q, k, v = (_to_bhnd(t, layout) for t in (query_layer, key_layer, value_layer))
         n_query, n_key = q.shape[2], k.shape[2]
-        if n_query <= config.exact_query_len(True):  # decoding steps, short inputs: exact
+        if config.runs_exact(n_query, True):  # decoding steps, short inputs: exact
             return original(query_layer, key_layer, value_layer, attention_mask)
         if core.training and core.attention_dropout.p:
             raise ValueError("HyperAttention has no attention dropout; set attention_dropout=0")

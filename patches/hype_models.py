@@ -78,7 +78,7 @@ def _attention(previous: str):
             )
         # hf_hyper.patch tags layers with a HyperAttention config: HyPE runs inside it there
         config = getattr(module, CONFIG_ATTR, None)
-        if config is not None and n_query > config.exact_query_len(causal):
+        if config is not None and not config.runs_exact(n_query, causal):
             out = hype(query, key, value, causal=causal, scale=scaling, kernel="hyper",
                        hyper_config=config)  # fmt: skip
         else:

@@ -26,3 +26,12 @@ def test_a_wrong_type_is_both_a_type_and_a_value_error_naming_the_field(field):
         HyperAttentionConfig(**{field: "8"})
     with pytest.raises(TypeError, match=field):
         HyperAttentionConfig(**{field: 2.0})
+
+
+@pytest.mark.parametrize("exact_up_to", [0, 6000, "auto"])
+def test_runs_exact_is_the_query_length_rule(exact_up_to):
+    config = HyperAttentionConfig(exact_up_to=exact_up_to)
+    for causal in (False, True):
+        limit = config.exact_query_len(causal)
+        assert config.runs_exact(limit, causal) and not config.runs_exact(limit + 1, causal)
+        assert config.runs_exact(1, causal)

@@ -171,7 +171,7 @@ def depths(count: int) -> list[float]:
 def _attention(count: int, length: int, hyper) -> str:
     if count == 0:
         return "exact (unpatched)"
-    return "exact (short calls)" if length <= hyper.exact_query_len(True) else "HyperAttention"
+    return "exact (short calls)" if hyper.runs_exact(length, True) else "HyperAttention"
 
 
 def _record(label: str, case: Case, prediction: str, new_tokens: int) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def _hyper_attention(
     log-sum-exp where nothing merges into it (it may then return None for it)."""
     config = config or HyperAttentionConfig()
     check_inputs(q, k, v, causal)
-    if config.min_seq_len < q.shape[2] <= config.exact_query_len(causal):
+    if q.shape[2] > config.min_seq_len and config.runs_exact(q.shape[2], causal):
         # short enough to run exact by exact_up_to: below min_seq_len, so every path
         # (fused, torch) takes its exact branch
         config = replace(config, min_seq_len=q.shape[2])
@@ -162,7 +162,7 @@ def _exact_by_sdpa(q: Tensor, k: Tensor, causal: bool, config: HyperAttentionCon
     if config.backend != "auto" or q.dim() != 4 or k.dim() != 4:
         return False  # a named backend runs (or refuses) every call itself
     n_query = q.shape[2]
-    return n_query <= config.exact_query_len(causal) and (not causal or n_query == k.shape[2])
+    return config.runs_exact(n_query, causal) and (not causal or n_query == k.shape[2])
 
 
 def hyper_attention(

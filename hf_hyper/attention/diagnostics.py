@@ -184,9 +184,7 @@ def call_region(
     those its problems cluster (scale: the call's, default 1/sqrt(d))."""
     n_query, n_key = qz.shape[2], kz.shape[1]
     check_diagnosable(config)
-    short = n_query <= config.exact_query_len(causal) or (
-        not causal and n_key <= config.min_seq_len
-    )
+    short = config.runs_exact(n_query, causal) or (not causal and n_key <= config.min_seq_len)
     if short:
         return ExactRegion(causal, n_query, n_key, None, [], True, qz.device)
     dim = qz.shape[-1]
