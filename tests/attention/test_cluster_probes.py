@@ -215,12 +215,16 @@ def test_kernels_on_a_gpu_are_within_twice_the_torch_ops_rounding(dtype, causal)
                for h in (8, 2, 2))  # fmt: skip
     settings = dict(block_size=64, sample_size=64, min_seq_len=256, seed=0, kmeans_iters=3,
                     cluster_probes=4, local_window=16)  # fmt: skip
-    torch_config = HyperAttentionConfig(**settings, backend="torch")
-    # the inputs in float64 cluster the same (the clustering runs in float32 either way)
+    # float64 inputs cluster in torch ops, which near a tie may choose other clusters than
+    # the k-means kernels do; the plain call (autograd: the probes' attention in torch
+    # ops) and the fused call share the kernels' clusters, so both errors hold the same
+    # plan difference and differ only in the attention's rounding
     truth = hyper_attention(q.double(), k.double(), v.double(), causal=causal,
-                            config=torch_config)  # fmt: skip
-    plain = hyper_attention(q, k, v, causal=causal, config=torch_config)
-    fused = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
+                            config=HyperAttentionConfig(**settings, backend="torch"))  # fmt: skip
+    config = HyperAttentionConfig(**settings)
+    with_grad = [t.detach().requires_grad_() for t in (q, k, v)]
+    plain = hyper_attention(*with_grad, causal=causal, config=config).detach()
+    fused = hyper_attention(q, k, v, causal=causal, config=config)
     plain_err = relative_error_to_v(plain.double(), truth, v.double())
     fused_err = relative_error_to_v(fused.double(), truth, v.double())
     assert fused_err <= 2 * plain_err + 1e-6, (fused_err, plain_err)
