@@ -213,3 +213,13 @@ def test_a_model_that_cannot_do_the_task_unpatched_gets_a_note(checkpoint, tmp_p
     assert "note: unpatched, the model found none of the 2 passkey needles" in (
         capsys.readouterr().out
     )
+
+
+def test_the_bundled_model_says_it_cannot_retrieve_and_names_a_real_checkpoint(tmp_path, capsys):
+    args = ["retrieval", "--cpu", "--dtype", "fp32", "--lengths", "1024", "--depths", "1",
+            "--seeds", "1", "--patch-layers", "0",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "the bundled reference model cannot retrieve needles" in out
+    assert "--gguf-file SmolLM2-135M-Instruct.Q4_1.gguf" in out
