@@ -10,7 +10,8 @@ from torch import Tensor
 
 
 def rank_dtype(num_projs: int) -> torch.dtype:
-    """Smallest integer type holding ranks of num_projs hyperplanes and the bucket count
+    """Smallest integer type holding the ranks 0 .. 2**num_projs - 1 of num_projs
+    hyperplanes and, where the bucket table keeps it (few hyperplanes), the bucket count
     2**num_projs: narrow keys make the per-level sorts several times faster than int64
     ones, and 8-bit keys take one radix pass where 16-bit ones take two."""
     if num_projs <= 7:
