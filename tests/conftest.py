@@ -1,13 +1,8 @@
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-# The shared helpers (tiny models, comparison cases) live next to this file.
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _interpreter_usable() -> bool:

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from helpers import random_qkv
 
+from helpers.common import random_qkv
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention import reference_attention
 from hf_hyper.hype import HyPE, HyPEConfig, alibi_slopes, hype_attention, hype_bias

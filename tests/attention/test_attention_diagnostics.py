@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from helpers import planted_qkv, random_qkv
 
+from helpers.common import planted_qkv, random_qkv
 from hf_hyper import HyperAttentionConfig, attention_diagnostics, hyper_attention
 from hf_hyper.attention import reference_attention
 from hf_hyper.attention.diagnostics import call_region, exact_region

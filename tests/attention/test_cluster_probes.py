@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from helpers import assert_past_ignores_future, relative_error_to_v
 from test_clustering import grouped_qkv
 
+from helpers.common import assert_past_ignores_future, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention.cluster_probes import plan_probes, probe_cluster_count, probed_attention
 from hf_hyper.attention.planning import Randomness

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import assert_past_ignores_future, relative_error_to_v
 
+from helpers.common import assert_past_ignores_future, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention import clustering
 from hf_hyper.attention.clustering import kmeans_ranks

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_qkv
 
+from helpers.common import random_qkv
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention import (
     clear_cuda_graphs,

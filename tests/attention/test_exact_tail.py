@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import assert_past_ignores_future, random_qkv
 
+from helpers.common import assert_past_ignores_future, random_qkv
 from hf_hyper import HyperAttentionConfig, hyper_attention, hyper_attention_with_lse
 from hf_hyper.attention import reference_attention
 from hf_hyper.attention.exact_tail import exact_tail_attention

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fused_cases import (
+
+from helpers.common import random_qkv
+from helpers.fused_cases import (
     GPU,
     GPU_CASES,
     KMEANS_GPU_CASES,
@@ -23,8 +25,6 @@ from fused_cases import (
     plan_mismatches,
     planes_exact_in,
 )
-from helpers import random_qkv
-
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention import hyper_attention, hyper_attention_with_lse, reference_attention
 from hf_hyper.attention.fused import tuning

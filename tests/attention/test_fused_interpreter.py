@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fused_cases import (
+
+from helpers.fused_cases import (
     BUCKET_SORT_CASES,
     LSH_CASES,
     SMALL_CASES,
@@ -16,7 +17,6 @@ from fused_cases import (
     lsh_mismatches,
     plan_mismatches,
 )
-
 from hf_hyper.attention.fused import bucket_sort, tuning
 
 pytestmark = pytest.mark.interpreter

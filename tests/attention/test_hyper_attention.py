@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from helpers import planted_qkv, random_qkv, relative_error_to_v
 
+from helpers.common import planted_qkv, random_qkv, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention, hyper_attention_with_lse
 from hf_hyper.attention import attention_with_lse, merge_by_lse, reference_attention
 
@@ -314,8 +314,7 @@ def test_cuda_error_level_matches_cpu_with_a_seed():
 
 
 def test_hash_dims_limits_what_the_lsh_sees():
-    from helpers import random_qkv
-
+    from helpers.common import random_qkv
     from hf_hyper import hyper_attention
 
     q, k, v = random_qkv(1, 2, 2, 600, 600, dim=16, dtype=torch.float32)

@@ -3,8 +3,8 @@ query that may see them, and never counted again by the LSH blocks or the sample
 
 import pytest
 import torch
-from helpers import assert_past_ignores_future, random_qkv, relative_error_to_v
 
+from helpers.common import assert_past_ignores_future, random_qkv, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention, hyper_attention_with_lse
 from hf_hyper.attention import reference_attention
 

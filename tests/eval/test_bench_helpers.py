@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_model
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import hf_hyper
+from helpers.tiny_models import tiny_model
 from hf_hyper.eval.bench_attention import causal_block_mask
 from hf_hyper.eval.bench_model import free_attention
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import save_tiny_checkpoint
 
 import hf_hyper
+from helpers.tiny_models import save_tiny_checkpoint
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
 from hf_hyper.eval.diagnose import LSH_AT_CHANCE

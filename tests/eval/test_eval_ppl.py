@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cpu_processes_only, run_two_cpu_processes
-from tiny_models import save_tiny_checkpoint, tiny_model
 
 import hf_hyper
+from helpers.common import cpu_processes_only, run_two_cpu_processes
+from helpers.tiny_models import save_tiny_checkpoint, tiny_model
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import cpu_processes_only, run_two_cpu_processes
-from longbench_data import rows, write_sample
-from tiny_models import save_tiny_checkpoint
 
+from helpers.common import cpu_processes_only, run_two_cpu_processes
+from helpers.longbench_data import rows, write_sample
+from helpers.tiny_models import save_tiny_checkpoint
 from hf_hyper.eval import cli, generation
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.longbench import protocol

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_checkpoint
 
 import hf_hyper
+from helpers.tiny_models import save_tiny_checkpoint
 from hf_hyper import Plan
 from hf_hyper.eval import cli, planner
 from hf_hyper.eval.common import JobError

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import cpu_processes_only, run_two_cpu_processes
-from tiny_models import save_tiny_checkpoint
 from transformers import AutoTokenizer
 
+from helpers.common import cpu_processes_only, run_two_cpu_processes
+from helpers.tiny_models import save_tiny_checkpoint
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.eval import cli
 from hf_hyper.eval.common import JobError

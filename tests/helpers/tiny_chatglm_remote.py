@@ -10,9 +10,10 @@ behaviours that break on transformers 5 (our code, mirroring them):
 from __future__ import annotations
 
 import torch
-from tiny_chatglm import ChatGLMModel, GLMConfig
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .tiny_chatglm import ChatGLMModel, GLMConfig
 
 
 class RemoteStyleConfig(PretrainedConfig):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_chatglm import tiny_chatglm
-from tiny_models import tiny_model
 
 import hf_hyper
+from helpers.tiny_chatglm import tiny_chatglm
+from helpers.tiny_models import tiny_model
 from hf_hyper.attention import reference_attention
 
 

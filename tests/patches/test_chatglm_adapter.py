@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_chatglm import ChatGLMModel, tiny_chatglm
 
 import hf_hyper
+from helpers.tiny_chatglm import ChatGLMModel, tiny_chatglm
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.patches.chatglm import BATCH_FIRST, SEQ_FIRST, chatglm_key_ranges, detect_layout
 

@@ -1,5 +1,5 @@
 """ChatGLM2 remote-code compatibility on transformers 5, on a model that mirrors the
-remote code's construction and generation behaviours (tests/tiny_chatglm_remote.py)."""
+remote code's construction and generation behaviours (tests/helpers/tiny_chatglm_remote.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from tiny_chatglm_remote import RemoteStyleChatGLM, RemoteStyleConfig
 from transformers import GenerationMixin
 
 import hf_hyper
+from helpers.tiny_chatglm_remote import RemoteStyleChatGLM, RemoteStyleConfig
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.patches import chatglm_compat
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 import hf_hyper
+from helpers.tiny_models import tiny_model
 from hf_hyper import HyperAttentionConfig
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_model
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 import hf_hyper
+from helpers.tiny_models import tiny_model
 from hf_hyper import HyPEConfig
 
 CONFIG = HyPEConfig(mu=(0.02, 0.05, 0.1, 0.2), tau=(2.0, 1.0, 0.5, 0.25), chunk_size=16)

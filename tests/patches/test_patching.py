@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import FAMILIES, tiny_model
 
 import hf_hyper
+from helpers.tiny_models import FAMILIES, tiny_model
 from hf_hyper import HyperAttentionConfig
 
 EXACT = HyperAttentionConfig(block_size=1 << 20, sample_size=0, min_seq_len=8, seed=0)
