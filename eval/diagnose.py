@@ -46,6 +46,7 @@ from .models import (
     hyper_config,
     load_model,
     num_layers,
+    require_approximation,
 )
 from .nll import score_window
 from .plots import plot_diagnose
@@ -284,13 +285,7 @@ def run(args: argparse.Namespace) -> Path:
         check_diagnosable(config)
     except ValueError as err:
         raise JobError(str(err)) from err
-    if config.runs_exact(args.length, True):
-        raise JobError(
-            f"at --length {args.length} every call is short enough to run exact attention "
-            f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "
-            "there is no approximation to measure: use a longer --length or a smaller "
-            "--min-seq-len"
-        )
+    require_approximation(config, args.length)
     source = text_source(args)
     docs = load_documents(source)
     model, tokenizer = load_model(args, accelerator.device)

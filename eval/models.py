@@ -95,6 +95,18 @@ def check_lengths(lengths: list[int], args: argparse.Namespace, model) -> None:
         )
 
 
+def require_approximation(config: HyperAttentionConfig, length: int) -> None:
+    """JobError unless a causal call of `length` queries runs HyperAttention: a job that
+    measures the approximation has nothing to measure where every call is exact."""
+    if config.runs_exact(length, True):
+        raise JobError(
+            f"at --length {length} every call is short enough to run exact attention "
+            f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "
+            "there is no approximation to measure: use a longer --length or a smaller "
+            "--min-seq-len"
+        )
+
+
 def check_patch_values(values: Sequence[str], plan_file: str | None = None) -> None:
     """Syntax only, before a model is loaded (the layer count comes with the model)."""
     for value in values:

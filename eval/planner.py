@@ -62,6 +62,7 @@ from .models import (
     hyper_config,
     load_model,
     num_layers,
+    require_approximation,
 )
 from .nll import score_window
 from .retrieval.run import answer, depths, rate_fields
@@ -434,12 +435,7 @@ def run(args: argparse.Namespace) -> Path:
     modes = list(dict.fromkeys(args.modes))
     config = hyper_config(args)
     configs = {name: c for name, c in mode_configs(config, args.tail).items() if name in modes}
-    if config.runs_exact(args.length, True):
-        raise JobError(
-            f"at --length {args.length} every call is short enough to run exact attention "
-            f"(up to {config.exact_query_len(True)} queries: min_seq_len / exact_up_to), so "
-            "there is nothing to choose: use a longer --length or a smaller --min-seq-len"
-        )
+    require_approximation(config, args.length)
     given_times = read_layer_times(args.layer_times, modes) if args.layer_times else None
     accelerator = Accelerator(cpu=args.cpu)
     if accelerator.num_processes > 1:
