@@ -488,7 +488,14 @@ def run(args: argparse.Namespace) -> Path:
     else:
         timed_on = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"timing one attention call per mode at {target} tokens on {timed_on}", flush=True)
-        times = layer_times(model, configs, target)
+        try:
+            times = layer_times(model, configs, target)
+        except torch.OutOfMemoryError:
+            raise JobError(
+                f"timing one attention call at --target-length {target} ran out of memory "
+                f"on {timed_on}: give a shorter --target-length, or times measured elsewhere "
+                "with --layer-times"
+            ) from None
         write_json(out / "layer-times.json", times)
     slower = [m for m in modes if times[m] >= times[EXACT]]
     for mode in slower:

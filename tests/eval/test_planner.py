@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import hf_hyper
 from helpers.tiny_models import save_tiny_checkpoint
@@ -196,3 +197,14 @@ def test_bad_input_and_budgets_nothing_keeps(checkpoint, tmp_path, capsys, monke
                      "--layer-times", str(times), "--modes", "fast")  # fmt: skip
     assert "no layer keeps both budgets" in message
     assert (out / "plan-search.md").is_file() and not (out / "plan.json").exists()
+
+
+def test_timing_that_runs_out_of_memory_is_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(planner, "layer_times", out_of_memory)
+    args = ["plan", "--model", str(checkpoint), "--cpu", "--dtype", "fp32",
+            "--output-dir", str(tmp_path / "o"), *SMALL_RUN, *SMALL_HYPER]  # fmt: skip
+    message = _error(capsys, *args)
+    assert "ran out of memory" in message and "--layer-times" in message
