@@ -1,4 +1,5 @@
-"""HyperAttention against a float64 reference: exact limits, statistics, causality, grads."""
+"""`hf_hyper.attention.api`: HyperAttention against a float64 reference: exact limits,
+statistics, causality, grads."""
 
 import math
 
