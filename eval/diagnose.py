@@ -48,7 +48,7 @@ from .models import (
     num_layers,
     require_approximation,
 )
-from .nll import score_window
+from .nll import mean_nll
 from .plots import plot_diagnose
 from .texts import (
     add_text_arguments,
@@ -58,7 +58,7 @@ from .texts import (
     window_prefix,
 )
 from .timing import environment
-from .windows import Window, make_windows
+from .windows import make_windows
 
 COLUMNS = [
     ("layer", "layer"),
@@ -172,11 +172,6 @@ def _layer_rows(results: dict[int, hf_hyper.AttentionDiagnostics]):
     return heads, layers
 
 
-def _mean_nll(model, windows: list[Window], device: torch.device, setting: str) -> float:
-    scores = [score_window(model, window, device, setting) for window in windows]
-    return sum(nll for nll, _ in scores) / sum(count for _, count in scores)
-
-
 class PplTrials:
     """Perplexity with given layers patched, each set measured once and cached."""
 
@@ -191,7 +186,7 @@ class PplTrials:
             if layers:
                 hf_hyper.patch(self.model, layers=list(layers), config=self.config)
             try:
-                nll = _mean_nll(self.model, self.windows, self.device, key or "none")
+                nll = mean_nll(self.model, self.windows, self.device, key or "none")
             finally:
                 if layers:
                     hf_hyper.unpatch(self.model)

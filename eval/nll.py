@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -57,3 +58,20 @@ def score_window(model, window: Window, device: torch.device, setting: str) -> t
             "check the dtype (try --dtype fp32) and the HyperAttention settings"
         )
     return nll, count
+
+
+def mean_nll(
+    model,
+    windows: list[Window],
+    device: torch.device,
+    setting: str,
+    on_window: Callable[[], object] | None = None,
+) -> float:
+    """Mean NLL per scored token over the windows (on_window(): called after each)."""
+    nll, tokens = 0.0, 0
+    for window in windows:
+        window_nll, count = score_window(model, window, device, setting)
+        nll, tokens = nll + window_nll, tokens + count
+        if on_window is not None:
+            on_window()
+    return nll / tokens

@@ -64,7 +64,7 @@ from .models import (
     num_layers,
     require_approximation,
 )
-from .nll import score_window
+from .nll import mean_nll
 from .retrieval.run import answer, depths, rate_fields
 from .retrieval.tasks import Case, build_case, check_tasks, score
 from .texts import (
@@ -252,11 +252,7 @@ class Trials:
         try:
             label = f"{self.stage}: {len(assignment)} layers" if assignment else self.stage
             bar = tqdm(total=len(self.windows) + len(self.cases), desc=label, leave=False)
-            nll, tokens = 0.0, 0
-            for window in self.windows:
-                window_nll, count = score_window(self.model, window, self.device, key)
-                nll, tokens = nll + window_nll, tokens + count
-                bar.update(1)
+            nll = mean_nll(self.model, self.windows, self.device, key, lambda: bar.update(1))
             marks: dict[str, list[bool]] = {}
             for case in self.cases:
                 prediction, _ = answer(self.model, self.tokenizer, case, self.device)
@@ -271,7 +267,7 @@ class Trials:
             "stage": self.stage,
             "assignment": {str(layer): mode for layer, mode in sorted(assignment.items())},
             "layers": len(assignment),
-            "ppl": math.exp(nll / tokens),
+            "ppl": math.exp(nll),
             "retrieval": {task: rate_fields(m) for task, m in marks.items()},
         }
         print(f"  {self.stage} {_describe(assignment)}: {_outcome(result)}", flush=True)
