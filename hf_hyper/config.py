@@ -87,8 +87,8 @@ class HyperAttentionConfig:
         problem clusters its keys into 2**lsh_num_projs k-means clusters (n Lloyd
         iterations; causal: each lower-left block its own keys, which precede its
         queries) and each query takes the cluster of largest estimated mass. On
-        pretrained checkpoints it removed a fifth to a third of the perplexity excess, in
-        Triton kernels on CUDA, at about 60% of the defaults' speed (131k, causal).
+        pretrained checkpoints it removes part of the perplexity excess, in Triton kernels
+        on CUDA, at a cost in speed over the LSH blocks (measured: docs/design-notes.md).
     cluster_probes: 0 (default): each query attends the block its tile shares (from
         the LSH or, with kmeans_iters, the k-means ranks). c > 0: each problem clusters
         its keys by k-means (kmeans_iters iterations; enough clusters that c of them
