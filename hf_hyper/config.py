@@ -246,6 +246,21 @@ class HyperAttentionConfig:
         return cls(**(fields | overrides))
 
     @property
+    def finder(self) -> str:
+        """How calls choose the keys each query attends exactly: "lsh" (the paper's
+        blocks), "kmeans" (blocks of k-means clusters, kmeans_iters > 0) or "clusters"
+        (each query's own clusters, cluster_probes > 0)."""
+        if self.cluster_probes:
+            return "clusters"
+        return "kmeans" if self.kmeans_iters else "lsh"
+
+    @property
+    def allows_kernels(self) -> bool:
+        """Whether calls may run Triton kernels where they serve the inputs (the backend
+        is not "torch"): the one reading of `backend` for the executor and the finders."""
+        return self.backend != "torch"
+
+    @property
     def sinks(self) -> int:
         """The number of attention-sink keys every call uses (sink_tokens, resolved)."""
         return self.sink_tokens

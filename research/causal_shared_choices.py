@@ -33,8 +33,8 @@ import torch
 from captured_window import add_window_arguments, print_error_table
 from tile_probes import BLOCK, ITERATIONS, PROBES, SAMPLE, SINKS, probe_estimate
 
-from hf_hyper.attention.cluster_probes import log_sizes, plan_of_choice, probe_cluster_count
-from hf_hyper.attention.clustering import kmeans_clusters
+from hf_hyper.attention.finders.kmeans import kmeans_clusters
+from hf_hyper.attention.finders.query_clusters import log_sizes, plan_of_choice, probe_cluster_count
 
 PAST_QUERIES = 256
 HEAVY = (256, 1024)

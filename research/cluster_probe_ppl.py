@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import hf_hyper
 from hf_hyper import HyperAttentionConfig
-from hf_hyper.attention.clustering import kmeans_clusters
+from hf_hyper.attention.finders.kmeans import kmeans_clusters
 from hf_hyper.attention.planning import causal_levels
 from hf_hyper.eval.texts import window_prefix
 

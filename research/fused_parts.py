@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 import triton.testing
 
-from hf_hyper.attention.fused import fused_lsh_rank
+from hf_hyper.attention.finders.lsh import fused_lsh_rank, gray_code_rank
 from hf_hyper.attention.fused.forward import Problem
-from hf_hyper.attention.lsh import gray_code_rank
 from hf_hyper.eval.bench_attention import planted_inputs
 
 N, HEADS, BASE = 131072, 32, 4096

@@ -22,7 +22,7 @@ from captured_window import (
     rectangle_config,
 )
 
-from hf_hyper.attention import clustering
+from hf_hyper.attention.finders import kmeans as clustering
 
 FIT_SIZES = {"all": 10**9, "32": 32, "16": 16, "8": 8, "4": 4}
 SEEDS = 3

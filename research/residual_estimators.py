@@ -36,7 +36,7 @@ import torch
 from captured_window import add_window_arguments, cut_rectangles, model_and_window
 
 from hf_hyper import HyperAttentionConfig, capture_attention
-from hf_hyper.attention.clustering import kmeans_clusters
+from hf_hyper.attention.finders.kmeans import kmeans_clusters
 
 ESTIMATORS = [
     "sample",

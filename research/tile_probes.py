@@ -40,7 +40,8 @@ from captured_window import (
 )
 
 from hf_hyper.attention import angular_lsh_rank, merge_by_lse
-from hf_hyper.attention.cluster_probes import (
+from hf_hyper.attention.finders.kmeans import kmeans_clusters
+from hf_hyper.attention.finders.query_clusters import (
     ProbePlan,
     cluster_attention,
     log_sizes,
@@ -48,7 +49,6 @@ from hf_hyper.attention.cluster_probes import (
     probe_cluster_count,
     sampled_rest_attention,
 )
-from hf_hyper.attention.clustering import kmeans_clusters
 from hf_hyper.attention.planning import Randomness
 
 SEEDS = 3

@@ -100,6 +100,24 @@ def test_no_import_cycle():
     assert find_cycle(edges()) is None
 
 
+def _folder_of(name: str) -> str:
+    """The unit a module counts in for the folder-level graph: a folder without
+    subfolders (such as attention/fused) is one unit; elsewhere each module is its own."""
+    folder = MODULES[name].parent
+    if any(child.is_dir() and any(child.glob("*.py")) for child in folder.iterdir()):
+        return name
+    return name if _is_package(name) else name.rsplit(".", 1)[0]
+
+
+def test_no_import_cycle_between_folders():
+    # a folder drawn as one room (fused/, finders/, kernels/) must not import one that
+    # imports it back, even through different modules
+    graph = {_folder_of(name): set() for name in MODULES}
+    for name, targets in edges().items():
+        graph[_folder_of(name)] |= {_folder_of(t) for t in targets} - {_folder_of(name)}
+    assert find_cycle(graph) is None
+
+
 def test_no_private_name_crosses_a_module():
     crossings = [
         f"{name} imports {source}.{taken}"
@@ -117,12 +135,13 @@ def test_no_private_name_crosses_a_module():
         ("hf_hyper.hype", ("hf_hyper.patches", "hf_hyper.eval", "transformers")),
         ("hf_hyper.config", ("hf_hyper.patches", "hf_hyper.eval", "transformers", "torch")),
         ("hf_hyper.patches", ("hf_hyper.eval",)),
-        # kernels are Triton only; the torch LSH knows no kernels
+        # kernels are Triton only; the executor is handed a finder, it imports none
         ("hf_hyper.attention.kernels", ("torch", "hf_hyper.attention.fused")),
-        ("hf_hyper.attention.lsh", ("triton", "hf_hyper.attention.fused")),
-        # adapters use the public attention API, never the LSH, plans or kernels
+        ("hf_hyper.attention.fused", tuple(f"hf_hyper.attention.{m}" for m in
+                                           ("finders", "torch_backend", "api"))),
+        # adapters use the public attention API, never the finders, plans or kernels
         ("hf_hyper.patches", tuple(f"hf_hyper.attention.{m}" for m in
-                                   ("lsh", "planning", "fused", "kernels", "torch_backend"))),
+                                   ("finders", "planning", "fused", "kernels", "torch_backend"))),
     ],
 )  # fmt: skip
 def test_dependencies_point_one_way(layer, forbidden):

@@ -8,12 +8,14 @@ query heads (GQA/MQA) and the key head_dim may differ from the value head_dim.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .exact_tail import exact_tail_attention
+from .finders import finder_of_call
 from .fused import fused_hyper_attention, fused_unsupported_reason
 from .planning import Randomness
 from .torch_backend import torch_hyper_attention
@@ -22,13 +24,13 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _use_fused(q: Tensor, k: Tensor, v: Tensor, config: HyperAttentionConfig) -> bool:
-    if config.backend == "torch":
+    if not config.allows_kernels:
         return False
     reason = fused_unsupported_reason(q, k, v)
     if reason is not None and config.backend == "triton":
         raise ValueError(f"HyperAttentionConfig(backend='triton'): {reason}")
-    # cluster probes run the torch path's recursion, their parts in their own kernels
-    return reason is None and not config.cluster_probes
+    # per-query clusters run the torch path's recursion, their parts in their own kernels
+    return reason is None and config.finder != "clusters"
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
@@ -122,6 +124,7 @@ def _hyper_attention(
     if _use_fused(q, k, v, config):
         return fused_hyper_attention(
             q, k, v, causal=causal, scale=scale, config=config, rng=rng,
+            finder_of_planes=partial(finder_of_call, config, hash_dims=hash_dims, scale=scale),
             hash_dims=hash_dims, need_lse=need_lse,
         )  # fmt: skip
     return torch_hyper_attention(

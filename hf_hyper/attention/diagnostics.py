@@ -33,8 +33,7 @@ from torch import Tensor
 from ..config import HyperAttentionConfig
 from .api import check_inputs, hyper_attention
 from .blockwise import SCORE_BUDGET, causal_mask_fn
-from .clustering import KeyClustering
-from .fused.hashing import lsh_rank
+from .finders import QueryClusters, finder_of_call
 from .masks import future_key_mask
 from .numerics import accumulation_dtype
 from .padding import pad_rows
@@ -167,7 +166,7 @@ def _causal_region(
 
 def check_diagnosable(config: HyperAttentionConfig) -> None:
     """Raise ValueError, naming the fix, for a config the diagnostics cannot model."""
-    if config.cluster_probes:
+    if config.finder == "clusters":
         raise ValueError(
             "attention diagnostics do not model cluster_probes (each query's exact keys "
             "are its own); measure with cluster_probes=0, or judge probes by perplexity"
@@ -189,18 +188,21 @@ def call_region(
         return ExactRegion(causal, n_query, n_key, None, [], True, qz.device)
     dim = qz.shape[-1]
     planes = Randomness(generator, qz.device).hyperplanes(dim, config.lsh_num_projs)
-    if not config.kmeans_iters:
-        return exact_region(lsh_rank(qz, planes), lsh_rank(kz, planes), causal, config)
-    cluster = KeyClustering.of_call(planes, dim, config, dim**-0.5 if scale is None else scale)
+    scale = dim**-0.5 if scale is None else scale
+    finder = finder_of_call(config, planes, dim, scale)
+    assert not isinstance(finder, QueryClusters)  # check_diagnosable refused it
+    ranks = finder.call_ranks(qz, kz)
+    if ranks is not None:
+        return exact_region(*ranks, causal, config)
     z = qz.shape[0]
     if not causal:
         sinks = torch.full((z,), config.sinks, device=qz.device) if config.sinks else None
-        return _noncausal_region(*cluster.ranks(qz, kz, sinks), config)
+        return _noncausal_region(*finder.ranks(qz, kz, sinks), config)
     padded_n, _, _ = causal_levels(n_query, config.min_seq_len)
     q_pad, k_pad = pad_rows(qz, padded_n - n_query), pad_rows(kz, padded_n - n_query)
     return _causal_region(
         qz.shape[:2], n_query, n_key, config, qz.device,
-        lambda level, sinks: cluster.ranks(*level_problems(q_pad, k_pad, level), sinks),
+        lambda level, sinks: finder.ranks(*level_problems(q_pad, k_pad, level), sinks),
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -42,6 +43,22 @@ class Randomness:
         self.unused = False
         idx = torch.randint(high, shape, generator=self.generator, device=self.draw_device)
         return idx.to(self.device)
+
+
+class BlockFinder(Protocol):
+    """What the executors ask of a block finder (`finders.LshBlocks`, `KmeansBlocks`):
+    bucket ranks, from which `plan_blocks` (or the fused tiles) make the blocks."""
+
+    def call_ranks(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Ranks of every query and key of the call at once, where a row's rank depends
+        on that row alone; None where each problem ranks its own rows (`ranks`)."""
+        ...
+
+    def ranks(self, q: Tensor, k: Tensor, skip_keys: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Ranks of one batch of problems: queries [zp, g, nq, d] (or a causal level's
+        [z, p, g, nq, d] view) and keys [zp, nk, d]; the leading skip_keys[zp] keys take
+        no part in choosing the buckets (they are attended exactly elsewhere)."""
+        ...
 
 
 # Up to this many hyperplanes, a table of where each bucket starts among the sorted

@@ -13,9 +13,7 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
-from .cluster_probes import ClusterProbes
-from .clustering import KeyClustering
-from .lsh import angular_lsh_rank
+from .finders import Finder, QueryClusters, finder_of_call
 from .padding import gather_rows, pad_end, pad_rows
 from .planning import (
     BlockPlan,
@@ -150,14 +148,16 @@ def _sorted_block(
 def _approximate(
     q: Tensor, k: Tensor, v: Tensor, q_rank: Tensor | None, k_rank: Tensor | None,
     scale: float, config: HyperAttentionConfig, rng: Randomness, sinks: Tensor | None,
-    band: int, finder: KeyClustering | ClusterProbes | None,
+    band: int, finder: Finder | None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """One batch of problems by the call's large-entry finder: blocks of the LSH ranks
-    given, blocks of k-means ranks, or each query's own clusters; then the band."""
-    if isinstance(finder, ClusterProbes):
+    """One batch of problems by the call's large-entry finder: blocks of the call's
+    ranks where given, else of the finder's ranks of these problems, or each query's
+    own clusters; then the band."""
+    if isinstance(finder, QueryClusters):
         out, lse = finder.attend(q, k, v, rng, sinks, band)
         return _with_band(q, k, v, out, lse, scale, band)
-    if finder is not None:
+    if q_rank is None or k_rank is None:
+        assert finder is not None
         q_rank, k_rank = finder.ranks(q, k, sinks)
     assert q_rank is not None and k_rank is not None
     return _sorted_block(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band)
@@ -201,19 +201,19 @@ def grouped_exact_attention(
 
 
 def _noncausal(
-    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, band=0, cluster=None
+    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, band=0, finder=None
 ) -> tuple[Tensor, Tensor]:
     """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query
     (and the band corner, where the queries directly follow the keys)."""
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
         return grouped_exact_attention(q, k, v, scale, causal=False)
     sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
-    out, lse = _approximate(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band, cluster)
+    out, lse = _approximate(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band, finder)
     return _with_sinks(q, k, v, out, lse, scale, n_sink)
 
 
 def _causal_square(
-    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, cluster=None
+    q, k, v, q_rank, k_rank, scale, config, rng, n_sink, finder=None
 ) -> tuple[Tensor, Tensor]:
     """Causal attention with nq == nk by halving: the lower-left block of every split is
     non-causal HyperAttention, diagonal blocks of at most min_seq_len are exact.
@@ -236,7 +236,7 @@ def _causal_square(
     # in every lower-left block whose keys include padding, all queries are padding.
     # A zero row hashes to rank 0.
     q, k, v = (pad_rows(t, padded_n - n).contiguous() for t in (q, k, v))
-    if cluster is None:
+    if q_rank is not None and k_rank is not None:
         q_rank = torch.nn.functional.pad(q_rank, (0, padded_n - n))
         k_rank = torch.nn.functional.pad(k_rank, (0, padded_n - n))
     dv = v.shape[-1]
@@ -256,13 +256,14 @@ def _causal_square(
         q_low, k_left = level_problems(q, k, level)
         v_left = v.view(z * pairs, 2, size, dv)[:, 0]
         sinks = level_sinks(z, level, n_sink, q.device) if n_sink else None
-        # with clusters, each lower-left block clusters its own keys, all before its queries
+        # without the call's ranks, each lower-left block is ranked (or clustered) from
+        # its own keys, all before its queries
         q_rank_l = k_rank_l = None
-        if cluster is None:
+        if q_rank is not None and k_rank is not None:
             q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
         out_l, lse_l = _approximate(
             q_low, k_left, v_left, q_rank_l, k_rank_l, scale, config, rng, sinks,
-            config.window, cluster,
+            config.window, finder,
         )  # fmt: skip
         out_l = out_l.view(z, pairs, g, size, dv).transpose(1, 2)
         lse_l = lse_l.view(z, pairs, g, size).transpose(1, 2)
@@ -298,34 +299,28 @@ def torch_hyper_attention(
     qz = q.reshape(b * hk, hq // hk, n_query, dim)
     kz, vz = k.reshape(b * hk, n_key, dim), v.reshape(b * hk, n_key, dv)
     # One set of hyperplanes per call, shared by every recursion level (hash once).
-    q_rank = k_rank = cluster = None
+    q_rank = k_rank = finder = None
     if n_query > config.min_seq_len:
         planes = rng.hyperplanes(hash_dims, config.lsh_num_projs)
-        if config.cluster_probes:
-            cluster = ClusterProbes.of_call(hash_dims, config, scale)
-        elif config.kmeans_iters:
-            cluster = KeyClustering.of_call(planes, hash_dims, config, scale)
-        else:
-            q_rank = angular_lsh_rank(qz[..., :hash_dims], planes)
-            k_rank = angular_lsh_rank(kz[..., :hash_dims], planes)
+        finder = finder_of_call(config, planes, hash_dims, scale)
+        if not isinstance(finder, QueryClusters):
+            q_rank, k_rank = finder.call_ranks(qz, kz) or (None, None)
 
     n_sink = config.sinks
     if not causal:
-        out, lse = _noncausal(
-            qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink, cluster=cluster
-        )
+        out, lse = _noncausal(qz, kz, vz, q_rank, k_rank, scale, config, rng, n_sink, finder=finder)
     else:
         offset = n_key - n_query
         k_rank_square = None if k_rank is None else k_rank[:, offset:]
         out, lse = _causal_square(
             qz, kz[:, offset:], vz[:, offset:], q_rank, k_rank_square, scale, config, rng,
-            max(0, n_sink - offset), cluster,
+            max(0, n_sink - offset), finder,
         )  # fmt: skip
         if offset:  # the cached prefix is visible to every query
             k_rank_prefix = None if k_rank is None else k_rank[:, :offset]
             out_p, lse_p = _noncausal(
                 qz, kz[:, :offset], vz[:, :offset], q_rank, k_rank_prefix, scale, config, rng,
-                min(n_sink, offset), config.window, cluster,
+                min(n_sink, offset), config.window, finder,
             )  # fmt: skip
             out, lse = merge_by_lse(out, lse, out_p, lse_p)
     return out.reshape(b, hq, n_query, dv).to(q.dtype), lse.reshape(b, hq, n_query)

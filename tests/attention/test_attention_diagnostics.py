@@ -13,7 +13,7 @@ from helpers.common import planted_qkv, random_qkv
 from hf_hyper import HyperAttentionConfig, attention_diagnostics, hyper_attention
 from hf_hyper.attention import reference_attention
 from hf_hyper.attention.diagnostics import call_region, exact_region
-from hf_hyper.attention.lsh import angular_lsh_rank
+from hf_hyper.attention.finders.lsh import angular_lsh_rank
 from hf_hyper.attention.planning import Randomness, causal_levels
 
 SMALL = dict(block_size=8, min_seq_len=24, lsh_num_projs=4, backend="torch")

@@ -87,3 +87,19 @@ def assert_past_ignores_future(attention, n_prefix: int, n: int = 700, cut: int 
     after = attention(q2, k2, v2)
     assert (before[:, :, :cut] - after[:, :, :cut]).abs().max().item() < 1e-12
     assert not torch.allclose(before[:, :, cut:], after[:, :, cut:])
+
+
+def grouped_qkv(n: int = 2048, dim: int = 32, groups: int = 32, seed: int = 0):
+    """Keys in groups around random centres; each query a group's centre plus noise as
+    large as the centre, so its large entries are one group's keys at cosine ~0.7:
+    inner products find them, angles only loosely (the real-model case LSH misses)."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(generator=g, dtype=torch.float64)
+    centre = 3 * torch.nn.functional.normalize(torch.randn(2, groups, dim, **f64), dim=-1)
+    member = torch.randint(groups, (2, n), generator=g)
+    k = torch.gather(centre, 1, member[..., None].expand(-1, -1, dim))
+    k = k + 0.3 * torch.randn(2, n, dim, **f64)
+    target = torch.randint(groups, (4, n), generator=g)
+    q = centre[torch.tensor([0, 0, 1, 1])[:, None], target]
+    q = q + 3 / dim**0.5 * torch.randn(4, n, dim, **f64)
+    return q[None] * dim**0.5, k[None], torch.randn(1, 2, n, dim, **f64)

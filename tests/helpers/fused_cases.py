@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from unittest.mock import patch
 
 import torch
 
 from hf_hyper import HyperAttentionConfig
 from hf_hyper.attention import hyper_attention_with_lse, planning
-from hf_hyper.attention.fused import fused_lsh_rank
+from hf_hyper.attention.finders import finder_of_call
+from hf_hyper.attention.finders.lsh import fused_lsh_rank, gray_code_rank, rank_dtype
 from hf_hyper.attention.fused.forward import fused_forward
 from hf_hyper.attention.fused.function import FusedHyperAttention
 from hf_hyper.attention.fused.tiles import draw_sample, plan_tiles
-from hf_hyper.attention.lsh import gray_code_rank, rank_dtype
 from hf_hyper.attention.planning import Randomness, pack_query_tiles, plan_blocks
 
 
@@ -162,11 +163,18 @@ def planes_exact_in(dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
+def kernel_finder(case: Case, config: HyperAttentionConfig):
+    """The call's finder as the fused path makes it, its kernels allowed (the config
+    given may name backend "torch" for the reference run)."""
+    kernels = replace(config, backend="auto")
+    return partial(finder_of_call, kernels, hash_dims=case.dim, scale=case.dim**-0.5)
+
+
 def _fused_with_lse(case: Case, q, k, v, config: HyperAttentionConfig, need_lse: bool = True):
     rng = Randomness(torch.Generator(device=q.device).manual_seed(3), q.device)
     return fused_forward(
         q, k, v, causal=case.causal, scale=case.dim**-0.5, config=config, rng=rng,
-        need_lse=need_lse,
+        finder_of_planes=kernel_finder(case, config), need_lse=need_lse,
     )  # fmt: skip
 
 
@@ -204,7 +212,7 @@ def gradients(
         dev = leaves[0].device
         rng = Randomness(torch.Generator(device=dev).manual_seed(3), dev)
         out, lse = FusedHyperAttention.apply(
-            *leaves, case.causal, case.dim**-0.5, config, rng, None
+            *leaves, case.causal, case.dim**-0.5, config, rng, kernel_finder(case, config), None
         )
     else:
         out, lse = hyper_attention_with_lse(*leaves, causal=case.causal, config=config)

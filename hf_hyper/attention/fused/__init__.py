@@ -1,12 +1,11 @@
-"""HyperAttention through Triton kernels on CUDA, in one-way layers:
-support / tuning / records -> hashing, bucket_sort, tiles, cudnn -> forward -> backward
--> graphs (CUDA graph replay of the forward) -> function (the autograd.Function and the
-entry the API calls). The kernels themselves
-are in `hf_hyper.attention.kernels`."""
+"""HyperAttention's executor on CUDA: the block plans of a finder's ranks run in Triton
+kernels, in one-way layers: support / tuning / records -> bucket_sort, tiles, cudnn ->
+forward -> backward -> graphs (CUDA graph replay of the forward) -> function (the
+autograd.Function and the entry the API calls). It imports no finder: the API hands it
+one. The kernels themselves are in `hf_hyper.attention.kernels`."""
 
 from .function import FusedHyperAttention, fused_hyper_attention
 from .graphs import clear_cuda_graphs, cuda_graph_stats
-from .hashing import fused_lsh_rank
 from .support import fused_unsupported_reason, triton_available
 
 __all__ = [
@@ -14,7 +13,6 @@ __all__ = [
     "clear_cuda_graphs",
     "cuda_graph_stats",
     "fused_hyper_attention",
-    "fused_lsh_rank",
     "fused_unsupported_reason",
     "triton_available",
 ]

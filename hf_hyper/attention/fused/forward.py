@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ...config import HyperAttentionConfig
-from ..clustering import KeyClustering
 from ..numerics import LOG2E
 from ..padding import pad_end, pad_rows
 from ..planning import (
+    BlockFinder,
     Randomness,
     causal_levels,
     level_keys,
@@ -32,7 +33,6 @@ from ..planning import (
 )
 from . import tuning
 from .cudnn import cudnn_attention_usable, cudnn_forward, diagonal_block_view
-from .hashing import lsh_rank
 from .overlap import DiagonalOverlap
 from .records import BlockSampleCall, DenseCall, DiagonalCall, ForwardRecord
 from .support import row_alignment
@@ -430,15 +430,15 @@ class Problem:
 
     def causal_levels(
         self, q_rank: Tensor | None, k_rank: Tensor | None, config, rng, n_sink: int = 0,
-        band: int = 0, cluster: KeyClustering | None = None,
+        band: int = 0, finder: BlockFinder | None = None,
     ) -> None:  # fmt: skip
         """The off-diagonal blocks of the causal recursion, merged into the diagonal's
         output: one batched block-sample launch per level. Each level's first pair,
         whose keys hold the first n_sink keys, attends them exactly: every row after the
         first diagonal block is a query of exactly one such pair, and the rows of that
         block see them in the diagonal. With a band, every pair's first `band` queries
-        attend its last `band` keys exactly, in one dense launch per level. With a
-        clustering (and no ranks), each level's problems cluster their own keys."""
+        attend its last `band` keys exactly, in one dense launch per level. Without the
+        call's ranks, each level's problems are ranked by the finder."""
         _, base, levels = causal_levels(self.n_query, config.min_seq_len)
         z, g = self.z, self.g
         q_base, k_base, v_base, o_base = self._plan_bases
@@ -459,13 +459,14 @@ class Problem:
             # one pinned copy: a pageable one would wait for the stream at every level
             moved = self._to_device(*host)
             bases, sink_keys = moved[:4], (moved[4] if n_sink else None)
-            if cluster is None:
+            if q_rank is not None and k_rank is not None:
                 q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
             else:
-                # the level's queries as a view: the clustering reads them in place
+                assert finder is not None
+                # the level's queries as a view: the finder reads them in place
                 q_all, k_all = self.grouped()
                 q_low, k_low = level_queries(q_all, level), level_keys(k_all, level)
-                q_rank_l, k_rank_l = cluster.ranks(q_low, k_low, sink_keys)
+                q_rank_l, k_rank_l = finder.ranks(q_low, k_low, sink_keys)
             self.block_sample(
                 *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
                 band=band,
@@ -490,11 +491,15 @@ def fused_forward(
     scale: float,
     config: HyperAttentionConfig,
     rng: Randomness,
+    finder_of_planes: Callable[[Tensor], BlockFinder],
     hash_dims: int | None = None,
     record: ForwardRecord | None = None,
     need_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """HyperAttention forward with Triton kernels; inputs already validated.
+
+    finder_of_planes: the call's block finder, given its hyperplanes (drawn here, so
+    that a CUDA graph records the draw).
 
     Same draws in the same order as the torch path (hyperplanes once, then one sample
     per level, then the prefix's), so both give the same result up to rounding.
@@ -512,32 +517,32 @@ def fused_forward(
     n_sink = config.sinks
     problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
-    def buckets() -> tuple[Tensor | None, Tensor | None, KeyClustering | None]:
-        """LSH ranks of all queries [b*hk, g, nq] and keys [b*hk, nk]; or, with k-means
-        buckets, no ranks and the clustering each problem applies to its own keys."""
+    def buckets() -> tuple[Tensor | None, Tensor | None, BlockFinder]:
+        """The call's finder and its ranks of all queries [b*hk, g, nq] and keys
+        [b*hk, nk], or no ranks where each problem ranks its own rows."""
         hd = dim if hash_dims is None else hash_dims
-        planes = rng.hyperplanes(hd, config.lsh_num_projs)
-        if config.kmeans_iters:
-            return None, None, KeyClustering.of_call(planes, hd, config, scale)
-        q_rank = lsh_rank(q[..., :hd], planes).reshape(b * hk, g, n_query)
-        return q_rank, lsh_rank(k[..., :hd], planes).reshape(b * hk, n_key), None
+        finder = finder_of_planes(rng.hyperplanes(hd, config.lsh_num_projs))
+        ranks = finder.call_ranks(q, k)
+        if ranks is None:
+            return None, None, finder
+        return ranks[0].reshape(b * hk, g, n_query), ranks[1].reshape(b * hk, n_key), finder
 
-    def clustered_ranks(cluster, k_end: int, sinks: int) -> tuple[Tensor, Tensor]:
-        """Ranks of all queries against keys [0, k_end) from clustering those keys, the
-        first `sinks` of them left out."""
+    def problem_ranks(finder: BlockFinder, k_end: int, sinks: int) -> tuple[Tensor, Tensor]:
+        """The finder's ranks of all queries against keys [0, k_end), the first `sinks`
+        of them taking no part."""
         skip = None
         if sinks:
             skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
-        return cluster.ranks(*problem.grouped(0, k_end), skip)
+        return finder.ranks(*problem.grouped(0, k_end), skip)
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
             if not problem.cudnn_diagonal(1, causal=False):
                 problem.exact(0, n_key, causal=False, merge=False)
         else:
-            q_rank, k_rank, cluster = buckets()
-            if cluster is not None:
-                q_rank, k_rank = clustered_ranks(cluster, n_key, n_sink)
+            q_rank, k_rank, finder = buckets()
+            if q_rank is None or k_rank is None:
+                q_rank, k_rank = problem_ranks(finder, n_key, n_sink)
             problem.hyper(q_rank, k_rank, 0, config, rng, merge=False, n_sink=n_sink)
             if n_sink:
                 problem.record_sinks(0, n_sink)
@@ -565,14 +570,14 @@ def fused_forward(
     square.overlap = overlap
     square.causal_diagonal(config)  # no draws: the random stream's order is unchanged
     with overlap.beside():
-        q_rank, k_rank, cluster = buckets()
+        q_rank, k_rank, finder = buckets()
         q_rank_sq = k_rank_sq = None
-        if cluster is None:
+        if q_rank is not None and k_rank is not None:
             q_rank_sq = pad_end(q_rank, pad)
             k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
         square.causal_levels(
             q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
-            band=config.window, cluster=cluster,
+            band=config.window, finder=finder,
         )  # fmt: skip
         if pad:
             problem.allocate()
@@ -586,10 +591,10 @@ def fused_forward(
                 problem.exact(0, offset, causal=False, merge=True)
             else:
                 prefix_sinks = min(n_sink, offset)
-                if cluster is None:
+                if q_rank is not None and k_rank is not None:
                     q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
                 else:
-                    q_rank_p, k_rank_p = clustered_ranks(cluster, offset, prefix_sinks)
+                    q_rank_p, k_rank_p = problem_ranks(finder, offset, prefix_sinks)
                 problem.hyper(
                     q_rank_p, k_rank_p, 0, config, rng, merge=True,
                     n_sink=prefix_sinks, band=config.window,

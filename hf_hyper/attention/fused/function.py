@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ...config import HyperAttentionConfig
-from ..planning import Randomness
+from ..planning import BlockFinder, Randomness
 from .backward import dense_layout, fused_backward
 from .forward import fused_forward
 from .graphs import GRAPHS
@@ -17,11 +19,11 @@ class FusedHyperAttention(torch.autograd.Function):
     """The fused forward, recorded, with the fused backward of both outputs."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, config, rng, hash_dims):
+    def forward(ctx, q, k, v, causal, scale, config, rng, finder_of_planes, hash_dims):
         record = ForwardRecord()
         out, lse = fused_forward(
             q, k, v, causal=causal, scale=scale, config=config, rng=rng,
-            hash_dims=hash_dims, record=record,
+            finder_of_planes=finder_of_planes, hash_dims=hash_dims, record=record,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.record, ctx.scale = record, scale
@@ -36,15 +38,17 @@ class FusedHyperAttention(torch.autograd.Function):
         if dout is None:
             dout = torch.zeros_like(out)
         grads = fused_backward(q, k, v, out, lse, dout, ctx.record, ctx.scale, dlse)
-        return *grads, None, None, None, None, None
+        return *grads, None, None, None, None, None, None
 
 
 def fused_hyper_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
-    config: HyperAttentionConfig, rng: Randomness, hash_dims: int | None = None,
+    config: HyperAttentionConfig, rng: Randomness,
+    finder_of_planes: Callable[[Tensor], BlockFinder], hash_dims: int | None = None,
     need_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """HyperAttention through the fused kernels on validated inputs: (out, lse), both
+    """HyperAttention through the fused kernels on validated inputs, the call's block
+    finder made by finder_of_planes from its hyperplanes: (out, lse), both
     differentiable where autograd needs them (the fused backward attached). Without
     gradients, need_lse=False lets a call that merges nothing keep no lse (None), and
     calls of at most config.cuda_graph_max_len queries replay CUDA graphs (graphs.py)."""
@@ -53,12 +57,14 @@ def fused_hyper_attention(
         if graphs:
             GRAPHS.stats.fallbacks["autograd: the backward replays the eager plan"] += 1
         q, k, v = (t if dense_layout(t) else t.contiguous() for t in (q, k, v))
-        return FusedHyperAttention.apply(q, k, v, causal, scale, config, rng, hash_dims)
+        return FusedHyperAttention.apply(
+            q, k, v, causal, scale, config, rng, finder_of_planes, hash_dims
+        )
 
     def forward(q: Tensor, k: Tensor, v: Tensor, rng) -> tuple[Tensor, Tensor | None]:
         return fused_forward(
             q, k, v, causal=causal, scale=scale, config=config, rng=rng,
-            hash_dims=hash_dims, need_lse=need_lse,
+            finder_of_planes=finder_of_planes, hash_dims=hash_dims, need_lse=need_lse,
         )  # fmt: skip
 
     if not graphs:

@@ -1,6 +1,7 @@
-"""Cluster probes (`cluster_probes`): each query's own k-means clusters exact, the sample
-for the rest. Checked against a dense float64 statement of the estimator, for exactness
-where every cluster is probed, for causality, and against the shared blocks."""
+"""Per-query clusters (`finders.query_clusters`, config `cluster_probes`): each query's
+own k-means clusters exact, the sample for the rest. Checked against a dense float64
+statement of the estimator, for exactness where every cluster is probed, for causality,
+and against the shared blocks."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import math
 
 import pytest
 import torch
-from test_clustering import grouped_qkv
 
-from helpers.common import assert_past_ignores_future, relative_error_to_v
+from helpers.common import assert_past_ignores_future, grouped_qkv, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention
-from hf_hyper.attention.cluster_probes import plan_probes, probe_cluster_count, probed_attention
+from hf_hyper.attention.finders.query_clusters import (
+    plan_probes,
+    probe_cluster_count,
+    probed_attention,
+)
 from hf_hyper.attention.planning import Randomness
 from hf_hyper.attention.reference import reference_attention
 
@@ -193,7 +197,7 @@ def test_kernels_match_the_torch_ops(case):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.slow
 def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
-    from hf_hyper.attention import cluster_probes
+    from hf_hyper.attention.finders import query_clusters
 
     q, k, v = grouped_qkv(n=600, dim=16, groups=8)
     q, k, v = q.float(), k.float(), v.float()
@@ -201,7 +205,7 @@ def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
                     kmeans_iters=3, cluster_probes=4, sink_tokens=2, local_window=8)  # fmt: skip
     plain = HyperAttentionConfig(**settings, backend="torch")
     expected = hyper_attention(q, k, v, causal=causal, config=plain)
-    monkeypatch.setattr(cluster_probes, "kernels_can_run", lambda *tensors: True)
+    monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
     got = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""The k-means kernels (`fused.kmeans`) against the torch ops they replace: each row's
+"""The k-means kernels (`finders.kmeans`) against the torch ops they replace: each row's
 best centroid and each cluster's weighted sum, in Triton's interpreter (float32) and on
 a GPU (16-bit rows meet rounded centroids, so there the choice is checked by its score)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_hyper.attention import clustering
-from hf_hyper.attention.clustering import kmeans_clusters, kmeans_ranks
+from hf_hyper.attention.finders import kmeans
+from hf_hyper.attention.finders.kmeans import kmeans_clusters, kmeans_ranks
 
 
 def _scores(x, centroids, factor, bias):
@@ -27,7 +27,7 @@ def _inputs(device="cpu", z=2, n=150, c=70, dim=24, seed=0):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("c", [70, 5])
 def test_best_centroid_matches_the_argmax(c):
-    from hf_hyper.attention.fused.kmeans import best_centroid
+    from hf_hyper.attention.finders.kmeans import best_centroid
 
     x, centroids, bias = _inputs(c=c)
     got = best_centroid(x, centroids, 1.7, bias)
@@ -41,7 +41,7 @@ def test_best_centroid_matches_the_argmax(c):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("n", [1, 37, 300])
 def test_lloyd_step_moves_each_centroid_to_its_rows_mean_in_place(n):
-    from hf_hyper.attention.fused.kmeans import best_centroid, lloyd_step_
+    from hf_hyper.attention.finders.kmeans import best_centroid, lloyd_step_
 
     gen = torch.Generator().manual_seed(1)
     centroids = 5 * torch.randn(2, 10, 33, generator=gen)
@@ -69,7 +69,7 @@ def test_lloyd_step_moves_each_centroid_to_its_rows_mean_in_place(n):
 
 @pytest.mark.interpreter
 def test_best_centroid_reads_a_causal_levels_queries_in_place():
-    from hf_hyper.attention.fused.kmeans import best_centroid
+    from hf_hyper.attention.finders.kmeans import best_centroid
     from hf_hyper.attention.planning import CausalLevel, level_problems, level_queries
 
     gen = torch.Generator().manual_seed(3)
@@ -119,7 +119,7 @@ def test_kmeans_through_the_kernels_matches_the_torch_ops(monkeypatch, n):
     k = _separated_keys(n=n)
     skip = torch.tensor([3, 0])
     want_centroids, want_assign, want_counts = kmeans_clusters(k, 12, 3, skip)
-    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    monkeypatch.setattr(kmeans, "kernels_can_cluster", lambda x: True)
     centroids, assign, counts = kmeans_clusters(k, 12, 3, skip)
     assert torch.equal(assign, want_assign)
     torch.testing.assert_close(counts, want_counts)
@@ -162,7 +162,7 @@ def test_kmeans_near_ties_agree_within_rounding(monkeypatch):
     skip = torch.tensor([3, 0])
     counted = torch.arange(k.shape[1]) >= skip[:, None]
     torch_path = kmeans_clusters(k, 12, 3, skip)
-    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    monkeypatch.setattr(kmeans, "kernels_can_cluster", lambda x: True)
     kernel_path = kmeans_clusters(k, 12, 3, skip)
     bound = _score_error_bound(k, torch_path[0])
     for centroids, assign, counts in (torch_path, kernel_path):
@@ -203,7 +203,7 @@ def test_kmeans_near_ties_agree_within_rounding(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_best_centroid_on_a_gpu_picks_a_best_score_within_rounding(dtype):
-    from hf_hyper.attention.fused.kmeans import best_centroid
+    from hf_hyper.attention.finders.kmeans import best_centroid
 
     x, centroids, bias = _inputs("cuda", n=5000, c=300, dim=64)
     x = x.to(dtype)
@@ -228,7 +228,7 @@ def test_kmeans_ranks_through_the_kernels_match_the_torch_ops(monkeypatch, itera
     planes = torch.randn(16, 4, generator=gen)
     skip = torch.tensor([2, 2])
     want = kmeans_ranks(q, k, 4, iterations, 0.25, planes, skip)
-    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
+    monkeypatch.setattr(kmeans, "kernels_can_cluster", lambda x: True)
     got = kmeans_ranks(q, k, 4, iterations, 0.25, planes, skip)
     if iterations == 0:  # the same centroids: the same choices
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

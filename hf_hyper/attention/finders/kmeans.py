@@ -8,7 +8,8 @@ by the angular LSH rank of their centroids, so neighbouring ids are near cluster
 key block holds clusters close to each other, as sortLSH's Gray order does for buckets.
 
 The ranks feed the same block planning as LSH ranks (`planning.plan_blocks`), so the
-kernels do not change. The clustering depends on the problem's keys only: in the causal
+executors do not change. The k-means kernels' launchers are here too; the kernels
+themselves are in `kernels.kmeans`. The clustering depends on the problem's keys only: in the causal
 recursion each lower-left block clusters its own keys, which precede all its queries,
 so no output depends on a later token.
 """
@@ -21,9 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .fused import kmeans as fused_kmeans
-from .fused.bucket_sort import bucket_histogram, bucket_totals
-from .fused.kmeans import kernels_can_cluster
+from ..fused.bucket_sort import (
+    bucket_histogram,
+    bucket_totals,
+    stable_bucket_argsort,
+)
+from ..fused.support import FUSED_DTYPES, MAX_HEAD_DIM, triton_available
+from ..fused.tuning import padded_width
+from ..planning import block_id_dtype
 from .lsh import angular_lsh_rank, rank_dtype
 
 # Score and float32 temporaries ([problems, rows, clusters], [problems, rows, d]) are made
@@ -112,7 +118,7 @@ def fit_centroids(
     first_fit_row = (skip + stride - 1) // stride  # fit row i is key i * stride
     for _ in range(iterations):
         if kernels and kernels_can_cluster(fit):
-            fused_kmeans.lloyd_step_(fit, centroids, first_fit_row)
+            lloyd_step_(fit, centroids, first_fit_row)
             continue
         weight = (torch.arange(fit.shape[1], device=k.device) >= first_fit_row[:, None]).float()
         sums, counts = _cluster_sums(fit, centroids, weight, kernels)
@@ -141,7 +147,7 @@ def _nearest_with_counts(
     first_row = torch.zeros(z, dtype=torch.int64, device=k.device)
     if skip_keys is not None:
         first_row = skip_keys.to(device=k.device, dtype=torch.int64)
-    assign = fused_kmeans.best_centroid(
+    assign = best_centroid(
         k, centroids, dtype=dtype, order=order, counts=counts, first_row=first_row
     )
     return assign, counts.float()
@@ -188,12 +194,12 @@ def _best(
     kernels: bool = True,
 ) -> Tensor:
     """argmax over clusters of factor * x.c + bias: x rows [zp, n, d], [zp, g, n, d] or
-    [z, p, g, n, d] (`fused.kmeans.problem_rows`), centroids [zp, c, d] (float32), bias
+    [z, p, g, n, d] (`problem_rows`), centroids [zp, c, d] (float32), bias
     [zp, c] -> x.shape[:-1] of the integer dtype (in the k-means kernels where they
     serve x, unless kernels is False). order [zp, c] (or None): index j stands for
     centroid order[:, j]."""
     if kernels and kernels_can_cluster(x):
-        return fused_kmeans.best_centroid(x, centroids, factor, bias, dtype, order)
+        return best_centroid(x, centroids, factor, bias, dtype, order)
     if order is not None:
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, x.shape[-1]))
     flat = x.reshape(centroids.shape[0], -1, x.shape[-1])
@@ -210,7 +216,7 @@ def _nearest(
     """Index of each key's nearest centroid: keys [z, n, d], centroids [z, c, d] -> [z, n]
     of the integer dtype (index j: centroid order[:, j] where order is given)."""
     if kernels and kernels_can_cluster(keys):
-        return fused_kmeans.best_centroid(keys, centroids, dtype=dtype, order=order)
+        return best_centroid(keys, centroids, dtype=dtype, order=order)
     if order is not None:
         centroids = torch.gather(centroids, 1, order[..., None].expand(-1, -1, keys.shape[-1]))
     # |k - c|^2 = |k|^2 - 2 k.c + |c|^2, and |k|^2 is the same for every centroid
@@ -237,25 +243,116 @@ def _cluster_sums(
     return sums, counts
 
 
+# The k-means kernels' launchers (`kernels.kmeans`): no autograd, the clustering is a
+# plan, not part of the output's graph.
+# (BLOCK_M rows, BLOCK_C centroids, num_warps) of the best-centroid kernel: every
+# program reads all centroids, so tall row tiles keep that traffic small
+BEST_TILE = (128, 64, 8)
+BEST_TILE_IEEE = (64, 32, 4)
+UPDATE_BLOCK_N = 64  # rows per step of the Lloyd-update kernel
+
+
+def kernels_can_cluster(x: Tensor) -> bool:
+    """Whether the k-means kernels serve these rows (CUDA, a dtype and width they take)."""
+    return (
+        x.is_cuda and triton_available() and x.dtype in FUSED_DTYPES
+        and x.shape[-1] <= MAX_HEAD_DIM
+    )  # fmt: skip
+
+
+def problem_rows(x: Tensor) -> Tensor:
+    """Rows x [zp, n, d], [zp, g, n, d] or [z, p, g, n, d] as a [z, p, g, n, d] view
+    with unit stride along d (copied only if it has none): problem zp = z * p + p_i has
+    the centroids, its g groups of n rows each take them."""
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    if x.dim() == 3:
+        return x[:, None, None]
+    return x[:, None] if x.dim() == 4 else x
+
+
+def best_centroid(
+    x: Tensor,
+    centroids: Tensor,
+    factor: float = 2.0,
+    bias: Tensor | None = None,
+    dtype: torch.dtype = torch.int64,
+    order: Tensor | None = None,
+    counts: Tensor | None = None,
+    first_row: Tensor | None = None,
+) -> Tensor:
+    """argmax over clusters of factor * x.c + bias: x rows as `problem_rows` takes them,
+    centroids [zp, c, d] (float32), bias [zp, c] -> x.shape[:-1] of the integer dtype
+    (one that holds c); bias None: each row's nearest centroid (as factor 2, bias
+    -|c|^2). 16-bit x meets the centroids rounded to its dtype (tensor-core dots, and
+    the norms of the rounded centroids); float32 x exact dots. order [zp, c] (or None):
+    index j stands for centroid order[:, j], as if centroids were gathered by it.
+    counts [zp, c] int32 (or None): each row at or after first_row[zp] adds 1 to its
+    problem's count of the index chosen for it (the same on every run)."""
+    from ..kernels.kmeans import best_centroid_kernel
+
+    rows = problem_rows(x)
+    z, pairs, groups, n_rows, dim = rows.shape
+    n_centroids = centroids.shape[1]
+    if centroids.shape[0] != z * pairs:
+        raise ValueError(f"centroids for {centroids.shape[0]} problems, rows for {z * pairs}")
+    out = torch.empty(rows.shape[:-1], dtype=dtype, device=x.device)
+    ieee = x.dtype == torch.float32
+    block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
+    nearest = bias is None
+    centroids = centroids.float().contiguous()
+    bias = centroids if nearest else bias.float().contiguous()  # not read when nearest
+    ordered = order is not None
+    order = order.contiguous() if ordered else out  # not read unless ordered
+    count = counts is not None
+    if count and (counts.dtype != torch.int32 or not counts.is_contiguous()):
+        raise ValueError("counts must be a contiguous int32 tensor")
+    counts, first_row = (counts, first_row.contiguous()) if count else (out, out)
+    s_z, s_p, s_g, s_row = rows.stride()[:4]
+    best_centroid_kernel[(z * pairs * groups, -(-n_rows // block_m))](
+        rows, centroids, bias, order, out, counts, first_row, n_rows, n_centroids, pairs,
+        groups, s_z, s_p, s_g, s_row, factor, D=dim, D_PAD=padded_width(dim),
+        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, NEAREST=nearest, ORDERED=ordered,
+        COUNT=count, num_warps=warps,
+    )  # fmt: skip
+    return out.view(x.shape[:-1])
+
+
+def lloyd_step_(x: Tensor, centroids: Tensor, first_row: Tensor) -> Tensor:
+    """One of Lloyd's iterations, in place: each row of x [z, n, d] to its nearest
+    centroid, then each centroid of centroids [z, c, d] (float32, contiguous) to the
+    mean of its rows; rows before first_row[z] (integers) take no part, and a cluster
+    with no rows keeps its centroid. The same on every run. Returns centroids."""
+    from ..kernels.kmeans import lloyd_update_kernel
+
+    x = problem_rows(x)[:, 0, 0]
+    z, n_rows, dim = x.shape
+    n_clusters = centroids.shape[1]
+    assign = best_centroid(x, centroids, dtype=block_id_dtype(n_clusters))
+    order, starts = stable_bucket_argsort(assign, n_clusters)
+    lloyd_update_kernel[(n_clusters, z)](
+        x, order, starts, first_row.contiguous(), centroids, n_rows, n_clusters, x.stride(0),
+        x.stride(1), D=dim, D_PAD=padded_width(dim), BLOCK_N=UPDATE_BLOCK_N, num_warps=4,
+    )  # fmt: skip
+    return centroids
+
+
 @dataclass(frozen=True)
-class KeyClustering:
-    """What a call's problems need to cluster their keys: the call's hyperplanes (which
-    order the clusters), the leading columns that are hashed, and the config's sizes."""
+class KmeansBlocks:
+    """The k-means finder of one call: the hyperplanes that order the clusters, the
+    leading columns that are clustered, and the config's sizes. kernels=False keeps
+    every step in torch ops (backend "torch")."""
 
     planes: Tensor
     hash_dims: int
     num_projs: int
     iterations: int
     scale: float
-    kernels: bool = True  # False: torch ops only (backend "torch")
+    kernels: bool = True
 
-    @classmethod
-    def of_call(cls, planes: Tensor, hash_dims: int, config, scale: float) -> KeyClustering:
-        """The clustering a call with this config makes (config.kmeans_iters > 0)."""
-        return cls(
-            planes, hash_dims, config.lsh_num_projs, config.kmeans_iters, scale,
-            kernels=config.backend != "torch",
-        )  # fmt: skip
+    def call_ranks(self, q: Tensor, k: Tensor) -> None:
+        """None: each problem clusters its own keys (`ranks`), so that in the causal
+        recursion no rank depends on a later key."""
+        return None
 
     def ranks(self, q: Tensor, k: Tensor, skip_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`kmeans_ranks` of one batch of problems: q [zp, g, nq, d] or a causal level's

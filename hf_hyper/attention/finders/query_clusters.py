@@ -15,8 +15,9 @@ recursion (each lower-left block clusters its own keys, which precede its querie
 output depends on a later token.
 
 The plan (k-means, each query's clusters, tiles of one cluster) is torch ops; the
-attention over the clusters and the sample runs in Triton kernels for CUDA calls
-without autograd (`fused.probes`), else in torch ops, with the same draws.
+attention over the clusters and the sample runs in Triton kernels (`kernels.probes`,
+launched from here) for CUDA calls without autograd, else in torch ops, with the same
+draws. The backward runs in torch ops.
 
 Internal layout: queries `[z, g, nq, d]`, keys and values `[z, nk, d]` (blockwise.py).
 """
@@ -29,14 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .blockwise import attention_with_lse, merge_by_lse
-from .clustering import kmeans_clusters, score_chunks
-from .fused import probes as probe_kernels
-from .fused.bucket_sort import stable_bucket_argsort
-from .fused.support import fused_unsupported_reason
-from .numerics import MASKED_LOGIT
-from .padding import gather_rows, pad_rows
-from .planning import Randomness, TilePacking, pack_query_tiles
+from ..blockwise import attention_with_lse, merge_by_lse
+from ..fused.bucket_sort import stable_bucket_argsort
+from ..fused.support import fused_unsupported_reason
+from ..fused.tuning import padded_width
+from ..numerics import LOG2E, MASKED_LOGIT
+from ..padding import gather_rows, pad_rows
+from ..planning import Randomness, TilePacking, pack_query_tiles
+from .kmeans import kmeans_clusters, score_chunks
 
 # Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
 MAX_TILE_ROWS = 256
@@ -290,11 +291,11 @@ def _probed_by_kernels(
     q_rows = q.reshape(z, n_rows, dim).contiguous()
     k, v = k.contiguous(), v.contiguous()
     n_sink = _sink_counts(sinks, z, q.device)
-    out, lse = probe_kernels.empty_accumulators(z, n_rows, dv, q.device)
-    tile = probe_kernels.segment_tile_rows(n_rows, clusters)
+    out, lse = empty_accumulators(z, n_rows, dv, q.device)
+    tile = segment_tile_rows(n_rows, clusters)
     for rank in range(plan.chosen.shape[-1]):
         pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
-        probe_kernels.segment_attention(
+        segment_attention(
             q_rows, k, v, out, lse, pack.slot_query, seg_start, seg_len, plan.k_order,
             n_sink, n_query, band, scale, merge=rank > 0, block_m=tile,
         )  # fmt: skip
@@ -302,7 +303,7 @@ def _probed_by_kernels(
         key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
-        probe_kernels.sample_attention(
+        sample_attention(
             q_rows, k, v, out, lse, key_index, draw_cluster, chosen, rest, n_sink, n_query,
             band, scale,
         )  # fmt: skip
@@ -317,10 +318,78 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
 
 
+# The probes' kernel launchers: plain tensors in, (out, lse) accumulated in place.
+# Keys per step of both kernels: a cluster's run is short (about block_size / probes
+# keys on average), and the sample is a few hundred draws.
+SEGMENT_BLOCK_N = 32
+SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
+
+
+def segment_tile_rows(n_rows: int, clusters: int) -> int:
+    """Query rows per tile of the segment kernel: about the rows a cluster gets, a power
+    of two from 16 (the smallest a tensor-core dot takes) to 64."""
+    per_cluster = max(1, -(-n_rows // clusters))
+    return min(64, max(16, 1 << (per_cluster - 1).bit_length()))
+
+
+def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Tensor]:
+    """float32 (out [z, rows + 1, dv], lse [z, rows + 1]): the last row of each problem
+    takes the tiles' empty slots."""
+    out = torch.zeros(z, n_rows + 1, dv, dtype=torch.float32, device=device)
+    return out, torch.full((z, n_rows + 1), float("-inf"), device=device)
+
+
+def segment_attention(
+    q_rows: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, slot_query: Tensor,
+    seg_start: Tensor, seg_len: Tensor, k_order: Tensor, sinks: Tensor, n_query: int,
+    band: int, scale: float, merge: bool, block_m: int,
+) -> None:  # fmt: skip
+    """Fold each packed tile's attention over its cluster's run of k_order into (out,
+    lse). q_rows [z, rows, d], k [z, nk, d], v [z, nk, dv] contiguous; slot_query
+    [z, tiles * block_m] (rows: an empty slot); seg_start, seg_len [z, tiles]; k_order
+    [z, nk]; sinks [z] (int64)."""
+    from ..kernels.probes import segment_kernel
+
+    z, n_rows, dim = q_rows.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_tiles = seg_start.shape[1]
+    segment_kernel[(z * n_tiles,)](
+        q_rows, k, v, out, lse, slot_query, seg_start, seg_len, k_order, sinks,
+        slot_query.shape[1], n_tiles, n_rows, n_query, n_key, band, scale * LOG2E,
+        D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
+        BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
+        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
+    )  # fmt: skip
+
+
+def sample_attention(
+    q_rows: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sample: Tensor,
+    draw_cluster: Tensor, chosen: Tensor, rest: Tensor, sinks: Tensor, n_query: int,
+    band: int, scale: float,
+) -> None:  # fmt: skip
+    """Merge each row's share of the sample into (out, lse): sample, draw_cluster [z, m]
+    (the drawn keys and their clusters), chosen [z, rows, probes] (each row's clusters),
+    rest [z, rows] float32 (the keys each row does not attend exactly)."""
+    from ..kernels.probes import probe_sample_kernel
+
+    z, n_rows, dim = q_rows.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    block_m, block_n = SAMPLE_TILE
+    probe_sample_kernel[(z * -(-n_rows // block_m),)](
+        q_rows, k, v, out, lse, sample, draw_cluster, chosen, rest, sinks,
+        n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E,
+        D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
+        BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
+        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
-class ClusterProbes:
-    """What a call's problems need to attend their cluster probes: the leading columns
-    that choose the clusters, and the config's sizes."""
+class QueryClusters:
+    """The per-query clusters finder of one call: the leading columns that choose the
+    clusters and the config's sizes. kernels: the probes' kernels serve its inference
+    calls on CUDA (and the k-means kernels its clustering); False keeps all in torch
+    ops. require_kernels: a call they cannot serve is an error (backend "triton")."""
 
     hash_dims: int
     probes: int
@@ -329,16 +398,8 @@ class ClusterProbes:
     block_size: int
     sample_size: int
     scale: float
-    backend: str
-
-    @classmethod
-    def of_call(cls, hash_dims: int, config, scale: float) -> ClusterProbes:
-        """The probes a call with this config makes (config.cluster_probes > 0); the
-        kernels serve its inference calls on CUDA unless the backend is "torch"."""
-        return cls(
-            hash_dims, config.cluster_probes, config.kmeans_iters, config.lsh_num_projs,
-            config.block_size, config.sample_size, scale, config.backend,
-        )  # fmt: skip
+    kernels: bool = True
+    require_kernels: bool = False
 
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, rng: Randomness, sinks: Tensor | None,
@@ -347,8 +408,8 @@ class ClusterProbes:
         """`probed_attention` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
         hd, n_key = self.hash_dims, k.shape[1]
         clusters = probe_cluster_count(n_key, self.probes, self.block_size, self.num_projs)
-        kernels = self.backend != "torch" and kernels_can_run(q, k, v)
-        if self.backend == "triton" and not kernels:
+        kernels = self.kernels and kernels_can_run(q, k, v)
+        if self.require_kernels and not kernels:
             raise ValueError(
                 "HyperAttentionConfig(backend='triton'): the cluster probes' kernels serve "
                 "inference calls only (no backward); use backend 'auto' for gradients"
@@ -356,5 +417,5 @@ class ClusterProbes:
         return probed_attention(
             q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
             clusters, self.iterations, self.sample_size, rng, sinks, band,
-            kernels, kmeans_kernels=self.backend != "torch",
+            kernels, kmeans_kernels=self.kernels,
         )  # fmt: skip

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers.common import assert_past_ignores_future, relative_error_to_v
+from helpers.common import assert_past_ignores_future, grouped_qkv, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention
-from hf_hyper.attention import clustering
-from hf_hyper.attention.clustering import kmeans_ranks
+from hf_hyper.attention.finders import kmeans
+from hf_hyper.attention.finders.kmeans import kmeans_ranks
 from hf_hyper.attention.reference import reference_attention
 
 SMALL = dict(block_size=32, sample_size=32, min_seq_len=64, seed=0, backend="torch")
@@ -66,9 +66,9 @@ def test_row_and_problem_chunks_give_the_same_ranks(monkeypatch):
     planes = torch.randn(16, 5, generator=gen)
     args = (q, k, 5, 3, 0.25, planes, torch.tensor([2, 0, 0]))
     whole = kmeans_ranks(*args)
-    monkeypatch.setattr(clustering, "CHUNK_ELEMENTS", 1000)  # 10 rows a chunk
+    monkeypatch.setattr(kmeans, "CHUNK_ELEMENTS", 1000)  # 10 rows a chunk
     # first centroids two problems at a time (32 clusters of 16 values each)
-    monkeypatch.setattr(clustering, "INIT_CHUNK_ELEMENTS", 2 * 32 * 16)
+    monkeypatch.setattr(kmeans, "INIT_CHUNK_ELEMENTS", 2 * 32 * 16)
     chunked = kmeans_ranks(*args)
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
 
@@ -87,22 +87,6 @@ def test_causal_outputs_ignore_future_tokens(n_prefix):
     assert_past_ignores_future(
         lambda q, k, v: hyper_attention(q, k, v, causal=True, config=config), n_prefix
     )
-
-
-def grouped_qkv(n: int = 2048, dim: int = 32, groups: int = 32, seed: int = 0):
-    """Keys in groups around random centres; each query a group's centre plus noise as
-    large as the centre, so its large entries are one group's keys at cosine ~0.7:
-    inner products find them, angles only loosely (the real-model case LSH misses)."""
-    g = torch.Generator().manual_seed(seed)
-    f64 = dict(generator=g, dtype=torch.float64)
-    centre = 3 * torch.nn.functional.normalize(torch.randn(2, groups, dim, **f64), dim=-1)
-    member = torch.randint(groups, (2, n), generator=g)
-    k = torch.gather(centre, 1, member[..., None].expand(-1, -1, dim))
-    k = k + 0.3 * torch.randn(2, n, dim, **f64)
-    target = torch.randint(groups, (4, n), generator=g)
-    q = centre[torch.tensor([0, 0, 1, 1])[:, None], target]
-    q = q + 3 / dim**0.5 * torch.randn(4, n, dim, **f64)
-    return q[None] * dim**0.5, k[None], torch.randn(1, 2, n, dim, **f64)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -132,9 +116,9 @@ def test_fitting_on_every_sth_key_clusters_about_as_well_as_a_full_fit(monkeypat
     def spread(centroids, assign):
         return (k - torch.gather(centroids, 1, assign[..., None].expand(-1, -1, 16))).pow(2).sum()
 
-    fitted = clustering.kmeans_clusters(k, 12, 3, skip)  # 2000 // (32 * 12): every 5th key
-    monkeypatch.setattr(clustering, "FIT_KEYS_PER_CLUSTER", 10**9)
-    full = clustering.kmeans_clusters(k, 12, 3, skip)
+    fitted = kmeans.kmeans_clusters(k, 12, 3, skip)  # 2000 // (32 * 12): every 5th key
+    monkeypatch.setattr(kmeans, "FIT_KEYS_PER_CLUSTER", 10**9)
+    full = kmeans.kmeans_clusters(k, 12, 3, skip)
     assert not torch.equal(fitted[0], full[0])  # the fit did see fewer keys
     assert spread(*fitted[:2]) < 1.05 * spread(*full[:2])
     # every key is assigned and counted, the skipped ones excepted
@@ -152,9 +136,9 @@ def _kernels_everywhere_but_forbidden(monkeypatch) -> None:
     def launched(*args, **kwargs):
         raise KernelLaunched
 
-    monkeypatch.setattr(clustering, "kernels_can_cluster", lambda x: True)
-    monkeypatch.setattr(clustering.fused_kmeans, "best_centroid", launched)
-    monkeypatch.setattr(clustering.fused_kmeans, "lloyd_step_", launched)
+    monkeypatch.setattr(kmeans, "kernels_can_cluster", lambda x: True)
+    monkeypatch.setattr(kmeans, "best_centroid", launched)
+    monkeypatch.setattr(kmeans, "lloyd_step_", launched)
 
 
 @pytest.mark.parametrize("probes", [0, 2])

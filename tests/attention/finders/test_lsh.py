@@ -1,4 +1,4 @@
-"""Angular LSH (`hf_hyper.attention.lsh`): the Gray order of the buckets, the narrowest
+"""Angular LSH (`hf_hyper.attention.finders.lsh`): the Gray order of the buckets, the narrowest
 rank type, and the hash's angular behaviour."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hf_hyper.attention.lsh import angular_lsh_rank, gray_code_rank, rank_dtype
+from hf_hyper.attention.finders.lsh import angular_lsh_rank, gray_code_rank, rank_dtype
 from hf_hyper.attention.planning import BUCKET_TABLE_MAX_PROJS
 
 
