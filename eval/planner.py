@@ -169,9 +169,17 @@ def layer_times(
 ) -> dict[str, float]:
     """ms of one causal attention call of the model's shape at `length` tokens, per mode
     and for exact attention (PyTorch's SDPA), on the model's device."""
-    heads, kv_heads, dim = attention_shape(model)
     param = next(model.parameters())
-    q, k, v = planted_inputs(length, heads, kv_heads, dim, param.dtype, True, 0, param.device)
+    return shape_times(attention_shape(model), param.dtype, param.device, configs, length, repeats)
+
+
+def shape_times(
+    shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device,
+    configs: dict[str, HyperAttentionConfig], length: int, repeats: int = 3,
+) -> dict[str, float]:  # fmt: skip
+    """`layer_times` for an attention shape (query heads, key/value heads, head dim)."""
+    heads, kv_heads, dim = shape
+    q, k, v = planted_inputs(length, heads, kv_heads, dim, dtype, True, 0, device)
     calls: dict[str, Callable[[], Any]] = {
         EXACT: lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=heads != kv_heads
@@ -184,7 +192,7 @@ def layer_times(
     times = {}
     with torch.no_grad():
         for name, call in calls.items():
-            if param.device.type == "cuda":
+            if torch.device(device).type == "cuda":
                 times[name] = time_cuda(call, warmup=2, repeats=repeats).ms
             else:
                 call()

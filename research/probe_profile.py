@@ -7,6 +7,9 @@ timed whole (median of 3), then once under torch.profiler with the CUDA time of 
 kernels summed by kind:
 
 - `probe kernels`: the probes' Triton segment and sample kernels;
+- `choice kernel`: each query's clusters by a running top-c (`top_clusters_kernel`);
+  the setting "probes, torch choice" makes that choice in torch ops instead (a score
+  matrix in row chunks and topk), for a same-run A/B;
 - `k-means kernels`: the best-centroid and Lloyd-update kernels;
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
@@ -18,18 +21,22 @@ kernels summed by kind:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections import defaultdict
+from unittest import mock
 
 import torch
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
+from hf_hyper.attention.finders import query_clusters
 from hf_hyper.eval.bench_attention import planted_inputs
 from hf_hyper.eval.timing import environment, time_cuda
 
 KINDS = [
     ("probe kernels", ("segment_kernel", "probe_sample_kernel")),
+    ("choice kernel", ("top_clusters",)),
     ("k-means kernels", ("best_centroid", "lloyd_update")),
     (
         "HyperAttention kernels",
@@ -76,17 +83,25 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         cudnn = time_cuda(exact, repeats=3)
     print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 |" + " |" * len(kinds), flush=True)
+    probes = HyperAttentionConfig(
+        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
+    )
     settings = {
         "LSH blocks": HyperAttentionConfig(),
         "k-means blocks": HyperAttentionConfig(kmeans_iters=args.kmeans_iters),
-        "probes": HyperAttentionConfig(kmeans_iters=args.kmeans_iters, cluster_probes=args.probes),
+        "probes": probes,
+        "probes, torch choice": probes,
     }
     rows = []
     for name in args.settings:
         config = settings[name]
+        torch_choice = name == "probes, torch choice"
 
-        def call(config=config):
-            with torch.no_grad():
+        def call(config=config, torch_choice=torch_choice):
+            choice = contextlib.nullcontext()
+            if torch_choice:
+                choice = mock.patch.object(query_clusters, "kernels_can_cluster", lambda x: False)
+            with torch.no_grad(), choice:
                 return hyper_attention(q, k, v, causal=True, config=config)
 
         timing = time_cuda(call, warmup=1, repeats=3)
@@ -110,10 +125,9 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--probes", type=int, default=16)
     p.add_argument("--kmeans-iters", type=int, default=4)
-    p.add_argument(
-        "--settings", nargs="+", default=["LSH blocks", "k-means blocks", "probes"],
-        choices=["LSH blocks", "k-means blocks", "probes"],
-    )  # fmt: skip
+    p.add_argument("--block-size", type=int, default=256, help="the probes' block_size")
+    names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice"]
+    p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
     p.add_argument("--top", type=int, default=0, help="also list the N costliest kernels")
     p.add_argument("--json", default=None)
     args = p.parse_args()

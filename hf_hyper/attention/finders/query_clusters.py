@@ -37,7 +37,7 @@ from ..fused.tuning import padded_width
 from ..numerics import LOG2E, MASKED_LOGIT
 from ..padding import gather_rows, pad_rows
 from ..planning import Randomness, TilePacking, pack_query_tiles
-from .kmeans import kmeans_clusters, score_chunks
+from .kmeans import kernels_can_cluster, kmeans_clusters, problem_rows, score_chunks
 
 # Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
 MAX_TILE_ROWS = 256
@@ -78,8 +78,11 @@ def plan_probes(
         centroids, assign, counts = kmeans_clusters(
             k, clusters, iterations, sinks, kernels=kmeans_kernels
         )
-        q_rows = q.reshape(z, g * n_query, dim)
-        chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
+        if kmeans_kernels and kernels_can_cluster(q):
+            chosen = top_clusters(q, centroids, scale, log_sizes(counts), probes)
+        else:
+            q_rows = q.reshape(z, g * n_query, dim)
+            chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
         return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes))
 
 
@@ -323,6 +326,41 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
 # keys on average), and the sample is a few hundred draws.
 SEGMENT_BLOCK_N = 32
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
+# (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
+# best-centroid kernel's: every program reads all centroids, so tall row tiles
+TOP_TILE = (128, 64, 8)
+TOP_TILE_IEEE = (64, 32, 4)
+
+
+def top_clusters(
+    q: Tensor, centroids: Tensor, scale: float, log_size: Tensor, count: int
+) -> Tensor:
+    """`_best_clusters` in one kernel, with a running top-count per row instead of a
+    score matrix: q [z, g, nq, d] (any row strides), centroids [z, c, d] float32,
+    log_size [z, c] (-inf: empty) -> [z, g * nq, count] int64, best first. 16-bit q
+    meets the centroids rounded to its dtype, as in the k-means kernels. Empty clusters
+    score MASKED_LOGIT, finite, so they are chosen only after every other one."""
+    from ..kernels.probes import top_clusters_kernel
+
+    rows = problem_rows(q)
+    z, pairs, groups, n_rows, dim = rows.shape
+    if centroids.shape[0] != z * pairs or centroids.shape[1] < count:
+        raise ValueError(
+            f"top_clusters: {count} of {centroids.shape[1]} centroids for "
+            f"{centroids.shape[0]} problems, rows for {z * pairs}"
+        )
+    out = torch.empty(z * pairs * groups, n_rows, count, dtype=torch.int64, device=q.device)
+    ieee = q.dtype == torch.float32
+    block_m, block_c, warps = TOP_TILE_IEEE if ieee else TOP_TILE
+    bias = log_size.float().clamp_min(MASKED_LOGIT).contiguous()
+    s_z, s_p, s_g, s_row = rows.stride()[:4]
+    top_clusters_kernel[(z * pairs * groups, -(-n_rows // block_m))](
+        rows, centroids.float().contiguous(), bias, out, n_rows, centroids.shape[1], pairs,
+        groups, s_z, s_p, s_g, s_row, scale, D=dim, D_PAD=padded_width(dim),
+        BLOCK_M=block_m, BLOCK_C=block_c, TOP=count, TOP_PAD=max(2, 1 << (count - 1).bit_length()),
+        IEEE=ieee, num_warps=warps,
+    )  # fmt: skip
+    return out.view(z * pairs, groups * n_rows, count)
 
 
 def segment_tile_rows(n_rows: int, clusters: int) -> int:

@@ -1,8 +1,9 @@
-"""Triton kernels of the cluster probes' forward (CUDA, or Triton's CPU interpreter;
-imported lazily): a query tile against its cluster's run of the cluster-sorted keys, and
-the sample with each query's own exclusions and weight.
+"""Triton kernels of the per-query clusters (CUDA, or Triton's CPU interpreter;
+imported lazily): each query's best clusters by a running top-c, a query tile against
+its cluster's run of the cluster-sorted keys, and the sample with each query's own
+exclusions and weight.
 
-Both read contiguous `q [z, rows, d]`, `k [z, n_key, d]`, `v [z, n_key, dv]` and fold
+The two attention kernels read contiguous `q [z, rows, d]`, `k [z, n_key, d]`, `v [z, n_key, dv]` and fold
 their result into float32 `out [z, rows + 1, dv]`, `lse [z, rows + 1]` in place (row
 `rows` of each problem takes the tiles' empty slots and is never read back). Every row
 is written by one program per launch, so the in-place merge needs no atomics.
@@ -134,3 +135,63 @@ def probe_sample_kernel(
     l_i = tl.where(has_mass, l_i, 0.0)
     o_row = zp * (n_rows + 1) + tl.where(row_ok, row, n_rows).to(tl.int64)
     finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, True, True)
+
+
+@triton.jit
+def top_clusters_kernel(
+    X, C, Bias, Out, n_rows, n_centroids, pairs, groups,
+    x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    TOP: tl.constexpr, TOP_PAD: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Out[r, i, :] = the TOP centroids of largest factor * x_i . C[zp, c] + Bias[zp, c],
+    best first (distinct; equal scores in index order), for the rows i of row problem
+    r = (z * pairs + p) * groups + g at X + z x_stride_z + p x_stride_p + g x_stride_g +
+    i x_stride_row; C [zp, c, D] float32 met in X's dtype, Bias [zp, c] float32 (finite),
+    Out int64 [rows problems, n_rows, TOP]. A running top-TOP per row: no score matrix
+    is kept."""
+    row_problem = tl.program_id(0).to(tl.int64)
+    zp = row_problem // groups
+    z, p, g = zp // pairs, zp % pairs, row_problem % groups
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    x_base = X + z * x_stride_z + p * x_stride_p + g * x_stride_g
+    x_ptrs = x_base + rows[:, None].to(tl.int64) * x_stride_row + offs_d[None, :]
+    x = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    slot = tl.arange(0, TOP_PAD)
+    # the kept scores and their centroids; slots past TOP hold +inf, so the running
+    # minimum (the slot a better candidate replaces) is always a real one
+    kept = tl.where(slot[None, :] < TOP, float("-inf"), float("inf")) + tl.zeros(
+        [BLOCK_M, TOP_PAD], tl.float32
+    )
+    kept_index = tl.zeros([BLOCK_M, TOP_PAD], tl.int32) - 1
+    for c0 in range(0, n_centroids, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cols < n_centroids
+        c_ptrs = C + (zp * n_centroids + cols[None, :]) * D + offs_d[:, None]
+        c = tl.load(c_ptrs, mask=c_ok[None, :] & d_ok[:, None], other=0.0)
+        bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
+        s = factor * tile_scores(x, c.to(X.dtype.element_ty), IEEE) + bias[None, :]
+        s = tl.where(c_ok[None, :], s, float("-inf"))
+        # the block's TOP best, one at a time, each replacing the row's worst kept one
+        # where it is strictly better (an equal score keeps the earlier centroid)
+        for _ in tl.static_range(TOP):
+            best = tl.max(s, 1)
+            best_col = tl.argmax(s, 1)
+            s = tl.where(tl.arange(0, BLOCK_C)[None, :] == best_col[:, None], float("-inf"), s)
+            worst = tl.min(kept, 1)
+            worst_slot = tl.argmin(kept, 1)
+            take = (best > worst)[:, None] & (slot[None, :] == worst_slot[:, None])
+            kept = tl.where(take, best[:, None], kept)
+            kept_index = tl.where(take, (best_col + c0)[:, None], kept_index)
+    # best first: the largest kept score, the lower centroid index among equal ones
+    out_ptrs = Out + (row_problem * n_rows + rows.to(tl.int64)) * TOP
+    live = (slot < TOP)[None, :] & (kept_index >= 0)
+    for t in tl.static_range(TOP):
+        top = tl.max(tl.where(live, kept, float("-inf")), 1)
+        at_top = live & (kept == top[:, None])
+        first = tl.min(tl.where(at_top, kept_index, 2**30), 1)
+        tl.store(out_ptrs + t, first.to(tl.int64), mask=row_ok)
+        live = live & (kept_index != first[:, None])

@@ -195,8 +195,9 @@ def test_kernels_match_the_torch_ops(case):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("choice_kernel", [False, True])
 @pytest.mark.slow
-def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
+def test_kernels_serve_the_whole_recursion(causal, choice_kernel, monkeypatch):
     from hf_hyper.attention.finders import query_clusters
 
     q, k, v = grouped_qkv(n=600, dim=16, groups=8)
@@ -206,6 +207,8 @@ def test_kernels_serve_the_whole_recursion(causal, monkeypatch):
     plain = HyperAttentionConfig(**settings, backend="torch")
     expected = hyper_attention(q, k, v, causal=causal, config=plain)
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
+    if choice_kernel:  # each query's clusters chosen by the kernel too, as on CUDA
+        monkeypatch.setattr(query_clusters, "kernels_can_cluster", lambda x: True)
     got = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -236,3 +239,46 @@ def test_kernels_on_a_gpu_are_within_twice_the_torch_ops_rounding(dtype, causal)
         q.requires_grad_(True)
         hyper_attention(q, k, v, causal=causal,
                         config=HyperAttentionConfig(**settings, backend="triton"))  # fmt: skip
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("count, clusters", [(1, 70), (3, 70), (4, 5), (5, 130)])
+def test_the_choice_kernel_keeps_the_best_clusters_in_order(count, clusters):
+    from hf_hyper.attention.finders.query_clusters import top_clusters
+
+    gen = torch.Generator().manual_seed(count)
+    q = torch.randn(2, 3, 100, 24 + 8, generator=gen)[..., :24]  # strided rows: hash_dims
+    centroids = torch.randn(2, clusters, 24, generator=gen)
+    log_size = torch.randn(2, clusters, generator=gen)
+    log_size[:, 2] = -math.inf  # an empty cluster: chosen after every other one
+    got = top_clusters(q, centroids, 0.7, log_size, count)
+    scores = 0.7 * q.double().reshape(2, 300, 24) @ centroids.double().transpose(1, 2)
+    scores = scores + log_size.double()[:, None]
+    want = scores.topk(count, dim=-1)
+    # exact where the count-th and the next best are not a near-tie
+    margin = scores.topk(min(count + 1, clusters), dim=-1).values
+    clear = (margin[..., :-1] - margin[..., 1:]).min(-1).values > 1e-4
+    assert clear.float().mean() > 0.9
+    assert torch.equal(got[clear], want.indices[clear])
+    assert not (got == 2).any()  # every row has `count` non-empty clusters to choose
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_choice_kernel_on_a_gpu_keeps_clusters_as_good_as_the_best(dtype):
+    from hf_hyper.attention.finders.query_clusters import top_clusters
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 4, 3000, 64, device="cuda", generator=gen).to(dtype)
+    centroids = torch.randn(2, 300, 64, device="cuda", generator=gen)
+    log_size = torch.randn(2, 300, device="cuda", generator=gen)
+    got = top_clusters(q, centroids, 0.125, log_size, 4)
+    # the kernel meets the centroids rounded to q's dtype: score them so in float64
+    rounded = centroids.to(dtype).double()
+    scores = 0.125 * q.double().reshape(2, -1, 64) @ rounded.transpose(1, 2)
+    scores = scores + log_size.double()[:, None]
+    want = scores.topk(4, dim=-1).values
+    chosen = torch.gather(scores, 2, got)
+    assert (got.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
+    # the same scores, best first, up to float32 accumulation
+    torch.testing.assert_close(chosen, want, rtol=0, atol=1e-4)
