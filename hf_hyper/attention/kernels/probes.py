@@ -3,10 +3,11 @@ imported lazily): each query's best clusters by a running top-c, a query tile ag
 its cluster's run of the cluster-sorted keys, and the sample with each query's own
 exclusions and weight.
 
-The two attention kernels read contiguous `q [z, rows, d]`, `k [z, n_key, d]`, `v [z, n_key, dv]` and fold
-their result into float32 `out [z, rows + 1, dv]`, `lse [z, rows + 1]` in place (row
-`rows` of each problem takes the tiles' empty slots and is never read back). Every row
-is written by one program per launch, so the in-place merge needs no atomics.
+The two attention kernels read contiguous `q [z, rows, d]`, `k [z, n_key, d]`,
+`v [z, n_key, dv]` and fold their result into float32 `out [z, rows + 1, dv]`,
+`lse [z, rows + 1]` in place (row `rows` of each problem takes the tiles' empty slots
+and is never read back). Every row is written by one program per launch, so the
+in-place merge needs no atomics.
 """
 
 from __future__ import annotations
