@@ -24,19 +24,29 @@ def exact_tail_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple
     """Causal exact attention of the last rows: q [b, hq, w, d] are the last w positions
     of k [b, hk, n, d], v [b, hk, n, dv] -> (out [b, hq, w, dv] float32 or float64,
     lse [b, hq, w] of the same dtype)."""
+    return exact_attention(q, k, v, scale, causal=True)
+
+
+def exact_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """`exact_tail_attention`, or with causal=False every query against every key: in
+    flash calls where `flash_runs`, else in torch ops."""
     if flash_runs(q, k, v):
-        return _flash_attention(q, k, v, scale)
-    return _torch_ops_attention(q, k, v, scale)
+        return _flash_attention(q, k, v, scale, causal)
+    return _torch_ops_attention(q, k, v, scale, causal)
 
 
-def _torch_ops_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def _torch_ops_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor]:
     b, hq, w, d = q.shape
     hk, n, dv = k.shape[1], k.shape[2], v.shape[-1]
     # [b, h, n, d] -> the internal layout [b*hk, g, n, d] / [b*hk, n, d]; blockwise, not
     # torch_backend, so this module stays below the fused package in the import order
     out, lse = attention_with_lse(
         q.reshape(b * hk, hq // hk, w, d), k.reshape(b * hk, n, d), v.reshape(b * hk, n, dv),
-        scale, causal_mask_fn(w, n, q.device),
+        scale, causal_mask_fn(w, n, q.device) if causal else None,
     )  # fmt: skip
     return out.reshape(b, hq, w, dv), lse.reshape(b, hq, w)
 
@@ -64,10 +74,15 @@ def _flash(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple
     return out.float(), lse[..., : q.shape[2]]
 
 
-def _flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def _flash_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor]:
     b, hq, w, d = q.shape
     hk, n, dv = k.shape[1], k.shape[2], v.shape[-1]
     g, before = hq // hk, n - w
+    if not causal:  # the rectangle alone, over every key
+        out, lse = _flash(q.reshape(b, hk, g * w, d), k, v, scale, causal=False)
+        return out.reshape(b, hq, w, dv), lse.reshape(b, hq, w)
     # the tail's own keys, causal; a square, so either causal alignment is right, and its
     # w keys are cheap to repeat for the query heads they serve
     k_own, v_own = k[:, :, before:], v[:, :, before:]

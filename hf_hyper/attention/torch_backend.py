@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..config import HyperAttentionConfig
 from .blockwise import attention_with_lse, causal_mask_fn, merge_by_lse
+from .exact_tail import exact_attention, flash_runs
 from .finders import Finder, QueryClusters, finder_of_call
 from .padding import gather_rows, pad_end, pad_rows
 from .planning import (
@@ -142,7 +143,7 @@ def _sorted_block(
     if plan.sample is not None:
         sampled = _sampled_attention(q, k, v, plan, scale, sinks, band)
         out, lse = merge_by_lse(out, lse, *sampled)
-    return _with_band(q, k, v, out, lse, scale, band)
+    return _with_band(q, k, v, out, lse, scale, band, config.allows_kernels)
 
 
 def _approximate(
@@ -155,7 +156,7 @@ def _approximate(
     own clusters; then the band."""
     if isinstance(finder, QueryClusters):
         out, lse = finder.attend(q, k, v, rng, sinks, band)
-        return _with_band(q, k, v, out, lse, scale, band)
+        return _with_band(q, k, v, out, lse, scale, band, config.allows_kernels)
     if q_rank is None or k_rank is None:
         assert finder is not None
         q_rank, k_rank = finder.ranks(q, k, sinks)
@@ -164,8 +165,9 @@ def _approximate(
 
 
 def _with_band(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, band: int
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, band: int,
+    kernels: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(out, lse) with the first `band` queries merged with exact attention to the last
     `band` keys: the queries directly follow the keys, so this is the local window that
     a cut between them would leave to the approximation."""
@@ -173,7 +175,7 @@ def _with_band(
         return out, lse
     n_key = k.shape[1]
     near_out, near_lse = grouped_exact_attention(
-        q[:, :, :band], k[:, n_key - band :], v[:, n_key - band :], scale, causal=False
+        q[:, :, :band], k[:, n_key - band :], v[:, n_key - band :], scale, False, kernels
     )
     head_out, head_lse = merge_by_lse(out[:, :, :band], lse[:, :, :band], near_out, near_lse)
     out = torch.cat((head_out, out[:, :, band:]), dim=2)
@@ -181,21 +183,26 @@ def _with_band(
 
 
 def _with_sinks(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, n_sink: int
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, n_sink: int,
+    kernels: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(out, lse) of every query merged with exact attention to keys [0, n_sink)."""
     if n_sink == 0:
         return out, lse
     sink_out, sink_lse = grouped_exact_attention(
-        q, k[:, :n_sink], v[:, :n_sink], scale, causal=False
+        q, k[:, :n_sink], v[:, :n_sink], scale, False, kernels
     )
     return merge_by_lse(out, lse, sink_out, sink_lse)
 
 
 def grouped_exact_attention(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, kernels: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Exact attention on the internal layout (causal: queries are the last rows)."""
+    """Exact attention on the internal layout (causal: queries are the last rows).
+    kernels: in PyTorch's flash kernel where it runs (CUDA, 16-bit, no gradient), as
+    the fused path's exact parts are; else, and always under backend "torch", torch ops."""
+    if kernels and flash_runs(q, k, v):
+        return exact_attention(q, k[:, None], v[:, None], scale, causal)
     mask = causal_mask_fn(q.shape[2], k.shape[1], q.device) if causal else None
     return attention_with_lse(q, k, v, scale, mask)
 
@@ -205,11 +212,12 @@ def _noncausal(
 ) -> tuple[Tensor, Tensor]:
     """Non-causal HyperAttention with keys [0, n_sink) attended exactly by every query
     (and the band corner, where the queries directly follow the keys)."""
+    kernels = config.allows_kernels
     if min(q.shape[2], k.shape[1]) <= config.min_seq_len:
-        return grouped_exact_attention(q, k, v, scale, causal=False)
+        return grouped_exact_attention(q, k, v, scale, False, kernels)
     sinks = torch.full((q.shape[0],), n_sink, device=q.device) if n_sink else None
     out, lse = _approximate(q, k, v, q_rank, k_rank, scale, config, rng, sinks, band, finder)
-    return _with_sinks(q, k, v, out, lse, scale, n_sink)
+    return _with_sinks(q, k, v, out, lse, scale, n_sink, kernels)
 
 
 def _causal_square(
@@ -229,8 +237,9 @@ def _causal_square(
     runs as one batched call (sub-problems folded into z) instead of one call per block.
     """
     z, g, n, dim = q.shape
+    kernels = config.allows_kernels
     if n <= config.min_seq_len:
-        return grouped_exact_attention(q, k, v, scale, causal=True)
+        return grouped_exact_attention(q, k, v, scale, True, kernels)
     padded_n, base, levels = causal_levels(n, config.min_seq_len)
     # Zero rows appended at the end are only ever seen by (discarded) padded queries:
     # in every lower-left block whose keys include padding, all queries are padding.
@@ -245,7 +254,7 @@ def _causal_square(
     blocks = padded_n // base
     q_diag = q.view(z, g, blocks, base, dim).transpose(1, 2).reshape(z * blocks, g, base, dim)
     out, lse = grouped_exact_attention(
-        q_diag, k.view(z * blocks, base, dim), v.view(z * blocks, base, dv), scale, causal=True
+        q_diag, k.view(z * blocks, base, dim), v.view(z * blocks, base, dv), scale, True, kernels
     )
     out = out.view(z, blocks, g, base, dv).transpose(1, 2).reshape(z, g, padded_n, dv)
     lse = lse.view(z, blocks, g, base).transpose(1, 2).reshape(z, g, padded_n)
@@ -277,7 +286,7 @@ def _causal_square(
         lse = torch.stack((lse_pairs[:, :, :, 0], merged_lse), dim=3).view(z, g, padded_n)
     if n_sink:
         rest_out, rest_lse = _with_sinks(
-            q[:, :, base:], k, v, out[:, :, base:], lse[:, :, base:], scale, n_sink
+            q[:, :, base:], k, v, out[:, :, base:], lse[:, :, base:], scale, n_sink, kernels
         )
         out = torch.cat((out[:, :, :base], rest_out), dim=2)
         lse = torch.cat((lse[:, :, :base], rest_lse), dim=2)
