@@ -19,7 +19,7 @@ from torch import Tensor
 from ..padding import pad_rows
 from . import tuning
 from .cudnn import cudnn_backward, diagonal_block_view
-from .forward import Problem
+from .launches import Problem
 from .records import BlockSampleCall, DenseCall, DiagonalCall, ForwardRecord
 from .tuning import padded_width
 
