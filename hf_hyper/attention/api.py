@@ -29,8 +29,10 @@ def _use_fused(q: Tensor, k: Tensor, v: Tensor, config: HyperAttentionConfig) ->
     reason = fused_unsupported_reason(q, k, v)
     if reason is not None and config.backend == "triton":
         raise ValueError(f"HyperAttentionConfig(backend='triton'): {reason}")
-    # per-query clusters run the torch path's recursion, their parts in their own kernels
-    return reason is None and config.finder != "clusters"
+    # per-query clusters have no fused backward: calls that need gradients run the
+    # torch path (their parts in torch ops)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return reason is None and not (config.finder == "clusters" and needs_grad)
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:

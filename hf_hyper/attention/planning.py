@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -58,6 +58,22 @@ class BlockFinder(Protocol):
         """Ranks of one batch of problems: queries [zp, g, nq, d] (or a causal level's
         [z, p, g, nq, d] view) and keys [zp, nk, d]; the leading skip_keys[zp] keys take
         no part in choosing the buckets (they are attended exactly elsewhere)."""
+        ...
+
+
+@runtime_checkable
+class QueryFinder(Protocol):
+    """What the executors ask of a finder that chooses each query's own keys
+    (`finders.QueryClusters`): it attends one batch of problems itself, leaving out the
+    keys attended exactly elsewhere, and the executor merges what it returns."""
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, rng: Randomness, sinks: Tensor | None,
+        band: int = 0,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """q [zp, g, nq, d], k [zp, nk, d], v [zp, nk, dv] -> (out [zp, g, nq, dv],
+        lse [zp, g, nq]) over all keys but each problem's first sinks[zp] keys and, for
+        its first `band` queries, its last `band` keys."""
         ...
 
 
@@ -228,10 +244,12 @@ def level_problems(q: Tensor, k: Tensor, level: CausalLevel) -> tuple[Tensor, Te
 
 
 def level_keys(k: Tensor, level: CausalLevel) -> Tensor:
-    """One level's keys from the padded square, k [z, N, d] -> the first halves as a
-    view [z*pairs, size, d], ordered (z, pair)."""
+    """One level's keys from the padded square, k [z, N, d] -> the first halves
+    [z*pairs, size, d], ordered (z, pair): a view, or a copy where k's problems do not
+    follow each other in memory (the square of a call with a cached prefix)."""
     z, _, dim = k.shape
-    return k.view(z * level.pairs, 2, level.size, dim)[:, 0]
+    halves = k.view(z, level.pairs, 2, level.size, dim)[:, :, 0]
+    return halves.reshape(z * level.pairs, level.size, dim)
 
 
 def level_sinks(z: int, level: CausalLevel, n_sink: int, device) -> Tensor:

@@ -72,3 +72,36 @@ def test_one_problem_per_launch(case, monkeypatch):
     out_err, lse_err = compare(case, torch.float32, "cpu")
     grad_err = compare_grads(case, torch.float32, "cpu", through_lse=True)
     assert max(out_err, lse_err, grad_err) < TOLERANCE, (out_err, lse_err, grad_err)
+
+
+@pytest.mark.parametrize("probes", [3, 0])
+@pytest.mark.parametrize("causal, extra_keys", [(False, 0), (True, 0), (True, 300)])
+def test_finders_of_each_problem_run_in_the_fused_executor(causal, extra_keys, probes):
+    """Finders that look at each problem's own keys, per-query clusters (probes) and
+    k-means blocks, through the fused executor (its recursion, diagonal, sinks, band
+    corner and merges, a cached prefix too) equal the torch path, with the same draws."""
+    from functools import partial
+
+    from hf_hyper import HyperAttentionConfig
+    from hf_hyper.attention import hyper_attention_with_lse
+    from hf_hyper.attention.finders import finder_of_call
+    from hf_hyper.attention.fused.forward import fused_forward
+    from hf_hyper.attention.planning import Randomness
+
+    gen = torch.Generator().manual_seed(5)
+    n_query, dim = 600, 16
+    q = torch.randn(1, 4, n_query, dim, generator=gen)
+    k, v = (torch.randn(1, 2, n_query + extra_keys, dim, generator=gen) for _ in range(2))
+    settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4, seed=0,
+                    kmeans_iters=2, cluster_probes=probes, sink_tokens=2, local_window=8)  # fmt: skip
+    reference = HyperAttentionConfig(**settings, backend="torch")
+    want_out, want_lse = hyper_attention_with_lse(q, k, v, causal=causal, config=reference)
+    config = HyperAttentionConfig(**settings)
+    scale = dim**-0.5
+    out, lse = fused_forward(
+        q, k, v, causal=causal, scale=scale, config=config,
+        rng=Randomness(torch.Generator().manual_seed(0), q.device, 0),
+        finder_of_planes=partial(finder_of_call, config, hash_dims=dim, scale=scale),
+    )  # fmt: skip
+    torch.testing.assert_close(out, want_out, rtol=TOLERANCE, atol=TOLERANCE)
+    torch.testing.assert_close(lse, want_lse, rtol=TOLERANCE, atol=TOLERANCE)

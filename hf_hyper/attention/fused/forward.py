@@ -23,9 +23,11 @@ from ...config import HyperAttentionConfig
 from ..padding import pad_end, pad_rows
 from ..planning import (
     BlockFinder,
+    QueryFinder,
     Randomness,
     causal_levels,
     level_keys,
+    level_problems,
     level_queries,
     level_ranks,
     level_sinks,
@@ -47,7 +49,7 @@ def causal_diagonal(problem: Problem, config: HyperAttentionConfig) -> None:
 
 def causal_off_diagonal(
     problem: Problem, q_rank: Tensor | None, k_rank: Tensor | None, config, rng,
-    n_sink: int = 0, band: int = 0, finder: BlockFinder | None = None,
+    n_sink: int = 0, band: int = 0, finder: BlockFinder | QueryFinder | None = None,
 ) -> None:  # fmt: skip
     """The off-diagonal blocks of the causal recursion, merged into the diagonal's
     output: one batched block-sample launch per level. Each level's first pair,
@@ -55,7 +57,9 @@ def causal_off_diagonal(
     first diagonal block is a query of exactly one such pair, and the rows of that
     block see them in the diagonal. With a band, every pair's first `band` queries
     attend its last `band` keys exactly, in one dense launch per level. Without the
-    call's ranks, each level's problems are ranked by the finder."""
+    call's ranks, each level's problems are ranked by the finder; a query finder
+    attends them itself, and its result is merged into their rows (the sinks then in
+    one dense launch for every row after the first diagonal block)."""
     _, base, levels = causal_levels(problem.n_query, config.min_seq_len)
     z, g = problem.z, problem.g
     q_base, k_base, v_base, o_base = problem.plan_bases
@@ -76,18 +80,28 @@ def causal_off_diagonal(
         # one pinned copy: a pageable one would wait for the stream at every level
         moved = problem.to_device(*host)
         bases, sink_keys = moved[:4], (moved[4] if n_sink else None)
-        if q_rank is not None and k_rank is not None:
-            q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+        if isinstance(finder, QueryFinder):
+            q_all, k_all, v_all = problem.grouped()
+            q_low, k_low = level_problems(q_all, k_all, level)
+            out, lse = finder.attend(q_low, k_low, level_keys(v_all, level), rng, sink_keys, band)
+            # [z*pairs, g, size, ...] -> [z, g, pairs, size, ...]: the pairs' second halves
+            problem.merge_rows(
+                out.unflatten(0, (z, pairs)).transpose(1, 2),
+                lse.unflatten(0, (z, pairs)).transpose(1, 2),
+            )
         else:
-            assert finder is not None
-            # the level's queries as a view: the finder reads them in place
-            q_all, k_all = problem.grouped()
-            q_low, k_low = level_queries(q_all, level), level_keys(k_all, level)
-            q_rank_l, k_rank_l = finder.ranks(q_low, k_low, sink_keys)
-        problem.block_sample(
-            *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
-            band=band,
-        )  # fmt: skip
+            if q_rank is not None and k_rank is not None:
+                q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
+            else:
+                assert finder is not None
+                # the level's queries as a view: the finder reads them in place
+                q_all, k_all, _ = problem.grouped()
+                q_low, k_low = level_queries(q_all, level), level_keys(k_all, level)
+                q_rank_l, k_rank_l = finder.ranks(q_low, k_low, sink_keys)
+            problem.block_sample(
+                *bases, q_rank_l, k_rank_l, config, rng, merge=True, sink_keys=sink_keys,
+                band=band,
+            )  # fmt: skip
         if band:
             q_l, o_l, k_l, v_l = bases
             kv_index = torch.arange(z * pairs, device=q_l.device).repeat_interleave(g)
@@ -95,7 +109,9 @@ def causal_off_diagonal(
                 q_l.reshape(-1), o_l.reshape(-1), kv_index, k_l + size * problem.k.stride(2),
                 v_l + size * problem.v.stride(2), band,
             )  # fmt: skip
-    if n_sink:
+    if n_sink and isinstance(finder, QueryFinder):
+        problem.exact_rows(base, n_sink)
+    elif n_sink:
         problem.record_sinks(base, n_sink)
 
 
@@ -108,15 +124,17 @@ def fused_forward(
     scale: float,
     config: HyperAttentionConfig,
     rng: Randomness,
-    finder_of_planes: Callable[[Tensor], BlockFinder],
+    finder_of_planes: Callable[[Tensor], BlockFinder | QueryFinder],
     hash_dims: int | None = None,
     record: ForwardRecord | None = None,
     need_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """HyperAttention forward with Triton kernels; inputs already validated.
 
-    finder_of_planes: the call's block finder, given its hyperplanes (drawn here, so
-    that a CUDA graph records the draw).
+    finder_of_planes: the call's finder, given its hyperplanes (drawn here, so that a
+    CUDA graph records the draw). A block finder's ranks plan the block-sample
+    launches; a query finder attends each batch of problems itself, and its results
+    are merged into the rows (no backward: the API sends gradients to the torch path).
 
     Same draws in the same order as the torch path (hyperplanes once, then one sample
     per level, then the prefix's), so both give the same result up to rounding.
@@ -134,11 +152,14 @@ def fused_forward(
     n_sink = config.sinks
     problem = Problem(q, k, v, scale, calls, need_lse=need_lse or causal)
 
-    def buckets() -> tuple[Tensor | None, Tensor | None, BlockFinder]:
+    def buckets() -> tuple[Tensor | None, Tensor | None, BlockFinder | QueryFinder]:
         """The call's finder and its ranks of all queries [b*hk, g, nq] and keys
-        [b*hk, nk], or no ranks where each problem ranks its own rows."""
+        [b*hk, nk], or no ranks where each problem ranks its own rows (or a query
+        finder attends them)."""
         hd = dim if hash_dims is None else hash_dims
         finder = finder_of_planes(rng.hyperplanes(hd, config.lsh_num_projs))
+        if isinstance(finder, QueryFinder):
+            return None, None, finder
         ranks = finder.call_ranks(q, k)
         if ranks is None:
             return None, None, finder
@@ -150,7 +171,31 @@ def fused_forward(
         skip = None
         if sinks:
             skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
-        return finder.ranks(*problem.grouped(0, k_end), skip)
+        return finder.ranks(*problem.grouped(0, k_end)[:2], skip)
+
+    def query_finder_part(
+        finder: QueryFinder, k_end: int, sinks: int, band: int, merge: bool
+    ) -> None:
+        """A query finder's attention of all queries to keys [0, k_end), merged into
+        every row (or written there), then the first `sinks` keys and the band's corner
+        exactly."""
+        skip = None
+        if sinks:
+            skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
+        q_all, k_all, v_all = problem.grouped(0, k_end)
+        out, lse = finder.attend(q_all, k_all, v_all, rng, skip, band)
+        if merge:
+            problem.merge_rows(out, lse)
+        else:
+            problem.write_rows(out, lse)
+        if sinks:
+            problem.exact(0, sinks, causal=False, merge=True)
+        if band:
+            problem.corner(
+                problem.q_base.reshape(-1), problem.o_base.reshape(-1),
+                problem.head_kv_index, problem.k_base + k_end * problem.k.stride(2),
+                problem.v_base + k_end * problem.v.stride(2), band,
+            )  # fmt: skip
 
     if not causal:
         if min(n_query, n_key) <= config.min_seq_len:
@@ -158,6 +203,9 @@ def fused_forward(
                 problem.exact(0, n_key, causal=False, merge=False)
         else:
             q_rank, k_rank, finder = buckets()
+            if isinstance(finder, QueryFinder):
+                query_finder_part(finder, n_key, n_sink, 0, merge=False)
+                return problem.out, problem.lse
             if q_rank is None or k_rank is None:
                 q_rank, k_rank = problem_ranks(finder, n_key, n_sink)
             problem.hyper(q_rank, k_rank, 0, config, rng, merge=False, n_sink=n_sink)
@@ -193,7 +241,7 @@ def fused_forward(
             q_rank_sq = pad_end(q_rank, pad)
             k_rank_sq = pad_end(k_rank[:, offset:], pad).contiguous()
         causal_off_diagonal(
-            square,             q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
+            square, q_rank_sq, k_rank_sq, config, rng, n_sink=max(0, n_sink - offset),
             band=config.window, finder=finder,
         )  # fmt: skip
         if pad:
@@ -208,15 +256,18 @@ def fused_forward(
                 problem.exact(0, offset, causal=False, merge=True)
             else:
                 prefix_sinks = min(n_sink, offset)
-                if q_rank is not None and k_rank is not None:
-                    q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
+                if isinstance(finder, QueryFinder):
+                    query_finder_part(finder, offset, prefix_sinks, config.window, merge=True)
                 else:
-                    q_rank_p, k_rank_p = problem_ranks(finder, offset, prefix_sinks)
-                problem.hyper(
-                    q_rank_p, k_rank_p, 0, config, rng, merge=True,
-                    n_sink=prefix_sinks, band=config.window,
-                )  # fmt: skip
-                if prefix_sinks:
-                    problem.record_sinks(0, prefix_sinks)
+                    if q_rank is not None and k_rank is not None:
+                        q_rank_p, k_rank_p = q_rank, k_rank[:, :offset].contiguous()
+                    else:
+                        q_rank_p, k_rank_p = problem_ranks(finder, offset, prefix_sinks)
+                    problem.hyper(
+                        q_rank_p, k_rank_p, 0, config, rng, merge=True,
+                        n_sink=prefix_sinks, band=config.window,
+                    )  # fmt: skip
+                    if prefix_sinks:
+                        problem.record_sinks(0, prefix_sinks)
     overlap.close(problem.out, problem.lse)
     return problem.out, problem.lse

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ...config import HyperAttentionConfig
-from ..planning import BlockFinder, Randomness
+from ..planning import BlockFinder, QueryFinder, Randomness
 from .backward import dense_layout, fused_backward
 from .forward import fused_forward
 from .graphs import GRAPHS
@@ -44,7 +44,8 @@ class FusedHyperAttention(torch.autograd.Function):
 def fused_hyper_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
     config: HyperAttentionConfig, rng: Randomness,
-    finder_of_planes: Callable[[Tensor], BlockFinder], hash_dims: int | None = None,
+    finder_of_planes: Callable[[Tensor], BlockFinder | QueryFinder],
+    hash_dims: int | None = None,
     need_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """HyperAttention through the fused kernels on validated inputs, the call's block

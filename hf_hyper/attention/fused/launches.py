@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ...config import HyperAttentionConfig
+from ..blockwise import merge_by_lse
 from ..numerics import LOG2E
 from ..planning import Randomness
 from . import tuning
@@ -283,6 +284,16 @@ class Problem:
             self.n_query, n_key, causal=causal, merge=merge,
         )  # fmt: skip
 
+    def exact_rows(self, row_start: int, n_key: int) -> None:
+        """Rows from row_start of every head against keys [0, n_key), merged in (a query
+        finder's sinks, which its problems leave out)."""
+        rows = self.n_query - row_start
+        self.dense(
+            self.q_base.reshape(-1) + row_start * self.q.stride(2),
+            self.o_base.reshape(-1) + row_start, self.head_kv_index, self.k_base, self.v_base,
+            rows, n_key, causal=False, merge=True,
+        )  # fmt: skip
+
     def hyper(
         self, q_rank: Tensor, k_rank: Tensor, k_start: int, config, rng, *, merge: bool,
         n_sink: int = 0, band: int = 0,
@@ -395,11 +406,38 @@ class Problem:
                 self.lse.view(b, hq, blocks, base).copy_(lse)
         return True
 
-    def grouped(self, k_start: int = 0, k_end: int | None = None) -> tuple[Tensor, Tensor]:
-        """Queries [z, g, nq, d] and keys [z, nk, d] (keys [k_start, k_end)) grouped by
-        key head: the layout the key clustering works in."""
-        keys = self.k[:, :, k_start:k_end]
+    def grouped(self, k_start: int = 0, k_end: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries [z, g, nq, d], keys [z, nk, d] and values [z, nk, dv] (keys
+        [k_start, k_end)) grouped by key head: the layout the finders work in."""
+        keys, values = self.k[:, :, k_start:k_end], self.v[:, :, k_start:k_end]
         return (
             self.q.reshape(self.z, self.g, self.n_query, self.dim),
             keys.reshape(self.z, keys.shape[2], self.dim),
+            values.reshape(self.z, values.shape[2], self.dv),
         )
+
+    def write_rows(self, out: Tensor, lse: Tensor) -> None:
+        """A finder's (out [z, g, nq, dv], lse [z, g, nq]) as every row's output, the
+        log-sum-exp kept (the merges to come need it)."""
+        self.need_lse = True
+        self.allocate()
+        assert self.lse is not None
+        self.out.view(self.z, self.g, self.n_query, self.dv).copy_(out)
+        self.lse.view(self.z, self.g, self.n_query).copy_(lse)
+
+    def merge_rows(self, out: Tensor, lse: Tensor) -> None:
+        """Merge a finder's (out [z, g, nq, dv], lse [z, g, nq]) into every row, in
+        place; or, given pairs, out [z, g, pairs, size, dv] into the second half of each
+        pair of rows (a causal level's queries)."""
+        self.overlap.wait_diagonal()  # the rows hold the diagonal's output
+        self.allocate()
+        assert self.lse is not None
+        held_out = self.out.view(self.z, self.g, self.n_query, self.dv)
+        held_lse = self.lse.view(self.z, self.g, self.n_query)
+        if out.dim() == 5:  # [z, g, pairs, size, dv]: each pair's second half
+            pairs, size = out.shape[2:4]
+            held_out = held_out.view(self.z, self.g, pairs, 2, size, self.dv)[:, :, :, 1]
+            held_lse = held_lse.view(self.z, self.g, pairs, 2, size)[:, :, :, 1]
+        merged_out, merged_lse = merge_by_lse(held_out.float(), held_lse, out, lse)
+        held_out.copy_(merged_out)
+        held_lse.copy_(merged_lse)

@@ -282,3 +282,23 @@ def test_the_choice_kernel_on_a_gpu_keeps_clusters_as_good_as_the_best(dtype):
     assert (got.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
     # the same scores, best first, up to float32 accumulation
     torch.testing.assert_close(chosen, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_clusters_in_the_fused_executor_replay_as_cuda_graphs_bit_for_bit():
+    from hf_hyper.attention import clear_cuda_graphs, cuda_graph_stats
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(1, h, 3000, 64, device="cuda", generator=gen).to(torch.bfloat16)
+               for h in (8, 2, 2))  # fmt: skip
+    settings = dict(block_size=64, sample_size=64, min_seq_len=256, seed=0, kmeans_iters=2,
+                    cluster_probes=4, local_window=16)  # fmt: skip
+    eager = hyper_attention(
+        q, k, v, causal=True, config=HyperAttentionConfig(**settings, cuda_graph_max_len=0)
+    )
+    clear_cuda_graphs()
+    graphed = HyperAttentionConfig(**settings, cuda_graph_max_len=4096)
+    for _ in range(3):  # eager first, then captured, then replayed
+        assert torch.equal(hyper_attention(q, k, v, causal=True, config=graphed), eager)
+    stats = cuda_graph_stats()
+    assert stats.replayed >= 2, stats
