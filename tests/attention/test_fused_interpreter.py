@@ -92,8 +92,9 @@ def test_finders_of_each_problem_run_in_the_fused_executor(causal, extra_keys, p
     n_query, dim = 600, 16
     q = torch.randn(1, 4, n_query, dim, generator=gen)
     k, v = (torch.randn(1, 2, n_query + extra_keys, dim, generator=gen) for _ in range(2))
-    settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4, seed=0,
-                    kmeans_iters=2, cluster_probes=probes, sink_tokens=2, local_window=8)  # fmt: skip
+    settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4,
+                    seed=0, kmeans_iters=2, cluster_probes=probes, sink_tokens=2,
+                    local_window=8)  # fmt: skip
     reference = HyperAttentionConfig(**settings, backend="torch")
     want_out, want_lse = hyper_attention_with_lse(q, k, v, causal=causal, config=reference)
     config = HyperAttentionConfig(**settings)
