@@ -118,6 +118,29 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
     return rows
 
 
+def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
+    """The probes setting timed (no profile) with each segment-kernel tile: keys per
+    step, most rows per tile, warps; printed as table rows."""
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+    config = HyperAttentionConfig(
+        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
+    )
+    rows = []
+    for block_n in args.sweep_block_n:
+        for max_rows in args.sweep_max_rows:
+            for warps in args.sweep_warps:
+                tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows,
+                            SEGMENT_WARPS=warps)  # fmt: skip
+                with mock.patch.multiple(query_clusters, **tile), torch.no_grad():
+                    timing = time_cuda(
+                        lambda: hyper_attention(q, k, v, causal=True, config=config),
+                        warmup=1, repeats=3,
+                    )  # fmt: skip
+                print(f"| {n} | {dim} | {block_n} | {max_rows} | {warps} | {timing.ms:.1f} |")
+                rows.append(dict(n=n, dim=dim, **tile, ms=timing.ms))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
@@ -129,6 +152,15 @@ def main() -> None:
     names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice"]
     p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
     p.add_argument("--top", type=int, default=0, help="also list the N costliest kernels")
+    p.add_argument(
+        "--sweep-block-n",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the probes with these segment-kernel keys per step",
+    )
+    p.add_argument("--sweep-max-rows", type=int, nargs="+", default=[64])
+    p.add_argument("--sweep-warps", type=int, nargs="+", default=[4])  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
@@ -137,6 +169,11 @@ def main() -> None:
     header = "| n | d | setting | ms | vs cuDNN | " + " | ".join(kinds) + " |"
     print("\n" + header + "\n" + "|---" * (5 + len(kinds)) + "|")
     rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
+    if args.sweep_block_n:
+        print("\n| n | d | keys per step | most rows | warps | ms |\n|---|---|---|---|---|---|")
+        for n in args.lengths:
+            for dim in args.dims:
+                rows += sweep_segment(n, dim, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=env, args=vars(args), rows=rows), f, indent=1)

@@ -325,6 +325,8 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
 # Keys per step of both kernels: a cluster's run is short (about block_size / probes
 # keys on average), and the sample is a few hundred draws.
 SEGMENT_BLOCK_N = 32
+SEGMENT_MAX_ROWS = 64  # most query rows per tile of the segment kernel
+SEGMENT_WARPS = 4
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
@@ -365,9 +367,9 @@ def top_clusters(
 
 def segment_tile_rows(n_rows: int, clusters: int) -> int:
     """Query rows per tile of the segment kernel: about the rows a cluster gets, a power
-    of two from 16 (the smallest a tensor-core dot takes) to 64."""
+    of two from 16 (the smallest a tensor-core dot takes) to SEGMENT_MAX_ROWS."""
     per_cluster = max(1, -(-n_rows // clusters))
-    return min(64, max(16, 1 << (per_cluster - 1).bit_length()))
+    return min(SEGMENT_MAX_ROWS, max(16, 1 << (per_cluster - 1).bit_length()))
 
 
 def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Tensor]:
@@ -396,7 +398,8 @@ def segment_attention(
         slot_query.shape[1], n_tiles, n_rows, n_query, n_key, band, scale * LOG2E,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
-        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
+        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=SEGMENT_WARPS,
+        num_stages=2,
     )  # fmt: skip
 
 
