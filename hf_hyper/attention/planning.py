@@ -61,6 +61,29 @@ class BlockFinder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RowTarget:
+    """Rows addressed where they lie, for kernels that read a batch of problems' queries
+    and keys in place and merge their result into an output: q, k, v and out (rows of
+    dv elements, row-major) with lse (one float32 per row) as whole tensors; q_base,
+    o_base [zp * g]: element offset in q and output row of (problem, query head)'s
+    position 0; k_base, v_base [zp]: element offset of the problem's key 0; the row
+    strides in elements."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    out: Tensor
+    lse: Tensor
+    q_base: Tensor
+    o_base: Tensor
+    k_base: Tensor
+    v_base: Tensor
+    q_stride: int
+    k_stride: int
+    v_stride: int
+
+
 @runtime_checkable
 class QueryFinder(Protocol):
     """What the executors ask of a finder that chooses each query's own keys
@@ -74,6 +97,15 @@ class QueryFinder(Protocol):
         """q [zp, g, nq, d], k [zp, nk, d], v [zp, nk, dv] -> (out [zp, g, nq, dv],
         lse [zp, g, nq]) over all keys but each problem's first sinks[zp] keys and, for
         its first `band` queries, its last `band` keys."""
+        ...
+
+    def attend_into(
+        self, q: Tensor, k: Tensor, v: Tensor, rows: RowTarget, rng: Randomness,
+        sinks: Tensor | None, band: int = 0,
+    ) -> bool:  # fmt: skip
+        """`attend`, merged by kernels straight into the rows `rows` addresses (the
+        same problems as q, k, v, which choose the keys). False, with nothing done and
+        nothing drawn, where the kernels cannot serve the call: then use `attend`."""
         ...
 
 

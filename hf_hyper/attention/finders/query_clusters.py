@@ -36,7 +36,7 @@ from ..fused.support import fused_unsupported_reason
 from ..fused.tuning import padded_width
 from ..numerics import LOG2E, MASKED_LOGIT
 from ..padding import gather_rows, pad_rows
-from ..planning import Randomness, TilePacking, pack_query_tiles
+from ..planning import Randomness, RowTarget, TilePacking, pack_query_tiles
 from .kmeans import kernels_can_cluster, kmeans_clusters, problem_rows, score_chunks
 
 # Most query rows per tile of one cluster: a cluster's keys are gathered once per tile.
@@ -275,7 +275,9 @@ def probed_attention(
     order. kmeans_kernels: as in `plan_probes`. -> out [z, g, nq, dv], lse [z, g, nq]."""
     plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks, kmeans_kernels)
     if kernels:
-        return _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
+        folded = _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
+        assert folded is not None
+        return folded
     out, lse = cluster_attention(q, k, v, plan, scale, sinks, band)
     if sample_size:
         sampled = sampled_rest_attention(q, k, v, plan, scale, sample_size, rng, sinks, band)
@@ -285,32 +287,54 @@ def probed_attention(
 
 def _probed_by_kernels(
     q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sample_size: int,
-    rng: Randomness, sinks: Tensor | None, band: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """`probed_attention`'s parts in the fused kernels, folded into one (out, lse)."""
-    z, g, n_query, dim = q.shape
-    n_key, dv = k.shape[1], v.shape[-1]
+    rng: Randomness, sinks: Tensor | None, band: int, into: RowTarget | None = None,
+) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+    """`probed_attention`'s parts in the kernels: folded into one (out, lse) in float32
+    accumulators, or, given `into`, merged straight into those rows (None returned)."""
+    z, g, n_query, _ = q.shape
+    n_key = k.shape[1]
     n_rows, clusters = g * n_query, plan.counts.shape[1]
-    q_rows = q.reshape(z, n_rows, dim).contiguous()
-    k, v = k.contiguous(), v.contiguous()
+    rows = _accumulator_rows(q, k, v) if into is None else into
     n_sink = _sink_counts(sinks, z, q.device)
-    out, lse = empty_accumulators(z, n_rows, dv, q.device)
     tile = segment_tile_rows(n_rows, clusters)
     for rank in range(plan.chosen.shape[-1]):
         pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
         segment_attention(
-            q_rows, k, v, out, lse, pack.slot_query, seg_start, seg_len, plan.k_order,
-            n_sink, n_query, band, scale, merge=rank > 0, block_m=tile,
+            rows, pack.slot_query, seg_start, seg_len, plan.k_order, n_sink, n_query, g,
+            n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
         )  # fmt: skip
     if sample_size:
         key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
         sample_attention(
-            q_rows, k, v, out, lse, key_index, draw_cluster, chosen, rest, n_sink, n_query,
-            band, scale,
+            rows, key_index, draw_cluster, chosen, rest, n_sink, n_query, g, n_key, band,
+            scale,
         )  # fmt: skip
-    return out[:, :n_rows].view(z, g, n_query, dv), lse[:, :n_rows].view(z, g, n_query)
+    if into is not None:
+        return None
+    dv = v.shape[-1]
+    out = rows.out[:, :n_rows].view(z, g, n_query, dv)
+    return out, rows.lse[:, :n_rows].view(z, g, n_query)
+
+
+def _accumulator_rows(q: Tensor, k: Tensor, v: Tensor) -> RowTarget:
+    """Contiguous copies of one batch of problems (q [z, g, nq, d], k [z, nk, d], v) and
+    float32 accumulators for their rows, out [z, g * nq + 1, dv] and lse (the last row
+    of each problem takes the tiles' empty slots), addressed for the kernels."""
+    z, g, n_query, dim = q.shape
+    n_key, dv = k.shape[1], v.shape[-1]
+    n_rows = g * n_query
+    out, lse = empty_accumulators(z, n_rows, dv, q.device)
+    ints = dict(dtype=torch.int64, device=q.device)
+    head = torch.arange(z * g, **ints)
+    problem = torch.arange(z, **ints)
+    return RowTarget(
+        q.reshape(z, n_rows, dim).contiguous(), k.contiguous(), v.contiguous(), out, lse,
+        q_base=head * n_query * dim, o_base=(head // g) * (n_rows + 1) + (head % g) * n_query,
+        k_base=problem * n_key * dim, v_base=problem * n_key * dv, q_stride=dim,
+        k_stride=dim, v_stride=dv,
+    )  # fmt: skip
 
 
 def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -380,48 +404,52 @@ def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Te
 
 
 def segment_attention(
-    q_rows: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, slot_query: Tensor,
-    seg_start: Tensor, seg_len: Tensor, k_order: Tensor, sinks: Tensor, n_query: int,
-    band: int, scale: float, merge: bool, block_m: int,
+    rows: RowTarget, slot_query: Tensor, seg_start: Tensor, seg_len: Tensor,
+    k_order: Tensor, sinks: Tensor, n_query: int, heads: int, n_key: int, band: int,
+    scale: float, merge: bool, block_m: int,
 ) -> None:  # fmt: skip
-    """Fold each packed tile's attention over its cluster's run of k_order into (out,
-    lse). q_rows [z, rows, d], k [z, nk, d], v [z, nk, dv] contiguous; slot_query
-    [z, tiles * block_m] (rows: an empty slot); seg_start, seg_len [z, tiles]; k_order
-    [z, nk]; sinks [z] (int64)."""
+    """Fold each packed tile's attention over its cluster's run of k_order into the
+    rows (merge: with what they hold). slot_query [z, tiles * block_m] (heads * n_query:
+    an empty slot); seg_start, seg_len [z, tiles]; k_order [z, nk]; sinks [z]."""
     from ..kernels.probes import segment_kernel
 
-    z, n_rows, dim = q_rows.shape
-    n_key, dv = k.shape[1], v.shape[-1]
-    n_tiles = seg_start.shape[1]
+    z, n_tiles = seg_start.shape
+    dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     segment_kernel[(z * n_tiles,)](
-        q_rows, k, v, out, lse, slot_query, seg_start, seg_len, k_order, sinks,
-        slot_query.shape[1], n_tiles, n_rows, n_query, n_key, band, scale * LOG2E,
+        rows.q, rows.k, rows.v, rows.out, rows.lse,
+        rows.q_base, rows.o_base, rows.k_base, rows.v_base,
+        slot_query, seg_start, seg_len, k_order, sinks,
+        slot_query.shape[1], n_tiles, heads * n_query, n_query, n_key, band, scale * LOG2E,
+        heads, rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
-        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=SEGMENT_WARPS,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, num_warps=SEGMENT_WARPS,
         num_stages=2,
     )  # fmt: skip
 
 
 def sample_attention(
-    q_rows: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sample: Tensor,
-    draw_cluster: Tensor, chosen: Tensor, rest: Tensor, sinks: Tensor, n_query: int,
-    band: int, scale: float,
+    rows: RowTarget, sample: Tensor, draw_cluster: Tensor, chosen: Tensor, rest: Tensor,
+    sinks: Tensor, n_query: int, heads: int, n_key: int, band: int, scale: float,
 ) -> None:  # fmt: skip
-    """Merge each row's share of the sample into (out, lse): sample, draw_cluster [z, m]
+    """Merge each row's share of the sample into the rows: sample, draw_cluster [z, m]
     (the drawn keys and their clusters), chosen [z, rows, probes] (each row's clusters),
     rest [z, rows] float32 (the keys each row does not attend exactly)."""
     from ..kernels.probes import probe_sample_kernel
 
-    z, n_rows, dim = q_rows.shape
-    n_key, dv = k.shape[1], v.shape[-1]
+    z = sample.shape[0]
+    n_rows = heads * n_query
+    dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     block_m, block_n = SAMPLE_TILE
     probe_sample_kernel[(z * -(-n_rows // block_m),)](
-        q_rows, k, v, out, lse, sample, draw_cluster, chosen, rest, sinks,
-        n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E,
+        rows.q, rows.k, rows.v, rows.out, rows.lse,
+        rows.q_base, rows.o_base, rows.k_base, rows.v_base,
+        sample, draw_cluster, chosen, rest, sinks,
+        n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E, heads,
+        rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
-        IEEE=q_rows.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
     )  # fmt: skip
 
 
@@ -447,16 +475,42 @@ class QueryClusters:
         band: int = 0,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """`probed_attention` of one batch of problems, q [z, g, nq, d], k [z, nk, d]."""
-        hd, n_key = self.hash_dims, k.shape[1]
-        clusters = probe_cluster_count(n_key, self.probes, self.block_size, self.num_projs)
+        kernels = self._kernels_serve(q, k, v)
+        clusters = self._clusters(k.shape[1])
+        hd = self.hash_dims
+        return probed_attention(
+            q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
+            clusters, self.iterations, self.sample_size, rng, sinks, band,
+            kernels, kmeans_kernels=self.kernels,
+        )  # fmt: skip
+
+    def attend_into(
+        self, q: Tensor, k: Tensor, v: Tensor, rows: RowTarget, rng: Randomness,
+        sinks: Tensor | None, band: int = 0,
+    ) -> bool:  # fmt: skip
+        """`attend`, its kernels merging straight into `rows` (planning.QueryFinder);
+        False, with nothing drawn, where the kernels cannot serve these inputs."""
+        if not self._kernels_serve(q, k, v):
+            return False
+        clusters = self._clusters(k.shape[1])
+        hd = self.hash_dims
+        plan = plan_probes(
+            q[..., :hd], k[..., :hd], min(self.probes, clusters), clusters, self.iterations,
+            self.scale, sinks, self.kernels,
+        )  # fmt: skip
+        _probed_by_kernels(q, k, v, plan, self.scale, self.sample_size, rng, sinks, band, into=rows)
+        return True
+
+    def _clusters(self, n_key: int) -> int:
+        return probe_cluster_count(n_key, self.probes, self.block_size, self.num_projs)
+
+    def _kernels_serve(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
+        """Whether the probes' kernels serve this call (an error where they must and
+        cannot: backend "triton")."""
         kernels = self.kernels and kernels_can_run(q, k, v)
         if self.require_kernels and not kernels:
             raise ValueError(
                 "HyperAttentionConfig(backend='triton'): the cluster probes' kernels serve "
                 "inference calls only (no backward); use backend 'auto' for gradients"
             )
-        return probed_attention(
-            q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
-            clusters, self.iterations, self.sample_size, rng, sinks, band,
-            kernels, kmeans_kernels=self.kernels,
-        )  # fmt: skip
+        return kernels

@@ -83,12 +83,16 @@ def causal_off_diagonal(
         if isinstance(finder, QueryFinder):
             q_all, k_all, v_all = problem.grouped()
             q_low, k_low = level_problems(q_all, k_all, level)
-            out, lse = finder.attend(q_low, k_low, level_keys(v_all, level), rng, sink_keys, band)
-            # [z*pairs, g, size, ...] -> [z, g, pairs, size, ...]: the pairs' second halves
-            problem.merge_rows(
-                out.unflatten(0, (z, pairs)).transpose(1, 2),
-                lse.unflatten(0, (z, pairs)).transpose(1, 2),
-            )
+            v_low = level_keys(v_all, level)
+            q_l, o_l, k_l, v_l = bases
+            rows = problem.row_target(q_l, o_l, k_l, v_l)
+            if not finder.attend_into(q_low, k_low, v_low, rows, rng, sink_keys, band):
+                out, lse = finder.attend(q_low, k_low, v_low, rng, sink_keys, band)
+                # [z*pairs, g, size, ...] -> [z, g, pairs, size, ...]: the second halves
+                problem.merge_rows(
+                    out.unflatten(0, (z, pairs)).transpose(1, 2),
+                    lse.unflatten(0, (z, pairs)).transpose(1, 2),
+                )
         else:
             if q_rank is not None and k_rank is not None:
                 q_rank_l, k_rank_l = level_ranks(q_rank, k_rank, level)
@@ -183,11 +187,15 @@ def fused_forward(
         if sinks:
             skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
         q_all, k_all, v_all = problem.grouped(0, k_end)
-        out, lse = finder.attend(q_all, k_all, v_all, rng, skip, band)
-        if merge:
-            problem.merge_rows(out, lse)
-        else:
-            problem.write_rows(out, lse)
+        if not merge:  # rows with nothing in them yet, for the kernels to merge into
+            problem.clear_rows()
+        rows = problem.row_target(problem.q_base, problem.o_base, problem.k_base, problem.v_base)
+        if not finder.attend_into(q_all, k_all, v_all, rows, rng, skip, band):
+            out, lse = finder.attend(q_all, k_all, v_all, rng, skip, band)
+            if merge:
+                problem.merge_rows(out, lse)
+            else:
+                problem.write_rows(out, lse)
         if sinks:
             problem.exact(0, sinks, causal=False, merge=True)
         if band:

@@ -16,7 +16,7 @@ from torch import Tensor
 from ...config import HyperAttentionConfig
 from ..blockwise import merge_by_lse
 from ..numerics import LOG2E
-from ..planning import Randomness
+from ..planning import Randomness, RowTarget
 from . import tuning
 from .cudnn import cudnn_attention_usable, cudnn_forward, diagonal_block_view
 from .overlap import DiagonalOverlap
@@ -415,6 +415,30 @@ class Problem:
             keys.reshape(self.z, keys.shape[2], self.dim),
             values.reshape(self.z, values.shape[2], self.dv),
         )
+
+    def row_target(
+        self, q_base: Tensor, o_base: Tensor, k_base: Tensor, v_base: Tensor
+    ) -> RowTarget:
+        """These rows (bases as the launches take them: q_base, o_base [zp, g], k_base,
+        v_base [zp]) of this problem's tensors and output, for a finder's kernels to
+        merge into; the output is allocated, and the diagonal waited for, first."""
+        self.overlap.wait_diagonal()  # the rows may hold the diagonal's output
+        self.allocate()
+        assert self.lse is not None, "a finder's merge needs the log-sum-exp"
+        return RowTarget(
+            self.q, self.k, self.v, self.out, self.lse, q_base.reshape(-1),
+            o_base.reshape(-1), k_base, v_base, self.q.stride(2), self.k.stride(2),
+            self.v.stride(2),
+        )  # fmt: skip
+
+    def clear_rows(self) -> None:
+        """Every row empty (output 0, log-sum-exp -inf), the log-sum-exp kept: a start
+        that merges take as nothing."""
+        self.need_lse = True
+        self.allocate()
+        assert self.lse is not None
+        self.out.zero_()
+        self.lse.fill_(-math.inf)
 
     def write_rows(self, out: Tensor, lse: Tensor) -> None:
         """A finder's (out [z, g, nq, dv], lse [z, g, nq]) as every row's output, the

@@ -3,10 +3,11 @@ imported lazily): each query's best clusters by a running top-c, a query tile ag
 its cluster's run of the cluster-sorted keys, and the sample with each query's own
 exclusions and weight.
 
-The two attention kernels read contiguous `q [z, rows, d]`, `k [z, n_key, d]`,
-`v [z, n_key, dv]` and fold their result into float32 `out [z, rows + 1, dv]`,
-`lse [z, rows + 1]` in place (row `rows` of each problem takes the tiles' empty slots
-and is never read back). Every row is written by one program per launch, so the
+The two attention kernels address their rows as the fused forward's launches do: each
+(problem, query head)'s position 0 in q by an element offset and in the output by a
+row, each problem's key 0 in k and v by an element offset, rows at the given strides;
+so they read a causal level's rows where they lie and merge into the call's own output
+(or into float32 accumulators). Every row is written by one program per launch, so the
 in-place merge needs no atomics.
 """
 
@@ -20,10 +21,25 @@ from .forward import finish_rows, online_step, tile_scores
 
 
 @triton.jit
+def row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads, q_stride):
+    """Element offset in Q and output row of each row of problem zp: row = h * n_query + t
+    is query head h's position t; q_base [zp * heads + h] (elements) and o_base (rows)
+    are that head's position 0. Rows past the problem's (row_ok False) get head 0's."""
+    safe = tl.where(row_ok, row, 0)
+    head = zp * heads + safe // n_query
+    t = (safe % n_query).to(tl.int64)
+    q_at = tl.load(q_base_ptr + head).to(tl.int64) + t * q_stride
+    o_row = tl.load(o_base_ptr + head).to(tl.int64) + t
+    return q_at, o_row
+
+
+@triton.jit
 def segment_kernel(
     Q, K, V, Out, LSE,
+    q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     slot_query_ptr, seg_start_ptr, seg_len_ptr, k_order_ptr, sink_keys_ptr,
-    n_slots, n_tiles, n_rows, n_query, n_key, band, qk_scale,
+    n_slots, n_tiles, n_rows, n_query, n_key, band, qk_scale, heads,
+    q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
@@ -47,13 +63,15 @@ def segment_kernel(
     dv_ok = offs_dv < DV
     FULL_D: tl.constexpr = D == D_PAD
     FULL_DV: tl.constexpr = DV == DV_PAD
-    q_rows = zp * n_rows + tl.where(row_ok, row, 0).to(tl.int64)
-    q = masked_load(Q + q_rows[:, None] * D + offs_d[None, :], row_ok[:, None], d_ok[None, :],
-                    FULL_D)  # fmt: skip
+    q_at, o_row = row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads,
+                                q_stride)  # fmt: skip
+    q = masked_load(Q + q_at[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
     cut = tl.zeros([BLOCK_M], tl.int32) + n_key
     if HAS_BAND:
         cut = tl.where(row % n_query < band, n_key - band, n_key)
     n_sink = tl.load(sink_keys_ptr + zp)
+    k_at = tl.load(k_base_ptr + zp).to(tl.int64)
+    v_at = tl.load(v_base_ptr + zp).to(tl.int64)
     seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
     seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
     order = k_order_ptr + zp * n_key + seg_start
@@ -64,23 +82,23 @@ def segment_kernel(
         ok = start + offs_n < seg_len
         key = tl.load(order + start + offs_n, mask=ok, other=0).to(tl.int32)
         ok = ok & (key >= n_sink)
-        key64 = zp * n_key + key.to(tl.int64)
-        k = masked_load(K + key64[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
-                        FULL_D)  # fmt: skip
-        v = masked_load(V + key64[:, None] * DV + offs_dv[None, :], ok[:, None],
+        key64 = key.to(tl.int64)
+        k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None], ok[None, :],
+                        d_ok[:, None], FULL_D)  # fmt: skip
+        v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
                         dv_ok[None, :], FULL_DV)  # fmt: skip
         keep = ok[None, :] & (key[None, :] < cut[:, None])
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
-    o_row = zp * (n_rows + 1) + tl.where(row_ok, row, n_rows).to(tl.int64)
     finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, MERGE, True)
 
 
 @triton.jit
 def probe_sample_kernel(
     Q, K, V, Out, LSE,
+    q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, sink_keys_ptr,
-    n_rows, n_query, n_key, n_sample, band, qk_scale,
+    n_rows, n_query, n_key, n_sample, band, qk_scale, heads, q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
     IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
@@ -102,12 +120,15 @@ def probe_sample_kernel(
     FULL_D: tl.constexpr = D == D_PAD
     FULL_DV: tl.constexpr = DV == DV_PAD
     q_rows = zp * n_rows + tl.where(row_ok, row, 0).to(tl.int64)
-    q = masked_load(Q + q_rows[:, None] * D + offs_d[None, :], row_ok[:, None], d_ok[None, :],
-                    FULL_D)  # fmt: skip
+    q_at, o_row = row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads,
+                                q_stride)  # fmt: skip
+    q = masked_load(Q + q_at[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
     cut = tl.zeros([BLOCK_M], tl.int32) + n_key
     if HAS_BAND:
         cut = tl.where(row % n_query < band, n_key - band, n_key)
     n_sink = tl.load(sink_keys_ptr + zp)
+    k_at = tl.load(k_base_ptr + zp).to(tl.int64)
+    v_at = tl.load(v_base_ptr + zp).to(tl.int64)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
@@ -116,10 +137,10 @@ def probe_sample_kernel(
         ok = start + offs_n < n_sample
         key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
-        key64 = zp * n_key + key.to(tl.int64)
-        k = masked_load(K + key64[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
-                        FULL_D)  # fmt: skip
-        v = masked_load(V + key64[:, None] * DV + offs_dv[None, :], ok[:, None],
+        key64 = key.to(tl.int64)
+        k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None], ok[None, :],
+                        d_ok[:, None], FULL_D)  # fmt: skip
+        v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
                         dv_ok[None, :], FULL_DV)  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):
@@ -134,7 +155,6 @@ def probe_sample_kernel(
     weight = tl.where(has_mass, rest / tl.where(kept > 0, kept, 1.0), 1.0)
     m_i = m_i + tl.math.log2(weight)
     l_i = tl.where(has_mass, l_i, 0.0)
-    o_row = zp * (n_rows + 1) + tl.where(row_ok, row, n_rows).to(tl.int64)
     finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, True, True)
 
 
