@@ -82,7 +82,8 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
 
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         cudnn = time_cuda(exact, repeats=3)
-    print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 |" + " |" * len(kinds), flush=True)
+    print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 | {cudnn.peak_gib:.2f} |" + " |" * len(kinds),
+          flush=True)  # fmt: skip
     probes = HyperAttentionConfig(
         kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
     )
@@ -108,7 +109,8 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
         split, by_name = profile_split(call)
         cells = " | ".join(f"{split.get(kind, 0.0):.1f}" for kind in kinds)
         ratio = cudnn.ms / timing.ms
-        print(f"| {n} | {dim} | {name} | {timing.ms:.1f} | {ratio:.3f} | {cells} |", flush=True)
+        print(f"| {n} | {dim} | {name} | {timing.ms:.1f} | {ratio:.3f} | {timing.peak_gib:.2f} "
+              f"| {cells} |", flush=True)  # fmt: skip
         rows.append(dict(n=n, dim=dim, setting=name, ms=timing.ms, cudnn_ms=cudnn.ms,
                          peak_gib=timing.peak_gib, split_ms=split))  # fmt: skip
         top = sorted(by_name.items(), key=lambda item: -item[1][0])[: args.top]
@@ -166,8 +168,8 @@ def main() -> None:
     env = environment()
     print(env)
     kinds = [kind for kind, _ in KINDS] + ["other"]
-    header = "| n | d | setting | ms | vs cuDNN | " + " | ".join(kinds) + " |"
-    print("\n" + header + "\n" + "|---" * (5 + len(kinds)) + "|")
+    header = "| n | d | setting | ms | vs cuDNN | peak GiB | " + " | ".join(kinds) + " |"
+    print("\n" + header + "\n" + "|---" * (6 + len(kinds)) + "|")
     rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
     if args.sweep_block_n:
         print("\n| n | d | keys per step | most rows | warps | ms |\n|---|---|---|---|---|---|")
