@@ -82,8 +82,8 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
 
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         cudnn = time_cuda(exact, repeats=3)
-    print(f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 | {cudnn.peak_gib:.2f} |" + " |" * len(kinds),
-          flush=True)  # fmt: skip
+    row = f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 | {cudnn.peak_gib:.2f} |"
+    print(row + " |" * len(kinds), flush=True)
     probes = HyperAttentionConfig(
         kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
     )
