@@ -143,6 +143,23 @@ def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> list[dict]:
+    """The probes setting timed (no profile) with each sample-kernel tile."""
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+    config = HyperAttentionConfig(
+        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
+    )
+    rows = []
+    for tile in tiles:
+        with mock.patch.object(query_clusters, "SAMPLE_TILE", tuple(tile)), torch.no_grad():
+            timing = time_cuda(
+                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
+            )
+        print(f"| {n} | {dim} | {tuple(tile)} | {timing.ms:.1f} |")
+        rows.append(dict(n=n, dim=dim, sample_tile=list(tile), ms=timing.ms))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
@@ -162,7 +179,9 @@ def main() -> None:
         help="also time the probes with these segment-kernel keys per step",
     )
     p.add_argument("--sweep-max-rows", type=int, nargs="+", default=[64])
-    p.add_argument("--sweep-warps", type=int, nargs="+", default=[4])  # fmt: skip
+    p.add_argument("--sweep-warps", type=int, nargs="+", default=[4])
+    p.add_argument("--sweep-sample-tiles", type=int, nargs="*", default=[],
+                   help="also time the probes with these sample tiles, as M N pairs")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
@@ -176,6 +195,13 @@ def main() -> None:
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_segment(n, dim, args)
+    if args.sweep_sample_tiles:
+        print("\n| n | d | sample tile (rows, draws per step) | ms |\n|---|---|---|---|")
+        pairs = args.sweep_sample_tiles
+        tiles = list(zip(pairs[::2], pairs[1::2], strict=True))
+        for n in args.lengths:
+            for dim in args.dims:
+                rows += sweep_sample(n, dim, args, tiles)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=env, args=vars(args), rows=rows), f, indent=1)

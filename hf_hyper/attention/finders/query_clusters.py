@@ -349,7 +349,9 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
 # Keys per step of both kernels: a cluster's run is short (about block_size / probes
 # keys on average), and the sample is a few hundred draws.
 SEGMENT_BLOCK_N = 32
-SEGMENT_MAX_ROWS = 64  # most query rows per tile of the segment kernel
+# most query rows per tile of the segment kernel: tall tiles read each cluster's keys
+# for more rows (`research/probe_profile.py --sweep-block-n` measures the choice)
+SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
