@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 from collections import defaultdict
@@ -121,25 +122,26 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
 
 
 def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The probes setting timed (no profile) with each segment-kernel tile: keys per
-    step, most rows per tile, warps; printed as table rows."""
+    """The probes setting timed (no profile) with each segment-kernel tile (keys per
+    step, most rows per tile, warps) and key layout (gathered by index, or copies sorted
+    by cluster); printed as table rows."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     config = HyperAttentionConfig(
         kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
     )
     rows = []
-    for block_n in args.sweep_block_n:
-        for max_rows in args.sweep_max_rows:
-            for warps in args.sweep_warps:
-                tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows,
-                            SEGMENT_WARPS=warps)  # fmt: skip
-                with mock.patch.multiple(query_clusters, **tile), torch.no_grad():
-                    timing = time_cuda(
-                        lambda: hyper_attention(q, k, v, causal=True, config=config),
-                        warmup=1, repeats=3,
-                    )  # fmt: skip
-                print(f"| {n} | {dim} | {block_n} | {max_rows} | {warps} | {timing.ms:.1f} |")
-                rows.append(dict(n=n, dim=dim, **tile, ms=timing.ms))
+    for block_n, max_rows, warps, keys_sorted in itertools.product(
+        args.sweep_block_n, args.sweep_max_rows, args.sweep_warps, args.sweep_sorted
+    ):
+        tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows, SEGMENT_WARPS=warps,
+                    SEGMENT_SORTED_KEYS=bool(keys_sorted))  # fmt: skip
+        with mock.patch.multiple(query_clusters, **tile), torch.no_grad():
+            timing = time_cuda(
+                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
+            )
+        print(f"| {n} | {dim} | {block_n} | {max_rows} | {warps} | {keys_sorted} | "
+              f"{timing.ms:.1f} | {timing.peak_gib:.2f} |")  # fmt: skip
+        rows.append(dict(n=n, dim=dim, **tile, ms=timing.ms, peak_gib=timing.peak_gib))
     return rows
 
 
@@ -180,6 +182,7 @@ def main() -> None:
     )
     p.add_argument("--sweep-max-rows", type=int, nargs="+", default=[64])
     p.add_argument("--sweep-warps", type=int, nargs="+", default=[4])
+    p.add_argument("--sweep-sorted", type=int, nargs="+", default=[0], choices=[0, 1])
     p.add_argument("--sweep-sample-tiles", type=int, nargs="*", default=[],
                    help="also time the probes with these sample tiles, as M N pairs")  # fmt: skip
     p.add_argument("--json", default=None)
@@ -191,7 +194,8 @@ def main() -> None:
     print("\n" + header + "\n" + "|---" * (6 + len(kinds)) + "|")
     rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
     if args.sweep_block_n:
-        print("\n| n | d | keys per step | most rows | warps | ms |\n|---|---|---|---|---|---|")
+        print("\n| n | d | keys per step | most rows | warps | sorted keys | ms | peak GiB |"
+              "\n|---|---|---|---|---|---|---|---|")  # fmt: skip
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_segment(n, dim, args)

@@ -297,11 +297,15 @@ def _probed_by_kernels(
     rows = _accumulator_rows(q, k, v) if into is None else into
     n_sink = _sink_counts(sinks, z, q.device)
     tile = segment_tile_rows(n_rows, clusters)
+    sorted_kv = None
+    if SEGMENT_SORTED_KEYS:
+        sorted_kv = (gather_rows(k, plan.k_order), gather_rows(v, plan.k_order))
     for rank in range(plan.chosen.shape[-1]):
         pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
         segment_attention(
             rows, pack.slot_query, seg_start, seg_len, plan.k_order, n_sink, n_query, g,
             n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
+            sorted_kv=sorted_kv,
         )  # fmt: skip
     if sample_size:
         key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
@@ -353,6 +357,9 @@ SEGMENT_BLOCK_N = 32
 # for more rows (`research/probe_profile.py --sweep-block-n` measures the choice)
 SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
+# read the keys and values of a problem's clusters from copies sorted by cluster (more
+# memory: a copy of the problem's keys and values) instead of gathering them by index
+SEGMENT_SORTED_KEYS = False
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
@@ -408,25 +415,27 @@ def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Te
 def segment_attention(
     rows: RowTarget, slot_query: Tensor, seg_start: Tensor, seg_len: Tensor,
     k_order: Tensor, sinks: Tensor, n_query: int, heads: int, n_key: int, band: int,
-    scale: float, merge: bool, block_m: int,
+    scale: float, merge: bool, block_m: int, sorted_kv: tuple[Tensor, Tensor] | None = None,
 ) -> None:  # fmt: skip
     """Fold each packed tile's attention over its cluster's run of k_order into the
     rows (merge: with what they hold). slot_query [z, tiles * block_m] (heads * n_query:
-    an empty slot); seg_start, seg_len [z, tiles]; k_order [z, nk]; sinks [z]."""
+    an empty slot); seg_start, seg_len [z, tiles]; k_order [z, nk]; sinks [z].
+    sorted_kv: the problems' keys and values in k_order's order, contiguous (or None)."""
     from ..kernels.probes import segment_kernel
 
     z, n_tiles = seg_start.shape
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
+    k_sorted, v_sorted = sorted_kv if sorted_kv is not None else (rows.k, rows.v)
     segment_kernel[(z * n_tiles,)](
-        rows.q, rows.k, rows.v, rows.out, rows.lse,
+        rows.q, rows.k, rows.v, rows.out, rows.lse, k_sorted, v_sorted,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
         slot_query, seg_start, seg_len, k_order, sinks,
         slot_query.shape[1], n_tiles, heads * n_query, n_query, n_key, band, scale * LOG2E,
         heads, rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
-        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, num_warps=SEGMENT_WARPS,
-        num_stages=2,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, SORTED=sorted_kv is not None,
+        num_warps=SEGMENT_WARPS, num_stages=2,
     )  # fmt: skip
 
 

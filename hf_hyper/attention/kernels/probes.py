@@ -35,19 +35,21 @@ def row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads, q_str
 
 @triton.jit
 def segment_kernel(
-    Q, K, V, Out, LSE,
+    Q, K, V, Out, LSE, KS, VS,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     slot_query_ptr, seg_start_ptr, seg_len_ptr, k_order_ptr, sink_keys_ptr,
     n_slots, n_tiles, n_rows, n_query, n_key, band, qk_scale, heads,
     q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
+    MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, SORTED: tl.constexpr,
 ):  # fmt: skip
     """One tile of BLOCK_M query rows of problem zp that share a cluster: exact over the
     cluster's run [seg_start, seg_start + seg_len) of k_order (key indices sorted by
     cluster), less the problem's first sink_keys[zp] keys and, for rows at positions
-    t < band (t = row % n_query), its last `band` keys (both attended exactly elsewhere)."""
+    t < band (t = row % n_query), its last `band` keys (both attended exactly elsewhere).
+    SORTED: the keys and values are read from KS, VS [z, n_key, D / DV] (contiguous, in
+    k_order's order), so a cluster's run is read in place instead of gathered."""
     pid = tl.program_id(0)
     zp = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
@@ -82,11 +84,18 @@ def segment_kernel(
         ok = start + offs_n < seg_len
         key = tl.load(order + start + offs_n, mask=ok, other=0).to(tl.int32)
         ok = ok & (key >= n_sink)
-        key64 = key.to(tl.int64)
-        k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None], ok[None, :],
-                        d_ok[:, None], FULL_D)  # fmt: skip
-        v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
-                        dv_ok[None, :], FULL_DV)  # fmt: skip
+        if SORTED:
+            at = zp * n_key + seg_start + start + offs_n
+            k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :],
+                            d_ok[:, None], FULL_D)  # fmt: skip
+            v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None],
+                            dv_ok[None, :], FULL_DV)  # fmt: skip
+        else:
+            key64 = key.to(tl.int64)
+            k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None],
+                            ok[None, :], d_ok[:, None], FULL_D)  # fmt: skip
+            v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :],
+                            ok[:, None], dv_ok[None, :], FULL_DV)  # fmt: skip
         keep = ok[None, :] & (key[None, :] < cut[:, None])
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
