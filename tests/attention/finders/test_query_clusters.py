@@ -302,3 +302,31 @@ def test_clusters_in_the_fused_executor_replay_as_cuda_graphs_bit_for_bit():
         assert torch.equal(hyper_attention(q, k, v, causal=True, config=graphed), eager)
     stats = cuda_graph_stats()
     assert stats.replayed >= 2, stats
+
+
+@pytest.mark.interpreter
+@pytest.mark.slow
+@pytest.mark.parametrize("sorted_keys", [False, True])
+def test_tall_tiles_of_many_rows_per_cluster_match_the_torch_ops(sorted_keys, monkeypatch):
+    # few clusters for many rows: the segment kernel's tiles reach SEGMENT_MAX_ROWS rows
+    from hf_hyper.attention.finders import query_clusters
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 2048, 16, generator=gen) for _ in range(3))
+    settings = dict(block_size=512, sample_size=32, min_seq_len=512, lsh_num_projs=3, seed=0,
+                    kmeans_iters=2, cluster_probes=2, sink_tokens=2)  # fmt: skip
+    plain = HyperAttentionConfig(**settings, backend="torch")
+    expected = hyper_attention(q, k, v, causal=True, config=plain)
+    tiles = []
+    launch = query_clusters.segment_attention
+
+    def spy(*args, **kwargs):
+        tiles.append(kwargs["block_m"])
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
+    monkeypatch.setattr(query_clusters, "segment_attention", spy)
+    monkeypatch.setattr(query_clusters, "SEGMENT_SORTED_KEYS", sorted_keys)
+    got = hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**settings))
+    assert max(tiles) == query_clusters.SEGMENT_MAX_ROWS
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
