@@ -12,6 +12,28 @@ from .forward import tile_scores
 
 
 @triton.jit
+def load_row_tile(
+    X, n_rows, pairs, groups, x_stride_z, x_stride_p, x_stride_g, x_stride_row,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """This program's BLOCK_M rows of row problem r = (z * pairs + p) * groups + g (grid
+    axis 0; axis 1 the row tile), read through the strides: (r, its centroid problem
+    zp = z * pairs + p, the rows, which are real, the columns, which are real, the
+    rows' values [BLOCK_M, D_PAD], 0 where not real)."""
+    row_problem = tl.program_id(0).to(tl.int64)
+    zp = row_problem // groups
+    z, p, g = zp // pairs, zp % pairs, row_problem % groups
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < D
+    x_base = X + z * x_stride_z + p * x_stride_p + g * x_stride_g
+    x_ptrs = x_base + rows[:, None].to(tl.int64) * x_stride_row + offs_d[None, :]
+    x = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    return row_problem, zp, rows, row_ok, offs_d, d_ok, x
+
+
+@triton.jit
 def best_centroid_kernel(
     X, C, Bias, Order, Out, Counts, FirstRow, n_rows, n_centroids, pairs, groups,
     x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor,
@@ -28,16 +50,10 @@ def best_centroid_kernel(
     renumbering of the centroids needs no copy of them. COUNT: each row i >=
     FirstRow[zp] also adds 1 to Counts[zp, Out[r, i]] (int32; integer atomics, so the
     same counts on every run)."""
-    row_problem = tl.program_id(0).to(tl.int64)
-    zp = row_problem // groups
-    z, p, g = zp // pairs, zp % pairs, row_problem % groups
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < D
-    x_base = X + z * x_stride_z + p * x_stride_p + g * x_stride_g
-    x_ptrs = x_base + rows[:, None].to(tl.int64) * x_stride_row + offs_d[None, :]
-    x = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    row_problem, zp, rows, row_ok, offs_d, d_ok, x = load_row_tile(
+        X, n_rows, pairs, groups, x_stride_z, x_stride_p, x_stride_g, x_stride_row,
+        D, D_PAD, BLOCK_M,
+    )  # fmt: skip
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
     best_index = tl.zeros([BLOCK_M], tl.int32)
     for c0 in range(0, n_centroids, BLOCK_C):

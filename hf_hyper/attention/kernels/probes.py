@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .common import masked_load
 from .forward import finish_rows, online_step, tile_scores
+from .kmeans import load_row_tile
 
 
 @triton.jit
@@ -180,16 +181,10 @@ def top_clusters_kernel(
     i x_stride_row; C [zp, c, D] float32 met in X's dtype, Bias [zp, c] float32 (finite),
     Out int64 [rows problems, n_rows, TOP]. A running top-TOP per row: no score matrix
     is kept."""
-    row_problem = tl.program_id(0).to(tl.int64)
-    zp = row_problem // groups
-    z, p, g = zp // pairs, zp % pairs, row_problem % groups
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < D
-    x_base = X + z * x_stride_z + p * x_stride_p + g * x_stride_g
-    x_ptrs = x_base + rows[:, None].to(tl.int64) * x_stride_row + offs_d[None, :]
-    x = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    row_problem, zp, rows, row_ok, offs_d, d_ok, x = load_row_tile(
+        X, n_rows, pairs, groups, x_stride_z, x_stride_p, x_stride_g, x_stride_row,
+        D, D_PAD, BLOCK_M,
+    )  # fmt: skip
     slot = tl.arange(0, TOP_PAD)
     # the kept scores and their centroids; slots past TOP hold +inf, so the running
     # minimum (the slot a better candidate replaces) is always a real one
