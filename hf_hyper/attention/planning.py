@@ -1,6 +1,8 @@
 """Where each query looks: hyperplanes and samples, bucket order, query blocks, query
-tiles and the causal recursion's levels. Shared by the torch path, the fused path and
-the diagnostics; no attention is computed here.
+tiles and the causal recursion's levels, and what the executors ask of a finder
+(`BlockFinder`, `QueryFinder`, the rows a query finder's kernels merge into). Shared by
+the torch path, the fused path, the finders and the diagnostics; no attention is
+computed here.
 
 Internal layout: queries `[z, g, n]` and keys `[z, n]` (ranks), `z` folding batch, key
 heads and sub-problems, `g` the query heads that share a key head.
