@@ -169,13 +169,16 @@ def fused_forward(
             return None, None, finder
         return ranks[0].reshape(b * hk, g, n_query), ranks[1].reshape(b * hk, n_key), finder
 
+    def skipped(sinks: int) -> Tensor | None:
+        """The leading keys each key head's problem leaves to an exact part [b*hk]."""
+        if not sinks:
+            return None
+        return torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
+
     def problem_ranks(finder: BlockFinder, k_end: int, sinks: int) -> tuple[Tensor, Tensor]:
         """The finder's ranks of all queries against keys [0, k_end), the first `sinks`
         of them taking no part."""
-        skip = None
-        if sinks:
-            skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
-        return finder.ranks(*problem.grouped(0, k_end)[:2], skip)
+        return finder.ranks(*problem.grouped(0, k_end)[:2], skipped(sinks))
 
     def query_finder_part(
         finder: QueryFinder, k_end: int, sinks: int, band: int, merge: bool
@@ -183,9 +186,7 @@ def fused_forward(
         """A query finder's attention of all queries to keys [0, k_end), merged into
         every row (or written there), then the first `sinks` keys and the band's corner
         exactly."""
-        skip = None
-        if sinks:
-            skip = torch.full((b * hk,), sinks, dtype=torch.int64, device=q.device)
+        skip = skipped(sinks)
         q_all, k_all, v_all = problem.grouped(0, k_end)
         if not merge:  # rows with nothing in them yet, for the kernels to merge into
             problem.clear_rows()
