@@ -70,7 +70,8 @@ class RowTarget:
     dv elements, row-major) with lse (one float32 per row) as whole tensors; q_base,
     o_base [zp * g]: element offset in q and output row of (problem, query head)'s
     position 0; k_base, v_base [zp]: element offset of the problem's key 0; the row
-    strides in elements."""
+    strides in elements; align: what every row's element offset is a multiple of (the
+    elements in 16 bytes where the tensors allow, else 1), for the kernels' wide loads."""
 
     q: Tensor
     k: Tensor
@@ -84,6 +85,7 @@ class RowTarget:
     q_stride: int
     k_stride: int
     v_stride: int
+    align: int
 
 
 @runtime_checkable

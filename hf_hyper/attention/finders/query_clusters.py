@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..blockwise import attention_with_lse, merge_by_lse
 from ..fused.bucket_sort import stable_bucket_argsort
-from ..fused.support import fused_unsupported_reason
+from ..fused.support import fused_unsupported_reason, row_alignment
 from ..fused.tuning import padded_width
 from ..numerics import LOG2E, MASKED_LOGIT
 from ..padding import gather_rows, pad_rows
@@ -333,11 +333,12 @@ def _accumulator_rows(q: Tensor, k: Tensor, v: Tensor) -> RowTarget:
     ints = dict(dtype=torch.int64, device=q.device)
     head = torch.arange(z * g, **ints)
     problem = torch.arange(z, **ints)
+    q, k, v = q.reshape(z, n_rows, dim).contiguous(), k.contiguous(), v.contiguous()
     return RowTarget(
-        q.reshape(z, n_rows, dim).contiguous(), k.contiguous(), v.contiguous(), out, lse,
+        q, k, v, out, lse,
         q_base=head * n_query * dim, o_base=(head // g) * (n_rows + 1) + (head % g) * n_query,
         k_base=problem * n_key * dim, v_base=problem * n_key * dv, q_stride=dim,
-        k_stride=dim, v_stride=dv,
+        k_stride=dim, v_stride=dv, align=row_alignment(q, k, v),
     )  # fmt: skip
 
 
@@ -435,7 +436,7 @@ def segment_attention(
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, SORTED=sorted_kv is not None,
-        num_warps=SEGMENT_WARPS, num_stages=2,
+        ALIGN=rows.align, num_warps=SEGMENT_WARPS, num_stages=2,
     )  # fmt: skip
 
 
@@ -460,7 +461,8 @@ def sample_attention(
         rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
-        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, num_warps=4, num_stages=2,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align, num_warps=4,
+        num_stages=2,
     )  # fmt: skip
 
 

@@ -428,7 +428,7 @@ class Problem:
         return RowTarget(
             self.q, self.k, self.v, self.out, self.lse, q_base.reshape(-1),
             o_base.reshape(-1), k_base, v_base, self.q.stride(2), self.k.stride(2),
-            self.v.stride(2),
+            self.v.stride(2), self.align,
         )  # fmt: skip
 
     def clear_rows(self) -> None:

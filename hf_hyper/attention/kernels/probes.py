@@ -22,16 +22,30 @@ from .kmeans import load_row_tile
 
 
 @triton.jit
-def row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads, q_stride):
+def row_addresses(
+    q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads, q_stride, ALIGN: tl.constexpr
+):  # fmt: skip
     """Element offset in Q and output row of each row of problem zp: row = h * n_query + t
     is query head h's position t; q_base [zp * heads + h] (elements) and o_base (rows)
-    are that head's position 0. Rows past the problem's (row_ok False) get head 0's."""
+    are that head's position 0. Rows past the problem's (row_ok False) get head 0's.
+    The offsets take the bases' integer type; ALIGN: what every row offset is a multiple
+    of (elements per 16 bytes, or 1), so a gathered row is read in 16-byte loads."""
     safe = tl.where(row_ok, row, 0)
     head = zp * heads + safe // n_query
-    t = (safe % n_query).to(tl.int64)
-    q_at = tl.load(q_base_ptr + head).to(tl.int64) + t * q_stride
-    o_row = tl.load(o_base_ptr + head).to(tl.int64) + t
+    t = safe % n_query
+    q_at = tl.multiple_of(tl.load(q_base_ptr + head) + t * q_stride, ALIGN)
+    o_row = tl.load(o_base_ptr + head) + t
     return q_at, o_row
+
+
+@triton.jit
+def key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN: tl.constexpr):
+    """Element offsets of keys `key` of a problem whose key 0 is at k_at, v_at (in their
+    integer type), each a multiple of ALIGN (see row_addresses)."""
+    key = key.to(k_at.dtype)
+    k_off = tl.multiple_of(k_at + key * k_stride, ALIGN)
+    v_off = tl.multiple_of(v_at + key * v_stride, ALIGN)
+    return k_off, v_off
 
 
 @triton.jit
@@ -44,6 +58,7 @@ def segment_kernel(
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, SORTED: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """One tile of BLOCK_M query rows of problem zp that share a cluster: exact over the
     cluster's run [seg_start, seg_start + seg_len) of k_order (key indices sorted by
@@ -67,14 +82,14 @@ def segment_kernel(
     FULL_D: tl.constexpr = D == D_PAD
     FULL_DV: tl.constexpr = DV == DV_PAD
     q_at, o_row = row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads,
-                                q_stride)  # fmt: skip
+                                q_stride, ALIGN)  # fmt: skip
     q = masked_load(Q + q_at[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
     cut = tl.zeros([BLOCK_M], tl.int32) + n_key
     if HAS_BAND:
         cut = tl.where(row % n_query < band, n_key - band, n_key)
     n_sink = tl.load(sink_keys_ptr + zp)
-    k_at = tl.load(k_base_ptr + zp).to(tl.int64)
-    v_at = tl.load(v_base_ptr + zp).to(tl.int64)
+    k_at = tl.load(k_base_ptr + zp)
+    v_at = tl.load(v_base_ptr + zp)
     seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
     seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
     order = k_order_ptr + zp * n_key + seg_start
@@ -92,11 +107,11 @@ def segment_kernel(
             v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None],
                             dv_ok[None, :], FULL_DV)  # fmt: skip
         else:
-            key64 = key.to(tl.int64)
-            k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None],
-                            ok[None, :], d_ok[:, None], FULL_D)  # fmt: skip
-            v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :],
-                            ok[:, None], dv_ok[None, :], FULL_DV)  # fmt: skip
+            k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
+            k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
+                            FULL_D)  # fmt: skip
+            v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None],
+                            dv_ok[None, :], FULL_DV)  # fmt: skip
         keep = ok[None, :] & (key[None, :] < cut[:, None])
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
@@ -111,7 +126,7 @@ def probe_sample_kernel(
     n_rows, n_query, n_key, n_sample, band, qk_scale, heads, q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
-    IEEE: tl.constexpr, HAS_BAND: tl.constexpr,
+    IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M query rows of problem zp against the problem's n_sample drawn keys: each
     row drops the draws in its own exact keys (its PROBES clusters chosen [z, rows,
@@ -131,14 +146,14 @@ def probe_sample_kernel(
     FULL_DV: tl.constexpr = DV == DV_PAD
     q_rows = zp * n_rows + tl.where(row_ok, row, 0).to(tl.int64)
     q_at, o_row = row_addresses(q_base_ptr, o_base_ptr, zp, row, row_ok, n_query, heads,
-                                q_stride)  # fmt: skip
+                                q_stride, ALIGN)  # fmt: skip
     q = masked_load(Q + q_at[:, None] + offs_d[None, :], row_ok[:, None], d_ok[None, :], FULL_D)
     cut = tl.zeros([BLOCK_M], tl.int32) + n_key
     if HAS_BAND:
         cut = tl.where(row % n_query < band, n_key - band, n_key)
     n_sink = tl.load(sink_keys_ptr + zp)
-    k_at = tl.load(k_base_ptr + zp).to(tl.int64)
-    v_at = tl.load(v_base_ptr + zp).to(tl.int64)
+    k_at = tl.load(k_base_ptr + zp)
+    v_at = tl.load(v_base_ptr + zp)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
@@ -147,11 +162,10 @@ def probe_sample_kernel(
         ok = start + offs_n < n_sample
         key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
-        key64 = key.to(tl.int64)
-        k = masked_load(K + k_at + key64[None, :] * k_stride + offs_d[:, None], ok[None, :],
-                        d_ok[:, None], FULL_D)  # fmt: skip
-        v = masked_load(V + v_at + key64[:, None] * v_stride + offs_dv[None, :], ok[:, None],
-                        dv_ok[None, :], FULL_DV)  # fmt: skip
+        k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
+        k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
+        v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
+                        FULL_DV)  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):
             mine = tl.load(chosen_ptr + q_rows * PROBES + p, mask=row_ok, other=-2)
