@@ -11,7 +11,7 @@ heads and sub-problems, `g` the query heads that share a key head.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -86,6 +86,14 @@ class RowTarget:
     k_stride: int
     v_stride: int
     align: int
+
+    def of_problems(self, part: slice, heads: int) -> RowTarget:
+        """The same rows for the problems `part` alone (each with `heads` query heads)."""
+        head_part = slice(part.start * heads, part.stop * heads)
+        return replace(
+            self, q_base=self.q_base[head_part], o_base=self.o_base[head_part],
+            k_base=self.k_base[part], v_base=self.v_base[part],
+        )  # fmt: skip
 
 
 @runtime_checkable

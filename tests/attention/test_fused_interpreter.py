@@ -120,3 +120,65 @@ def test_finders_of_each_problem_run_in_the_fused_executor(
     )  # fmt: skip
     torch.testing.assert_close(out, want_out, rtol=TOLERANCE, atol=TOLERANCE)
     torch.testing.assert_close(lse, want_lse, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_probes_planned_one_problem_at_a_time_give_the_same_rows(monkeypatch):
+    """The probes' plan made for a few problems at a time (one here: the smallest plan
+    budget) merges the same values into the same rows as one plan for the whole batch:
+    the sample is drawn for the batch first, and each row's merges run in one order."""
+    from functools import partial
+
+    from hf_hyper import HyperAttentionConfig
+    from hf_hyper.attention.finders import finder_of_call, query_clusters
+    from hf_hyper.attention.fused.forward import fused_forward
+    from hf_hyper.attention.planning import Randomness
+
+    monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
+    gen = torch.Generator().manual_seed(6)
+    n_query, dim = 600, 16
+    q = torch.randn(1, 4, n_query, dim, generator=gen)
+    k, v = (torch.randn(1, 2, n_query + 100, dim, generator=gen) for _ in range(2))
+    config = HyperAttentionConfig(block_size=64, sample_size=32, min_seq_len=128,
+                                  lsh_num_projs=4, seed=0, kmeans_iters=2, cluster_probes=3,
+                                  sink_tokens=2, local_window=8)  # fmt: skip
+    scale = dim**-0.5
+    sizes = []
+    real_plan = query_clusters.plan_probes
+    monkeypatch.setattr(
+        query_clusters, "plan_probes",
+        lambda q, *args: sizes.append(q.shape[0]) or real_plan(q, *args),
+    )  # fmt: skip
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        return fused_forward(
+            q, k, v, causal=True, scale=scale, config=config,
+            rng=Randomness(torch.Generator().manual_seed(0), q.device, 0),
+            finder_of_planes=partial(finder_of_call, config, hash_dims=dim, scale=scale),
+        )  # fmt: skip
+
+    monkeypatch.setattr(query_clusters, "PLAN_BYTES_PER_CALL_ROW", 10**6)
+    whole = run()
+    assert max(sizes) > 1  # the batches hold several problems
+    monkeypatch.setattr(query_clusters, "PLAN_BYTES_PER_CALL_ROW", 0)
+    sizes.clear()
+    one_at_a_time = run()
+    assert sizes and max(sizes) == 1
+    assert torch.equal(whole[0], one_at_a_time[0]) and torch.equal(whole[1], one_at_a_time[1])
+
+
+@pytest.mark.parametrize(
+    "rows_per_problem, call_rows, want", [(1000, 10**6, 31), (10**6, 10**6, 1), (0, 0, 1)]
+)
+def test_problems_per_chunk_keeps_the_plan_within_its_share_of_the_call(
+    rows_per_problem, call_rows, want
+):
+    from hf_hyper.attention.finders.query_clusters import (
+        PLAN_BYTES_PER_CALL_ROW,
+        PLAN_BYTES_PER_ROW,
+        problems_per_chunk,
+    )
+
+    step = problems_per_chunk(rows_per_problem, call_rows)
+    assert step == want
+    if step > 1:
+        assert step * rows_per_problem * PLAN_BYTES_PER_ROW <= PLAN_BYTES_PER_CALL_ROW * call_rows

@@ -200,6 +200,15 @@ def _draw(plan: ProbePlan, n_key: int, sample_size: int, rng: Randomness) -> tup
     return key_index, torch.gather(plan.assign, 1, key_index)
 
 
+def _drawn(
+    plan: ProbePlan, n_key: int, sample_size: int, rng: Randomness | Tensor
+) -> tuple[Tensor, Tensor]:
+    """`_draw`, or, given the drawn keys [z, m] already, them and their clusters."""
+    if isinstance(rng, Tensor):
+        return rng, torch.gather(plan.assign, 1, rng)
+    return _draw(plan, n_key, sample_size, rng)
+
+
 def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor:
     """R of each query [z, g, nq] float32: the keys outside its clusters, the sinks and
     (its first `band` queries) the band corner, which the sample stands for."""
@@ -287,10 +296,11 @@ def probed_attention(
 
 def _probed_by_kernels(
     q: Tensor, k: Tensor, v: Tensor, plan: ProbePlan, scale: float, sample_size: int,
-    rng: Randomness, sinks: Tensor | None, band: int, into: RowTarget | None = None,
+    rng: Randomness | Tensor, sinks: Tensor | None, band: int, into: RowTarget | None = None,
 ) -> tuple[Tensor, Tensor] | None:  # fmt: skip
     """`probed_attention`'s parts in the kernels: folded into one (out, lse) in float32
-    accumulators, or, given `into`, merged straight into those rows (None returned)."""
+    accumulators, or, given `into`, merged straight into those rows (None returned).
+    rng: where the sample comes from, or its keys [z, sample_size] drawn already."""
     z, g, n_query, _ = q.shape
     n_key = k.shape[1]
     n_rows, clusters = g * n_query, plan.counts.shape[1]
@@ -308,7 +318,7 @@ def _probed_by_kernels(
             sorted_kv=sorted_kv,
         )  # fmt: skip
     if sample_size:
-        key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
+        key_index, draw_cluster = _drawn(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
         sample_attention(
@@ -348,6 +358,21 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
     if fused_unsupported_reason(q, k, v) is not None:
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+
+
+# Bytes of plan per query row of a batch of problems: its clusters and the packing of
+# one rank's tiles (int64 index arrays, a few alive at once). A finder that merges into
+# a call's rows plans as many problems at a time as keep this within PLAN_BYTES_PER_CALL_ROW
+# per row of the call, so the plan stays inside the forward's memory bound (the output
+# and 16 bytes per token and query head) at every recursion level.
+PLAN_BYTES_PER_ROW = 128
+PLAN_BYTES_PER_CALL_ROW = 4
+
+
+def problems_per_chunk(rows_per_problem: int, call_rows: int) -> int:
+    """Problems planned at a time (at least one): see PLAN_BYTES_PER_ROW."""
+    budget = PLAN_BYTES_PER_CALL_ROW * call_rows
+    return max(1, budget // (PLAN_BYTES_PER_ROW * max(1, rows_per_problem)))
 
 
 # The probes' kernel launchers: plain tensors in, (out, lse) accumulated in place.
@@ -505,13 +530,25 @@ class QueryClusters:
         False, with nothing drawn, where the kernels cannot serve these inputs."""
         if not self._kernels_serve(q, k, v):
             return False
-        clusters = self._clusters(k.shape[1])
+        z, g, n_query, _ = q.shape
+        n_key = k.shape[1]
+        clusters = self._clusters(n_key)
         hd = self.hash_dims
-        plan = plan_probes(
-            q[..., :hd], k[..., :hd], min(self.probes, clusters), clusters, self.iterations,
-            self.scale, sinks, self.kernels,
-        )  # fmt: skip
-        _probed_by_kernels(q, k, v, plan, self.scale, self.sample_size, rng, sinks, band, into=rows)
+        # the whole batch's draws first, so the chunks below do not change them
+        draws = rng.indices(n_key, (z, self.sample_size)) if self.sample_size else rng
+        step = problems_per_chunk(g * n_query, rows.lse.numel())
+        for first in range(0, z, step):
+            part = slice(first, first + step)
+            part_sinks = None if sinks is None else sinks[part]
+            plan = plan_probes(
+                q[part, ..., :hd], k[part, :, :hd], min(self.probes, clusters), clusters,
+                self.iterations, self.scale, part_sinks, self.kernels,
+            )  # fmt: skip
+            part_draws = draws[part] if isinstance(draws, Tensor) else draws
+            _probed_by_kernels(
+                q[part], k[part], v[part], plan, self.scale, self.sample_size, part_draws,
+                part_sinks, band, into=rows.of_problems(part, g),
+            )  # fmt: skip
         return True
 
     def _clusters(self, n_key: int) -> int:
