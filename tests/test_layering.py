@@ -174,3 +174,14 @@ for name in ("benchmarks", "tests", "research", "results"):
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_every_source_package_is_in_the_wheel():
+    """pyproject lists its packages by name: a new subpackage left off the list installs
+    from a checkout (editable) but is missing from the wheel, and `import hf_hyper`
+    then fails for every user who installs it."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    packages = {name for name in MODULES if _is_package(name)}
+    assert packages - listed == set(), "add these to pyproject's [tool.setuptools] packages"
