@@ -418,10 +418,16 @@ def top_clusters(
     top_clusters_kernel[(z * pairs * groups, -(-n_rows // block_m))](
         rows, centroids.float().contiguous(), bias, out, n_rows, centroids.shape[1], pairs,
         groups, s_z, s_p, s_g, s_row, scale, D=dim, D_PAD=padded_width(dim),
-        BLOCK_M=block_m, BLOCK_C=block_c, TOP=count, TOP_PAD=max(2, 1 << (count - 1).bit_length()),
+        BLOCK_M=block_m, BLOCK_C=block_c, TOP=count, TOP_PAD=cluster_slots(count),
         IEEE=ieee, num_warps=warps,
     )  # fmt: skip
     return out.view(z * pairs, groups * n_rows, count)
+
+
+def cluster_slots(count: int) -> int:
+    """A row's `count` clusters padded to a power of two (at least 2), as a kernel's tile
+    holds them."""
+    return max(2, 1 << (count - 1).bit_length())
 
 
 def segment_tile_rows(n_rows: int, clusters: int) -> int:
@@ -486,6 +492,7 @@ def sample_attention(
         rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
+        PROBES_PAD=cluster_slots(chosen.shape[-1]),
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align, num_warps=4,
         num_stages=2,
     )  # fmt: skip

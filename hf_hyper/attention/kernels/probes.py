@@ -126,7 +126,7 @@ def probe_sample_kernel(
     n_rows, n_query, n_key, n_sample, band, qk_scale, heads, q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
-    IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
+    PROBES_PAD: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M query rows of problem zp against the problem's n_sample drawn keys: each
     row drops the draws in its own exact keys (its PROBES clusters chosen [z, rows,
@@ -154,6 +154,12 @@ def probe_sample_kernel(
     n_sink = tl.load(sink_keys_ptr + zp)
     k_at = tl.load(k_base_ptr + zp)
     v_at = tl.load(v_base_ptr + zp)
+    # each row's clusters, read once: loads of them inside the loop were pipelined with
+    # the keys' and held so many registers that the kernel spilled
+    offs_p = tl.arange(0, PROBES_PAD)
+    p_ok = row_ok[:, None] & (offs_p < PROBES)[None, :]
+    mine_all = tl.load(chosen_ptr + q_rows[:, None] * PROBES + offs_p[None, :], mask=p_ok,
+                       other=-2).to(tl.int32)  # fmt: skip
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
@@ -162,13 +168,14 @@ def probe_sample_kernel(
         ok = start + offs_n < n_sample
         key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
+        drawn = drawn.to(tl.int32)
         k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
         k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
         v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
                         FULL_DV)  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):
-            mine = tl.load(chosen_ptr + q_rows * PROBES + p, mask=row_ok, other=-2)
+            mine = tl.sum(tl.where(offs_p[None, :] == p, mine_all, 0), 1)
             keep = keep & (mine[:, None] != drawn[None, :])
         kept += tl.sum(keep.to(tl.float32), 1)
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
