@@ -27,7 +27,6 @@ from collections import Counter
 from pathlib import Path
 
 ARCH = 90  # sm_90a: the H100 and H200
-HEAD_DIM = 128
 STRIDES = ("q_stride", "k_stride", "v_stride")
 X_STRIDES = ("x_stride_z", "x_stride_p", "x_stride_g", "x_stride_row")
 # argument types of a bf16 call whose bases fit int32 (as the fused launches pass them);
@@ -62,12 +61,12 @@ def backend_tool(name: str) -> Path | None:
     return path if path.exists() else None
 
 
-def kernel_cases(probes: int = 4) -> list[dict]:
+def kernel_cases(probes: int = 4, head_dim: int = 128) -> list[dict]:
     """The probes' kernels with the tiles their launchers use now."""
     from hf_hyper.attention.finders import query_clusters as qc
     from hf_hyper.attention.kernels import probes as kernels
 
-    width = dict(D=HEAD_DIM, DV=HEAD_DIM, D_PAD=HEAD_DIM, DV_PAD=HEAD_DIM)
+    width = dict(D=head_dim, DV=head_dim, D_PAD=head_dim, DV_PAD=head_dim)
     sample_m, sample_n = qc.SAMPLE_TILE
     top_m, top_c, top_warps = qc.TOP_TILE
     return [
@@ -82,7 +81,7 @@ def kernel_cases(probes: int = 4) -> list[dict]:
                              ALIGN=8)),
         dict(name="top clusters", fn=kernels.top_clusters_kernel, warps=top_warps,
              tile=(top_m, top_c), divisible=X_STRIDES,
-             constexprs=dict(D=HEAD_DIM, D_PAD=HEAD_DIM, BLOCK_M=top_m, BLOCK_C=top_c,
+             constexprs=dict(D=head_dim, D_PAD=head_dim, BLOCK_M=top_m, BLOCK_C=top_c,
                              TOP=probes, TOP_PAD=qc.cluster_slots(probes), IEEE=False)),
     ]  # fmt: skip
 
@@ -128,19 +127,20 @@ def compiled_counts(case: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--probes", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=128, choices=[64, 128])
     p.add_argument("--json", default=None, help="write JSON here ('-': stdout)")
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("kernel_code: unset TRITON_INTERPRET (it swaps the kernels for interpreted ones)")
     if backend_tool("cuobjdump") is None:
         sys.exit("kernel_code: this triton has no NVIDIA backend tools (cuobjdump)")
-    rows = [compiled_counts(case) for case in kernel_cases(args.probes)]
+    rows = [compiled_counts(case) for case in kernel_cases(args.probes, args.head_dim)]
     if args.json == "-":
         print(json.dumps(rows))
         return
     import triton
 
-    print(f"sm_{ARCH}a, triton {triton.__version__}, bf16, head_dim {HEAD_DIM}, "
+    print(f"sm_{ARCH}a, triton {triton.__version__}, bf16, head_dim {args.head_dim}, "
           f"{args.probes} probes, 16-byte aligned rows\n")  # fmt: skip
     print("| kernel | tile | warps | registers | stack bytes | 16-byte loads | 2-byte loads "
           "| spill stores |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
