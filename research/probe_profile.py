@@ -162,6 +162,25 @@ def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> lis
     return rows
 
 
+def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
+    """The probes setting timed (no profile) with each plan budget (bytes of plan per
+    row of the call): smaller budgets plan fewer problems at a time, in more launches."""
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+    config = HyperAttentionConfig(
+        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
+    )
+    rows = []
+    for budget in args.sweep_plan_bytes:
+        with mock.patch.object(query_clusters, "PLAN_BYTES_PER_CALL_ROW", budget), torch.no_grad():
+            timing = time_cuda(
+                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
+            )
+        print(f"| {n} | {dim} | {budget} | {timing.ms:.1f} | {timing.peak_gib:.2f} |")
+        rows.append(dict(n=n, dim=dim, plan_bytes_per_call_row=budget, ms=timing.ms,
+                         peak_gib=timing.peak_gib))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
@@ -185,6 +204,8 @@ def main() -> None:
     p.add_argument("--sweep-sorted", type=int, nargs="+", default=[0], choices=[0, 1])
     p.add_argument("--sweep-sample-tiles", type=int, nargs="*", default=[],
                    help="also time the probes with these sample tiles, as M N pairs")  # fmt: skip
+    p.add_argument("--sweep-plan-bytes", type=int, nargs="*", default=[],
+                   help="also time the probes with these plan budgets (B per row)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
@@ -206,6 +227,11 @@ def main() -> None:
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_sample(n, dim, args, tiles)
+    if args.sweep_plan_bytes:
+        print("\n| n | d | plan bytes per call row | ms | peak GiB |\n|---|---|---|---|---|")
+        for n in args.lengths:
+            for dim in args.dims:
+                rows += sweep_plan_budget(n, dim, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=env, args=vars(args), rows=rows), f, indent=1)
