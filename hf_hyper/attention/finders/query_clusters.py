@@ -194,19 +194,15 @@ def _sink_counts(sinks: Tensor | None, z: int, device) -> Tensor:
     return sinks.to(device=device, dtype=torch.int64)
 
 
-def _draw(plan: ProbePlan, n_key: int, sample_size: int, rng: Randomness) -> tuple[Tensor, Tensor]:
-    """One problem-wide uniform sample, with replacement: (keys, their clusters), [z, m]."""
-    key_index = rng.indices(n_key, (plan.assign.shape[0], sample_size))
-    return key_index, torch.gather(plan.assign, 1, key_index)
-
-
-def _drawn(
+def _draw(
     plan: ProbePlan, n_key: int, sample_size: int, rng: Randomness | Tensor
 ) -> tuple[Tensor, Tensor]:
-    """`_draw`, or, given the drawn keys [z, m] already, them and their clusters."""
-    if isinstance(rng, Tensor):
-        return rng, torch.gather(plan.assign, 1, rng)
-    return _draw(plan, n_key, sample_size, rng)
+    """One problem-wide uniform sample, with replacement: (keys, their clusters), [z, m];
+    rng: where it comes from, or the keys [z, m] drawn already."""
+    key_index = (
+        rng if isinstance(rng, Tensor) else rng.indices(n_key, (plan.assign.shape[0], sample_size))
+    )
+    return key_index, torch.gather(plan.assign, 1, key_index)
 
 
 def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor:
@@ -318,7 +314,7 @@ def _probed_by_kernels(
             sorted_kv=sorted_kv,
         )  # fmt: skip
     if sample_size:
-        key_index, draw_cluster = _drawn(plan, n_key, sample_size, rng)
+        key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
         sample_attention(
