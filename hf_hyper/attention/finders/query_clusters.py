@@ -383,6 +383,7 @@ SEGMENT_WARPS = 4
 # memory: a copy of the problem's keys and values) instead of gathering them by index
 SEGMENT_SORTED_KEYS = False
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
+SAMPLE_WARPS = 4
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
 TOP_TILE = (128, 64, 8)
@@ -489,8 +490,8 @@ def sample_attention(
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
         PROBES_PAD=cluster_slots(chosen.shape[-1]),
-        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align, num_warps=4,
-        num_stages=2,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
+        num_warps=SAMPLE_WARPS, num_stages=2,
     )  # fmt: skip
 
 
