@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -54,7 +55,8 @@ def add_hyper_arguments(p: argparse.ArgumentParser, patch_default: Sequence[str]
             nargs="+",
             default=list(patch_default),
             help="settings to compare: number of final layers patched, or 'all' (0 = "
-            "unpatched), or 'plan' (the layers of --plan)",
+            "unpatched), or 'plan' (the layers of --plan), or 'only:I' (layer I alone) or "
+            "'except:I' (every layer but I)",
         )
         hyp.add_argument(
             "--plan",
@@ -107,11 +109,19 @@ def require_approximation(config: HyperAttentionConfig, length: int) -> None:
         )
 
 
+# --patch-layers only:I (layer I alone patched) and except:I (every layer but I).
+ONE_LAYER_SETTING = re.compile(r"(only|except):(\d+)")
+
+
 def check_patch_values(values: Sequence[str], plan_file: str | None = None) -> None:
     """Syntax only, before a model is loaded (the layer count comes with the model)."""
     for value in values:
-        if value not in ("all", "plan") and not value.isdigit():
-            raise JobError(f"--patch-layers takes integers, 'all' or 'plan'; got {value!r}")
+        named = value in ("all", "plan") or ONE_LAYER_SETTING.fullmatch(value)
+        if not (named or value.isdigit()):
+            raise JobError(
+                "--patch-layers takes integers, 'all', 'plan', 'only:I' or 'except:I' "
+                f"(I a layer index); got {value!r}"
+            )
     if "plan" in values and plan_file is None:
         raise JobError("--patch-layers plan needs --plan FILE (a plan saved by hf_hyper.Plan)")
     if plan_file is not None:
@@ -128,6 +138,34 @@ class PlannedLayers(int):
         setting = super().__new__(cls, len(plan.layers))
         setting.plan = plan
         return setting
+
+
+class ChosenLayers(int):
+    """The --patch-layers settings 'only:I' and 'except:I': an int (how many layers are
+    patched, so jobs count and record it like any other setting) that carries which."""
+
+    layers: tuple[int, ...]
+
+    def __new__(cls, layers: Sequence[int]) -> ChosenLayers:
+        setting = super().__new__(cls, len(layers))
+        setting.layers = tuple(layers)
+        return setting
+
+
+def servable_layers(model) -> list[int]:
+    """The layers HyperAttention can serve: all of them but sliding-window ones (Gemma
+    3's), which patching leaves exact."""
+    try:
+        with hf_hyper.capture_attention(model, lambda *args, **kwargs: None) as observed:
+            return sorted(observed)
+    except (ValueError, RuntimeError) as err:
+        raise JobError(str(err)) from err
+
+
+def one_layer_settings(layers: Sequence[int]) -> list[str]:
+    """The --patch-layers values of a per-layer attribution: each layer alone patched,
+    then every layer but that one."""
+    return [f"only:{i}" for i in layers] + [f"except:{i}" for i in layers]
 
 
 def load_plan(plan_file: str, model=None) -> Plan:
@@ -161,16 +199,24 @@ def parse_patch_settings(
 ) -> list[tuple[str, int]]:
     """['0', '8', 'all'] -> [('0', 0), ('8', 8), ('all', num_layers)]; with a --plan file,
     ('plan', PlannedLayers(plan)), added at the end if `values` lacks it (the plan checked
-    against `model` where given)."""
+    against `model` where given); 'only:3' -> ('only:3', ChosenLayers([3])) and 'except:3'
+    -> every servable layer of `model` but 3 (every layer where no model is given)."""
     check_patch_values(values, plan_file)
     plan = load_plan(plan_file, model) if plan_file else None
     if plan is not None and "plan" not in values:
         values = [*values, "plan"]
     settings: list[tuple[str, int]] = []
+    servable: list[int] | None = None
     for value in dict.fromkeys(values):  # a setting named twice runs once
         if value == "plan":
             assert plan is not None  # check_patch_values refuses 'plan' without a file
             settings.append((value, PlannedLayers(plan)))
+            continue
+        one_layer = ONE_LAYER_SETTING.fullmatch(value)
+        if one_layer:
+            if servable is None:
+                servable = servable_layers(model) if model is not None else list(range(num_layers))
+            settings.append((value, _one_layer_setting(*one_layer.groups(), servable, num_layers)))
             continue
         count = num_layers if value == "all" else int(value)
         if count > num_layers:
@@ -180,6 +226,30 @@ def parse_patch_settings(
             )
         settings.append((value, count))
     return settings
+
+
+def _one_layer_setting(kind: str, index: str, servable: list[int], total: int) -> ChosenLayers:
+    layer = int(index)
+    if layer not in servable:
+        where = "does not exist" if layer >= total else "is not one HyperAttention serves"
+        raise JobError(
+            f"--patch-layers {kind}:{layer}: layer {layer} {where}; choose among "
+            f"{_ranges(servable)}"
+        )
+    if kind == "only":
+        return ChosenLayers([layer])
+    return ChosenLayers([i for i in servable if i != layer])
+
+
+def _ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def num_layers(model) -> int:
@@ -257,13 +327,16 @@ def gguf_arguments(args: argparse.Namespace, source: str) -> dict[str, str]:
 
 @contextmanager
 def patched(model, count: int, config: HyperAttentionConfig) -> Iterator[None]:
-    """HyperAttention in the last `count` layers inside the block (0: unchanged), or in
-    the layers of the plan a PlannedLayers count carries, each with its own config."""
+    """HyperAttention in the last `count` layers inside the block (0: unchanged), in the
+    layers a ChosenLayers count carries, or in the layers of the plan a PlannedLayers
+    count carries, each with its own config."""
     if count:
         try:
             plan = getattr(count, "plan", None)
             if plan is not None:
                 hf_hyper.patch(model, plan=plan)
+            elif isinstance(count, ChosenLayers):
+                hf_hyper.patch(model, layers=list(count.layers), config=config)
             else:
                 hf_hyper.patch(model, last_layers=count, config=config)
         except (ValueError, TypeError) as err:

@@ -149,35 +149,73 @@ def _heat(ax, grid, lengths, depth_values, title, cmap, vmin, vmax):
 
 def plot_retrieval(json_path: Path, png_path: Path) -> Path:
     """Per task: a depth x length accuracy map per setting, then each patched setting
-    minus the unpatched one (the usual needle-in-a-haystack plots)."""
+    minus the unpatched one (the usual needle-in-a-haystack plots); with a per-layer
+    attribution, below them per task and length the hit rate of each layer alone patched
+    and of all layers but it, with 95% intervals."""
     data = _load(Path(json_path))
     lengths, depth_values = data["lengths"], data["depths"]
-    settings = list(dict.fromkeys(r["setting"] for r in data["rows"]))
+    attribution = data.get("attribution") or []
+    one_layer = {f"{kind}:{r['layer']}" for r in attribution for kind in ("only", "except")}
+    settings = [s for s in dict.fromkeys(r["setting"] for r in data["rows"]) if s not in one_layer]
     base = "0" if "0" in settings else None
     diffs = [s for s in settings if base is not None and s != base]
     cells = {(c["setting"], c["task"], c["length"], c["depth"]): c["accuracy"]
              for c in data["cells"]}  # fmt: skip
+    panels = sorted({(r["task"], r["length"]) for r in attribution})
 
     def grid(setting: str, task: str) -> list[list[float]]:
         return [[cells.get((setting, task, n, d), math.nan) for n in lengths]
                 for d in depth_values]  # fmt: skip
 
     plt = require_matplotlib()
-    columns = len(settings) + len(diffs)
-    fig, axes = plt.subplots(len(data["tasks"]), columns, squeeze=False,
-                             figsize=(3.2 * columns, 2.8 * len(data["tasks"])))  # fmt: skip
-    for row, task in enumerate(data["tasks"]):
+    columns = max(len(settings) + len(diffs), 1)
+    tasks = data["tasks"]
+    fig = plt.figure(figsize=(max(3.2 * columns, 8.0), 2.8 * len(tasks) + 3.2 * len(panels)))
+    layout = fig.add_gridspec(len(tasks) + len(panels), columns)
+    for row, task in enumerate(tasks):
         for col, setting in enumerate(settings):
-            image = _heat(axes[row][col], grid(setting, task), lengths, depth_values,
+            ax = fig.add_subplot(layout[row, col])
+            image = _heat(ax, grid(setting, task), lengths, depth_values,
                           f"{task}, patched {setting}", "RdYlGn", 0, 1)  # fmt: skip
-        if settings:
-            fig.colorbar(image, ax=axes[row][len(settings) - 1], label="accuracy")
+            if col == len(settings) - 1:
+                fig.colorbar(image, ax=ax, label="accuracy")
         for col, setting in enumerate(diffs, start=len(settings)):
+            ax = fig.add_subplot(layout[row, col])
             patched, exact = grid(setting, task), grid(base, task)
             delta = [[p - e for p, e in zip(pr, er, strict=True)]
                      for pr, er in zip(patched, exact, strict=True)]  # fmt: skip
-            image = _heat(axes[row][col], delta, lengths, depth_values,
+            image = _heat(ax, delta, lengths, depth_values,
                           f"{task}, patched {setting} - exact", "RdBu", -1, 1)  # fmt: skip
-            fig.colorbar(image, ax=axes[row][col], label="accuracy difference")
+            fig.colorbar(image, ax=ax, label="accuracy difference")
+    references = {(r["setting"], r["task"], r["length"]): r["accuracy"] for r in data["rows"]}
+    for row, (task, length) in enumerate(panels, start=len(tasks)):
+        ax = fig.add_subplot(layout[row, :])
+        chosen = [r for r in attribution if (r["task"], r["length"]) == (task, length)]
+        _attribution_panel(ax, chosen, references, task, length)
     fig.suptitle(f"{data.get('model', '')}  {data.get('date', '')}", fontsize=9)
     return _save(plt, fig, png_path)
+
+
+def _attribution_panel(ax, rows: list[dict], references: dict, task: str, length: int) -> None:
+    series = (("alone", "alone patched", "o", -0.12), ("all_but", "all layers but this", "s", 0.12))
+    for prefix, label, marker, shift in series:
+        points = [r for r in rows if f"{prefix}_hits" in r]
+        if not points:
+            continue
+        layers = [r["layer"] + shift for r in points]  # side by side, not on top
+        rates = [r[f"{prefix}_hits"] / r[f"{prefix}_cases"] for r in points]
+        below = [rate - r[f"{prefix}_ci"][0] for rate, r in zip(rates, points, strict=True)]
+        above = [r[f"{prefix}_ci"][1] - rate for rate, r in zip(rates, points, strict=True)]
+        ax.errorbar(layers, rates, yerr=[below, above], marker=marker, linestyle="",
+                    capsize=2, label=label)  # fmt: skip
+    for setting, label, style in (("0", "unpatched", "-"), ("all", "all patched", "--")):
+        rate = references.get((setting, task, length))
+        if rate is not None:
+            ax.axhline(rate, color="grey", linestyle=style, linewidth=1, label=label)
+    ax.set_xticks(sorted({r["layer"] for r in rows}))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("hit rate (95% interval)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"{task} at {length} tokens: which layers lose the needle")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=4)

@@ -48,12 +48,15 @@ from ..models import (
     hyper_config,
     load_model,
     num_layers,
+    one_layer_settings,
     parse_patch_settings,
     patched,
+    servable_layers,
 )
 from ..plots import plot_retrieval
 from ..texts import add_text_arguments, load_documents, text_source, token_streams
 from ..timing import environment
+from .attribution import attribution_rows, attribution_table
 from .coverage import needle_coverage
 from .tasks import TASKS, Case, build_case, check_tasks, score
 
@@ -157,6 +160,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per layer, the share of heads whose exact set holds the needle",
     )
     add_hyper_arguments(p, patch_default=["0", "all"])
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="also run each layer HyperAttention serves alone patched (only:I) and every "
+        "layer but it (except:I), and tabulate which layers lose the needle",
+    )
     p.add_argument("--output-dir", default="retrieval-results")
 
 
@@ -290,7 +299,12 @@ def run(args: argparse.Namespace) -> Path | None:
         args.lengths = default_lengths(model)
     check_lengths(args.lengths, args, model)
     layer_total = num_layers(model)
-    settings = parse_patch_settings(args.patch_layers, layer_total, args.plan, model)
+    values = list(args.patch_layers)
+    if args.attribution:
+        # read against the unpatched model: add it if the command left it out
+        values = (["0"] if "0" not in values else []) + values
+        values += one_layer_settings(servable_layers(model))
+    settings = parse_patch_settings(values, layer_total, args.plan, model)
     if any(count for _, count in settings):
         check_patchable(model)
     chat = chat_enabled(tokenizer, args.chat_template)
@@ -395,8 +409,10 @@ def run(args: argparse.Namespace) -> Path | None:
         "cells": cells,
         "cases": records,
         "coverage": coverage,
+        "attribution": attribution_rows(rows),
     }
     table = markdown_table(rows, COLUMNS) + depth_table(cells) + _coverage_table(coverage)
+    table += attribution_table(rows, payload["attribution"])
     save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
     release_processes()
     return out

@@ -223,3 +223,68 @@ def test_the_bundled_model_says_it_cannot_retrieve_and_names_a_real_checkpoint(t
     out = capsys.readouterr().out
     assert "the bundled reference model cannot retrieve needles" in out
     assert "--gguf-file SmolLM2-135M-Instruct.Q4_1.gguf" in out
+
+
+def test_attribution_names_the_layer_that_loses_the_needle(checkpoint, tmp_path, monkeypatch):
+    """An oracle that answers right unless layer 2 is patched: layer 2 alone loses every
+    needle, every layer but 2 finds them all, and the other settings the reverse."""
+    import hf_hyper
+
+    def oracle(model, tokenizer, input_ids, device, *, max_new_tokens, stop_at_newline):
+        report = hf_hyper.patch_report(model)
+        if report is not None and 2 in report.layers:
+            return " none", 1
+        return " " + re.findall(r"The pass key is (\d+)\. Remember", tokenizer.decode(input_ids))[
+            0
+        ], 3
+
+    monkeypatch.setattr(retrieval_run, "generate", oracle)
+    data = _retrieval(checkpoint, tmp_path / "run", "--lengths", "900", "--depths", "2",
+                      "--seeds", "2", "--patch-layers", "all", "--attribution")  # fmt: skip
+    settings = list(dict.fromkeys(r["setting"] for r in data["rows"]))
+    assert settings == ["0", "all", *[f"only:{i}" for i in range(4)],
+                        *[f"except:{i}" for i in range(4)]]  # fmt: skip
+    by_layer = {r["layer"]: r for r in data["attribution"]}
+    assert sorted(by_layer) == [0, 1, 2, 3]
+    for layer, row in by_layer.items():
+        assert row["alone_cases"] == row["all_but_cases"] == 4
+        assert row["alone_hits"] == (0 if layer == 2 else 4)
+        assert row["all_but_hits"] == (4 if layer == 2 else 0)
+        low, high = row["alone_ci"]
+        assert low <= row["alone_hits"] / 4 <= high
+    table = (tmp_path / "run" / "retrieval.md").read_text()
+    assert "| passkey | 900 | 2 | 0/4 | [0.00, 0.49] | 4/4 | [0.51, 1.00] |" in table
+    assert "- unpatched, passkey at 900: 4/4" in table
+    assert (tmp_path / "run" / "retrieval.png").stat().st_size > 1000
+
+
+def test_one_layer_settings_patch_that_layer_or_every_other(checkpoint):
+    import hf_hyper
+    from helpers.tiny_models import tiny_model
+    from hf_hyper.eval.models import parse_patch_settings, patched
+
+    model = tiny_model("llama")
+    settings = dict(parse_patch_settings(["only:1", "except:1", "2"], 4, model=model))
+    assert settings["only:1"] == 1 and settings["except:1"] == 3 and settings["2"] == 2
+    config = HyperAttentionConfig()
+    for label, layers in (("only:1", (1,)), ("except:1", (0, 2, 3))):
+        with patched(model, settings[label], config):
+            assert hf_hyper.patch_report(model).layers == layers
+        assert hf_hyper.patch_report(model) is None
+    gemma = tiny_model("gemma3_text")  # layers 1 and 3 full, 0 and 2 sliding-window
+    settings = dict(parse_patch_settings(["only:3", "except:3"], 4, model=gemma))
+    assert settings["except:3"].layers == (1,)
+    with pytest.raises(JobError, match=r"only:2: layer 2 is not one HyperAttention serves; "
+                       r"choose among 1, 3"):  # fmt: skip
+        parse_patch_settings(["only:2"], 4, model=gemma)
+    with pytest.raises(JobError, match=r"except:7: layer 7 does not exist; choose among 0-3"):
+        parse_patch_settings(["except:7"], 4, model=model)
+
+
+def test_bad_one_layer_settings_are_one_line(checkpoint, tmp_path, capsys):
+    base = ["retrieval", "--model", str(checkpoint), "--cpu", "--output-dir", str(tmp_path)]
+    message = _error(capsys, *base, "--patch-layers", "only:x")
+    assert "'only:I' or 'except:I'" in message and "only:x" in message
+    assert "layer 9 does not exist; choose among 0-3" in _error(
+        capsys, *base, "--patch-layers", "only:9", "--lengths", "900"
+    )
