@@ -53,14 +53,28 @@ def plot_ppl(json_path: Path, png_path: Path) -> Path:
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for length in sorted({r["length"] for r in data["rows"]}):
-        pts = sorted((r["layer_count"], r["ppl"]) for r in data["rows"] if r["length"] == length)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{length} tokens")
+        rows = [r for r in data["rows"] if r["length"] == length]
+        # the final k layers make the line; a plan or chosen layers (only:I, except:I)
+        # are points of their own, labelled, at their count of patched layers
+        last_k = [r for r in rows if _counts_from_the_last(r["patched_layers"])]
+        pts = sorted((r["layer_count"], r["ppl"]) for r in last_k)
+        if pts:
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=f"{length} tokens")
+        for r in rows:
+            if not _counts_from_the_last(r["patched_layers"]):
+                ax.scatter(r["layer_count"], r["ppl"], marker="x",
+                           color=line.get_color() if pts else None)  # fmt: skip
+                ax.annotate(r["patched_layers"], (r["layer_count"], r["ppl"]), fontsize=6)
     ax.set_xlabel(f"patched layers (of {data.get('num_layers', '?')}, counted from the last)")
     ax.set_ylabel("perplexity")
     ax.set_title(str(data.get("model", "")), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(plt, fig, png_path)
+
+
+def _counts_from_the_last(setting: str) -> bool:
+    return setting == "all" or setting.isdigit()
 
 
 def plot_model(json_path: Path, png_path: Path) -> Path:

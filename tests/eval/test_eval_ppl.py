@@ -69,10 +69,13 @@ def test_windows_non_overlapping_and_sliding():
 
 def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    extra = ["--lengths", "64", "128", "--patch-layers", "0", "2", "all", "--max-windows", "3"]
+    extra = ["--lengths", "64", "128", "--patch-layers", "0", "2", "all", "only:1",
+             "--max-windows", "3"]  # fmt: skip
     data = _ppl(tiny_checkpoint, out, *extra)
     rows = {(r["patched_layers"], r["length"]): r for r in data["rows"]}
-    assert set(rows) == {(p, n) for p in ("0", "2", "all") for n in (64, 128)}
+    assert set(rows) == {(p, n) for p in ("0", "2", "all", "only:1") for n in (64, 128)}
+    assert rows[("only:1", 128)]["layer_count"] == 1
+    assert rows[("only:1", 128)]["ppl"] not in (rows[("0", 128)]["ppl"], rows[("2", 128)]["ppl"])
     assert all(math.isfinite(r["ppl"]) and r["windows"] == 3 for r in rows.values())
     assert rows[("0", 64)]["tokens"] == 3 * 63
     assert rows[("all", 128)]["ppl"] != rows[("0", 128)]["ppl"]  # patched layers took effect
@@ -106,14 +109,14 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     # resume: a second run computes nothing; dropping one cached window recomputes one
     cache = next(out.glob("cache-*/rank0.jsonl"))
     lines = cache.read_text().splitlines()
-    assert len(lines) == 18
+    assert len(lines) == 24  # 4 settings x 2 lengths x 3 windows
     again = _ppl(tiny_checkpoint, out, *extra)
-    assert again["rows"] == data["rows"] and again["windows_from_cache"] == 18
+    assert again["rows"] == data["rows"] and again["windows_from_cache"] == 24
     assert again["throughput"]["tokens"] == 0  # nothing pushed through the model
-    assert len(cache.read_text().splitlines()) == 18
+    assert len(cache.read_text().splitlines()) == 24
     cache.write_text("\n".join(lines[:-1]) + '\n{"key": "cut sh')  # killed mid-line
     assert _ppl(tiny_checkpoint, out, *extra)["rows"] == data["rows"]
-    assert len(cache.read_text().splitlines()) == 19
+    assert len(cache.read_text().splitlines()) == 25
 
 
 @cpu_processes_only
