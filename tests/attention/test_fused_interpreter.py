@@ -168,7 +168,7 @@ def test_probes_planned_one_problem_at_a_time_give_the_same_rows(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "rows_per_problem, call_rows, want", [(1000, 10**6, 31), (10**6, 10**6, 1), (0, 0, 1)]
+    "rows_per_problem, call_rows, want", [(1000, 10**6, 125), (10**6, 10**6, 1), (0, 0, 1)]
 )
 def test_problems_per_chunk_keeps_the_plan_within_its_share_of_the_call(
     rows_per_problem, call_rows, want

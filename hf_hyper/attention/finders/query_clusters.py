@@ -359,10 +359,12 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
 # Bytes of plan per query row of a batch of problems: its clusters and the packing of
 # one rank's tiles (int64 index arrays, a few alive at once). A finder that merges into
 # a call's rows plans as many problems at a time as keep this within PLAN_BYTES_PER_CALL_ROW
-# per row of the call, so the plan stays inside the forward's memory bound (the output
-# and 16 bytes per token and query head) at every recursion level.
+# per row of the call: the 16 bytes per token and query head that the forward's memory
+# bound allows beyond the output. A level's plan then comes in 4 chunks; each chunk
+# costs its launches and small kernels again (`research/probe_profile.py
+# --sweep-plan-bytes` measures the trade).
 PLAN_BYTES_PER_ROW = 128
-PLAN_BYTES_PER_CALL_ROW = 4
+PLAN_BYTES_PER_CALL_ROW = 16
 
 
 def problems_per_chunk(rows_per_problem: int, call_rows: int) -> int:
