@@ -77,9 +77,12 @@ def _lock_output(out: Path) -> None:
 
 
 def release_output_locks() -> None:
-    """End the locks `output_dir` took (closing the file releases its lock)."""
+    """End the locks `output_dir` took (closing the file releases its lock) and remove
+    their files, so a finished run leaves only its results. The file goes while still
+    locked: a run starting then creates and locks a new one."""
     while _HELD_LOCKS:
-        _, handle = _HELD_LOCKS.popitem()
+        path, handle = _HELD_LOCKS.popitem()
+        path.unlink(missing_ok=True)
         handle.close()
 
 

@@ -40,3 +40,13 @@ def test_a_second_run_into_a_busy_folder_stops_with_one_line(tmp_path, capsys):
     assert output_dir(out) == out
     assert output_dir(out) == out  # a process may ask again for a folder it holds
     release_output_locks()
+
+
+def test_a_finished_run_leaves_no_lock_file_behind(tmp_path):
+    out = output_dir(tmp_path / "done")
+    (out / "ppl.json").write_text("{}")
+    assert any(path.name.startswith(".hf_hyper-running") for path in out.iterdir())
+    release_output_locks()
+    assert [path.name for path in out.iterdir()] == ["ppl.json"]
+    assert output_dir(out) == out  # and the folder can be taken again
+    release_output_locks()
