@@ -1,0 +1,177 @@
+"""Per-query clusters with a size cap: does bounding each query's exact keys cost
+accuracy on a real model, and how much work does it take off the speed benchmark?
+
+Each query attends its `probes` clusters of largest estimated mass, |c| exp(scale q.mu_c),
+so large clusters are favoured and a query's exact keys have no bound: on the speed
+benchmark's planted inputs they come to about 3x the block a query is meant to attend
+(`probe_work_131k_cpu.md`). Here clusters larger than f times the problem's mean cluster
+size are cut into near-equal runs of their sequence-ordered keys, each run a cluster
+with its own mean as centroid, before the queries choose; a query then attends at most
+about probes * f * mean keys exactly.
+
+Two measurements (CPU, float64 attention, 4 sinks, the 256-key sample, 2 seeds):
+- `--model ...`: on a real model's first-cut rectangles (as `tile_probes.py`), the
+  error ||O - O*||_F / ||V||_F and the exact keys per query for each cap;
+- `--planted N`: on the benchmark's planted inputs (one head, d=128), the exact keys per
+  query of the top causal level's problem (N/2 queries against the N/2 keys before them).
+
+    python research/capped_clusters.py --model DIR --gguf-file F.gguf --text kjv.txt \\
+        --length 8192 --layers 5 12 18 25
+    python research/capped_clusters.py --planted 131072
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from captured_window import add_window_arguments, cut_rectangles, print_error_table
+from tile_probes import probe_estimate
+
+from hf_hyper.attention.finders.kmeans import kmeans_clusters
+from hf_hyper.attention.finders.query_clusters import (
+    ProbePlan,
+    log_sizes,
+    plan_of_choice,
+    probe_cluster_count,
+)
+from hf_hyper.attention.fused.bucket_sort import stable_bucket_argsort
+from hf_hyper.eval.bench_attention import planted_inputs
+
+SEEDS = 2
+SINKS = 4
+PROBES = 4  # the accurate preset: 4 probes, block 512, 2 Lloyd iterations
+BLOCK = 512
+ITERATIONS = 2
+# (f, probes): clusters above f x the mean size are cut (None: not), then each query
+# attends its `probes` best; the last spends the uncapped setting's key budget on more,
+# smaller clusters
+CAPS: list[tuple[float | None, int]] = [(None, PROBES), (2.0, PROBES), (1.0, PROBES), (1.0, 8)]
+
+
+def name_of(cap: float | None, probes: int) -> str:
+    return ("uncapped" if cap is None else f"cap {cap:g}x") + f", {probes} probes"
+
+
+def cut_large_clusters(
+    k: torch.Tensor, assign: torch.Tensor, counts: torch.Tensor, limit: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clusters of more than `limit` keys cut into near-equal runs of their keys in
+    sequence order: (centroids [1, c', d], assign [1, nk], counts [1, c']) for one
+    problem's keys k [1, nk, d]; the sinks keep their cluster's run, uncounted."""
+    n_clusters = counts.shape[1]
+    order, starts = stable_bucket_argsort(assign, n_clusters)
+    order, starts = order.long()[0], starts.long()[0]
+    totals = starts[1:] - starts[:-1]  # keys per cluster, sinks included
+    parts = torch.clamp(torch.ceil(totals / limit), min=1).long()
+    part_len = torch.ceil(totals.clamp_min(1) / parts).long()
+    first_part = torch.cumsum(parts, 0) - parts
+    cluster = assign[0, order]
+    within = torch.arange(order.numel()) - starts[cluster]
+    new_assign = torch.empty_like(assign[0])
+    new_assign[order] = first_part[cluster] + within // part_len[cluster]
+    n_parts = int(parts.sum())
+    counted = torch.ones(k.shape[1], dtype=k.dtype)
+    counted[:SINKS] = 0
+    new_counts = torch.zeros(n_parts, dtype=k.dtype).index_add_(0, new_assign, counted)
+    sums = torch.zeros(n_parts, k.shape[2], dtype=k.dtype)
+    sums.index_add_(0, new_assign, k[0] * counted[:, None])
+    centroids = sums / new_counts.clamp_min(1)[:, None]
+    return centroids[None], new_assign[None], new_counts.float()[None]
+
+
+def capped_plan(
+    q: torch.Tensor, k: torch.Tensor, scale: float, cap: float | None, probes: int
+) -> ProbePlan:
+    """The plan of `probes` clusters a query for q [1, g, rows, d], k [1, nk, d] with
+    clusters above cap x the mean size cut first (None: as the library plans; the
+    cluster count is the library's for PROBES)."""
+    n_key, dim = k.shape[1], k.shape[2]
+    clusters = probe_cluster_count(n_key, PROBES, BLOCK, 7)
+    sinks = torch.tensor([SINKS])
+    centroids, assign, counts = kmeans_clusters(k, clusters, ITERATIONS, sinks)
+    if cap is not None:
+        limit = max(1, math.ceil(cap * (n_key - SINKS) / clusters))
+        centroids, assign, counts = cut_large_clusters(k, assign, counts, limit)
+    rows = q.reshape(1, -1, dim)
+    mass = scale * rows @ centroids.to(q.dtype).transpose(-1, -2) + log_sizes(counts)[:, None]
+    chosen = mass.topk(probes, dim=-1).indices
+    return plan_of_choice(assign, counts, chosen.view(*q.shape[:3], probes))
+
+
+def exact_keys_per_query(plan: ProbePlan) -> torch.Tensor:
+    g = plan.chosen.shape[1]
+    sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2,
+                         plan.chosen.reshape(1, g, -1))  # fmt: skip
+    return sizes.view(plan.chosen.shape).sum(-1).flatten() + SINKS
+
+
+KEYS_SEEN: list[dict[str, float]] = []
+
+
+def capped_errors(q, k, v, scale: float) -> dict[str, float]:
+    """Each cap's error over the KV heads' rectangles (mean of the seeds); the keys per
+    query go to KEYS_SEEN."""
+    half = q.shape[2] // 2
+    errors, keys = {}, {}
+    for cap, probes in CAPS:
+        total, counted = 0.0, []
+        for seed in range(SEEDS):
+            err_sq = v_sq = 0.0
+            for rect in cut_rectangles(q, k, v, scale, half):
+                qz, kz, vz = rect.q[None], rect.k[None], rect.v[None]
+                plan = capped_plan(qz, kz, scale, cap, probes)
+                out = probe_estimate(qz, kz, vz, plan, scale, seed)
+                err_sq += (out[0] - rect.exact).pow(2).sum().item()
+                v_sq += rect.v_sq
+                counted.append(exact_keys_per_query(plan).double())
+            total += math.sqrt(err_sq / v_sq)
+        errors[name_of(cap, probes)] = total / SEEDS
+        every = torch.cat(counted)
+        keys[name_of(cap, probes)] = (every.mean().item(), every.quantile(0.99).item())
+    KEYS_SEEN.append(keys)
+    return errors
+
+
+def planted_keys(n: int) -> None:
+    q, k, _ = planted_inputs(n, 1, 1, 128, torch.float32, True, 0, device="cpu")
+    half = n // 2
+    qz, kz = q[:, :, half:].double(), k[:, 0, :half].double()
+    scale = 1 / math.sqrt(q.shape[-1])
+    print(f"planted inputs, n={n}: the top level's problem ({half} queries, {half} keys),"
+          f" block {BLOCK}, {ITERATIONS} Lloyd iterations, one head\n")  # fmt: skip
+    print("| clusters | exact keys per query: mean | 99th percentile | vs uncapped |")
+    print("|---|---|---|---|")
+    base = None
+    for cap, probes in CAPS:
+        keys = exact_keys_per_query(capped_plan(qz, kz, scale, cap, probes)).double()
+        base = base or keys.mean().item()
+        mean, p99 = keys.mean().item(), keys.quantile(0.99).item()
+        name = name_of(cap, probes)
+        print(f"| {name} | {mean:.0f} | {p99:.0f} | {mean / base:.2f} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_window_arguments(p, length=8192)
+    p.add_argument("--planted", type=int, default=0, help="only the planted inputs' keys")
+    for action in p._actions:
+        if action.dest in ("model", "text"):
+            action.required = False
+    args = p.parse_args()
+    if args.planted:
+        planted_keys(args.planted)
+        return
+    columns = [name_of(cap, probes) for cap, probes in CAPS]
+    caption = f"||O - O*||_F / ||V||_F, block {BLOCK}, {ITERATIONS} iterations"
+    print_error_table(args, columns, capped_errors, SEEDS, caption)
+    print("\nexact keys per query (sinks included), mean / 99th percentile, mean over layers:")
+    for name in KEYS_SEEN[0]:
+        mean = sum(layer[name][0] for layer in KEYS_SEEN) / len(KEYS_SEEN)
+        p99 = sum(layer[name][1] for layer in KEYS_SEEN) / len(KEYS_SEEN)
+        print(f"- {name}: {mean:.0f} / {p99:.0f}")
+
+
+if __name__ == "__main__":
+    main()
