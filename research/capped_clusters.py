@@ -18,17 +18,27 @@ Two measurements (CPU, float64 attention, 4 sinks, the 256-key sample, 2 seeds):
     python research/capped_clusters.py --model DIR --gguf-file F.gguf --text kjv.txt \\
         --length 8192 --layers 5 12 18 25
     python research/capped_clusters.py --planted 131072
+    python research/capped_clusters.py --speed 32768 131072   # on CUDA
+
+`--speed` times the library's probes (the accurate preset, 32 heads, d=128, causal,
+bf16) beside cuDNN with its k-means swapped for one followed by the cut
+(`capped_kmeans`, batched, shapes fixed by the inputs so CUDA graphs still capture):
+what a cap would buy the fused path before the library has one.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from unittest import mock
 
 import torch
 from captured_window import add_window_arguments, cut_rectangles, print_error_table
 from tile_probes import probe_estimate
 
+from hf_hyper import HyperAttentionConfig, hyper_attention
+from hf_hyper.attention import clear_cuda_graphs
+from hf_hyper.attention.finders import query_clusters
 from hf_hyper.attention.finders.kmeans import kmeans_clusters
 from hf_hyper.attention.finders.query_clusters import (
     ProbePlan,
@@ -38,6 +48,7 @@ from hf_hyper.attention.finders.query_clusters import (
 )
 from hf_hyper.attention.fused.bucket_sort import stable_bucket_argsort
 from hf_hyper.eval.bench_attention import planted_inputs
+from hf_hyper.eval.timing import environment, time_cuda
 
 SEEDS = 2
 SINKS = 4
@@ -79,6 +90,83 @@ def cut_large_clusters(
     sums.index_add_(0, new_assign, k[0] * counted[:, None])
     centroids = sums / new_counts.clamp_min(1)[:, None]
     return centroids[None], new_assign[None], new_counts.float()[None]
+
+
+def cut_batched(
+    k: torch.Tensor, assign: torch.Tensor, counts: torch.Tensor, limit: int,
+    skip_keys: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`cut_large_clusters` for z problems at once (k [z, nk, d], assign [z, nk], counts
+    [z, c], skip_keys [z] leading keys uncounted), in torch ops without a host sync: the
+    clusters become c + nk // limit, the parts a problem does not use left empty."""
+    z, n_key = assign.shape
+    n_clusters = counts.shape[1]
+    order, starts = stable_bucket_argsort(assign, n_clusters)
+    order, starts = order.long(), starts.long()
+    totals = starts[:, 1:] - starts[:, :-1]
+    parts = torch.clamp(torch.ceil(totals / limit), min=1).long()
+    part_len = torch.ceil(totals.clamp_min(1) / parts).long()
+    first_part = torch.cumsum(parts, 1) - parts
+    cluster = torch.gather(assign, 1, order)
+    within = torch.arange(n_key, device=k.device) - torch.gather(starts, 1, cluster)
+    sorted_id = torch.gather(first_part, 1, cluster) + within // torch.gather(part_len, 1, cluster)
+    new_assign = torch.empty_like(assign).scatter_(1, order, sorted_id)
+    n_parts = n_clusters + n_key // limit
+    skip = torch.zeros(z, device=k.device) if skip_keys is None else skip_keys.to(k.device)
+    counted = (torch.arange(n_key, device=k.device)[None] >= skip[:, None]).float()
+    new_counts = torch.zeros(z, n_parts, device=k.device).scatter_add_(1, new_assign, counted)
+    sums = torch.zeros(z, n_parts, k.shape[2], device=k.device)
+    index = new_assign[..., None].expand(-1, -1, k.shape[2])
+    sums.scatter_add_(1, index, k.float() * counted[..., None])
+    return sums / new_counts.clamp_min(1)[..., None], new_assign, new_counts
+
+
+def capped_kmeans(cap: float):
+    """The library's kmeans_clusters followed by the cut at cap x the mean size."""
+
+    def clusters_then_cut(k, clusters, iterations, skip_keys=None, *, kernels=True):
+        _, assign, counts = kmeans_clusters(k, clusters, iterations, skip_keys, kernels=kernels)
+        limit = max(1, math.ceil(cap * k.shape[1] / counts.shape[1]))
+        return cut_batched(k, assign, counts, limit, skip_keys)
+
+    return clusters_then_cut
+
+
+def speed(lengths: list[int]) -> None:
+    """Same-run times of the probes with and without the cut, beside cuDNN."""
+    print(environment())
+    print("\n| n | cuda_graph_max_len | setting | ms | vs cuDNN | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for n in lengths:
+        speed_at(n)
+        torch.cuda.empty_cache()
+
+
+def speed_at(n: int) -> None:
+    q, k, v = planted_inputs(n, 32, 32, 128, torch.bfloat16, True, 0)
+
+    def exact():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        cudnn = time_cuda(exact)
+    for graph_len in sorted({65536, 2 * n}):
+        config = HyperAttentionConfig(
+            kmeans_iters=ITERATIONS, cluster_probes=PROBES, block_size=BLOCK,
+            cuda_graph_max_len=graph_len,
+        )  # fmt: skip
+
+        def probes(config=config):
+            return hyper_attention(q, k, v, causal=True, config=config)
+
+        for cap in (None, 2.0, 1.0):
+            clear_cuda_graphs()
+            swap = query_clusters.kmeans_clusters if cap is None else capped_kmeans(cap)
+            with torch.no_grad(), mock.patch.object(query_clusters, "kmeans_clusters", swap):
+                timing = time_cuda(probes, warmup=3, repeats=5)
+            ratio = cudnn.ms / timing.ms
+            print(f"| {n} | {graph_len} | {name_of(cap, PROBES)} | {timing.ms:.1f} | "
+                  f"{ratio:.2f}x | {timing.peak_gib:.2f} |", flush=True)  # fmt: skip
 
 
 def capped_plan(
@@ -156,10 +244,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_window_arguments(p, length=8192)
     p.add_argument("--planted", type=int, default=0, help="only the planted inputs' keys")
+    p.add_argument("--speed", type=int, nargs="*", default=[], help="time these lengths (CUDA)")
     for action in p._actions:
         if action.dest in ("model", "text"):
             action.required = False
     args = p.parse_args()
+    if args.speed:
+        speed(args.speed)
+        return
     if args.planted:
         planted_keys(args.planted)
         return
