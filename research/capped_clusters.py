@@ -56,8 +56,8 @@ PROBES = 4  # the accurate preset: 4 probes, block 512, 2 Lloyd iterations
 BLOCK = 512
 ITERATIONS = 2
 # (f, probes): clusters above f x the mean size are cut (None: not), then each query
-# attends its `probes` best; the last spends the uncapped setting's key budget on more,
-# smaller clusters
+# attends its `probes` best; the last attends twice as many clusters of at most the
+# mean size
 CAPS: list[tuple[float | None, int]] = [(None, PROBES), (2.0, PROBES), (1.0, PROBES), (1.0, 8)]
 
 
