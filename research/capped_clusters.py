@@ -65,40 +65,21 @@ def name_of(cap: float | None, probes: int) -> str:
     return ("uncapped" if cap is None else f"cap {cap:g}x") + f", {probes} probes"
 
 
+def cut_limit(cap: float, n_key: int, clusters: int) -> int:
+    """The most keys a cluster keeps: cap x the mean size."""
+    return max(1, math.ceil(cap * n_key / clusters))
+
+
 def cut_large_clusters(
-    k: torch.Tensor, assign: torch.Tensor, counts: torch.Tensor, limit: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clusters of more than `limit` keys cut into near-equal runs of their keys in
-    sequence order: (centroids [1, c', d], assign [1, nk], counts [1, c']) for one
-    problem's keys k [1, nk, d]; the sinks keep their cluster's run, uncounted."""
-    n_clusters = counts.shape[1]
-    order, starts = stable_bucket_argsort(assign, n_clusters)
-    order, starts = order.long()[0], starts.long()[0]
-    totals = starts[1:] - starts[:-1]  # keys per cluster, sinks included
-    parts = torch.clamp(torch.ceil(totals / limit), min=1).long()
-    part_len = torch.ceil(totals.clamp_min(1) / parts).long()
-    first_part = torch.cumsum(parts, 0) - parts
-    cluster = assign[0, order]
-    within = torch.arange(order.numel()) - starts[cluster]
-    new_assign = torch.empty_like(assign[0])
-    new_assign[order] = first_part[cluster] + within // part_len[cluster]
-    n_parts = int(parts.sum())
-    counted = torch.ones(k.shape[1], dtype=k.dtype)
-    counted[:SINKS] = 0
-    new_counts = torch.zeros(n_parts, dtype=k.dtype).index_add_(0, new_assign, counted)
-    sums = torch.zeros(n_parts, k.shape[2], dtype=k.dtype)
-    sums.index_add_(0, new_assign, k[0] * counted[:, None])
-    centroids = sums / new_counts.clamp_min(1)[:, None]
-    return centroids[None], new_assign[None], new_counts.float()[None]
-
-
-def cut_batched(
     k: torch.Tensor, assign: torch.Tensor, counts: torch.Tensor, limit: int,
     skip_keys: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """`cut_large_clusters` for z problems at once (k [z, nk, d], assign [z, nk], counts
-    [z, c], skip_keys [z] leading keys uncounted), in torch ops without a host sync: the
-    clusters become c + nk // limit, the parts a problem does not use left empty."""
+    """Clusters of more than `limit` keys cut into near-equal runs of their keys in
+    sequence order, each run a cluster with its keys' mean as centroid, for z problems
+    (k [z, nk, d], assign [z, nk], counts [z, c], skip_keys [z] leading keys uncounted)
+    -> (centroids, assign, counts). In torch ops without a host sync: the clusters
+    become c + nk // limit, the parts a problem does not use left empty (never chosen
+    before a non-empty one)."""
     z, n_key = assign.shape
     n_clusters = counts.shape[1]
     order, starts = stable_bucket_argsort(assign, n_clusters)
@@ -113,12 +94,15 @@ def cut_batched(
     new_assign = torch.empty_like(assign).scatter_(1, order, sorted_id)
     n_parts = n_clusters + n_key // limit
     skip = torch.zeros(z, device=k.device) if skip_keys is None else skip_keys.to(k.device)
-    counted = (torch.arange(n_key, device=k.device)[None] >= skip[:, None]).float()
-    new_counts = torch.zeros(z, n_parts, device=k.device).scatter_add_(1, new_assign, counted)
-    sums = torch.zeros(z, n_parts, k.shape[2], device=k.device)
+    # centroids in float32 at least (bf16 keys), float64 where the study computes in it
+    acc = torch.promote_types(k.dtype, torch.float32)
+    counted = (torch.arange(n_key, device=k.device)[None] >= skip[:, None]).to(acc)
+    new_counts = torch.zeros(z, n_parts, dtype=acc, device=k.device)
+    new_counts.scatter_add_(1, new_assign, counted)
+    sums = torch.zeros(z, n_parts, k.shape[2], dtype=acc, device=k.device)
     index = new_assign[..., None].expand(-1, -1, k.shape[2])
-    sums.scatter_add_(1, index, k.float() * counted[..., None])
-    return sums / new_counts.clamp_min(1)[..., None], new_assign, new_counts
+    sums.scatter_add_(1, index, k.to(acc) * counted[..., None])
+    return sums / new_counts.clamp_min(1)[..., None], new_assign, new_counts.float()
 
 
 def capped_kmeans(cap: float):
@@ -126,8 +110,8 @@ def capped_kmeans(cap: float):
 
     def clusters_then_cut(k, clusters, iterations, skip_keys=None, *, kernels=True):
         _, assign, counts = kmeans_clusters(k, clusters, iterations, skip_keys, kernels=kernels)
-        limit = max(1, math.ceil(cap * k.shape[1] / counts.shape[1]))
-        return cut_batched(k, assign, counts, limit, skip_keys)
+        limit = cut_limit(cap, k.shape[1], counts.shape[1])
+        return cut_large_clusters(k, assign, counts, limit, skip_keys)
 
     return clusters_then_cut
 
@@ -180,8 +164,8 @@ def capped_plan(
     sinks = torch.tensor([SINKS])
     centroids, assign, counts = kmeans_clusters(k, clusters, ITERATIONS, sinks)
     if cap is not None:
-        limit = max(1, math.ceil(cap * (n_key - SINKS) / clusters))
-        centroids, assign, counts = cut_large_clusters(k, assign, counts, limit)
+        limit = cut_limit(cap, n_key, clusters)
+        centroids, assign, counts = cut_large_clusters(k, assign, counts, limit, sinks)
     rows = q.reshape(1, -1, dim)
     mass = scale * rows @ centroids.to(q.dtype).transpose(-1, -2) + log_sizes(counts)[:, None]
     chosen = mass.topk(probes, dim=-1).indices
