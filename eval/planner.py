@@ -6,16 +6,20 @@ choice did not see.
     hf-hyper retrieval --model ./my-model --plan plan-results/plan.json --patch-layers 0 plan
 
 How it chooses:
-1. Rank: one calibration window runs through the unpatched model, and each layer's
-   error in the fast mode on its own inputs ranks the layers (as `hf-hyper diagnose`).
-2. Time: one attention call of the model's shape at --target-length per mode, and exact
+1. Time: one attention call of the model's shape at --target-length per mode, and exact
    attention, on this machine (CUDA event medians; CPU times only order the modes).
+2. Rank (--rank alone, the default): each layer HyperAttention can serve is patched alone
+   in the cheapest mode and measured on the calibration windows and cases; the layers are
+   ranked by the share of the budgets they use. A layer's attention error does not say
+   what it costs the model, so --rank error (each layer's error on one window, as
+   `hf-hyper diagnose`) is there for a quick search only.
 3. Search: for each mode alone, and for the modes nested cheapest first, bisect for the
    most best-ranked layers whose calibration perplexity and retrieval keep the budgets.
    Every tried plan is measured, never predicted, and cached in --output-dir, so a rerun
    resumes.
 4. Choose: of the plans that keep both budgets, the one of least modelled attention time
-   (the sum of its layers' times at --target-length).
+   (the sum of the servable layers' times at --target-length; layers HyperAttention does
+   not serve, such as sliding-window ones, are the same in every plan and left out).
 5. Validate: the unpatched model and the chosen plan on windows and cases the search did
    not see, beside what the search measured.
 
@@ -98,6 +102,7 @@ def mode_configs(config: HyperAttentionConfig, tail: int) -> dict[str, HyperAtte
 
 
 MODES = ("fast", "fast+tail", "accurate")
+RANKINGS = ("alone", "error")
 # Validation cases start here, past any calibration seed: a case follows from its seed.
 VALIDATION_SEED = 1_000_000
 
@@ -147,6 +152,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the tail; about exact attention's speed at 131k)",
     )  # fmt: skip
     modes.add_argument("--tail", type=positive_int, default=64, help="queries of the exact tail")
+    modes.add_argument(
+        "--rank", choices=RANKINGS, default="alone",
+        help="how layers are ordered for the search: alone (each layer patched alone in the "
+        "cheapest mode, measured on the calibration windows and cases: one trial a layer) "
+        "or error (each layer's attention error on one window: fast, but a layer's error "
+        "does not predict its cost to the model)",
+    )  # fmt: skip
     add_hyper_arguments(p, patch_default=None)
     p.add_argument("--output-dir", default="plan-results")
 
@@ -330,6 +342,44 @@ def keeps_budgets(
     )
 
 
+def budget_share(
+    result: dict[str, Any], base: dict[str, Any], ppl_budget: float, retrieval_budget: float
+) -> float:
+    """How much of the budgets a result uses: the largest of its perplexity increase over
+    the perplexity budget and, per task, its lost hits over the hits the retrieval budget
+    lets it lose (1: at a budget; above 1: over it; below 0: better than unpatched)."""
+    shares = [_share(result["ppl"] / base["ppl"] - 1, ppl_budget)]
+    for task, r in base["retrieval"].items():
+        lost = r["hits"] - result["retrieval"][task]["hits"]
+        shares.append(_share(lost, (1 - retrieval_budget) * r["hits"]))
+    return max(shares)
+
+
+def _share(used: float, allowed: float) -> float:
+    if allowed > 0:
+        return used / allowed
+    return math.inf if used > 0 else 0.0
+
+
+def rank_alone(
+    measure: Callable[[dict[int, str]], dict[str, Any]], base: dict[str, Any],
+    layers: Sequence[int], mode: str, ppl_budget: float, retrieval_budget: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each layer patched alone in `mode`, measured, and ranked by the share of the budgets
+    it uses (least first; ties: lower perplexity, then the earlier layer)."""
+    rows = []
+    for layer in layers:
+        result = measure({layer: mode})
+        share = budget_share(result, base, ppl_budget, retrieval_budget)
+        hits = {task: r["hits"] for task, r in result["retrieval"].items()}
+        rows.append(
+            {"layer": layer, "mode": mode, "budget_share": share, "ppl": result["ppl"]}
+            | {"retrieval": hits}
+        )
+    rows.sort(key=lambda r: (r["budget_share"], r["ppl"], r["layer"]))
+    return [r | {"rank": i + 1} for i, r in enumerate(rows)]
+
+
 def most_layers(fits: Callable[[int], bool], count: int) -> int:
     """The largest k in [0, count] with fits(k), by bisection (fits assumed to hold up to
     some k and fail beyond it; fits(0) is taken to hold)."""
@@ -367,20 +417,22 @@ def search(
     return candidates
 
 
-def modelled_ms(assignment: dict[int, str], total_layers: int, times: dict[str, float]) -> float:
-    """Attention time of one forward pass at the target length: every layer's call in
-    its mode, exact where the assignment leaves it."""
-    return sum(times[assignment.get(layer, EXACT)] for layer in range(total_layers))
+def modelled_ms(
+    assignment: dict[int, str], layers: Sequence[int], times: dict[str, float]
+) -> float:
+    """Attention time of `layers` (those a plan can patch) in one forward pass at the target
+    length: each layer's call in its mode, exact where the assignment leaves it."""
+    return sum(times[assignment.get(layer, EXACT)] for layer in layers)
 
 
 def choose(
-    candidates: list[dict[int, str]], total_layers: int, times: dict[str, float]
+    candidates: list[dict[int, str]], layers: Sequence[int], times: dict[str, float]
 ) -> dict[int, str] | None:
     """The non-empty candidate of least modelled time (more layers on a tie)."""
     useful = [c for c in candidates if c]
     if not useful:
         return None
-    return min(useful, key=lambda c: (modelled_ms(c, total_layers, times), -len(c)))
+    return min(useful, key=lambda c: (modelled_ms(c, layers, times), -len(c)))
 
 
 def _build_cases(args, tasks, stream, tokenizer, chat, count, first_seed) -> list[Case]:
@@ -421,6 +473,19 @@ def summary_rows(
             row[task] = _ratio_text(plan, base, task)
         rows.append(row)
     return rows
+
+
+def _ranking_table(ranking: list[dict[str, Any]], tasks: list[str]) -> str:
+    rows = [
+        {"rank": r["rank"], "layer": r["layer"], "mode": r["mode"], "ppl": f"{r['ppl']:.4f}",
+         "share": f"{r['budget_share']:.2f}"} | {t: r["retrieval"].get(t, "") for t in tasks}
+        for r in ranking
+    ]  # fmt: skip
+    columns = [("rank", "rank"), ("layer", "layer"), ("mode", "alone in"), ("ppl", "perplexity")]
+    columns += [(t, t) for t in tasks] + [("share", "share of the budgets")]
+    return "Layers ranked by their measured effect, each patched alone:\n\n" + markdown_table(
+        rows, columns
+    )
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -485,7 +550,6 @@ def run(args: argparse.Namespace) -> Path:
     ranking_config = replace(config, cluster_probes=0)  # the diagnostics model shared blocks
     _, layer_rows, served = measure_layers(model, ids, ranking_config, list(range(total)),
                                            args.length)  # fmt: skip
-    ranked = [r["layer"] for r in sorted(layer_rows, key=lambda r: r["rank"])]
     target = args.target_length or args.length
     if given_times is not None:
         times, timed_on = given_times, args.layer_times
@@ -534,8 +598,15 @@ def run(args: argparse.Namespace) -> Path:
         return keeps_budgets(calibration(assignment), base, args.ppl_budget,
                              args.retrieval_budget)  # fmt: skip
 
+    if args.rank == "alone":
+        print(f"ranking {len(served)} layers, each patched alone ({modes_by_cost[0]})", flush=True)
+        ranking = rank_alone(calibration, base, served, modes_by_cost[0], args.ppl_budget,
+                             args.retrieval_budget)  # fmt: skip
+    else:
+        ranking = sorted(layer_rows, key=lambda r: r["rank"])
+    ranked = [r["layer"] for r in ranking]
     candidates = search(fits, ranked, modes_by_cost)
-    chosen = choose(candidates, total, times)
+    chosen = choose(candidates, served, times)
     trials = [r for r in calibration.done.values()]
     payload: dict[str, Any] = {
         "job": "plan",
@@ -553,7 +624,10 @@ def run(args: argparse.Namespace) -> Path:
         "modes": {name: c.to_dict() for name, c in configs.items()},
         "layer_ms": times,
         "timed_on": timed_on,
-        "ranking": layer_rows,
+        "rank": args.rank,
+        "ranking": ranking,
+        "layer_errors": layer_rows,
+        "served_layers": served,
         "unserved_layers": sorted(set(range(total)) - set(served)),
         "notes": notes,
         "trials": trials,
@@ -561,7 +635,7 @@ def run(args: argparse.Namespace) -> Path:
             {
                 "assignment": {str(k): v for k, v in sorted(c.items())},
                 "layers": len(c),
-                "modelled_ms": modelled_ms(c, total, times),
+                "modelled_ms": modelled_ms(c, served, times),
             }
             for c in candidates
         ],  # fmt: skip
@@ -584,6 +658,8 @@ def run(args: argparse.Namespace) -> Path:
     search_table = "Trials on the calibration windows and cases:\n\n" + markdown_table(
         trial_rows, trial_columns
     )
+    if args.rank == "alone":
+        search_table = _ranking_table(ranking, tasks) + "\n" + search_table
     if chosen is None:
         write_json(out / "plan-search.json", payload)
         (out / "plan-search.md").write_text(search_table)
@@ -595,10 +671,10 @@ def run(args: argparse.Namespace) -> Path:
         )
     val_base, val_plan = validation({}), validation(chosen)
     rows = summary_rows((base, calibration(chosen)), (val_base, val_plan), tasks)
-    all_exact = modelled_ms({}, total, times)
+    all_exact = modelled_ms({}, served, times)
     payload |= {
         "plan": {str(k): v for k, v in sorted(chosen.items())},
-        "modelled_ms": modelled_ms(chosen, total, times),
+        "modelled_ms": modelled_ms(chosen, served, times),
         "exact_ms": all_exact,
         "calibration": {"unpatched": base, "plan": calibration(chosen)},
         "validation": {"unpatched": val_base, "plan": val_plan},
@@ -619,9 +695,12 @@ def run(args: argparse.Namespace) -> Path:
     speed = all_exact / payload["modelled_ms"]
     table = (
         f"Plan for {model_type} ({total} layers): {_describe(chosen)} of {total} layers "
-        f"({layers_by_mode(chosen)})\nmodelled attention time at {target} tokens: "
-        f"{payload['modelled_ms']:.1f} ms against {all_exact:.1f} ms exact ({speed:.2f}x, "
-        f"times from {timed_on})\n\n" + markdown_table(rows, columns) + "\n" + search_table
+        f"({layers_by_mode(chosen)})\nmodelled attention time at {target} tokens of the "
+        f"{len(served)} layers HyperAttention can serve: {payload['modelled_ms']:.1f} ms "
+        f"against {all_exact:.1f} ms exact ({speed:.2f}x, times from {timed_on})\n\n"
+        + markdown_table(rows, columns)
+        + "\n"
+        + search_table
     )
     write_json(out / "plan-search.json", payload)
     (out / "plan-search.md").write_text(table)

@@ -18,11 +18,13 @@ from hf_hyper.eval import cli, planner
 from hf_hyper.eval.common import JobError
 from hf_hyper.eval.planner import (
     EXACT,
+    budget_share,
     choose,
     keeps_budgets,
     layers_by_mode,
     modelled_ms,
     most_layers,
+    rank_alone,
     read_layer_times,
     search,
 )
@@ -62,10 +64,12 @@ def test_search_gives_each_mode_alone_and_the_modes_nested():
         {3: "fast+tail", 0: "fast+tail", 2: "fast+tail", 1: "fast+tail"},
         {3: "fast", 0: "fast", 2: "fast+tail", 1: "fast+tail"},
     ]
-    best = choose(candidates, 4, TIMES)
+    best = choose(candidates, range(4), TIMES)
     assert best == candidates[2]
-    assert modelled_ms(best, 5, TIMES) == pytest.approx(1 + 1 + 1.1 + 1.1 + 10)
-    assert choose([{}, {}], 4, TIMES) is None
+    assert modelled_ms(best, range(5), TIMES) == pytest.approx(1 + 1 + 1.1 + 1.1 + 10)
+    # layers a plan cannot patch (sliding-window ones) are left out of the model
+    assert modelled_ms(best, [0, 3], TIMES) == pytest.approx(2)
+    assert choose([{}, {}], range(4), TIMES) is None
 
 
 def test_trial_tables_name_layers_by_mode_in_ranges():
@@ -81,6 +85,49 @@ def test_budgets_bound_perplexity_and_every_task_share():
     assert not keeps_budgets(ok | {"ppl": 10.11}, base, 0.01, 0.9)
     assert not keeps_budgets(ok | {"retrieval": _rates(passkey=8, kv=5)}, base, 0.01, 0.9)
     assert not keeps_budgets(ok | {"retrieval": _rates(passkey=10, kv=4)}, base, 0.01, 0.9)
+
+
+def test_budget_share_is_the_largest_share_used():
+    base = {"ppl": 10.0, "retrieval": _rates(passkey=10, kv=5)}
+    at_ppl = {"ppl": 10.1, "retrieval": _rates(passkey=10, kv=5)}
+    assert budget_share(at_ppl, base, 0.01, 0.9) == pytest.approx(1.0)
+    lost = {"ppl": 10.0, "retrieval": _rates(passkey=8, kv=5)}
+    assert budget_share(lost, base, 0.01, 0.9) == pytest.approx(2.0)  # 2 of the 1 allowed
+    better = {"ppl": 9.9, "retrieval": _rates(passkey=10, kv=5)}
+    assert budget_share(better, base, 0.01, 0.9) == pytest.approx(0.0)  # no lost hits
+    assert budget_share(lost, base, 0.01, 1.0) == float("inf")  # none may be lost
+    assert budget_share(better, base, 0.0, 1.0) == 0.0
+
+
+# Gemma 3 270M at 32k on an H200 (results/retrieval/gemma3_32k_layers_h200.md): each full
+# layer alone in the fast mode, perplexity over unpatched and kv-number hits of 100 (layer
+# 5's: those of layers 5 and 17 together, since 17 alone loses none).
+GEMMA_32K_ALONE = {5: (1.0498, 27), 11: (1.1383, 56), 17: (1.0034, 79)}
+GEMMA_32K_ERROR_RANKS = [11, 17, 5]  # what the attention errors on one window ranked
+
+
+def _gemma_like_trial(assignment: dict[int, str]) -> dict:
+    """Perplexity factors multiply; hits are the fewest of any patched layer's."""
+    ppl, hits = 15.21, 77
+    for layer in assignment:
+        factor, alone = GEMMA_32K_ALONE[layer]
+        ppl, hits = ppl * factor, min(hits, alone)
+    return {"ppl": ppl, "retrieval": {"kv-number": {"hits": hits, "cases": 100}}}
+
+
+def test_ranking_by_measured_effect_finds_the_layer_an_error_ranking_misses():
+    base = _gemma_like_trial({})
+    ranking = rank_alone(_gemma_like_trial, base, [5, 11, 17], "fast", 0.03, 0.9)
+    assert ranking[0]["layer"] == 17 and [r["rank"] for r in ranking] == [1, 2, 3]
+    assert ranking[0]["budget_share"] < 1 < ranking[1]["budget_share"] <= ranking[2]["budget_share"]
+
+    def fits(assignment):
+        return keeps_budgets(_gemma_like_trial(assignment), base, 0.03, 0.9)
+
+    times = {EXACT: 63.7, "fast": 8.7}
+    by_effect = search(fits, [r["layer"] for r in ranking], ["fast"])
+    assert choose(by_effect, [5, 11, 17], times) == {17: "fast"}
+    assert choose(search(fits, GEMMA_32K_ERROR_RANKS, ["fast"]), [5, 11, 17], times) is None
 
 
 def test_layer_times_file_is_checked(tmp_path):
@@ -142,6 +189,11 @@ def test_a_plan_keeps_the_needles_and_resumes(checkpoint, tmp_path, monkeypatch)
     modes = data["plan"]
     assert sorted(map(int, modes)) == [0, 1, 2, 3]  # the oracle's budget allows every layer
     assert modes["1"] == modes["2"] == "fast+tail"
+    # each layer was measured alone; the two that lose needles rank last
+    assert data["rank"] == "alone" and data["served_layers"] == [0, 1, 2, 3]
+    assert sorted(r["layer"] for r in data["ranking"][2:]) == [1, 2]
+    assert all(r["budget_share"] > 1 for r in data["ranking"][2:])
+    assert "each patched alone" in (out / "plan-search.md").read_text()
     for layer, mode in modes.items():
         assert plan.layers[int(layer)].exact_tail == (0 if mode == "fast" else 64)
     # the least modelled time of the candidates, all measured within the budgets
@@ -162,6 +214,13 @@ def test_a_plan_keeps_the_needles_and_resumes(checkpoint, tmp_path, monkeypatch)
            "--max-windows", "1", "--plan", str(out / "plan.json"), "--patch-layers", "0",
            "plan", "--output-dir", str(tmp_path / "ppl")]  # fmt: skip
     assert cli.main(ppl) == 0
+    # the quick ranking by attention error still plans, and measures no layer alone
+    quick = tmp_path / "quick"
+    assert _plan(checkpoint, quick, times, "--rank", "error") == 0
+    data = json.loads((quick / "plan-search.json").read_text())
+    assert data["rank"] == "error"
+    assert data["ranking"] == sorted(data["layer_errors"], key=lambda r: r["rank"])
+    assert "each patched alone" not in (quick / "plan-search.md").read_text()
 
 
 def _error(capsys, *args: str) -> str:
