@@ -226,13 +226,12 @@ def planted_keys(n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_window_arguments(p, length=8192)
+    add_window_arguments(p, length=8192, required=False)
     p.add_argument("--planted", type=int, default=0, help="only the planted inputs' keys")
     p.add_argument("--speed", type=int, nargs="*", default=[], help="time these lengths (CUDA)")
-    for action in p._actions:
-        if action.dest in ("model", "text"):
-            action.required = False
     args = p.parse_args()
+    if not (args.speed or args.planted) and not (args.model and args.text):
+        p.error("give --model and --text (a real model's layers), or --planted N, or --speed N")
     if args.speed:
         speed(args.speed)
         return

@@ -15,10 +15,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_hyper import HyperAttentionConfig, capture_attention, hyper_attention
 
 
-def add_window_arguments(p: argparse.ArgumentParser, length: int) -> None:
-    p.add_argument("--model", required=True)
+def add_window_arguments(p: argparse.ArgumentParser, length: int, required: bool = True) -> None:
+    """--model, --gguf-file, --text, --length, --layers; required=False for a study whose
+    other measurements need no model (it then checks --model and --text itself)."""
+    p.add_argument("--model", required=required)
     p.add_argument("--gguf-file", default=None)
-    p.add_argument("--text", required=True, help="a UTF-8 text file")
+    p.add_argument("--text", required=required, help="a UTF-8 text file")
     p.add_argument("--length", type=int, default=length)
     p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all patchable")
 
