@@ -44,13 +44,18 @@ def attention_with_lse(
         row_outs, row_lses = [], []
         for r0 in range(0, n, row_step):
             r1 = min(n, r0 + row_step)
-            scores = torch.einsum("zgnd,zmd->zgnm", q[z0:z1, :, r0:r1].to(acc), k_c) * scale
+            # The score matrix is the only large tensor: scale the queries instead, and
+            # shift, exponentiate and sum it in place, one exp per score (logsumexp then
+            # exp(scores - lse) took two). In-place is safe under autograd: the matmul
+            # does not keep its output, and the shift is a detached constant.
+            scores = torch.einsum("zgnd,zmd->zgnm", q[z0:z1, :, r0:r1].to(acc) * scale, k_c)
             if mask_fn is not None:
-                scores = scores.masked_fill(mask_fn(z0, z1, r0, r1), MASKED_LOGIT)
-            lse = torch.logsumexp(scores, dim=-1)
-            probs = torch.exp(scores - lse.unsqueeze(-1))
-            row_outs.append(torch.einsum("zgnm,zmd->zgnd", probs, v_c))
-            row_lses.append(lse)
+                scores.masked_fill_(mask_fn(z0, z1, r0, r1), MASKED_LOGIT)
+            row_max = scores.detach().amax(dim=-1, keepdim=True)
+            weights = scores.sub_(row_max).exp_()
+            total = weights.sum(dim=-1, keepdim=True)
+            row_outs.append(torch.einsum("zgnm,zmd->zgnd", weights, v_c) / total)
+            row_lses.append((row_max + total.log()).squeeze(-1))
         outs.append(torch.cat(row_outs, dim=2))
         lses.append(torch.cat(row_lses, dim=2))
     return torch.cat(outs, dim=0), torch.cat(lses, dim=0)
