@@ -9,6 +9,7 @@ import torch
 from helpers.common import planted_qkv, random_qkv, relative_error_to_v
 from hf_hyper import HyperAttentionConfig, hyper_attention, hyper_attention_with_lse
 from hf_hyper.attention import attention_with_lse, merge_by_lse, reference_attention
+from hf_hyper.attention.blockwise import causal_mask_fn
 
 # (n_query, n_key): equal, odd, tiny, not a multiple of any block, cached prefix
 SHAPES = [(1, 1), (2, 2), (3, 3), (37, 37), (130, 130), (257, 257), (1, 70), (45, 300), (200, 301)]
@@ -258,6 +259,21 @@ def test_chunked_exact_attention_matches_unchunked(monkeypatch):
     monkeypatch.setattr(blockwise, "SCORE_BUDGET", 100)  # forces row chunks of 2
     chunked = attention_with_lse(qz, kz, vz, 0.3)
     torch.testing.assert_close(chunked, whole, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("n_query,n_key", [(300, 300), (129, 1000), (1, 70)])
+def test_causal_row_blocks_skip_only_hidden_keys(monkeypatch, n_query, n_key):
+    # Blocks of causal rows score only the keys their last row sees; with blocks of 8
+    # rows (and a cached prefix when n_query < n_key) the result is the float64 softmax.
+    import hf_hyper.attention.blockwise as blockwise
+
+    monkeypatch.setattr(blockwise, "MIN_ROW_BLOCK", 8)
+    q, k, v = random_qkv(1, 4, 2, n_query, n_key, seed=n_key)
+    qz, kz, vz = q.reshape(2, 2, n_query, 16), k.reshape(2, n_key, 16), v.reshape(2, n_key, 16)
+    out, lse = attention_with_lse(qz, kz, vz, 0.25, causal_mask_fn(n_query, n_key, q.device))
+    ref, ref_lse = reference_attention(q, k, v, causal=True, scale=0.25)
+    torch.testing.assert_close(out.reshape(ref.shape), ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lse.reshape(ref_lse.shape), ref_lse, atol=1e-12, rtol=0)
 
 
 def test_lse_of_sampled_part_is_an_unbiased_mass_estimate():
