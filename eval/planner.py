@@ -290,7 +290,8 @@ class Trials:
             "ppl": math.exp(nll),
             "retrieval": {task: rate_fields(m) for task, m in marks.items()},
         }
-        print(f"  {self.stage} {_describe(assignment)}: {_outcome(result)}", flush=True)
+        where = f" ({layers_by_mode(assignment)})" if assignment else ""
+        print(f"  {self.stage} {_describe(assignment)}{where}: {_outcome(result)}", flush=True)
         return result
 
 
