@@ -58,8 +58,10 @@ def attention_with_lse(
             # does not keep its output, and the shift is a detached constant.
             q_c = q[z0:z1, :, r0:r1].to(acc) * scale
             scores = torch.einsum("zgnd,zmd->zgnm", q_c, k_c[:, :seen])
-            if mask_fn is not None:
-                scores.masked_fill_(mask_fn(z0, z1, r0, r1)[..., :seen], MASKED_LOGIT)
+            if causal:
+                scores.masked_fill_(mask_fn(z0, z1, r0, r1, key_stop=seen), MASKED_LOGIT)
+            elif mask_fn is not None:
+                scores.masked_fill_(mask_fn(z0, z1, r0, r1), MASKED_LOGIT)
             row_max = scores.detach().amax(dim=-1, keepdim=True)
             weights = scores.sub_(row_max).exp_()
             total = weights.sum(dim=-1, keepdim=True)
@@ -78,9 +80,9 @@ class CausalMask:
     def __init__(self, n_query: int, n_key: int, device: torch.device) -> None:
         self.n_query, self.n_key, self.device = n_query, n_key, device
 
-    def __call__(self, z0: int, z1: int, r0: int, r1: int) -> Tensor:
-        # [rows, n_key], broadcasts over z and g
-        return future_key_mask(self.n_query, self.n_key, self.device, r0, r1)
+    def __call__(self, z0: int, z1: int, r0: int, r1: int, key_stop: int | None = None) -> Tensor:
+        # [rows, key_stop or n_key], broadcasts over z and g
+        return future_key_mask(self.n_query, self.n_key, self.device, r0, r1, key_stop=key_stop)
 
     def visible_keys(self, row_stop: int) -> int:
         """Keys seen by rows before row_stop: those up to the last row's position."""
