@@ -12,6 +12,8 @@ answer value appears in its answer. Outputs: every case in retrieval.json, accur
 setting, task and length in retrieval.md, and depth x length heat maps per setting plus
 their difference from the unpatched model in retrieval.png. Each finished case is
 appended to a cache in --output-dir; re-running the same command skips the cases done.
+After each setting the report of the settings finished so far is written, so a run cut
+short still leaves one.
 """
 
 from __future__ import annotations
@@ -274,6 +276,7 @@ def _coverage_table(coverage: dict[str, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> Path | None:
+    import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -349,13 +352,25 @@ def run(args: argparse.Namespace) -> Path | None:
     if resumed and accelerator.is_main_process:
         print(f"resuming: {resumed} of {planned} cases from {cache.directory}", flush=True)
     device = accelerator.device
-    for label, count in settings:
+    report = dict(
+        args=args, out=out, hyper=hyper, cases=cases, tasks=tasks, chat=chat,
+        source=source.describe(), layer_total=layer_total, world=world, resumed=resumed,
+    )  # fmt: skip
+    for index, (label, count) in enumerate(settings):
         todo = [c for c in mine if f"{label}|{c.key}" not in done]
         with patched(model, count, hyper):
             bar = tqdm(todo, desc=f"patched {label:>3}", disable=not accelerator.is_main_process)
             for case in bar:
                 prediction, n_new = answer(model, tokenizer, case, device)
                 cache.append(_record(label, case, prediction, n_new))
+        # a report of the settings done so far, so a run cut short still leaves one;
+        # the count is summed over processes, so all of them take the same branch
+        ran = accelerator.reduce(torch.tensor([len(todo)], device=device), "sum").item()
+        if ran and index + 1 < len(settings):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_report(cache.load(), settings[: index + 1], {}, settings[index + 1 :],
+                             **report)  # fmt: skip
     if args.diagnose:
         for case in tqdm(
             [c for c in mine if f"coverage|{c.key}" not in done],
@@ -373,9 +388,25 @@ def run(args: argparse.Namespace) -> Path | None:
         return None
 
     done = cache.load()
+    coverage = (
+        {c.key: done[f"coverage|{c.key}"]["coverage"] for c in cases} if args.diagnose else {}
+    )
+    write_report(done, settings, coverage, [], **report)
+    release_processes()
+    return out
+
+
+def write_report(
+    done: dict[str, dict], settings: list, coverage: dict, left: list, *, args, out: Path,
+    hyper, cases: list[Case], tasks: list[str], chat: bool, source: str, layer_total: int,
+    world: int, resumed: int,
+) -> None:  # fmt: skip
+    """retrieval.{json,md,png} for the finished `settings` (their cases in `done`);
+    `left`: the settings still to run, named in the report (empty: the run is whole)."""
     records = [done[f"{label}|{c.key}"] for label, _ in settings for c in cases]
     rows, cells = summarize(records, settings, hyper)
-    blind = [row for row in rows if row["layer_count"] == 0 and row["hits"] == 0]
+    # the note reads a whole run: an interim report may not have its unpatched rows yet
+    blind = [row for row in rows if row["layer_count"] == 0 and row["hits"] == 0 and not left]
     for row in blind:
         print(
             f"note: unpatched, the model found none of the {row['cases']} {row['task']} "
@@ -385,9 +416,6 @@ def run(args: argparse.Namespace) -> Path | None:
         )
     if blind and args.model == REFERENCE_MODEL:
         print(REAL_CHECKPOINT_HINT, flush=True)
-    coverage = (
-        {c.key: done[f"coverage|{c.key}"]["coverage"] for c in cases} if args.diagnose else {}
-    )
     payload = {
         "job": "retrieval",
         "command": command_line("retrieval"),
@@ -398,13 +426,14 @@ def run(args: argparse.Namespace) -> Path | None:
         "model": args.model,
         "dtype": args.dtype,
         "num_layers": layer_total,
-        "text": source.describe(),
+        "text": source,
         "chat_template": chat,
         "tasks": tasks,
         "lengths": args.lengths,
         "depths": depths(args.depths),
         "seeds": args.seeds,
         "hyper_config": hyper.to_dict(),
+        "settings_left": [label for label, _ in left],
         "rows": rows,
         "cells": cells,
         "cases": records,
@@ -413,9 +442,13 @@ def run(args: argparse.Namespace) -> Path | None:
     }
     table = markdown_table(rows, COLUMNS) + depth_table(cells) + _coverage_table(coverage)
     table += attribution_table(rows, payload["attribution"])
+    if left:
+        names = " ".join(label for label, _ in left)
+        table += (
+            f"\nInterim: settings still to run: {names} (rerun the same command to go on; "
+            "the finished cases come from the cache)\n"
+        )
     save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
-    release_processes()
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

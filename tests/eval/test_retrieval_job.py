@@ -133,6 +133,37 @@ def test_job_end_to_end_exact_patching_changes_nothing_and_resume(checkpoint, tm
     assert again["cases"] == data["cases"]
 
 
+def test_a_run_cut_short_leaves_a_report_of_its_finished_settings(
+    checkpoint, tmp_path, monkeypatch
+):
+    calls = []
+
+    def answer_then_stop(model, tokenizer, input_ids, device, *, max_new_tokens, stop_at_newline):
+        calls.append(1)
+        if len(calls) > 3:  # the second setting's first case: the run is killed
+            raise KeyboardInterrupt
+        return " 0", 1
+
+    out = tmp_path / "cut"
+    extra = ["--lengths", "900", "--depths", "3", "--seeds", "1", "--tasks", "kv-number",
+             "--patch-layers", "0", "all"]  # fmt: skip
+    monkeypatch.setattr(retrieval_run, "generate", answer_then_stop)
+    args = ["retrieval", "--model", str(checkpoint), "--cpu", "--dtype", "fp32",
+            "--output-dir", str(out), *SMALL_HYPER, *extra]  # fmt: skip
+    assert cli.main(args) == 130  # interrupted
+    interim = json.loads((out / "retrieval.json").read_text())
+    assert interim["settings_left"] == ["all"]
+    assert {row["setting"] for row in interim["rows"]} == {"0"}
+    assert len(interim["cases"]) == 3
+    assert "settings still to run: all" in (out / "retrieval.md").read_text()
+
+    monkeypatch.setattr(retrieval_run, "generate", lambda *a, **k: (" 0", 1))
+    whole = _retrieval(checkpoint, out, *extra)
+    assert whole["settings_left"] == [] and whole["cases_from_cache"] == 3
+    assert {row["setting"] for row in whole["rows"]} == {"0", "all"}
+    assert whole["cases"][:3] == interim["cases"]
+
+
 @cpu_processes_only
 @pytest.mark.slow
 def test_two_processes_give_the_same_cases(checkpoint, tmp_path):
