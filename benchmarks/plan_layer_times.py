@@ -16,7 +16,8 @@ import json
 import torch
 
 from hf_hyper import Plan
-from hf_hyper.eval.planner import EXACT, modelled_ms, shape_times
+from hf_hyper.eval.plan_search import EXACT, modelled_ms
+from hf_hyper.eval.planner import shape_times
 from hf_hyper.eval.timing import environment
 
 

@@ -16,7 +16,7 @@ from helpers.tiny_models import save_tiny_checkpoint
 from hf_hyper import Plan
 from hf_hyper.eval import cli, planner
 from hf_hyper.eval.common import JobError
-from hf_hyper.eval.planner import (
+from hf_hyper.eval.plan_search import (
     EXACT,
     budget_share,
     choose,
@@ -25,9 +25,9 @@ from hf_hyper.eval.planner import (
     modelled_ms,
     most_layers,
     rank_alone,
-    read_layer_times,
     search,
 )
+from hf_hyper.eval.planner import read_layer_times
 
 SMALL_HYPER = ["--block-size", "8", "--sample-size", "8", "--min-seq-len", "64", "--seed", "0"]
 SMALL_RUN = ["--length", "400", "--calibration-windows", "1", "--validation-windows", "1",
