@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_hyper import HyperAttentionConfig
+
 from ..cache import ResultLog, run_key
 from ..chat import CHAT_MODES, chat_enabled
 from ..common import (
@@ -397,9 +399,10 @@ def run(args: argparse.Namespace) -> Path | None:
 
 
 def write_report(
-    done: dict[str, dict], settings: list, coverage: dict, left: list, *, args, out: Path,
-    hyper, cases: list[Case], tasks: list[str], chat: bool, source: str, layer_total: int,
-    world: int, resumed: int,
+    done: dict[str, dict], settings: list[tuple[str, int]], coverage: dict[str, dict],
+    left: list[tuple[str, int]], *, args: argparse.Namespace, out: Path,
+    hyper: HyperAttentionConfig, cases: list[Case], tasks: list[str], chat: bool, source: str,
+    layer_total: int, world: int, resumed: int,
 ) -> None:  # fmt: skip
     """retrieval.{json,md,png} for the finished `settings` (their cases in `done`);
     `left`: the settings still to run, named in the report (empty: the run is whole)."""
