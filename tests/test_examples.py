@@ -47,3 +47,27 @@ def test_examples_take_the_jobs_names_and_keep_the_old_ones():
     assert '"dtype": "fp32"' in new.stdout and '"dtype": "fp32"' in old.stdout
     helped = _run("patched_prefill.py", "--help").stdout
     assert "--patch-layers PATCH_LAYERS, --last-layers PATCH_LAYERS" in helped
+
+
+def test_plan_example_patches_the_plans_layers_and_unpatches_bit_for_bit(tmp_path):
+    saved = tmp_path / "made.plan.json"
+    run = _run("patch_with_plan.py", "--seq-len", "4608", "--device", "cpu", "--save", str(saved))
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = json.loads(run.stdout.strip().splitlines()[-1])
+    assert row["layers_patched"] == [3, 4, 5]  # the reference model's later half
+    assert row["unpatched_bit_identical"] is True
+    assert row["loss_patched"] != row["loss_exact"]  # 4608 > min_seq_len: HyperAttention ran
+    plan = json.loads(saved.read_text())
+    assert plan["model_type"] == "llama" and plan["layers"]["5"]["exact_tail"] == 64
+
+
+def test_plan_example_refuses_a_plan_for_another_model_in_one_line(tmp_path):
+    from hf_hyper import HyperAttentionConfig, Plan
+
+    other = tmp_path / "gemma.plan.json"
+    Plan({17: HyperAttentionConfig()}, model_type="gemma3_text", num_layers=18).save(other)
+    run = _run("patch_with_plan.py", "--seq-len", "1024", "--device", "cpu", "--plan", str(other))
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1].startswith("patch_with_plan.py: ") and "gemma3_text" in lines[-1]
+    assert "Traceback" not in run.stderr
