@@ -320,8 +320,11 @@ def gguf_arguments(args: argparse.Namespace, source: str) -> dict[str, str]:
         )
     if not (folder / name).is_file():
         found = sorted(p.name for p in folder.glob("*.gguf"))
-        hint = f"; GGUF files there: {', '.join(found)}" if found else ""
-        raise JobError(f"no GGUF file {name!r} in {folder}{hint}")
+        hint = f"GGUF files there: {', '.join(found)}" if found else "it holds no .gguf file"
+        raise JobError(
+            f"no GGUF file {name!r} in {folder} ({hint}): check --gguf-file, and --model names "
+            "the folder that holds it"
+        )
     return {"gguf_file": name}
 
 
