@@ -134,6 +134,16 @@ def save_results(
         print(f"results: {out}/{stem}.{{json,md}}")
 
 
+def interim_note(left: Sequence[tuple[str, int]], items: str) -> str:
+    """The line an interim report ends with: the patch settings still to run, and how to
+    go on (`items`: what the job caches, e.g. "windows")."""
+    names = " ".join(label for label, _ in left)
+    return (
+        f"\nInterim: settings still to run: {names} (rerun the same command to go on; the "
+        f"finished {items} come from the cache)\n"
+    )
+
+
 def show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every option with a default shows it in --help, unless its help already says."""
     for action in parser._actions:

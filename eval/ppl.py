@@ -6,7 +6,9 @@ k layers, in one run (the model is loaded once and patched / unpatched in betwee
 
 Perplexity = exp(token-weighted mean NLL in nats). A NaN or inf window is an error that
 names the window, never silently dropped. Each finished window is appended to a cache
-in --output-dir; re-running the same command skips the windows already done.
+in --output-dir; re-running the same command skips the windows already done. After
+each setting the report of the settings finished so far is written, so a run cut short
+still leaves one.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from hf_hyper import HyperAttentionConfig
 
 from .cache import ResultLog, run_key
 from .common import (
     JobError,
     command_line,
+    interim_note,
     job_main,
     markdown_table,
     output_dir,
@@ -49,6 +55,7 @@ from .models import (
 from .nll import score_window
 from .plots import plot_ppl
 from .texts import (
+    Document,
     add_text_arguments,
     load_documents,
     text_source,
@@ -56,7 +63,7 @@ from .texts import (
     window_prefix,
 )
 from .timing import environment
-from .windows import make_windows
+from .windows import Window, make_windows
 
 COLUMNS = [
     ("patched_layers", "patched layers"),
@@ -199,8 +206,14 @@ def run(args: argparse.Namespace) -> Path | None:
         )
     if todo and not args.no_warmup and accelerator.device.type == "cuda":
         _warm_up(model, settings, windows, hyper, accelerator.device)
+    report = dict(
+        args=args, out=out, hyper=hyper, windows=windows, docs=docs, streams=streams,
+        prefix=prefix, source=source.describe(), layer_total=layer_total, world=world,
+        resumed=resumed,
+    )  # fmt: skip
     started, computed = time.perf_counter(), 0
-    for label, count in settings:
+    for index, (label, count) in enumerate(settings):
+        ran = 0
         with patched(model, count, hyper):
             for length, wins in windows.items():
                 mine = [w for w in wins[rank::world] if f"{label}|{w.id}" not in done]
@@ -209,13 +222,35 @@ def run(args: argparse.Namespace) -> Path | None:
                     nll, scored = score_window(model, window, accelerator.device, label)
                     cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
                     computed += len(window.ids)
+                    ran += 1
+        # a report of the settings done so far, so a run cut short still leaves one; the
+        # count is summed over processes, so all of them take the same branch
+        ran = accelerator.reduce(torch.tensor([ran], device=accelerator.device), "sum").item()
+        if ran and index + 1 < len(settings):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_report(cache.load(), settings[: index + 1], settings[index + 1 :], None,
+                             **report)  # fmt: skip
     accelerator.wait_for_everyone()
     throughput = _throughput(accelerator, computed, time.perf_counter() - started)
     if not accelerator.is_main_process:
         release_processes()
         return None
+    write_report(cache.load(), settings, [], throughput, **report)
+    release_processes()
+    return out
 
-    done = cache.load()
+
+def write_report(
+    done: dict[str, dict], settings: list[tuple[str, int]], left: list[tuple[str, int]],
+    throughput: dict[str, Any] | None, *, args: argparse.Namespace, out: Path,
+    hyper: HyperAttentionConfig, windows: dict[int, list[Window]], docs: list[Document],
+    streams: list, prefix: tuple[int, ...], source: str, layer_total: int, world: int,
+    resumed: int,
+) -> None:  # fmt: skip
+    """ppl.{json,md,png} for the finished `settings` (their windows in `done`); `left`: the
+    settings still to run, named in the report (empty: the run is whole, with its
+    throughput)."""
     rows = []
     for label, count in settings:
         for length, wins in windows.items():
@@ -227,7 +262,9 @@ def run(args: argparse.Namespace) -> Path | None:
                      windows=len(records), tokens=tokens, nll=nll / tokens,
                      ppl=math.exp(nll / tokens), attention=_attention_kind(count, length, hyper))
             )  # fmt: skip
-    if any(row["attention"].startswith("exact") and row["layer_count"] for row in rows):
+    if not left and any(
+        row["attention"].startswith("exact") and row["layer_count"] for row in rows
+    ):
         print(
             f"note: at lengths <= {hyper.exact_query_len(True)} every call is short enough to "
             "run exact attention (min_seq_len / exact_up_to), so those patched rows equal "
@@ -240,12 +277,12 @@ def run(args: argparse.Namespace) -> Path | None:
         "date": today(),
         "environment": environment(),
         "processes": world,
-        "throughput": throughput,  # this run's work only
+        "throughput": throughput,  # this run's work only (None: an interim report)
         "windows_from_cache": resumed,
         "model": args.model,
         "dtype": args.dtype,
         "num_layers": layer_total,
-        "text": source.describe(),
+        "text": source,
         "documents": [d.id for d in docs],
         "joined": not args.per_document,
         "stream_tokens": sum(len(ids) for _, ids in streams),
@@ -253,11 +290,13 @@ def run(args: argparse.Namespace) -> Path | None:
         "window_prefix": list(prefix),
         "hyper_config": hyper.to_dict(),
         "windows": {str(n): [w.id for w in wins] for n, wins in windows.items()},
+        "settings_left": [label for label, _ in left],
         "rows": with_change(rows),
     }
-    save_results(out, "ppl", payload, COLUMNS, plot_ppl, ppl_table(payload["rows"]))
-    release_processes()
-    return out
+    table = ppl_table(payload["rows"])
+    if left:
+        table += interim_note(left, "windows")
+    save_results(out, "ppl", payload, COLUMNS, plot_ppl, table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from ..chat import CHAT_MODES, chat_enabled
 from ..common import (
     JobError,
     command_line,
+    interim_note,
     job_main,
     markdown_table,
     output_dir,
@@ -446,11 +447,7 @@ def write_report(
     table = markdown_table(rows, COLUMNS) + depth_table(cells) + _coverage_table(coverage)
     table += attribution_table(rows, payload["attribution"])
     if left:
-        names = " ".join(label for label, _ in left)
-        table += (
-            f"\nInterim: settings still to run: {names} (rerun the same command to go on; "
-            "the finished cases come from the cache)\n"
-        )
+        table += interim_note(left, "cases")
     save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
 
 

@@ -119,6 +119,38 @@ def test_ppl_job_end_to_end_and_resume(tiny_checkpoint, tmp_path):
     assert len(cache.read_text().splitlines()) == 25
 
 
+def test_a_run_cut_short_leaves_a_report_of_its_finished_settings(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    from hf_hyper.eval import ppl
+
+    real_score = ppl.score_window
+    calls = []
+
+    def score_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the second setting's first window: the run is killed
+            raise KeyboardInterrupt
+        return real_score(*args, **kwargs)
+
+    out = tmp_path / "cut"
+    extra = ["--lengths", "64", "--patch-layers", "0", "all", "--max-windows", "2"]
+    monkeypatch.setattr(ppl, "score_window", score_then_stop)
+    args = ["ppl", "--model", str(tiny_checkpoint), "--cpu", "--dtype", "fp32",
+            "--output-dir", str(out), *SMALL_HYPER, *extra]  # fmt: skip
+    assert cli.main(args) == 130  # interrupted
+    interim = json.loads((out / "ppl.json").read_text())
+    assert interim["settings_left"] == ["all"] and interim["throughput"] is None
+    assert [row["patched_layers"] for row in interim["rows"]] == ["0"]
+    assert "settings still to run: all" in (out / "ppl.md").read_text()
+
+    monkeypatch.setattr(ppl, "score_window", real_score)
+    whole = _ppl(tiny_checkpoint, out, *extra)
+    assert whole["settings_left"] == [] and whole["windows_from_cache"] == 2
+    assert [row["patched_layers"] for row in whole["rows"]] == ["0", "all"]
+    assert whole["rows"][0] == interim["rows"][0]
+
+
 @cpu_processes_only
 @pytest.mark.slow
 def test_two_processes_give_the_same_numbers(tiny_checkpoint, tmp_path):
