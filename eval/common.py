@@ -117,15 +117,20 @@ def save_results(
     stem: str,
     payload: dict[str, Any],
     columns: Sequence[tuple[str, str]],
-    plot: Callable[[Path, Path], Path],
+    plot: Callable[[Path, Path], Path] | None,
     table: str | None = None,
 ) -> None:
-    """Write `<stem>.json` (every number), `<stem>.md` (printed too) and `<stem>.png`;
-    the table is made from `columns` of the rows unless given."""
+    """Write `<stem>.json` (every number), `<stem>.md` (printed too) and `<stem>.png`
+    (plot None: no figure, as for an interim report); the table is made from `columns`
+    of the rows unless given."""
     write_json(out / f"{stem}.json", payload)
     table = table if table is not None else markdown_table(payload["rows"], columns)
     (out / f"{stem}.md").write_text(table)
     print(table)
+    if plot is None:
+        (out / f"{stem}.png").unlink(missing_ok=True)  # a figure of an earlier run is stale
+        print(f"results: {out}/{stem}.{{json,md}}")
+        return
     try:
         plot(out / f"{stem}.json", out / f"{stem}.png")
         print(f"results: {out}/{stem}.{{json,md,png}}")

@@ -296,7 +296,8 @@ def write_report(
     table = ppl_table(payload["rows"])
     if left:
         table += interim_note(left, "windows")
-    save_results(out, "ppl", payload, COLUMNS, plot_ppl, table)
+    # the figure only for the whole run: an interim one per setting would cost more
+    save_results(out, "ppl", payload, COLUMNS, None if left else plot_ppl, table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -448,7 +448,9 @@ def write_report(
     table += attribution_table(rows, payload["attribution"])
     if left:
         table += interim_note(left, "cases")
-    save_results(out, "retrieval", payload, COLUMNS, plot_retrieval, table=table)
+    # the figure only for the whole run: an interim one per setting would cost more
+    plot = None if left else plot_retrieval
+    save_results(out, "retrieval", payload, COLUMNS, plot, table=table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

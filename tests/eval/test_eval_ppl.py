@@ -143,12 +143,14 @@ def test_a_run_cut_short_leaves_a_report_of_its_finished_settings(
     assert interim["settings_left"] == ["all"] and interim["throughput"] is None
     assert [row["patched_layers"] for row in interim["rows"]] == ["0"]
     assert "settings still to run: all" in (out / "ppl.md").read_text()
+    assert not (out / "ppl.png").exists()  # the figure comes with the whole run
 
     monkeypatch.setattr(ppl, "score_window", real_score)
     whole = _ppl(tiny_checkpoint, out, *extra)
     assert whole["settings_left"] == [] and whole["windows_from_cache"] == 2
     assert [row["patched_layers"] for row in whole["rows"]] == ["0", "all"]
     assert whole["rows"][0] == interim["rows"][0]
+    assert (out / "ppl.png").is_file()
 
 
 @cpu_processes_only

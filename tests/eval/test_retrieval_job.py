@@ -156,12 +156,14 @@ def test_a_run_cut_short_leaves_a_report_of_its_finished_settings(
     assert {row["setting"] for row in interim["rows"]} == {"0"}
     assert len(interim["cases"]) == 3
     assert "settings still to run: all" in (out / "retrieval.md").read_text()
+    assert not (out / "retrieval.png").exists()  # the figure comes with the whole run
 
     monkeypatch.setattr(retrieval_run, "generate", lambda *a, **k: (" 0", 1))
     whole = _retrieval(checkpoint, out, *extra)
     assert whole["settings_left"] == [] and whole["cases_from_cache"] == 3
     assert {row["setting"] for row in whole["rows"]} == {"0", "all"}
     assert whole["cases"][:3] == interim["cases"]
+    assert (out / "retrieval.png").is_file()
 
 
 @cpu_processes_only
