@@ -139,6 +139,27 @@ def save_results(
         print(f"results: {out}/{stem}.{{json,md}}")
 
 
+def report_after_setting(
+    accelerator,
+    ran: int,
+    settings: Sequence[tuple[str, int]],
+    index: int,
+    write: Callable[[list, list], None],
+) -> None:
+    """After patch setting `index` of a job: write(finished settings, settings left) on
+    the main process, an interim report, when the setting did any work (`ran`: this
+    process's items) and settings remain, so a run cut short still leaves one. The count
+    is summed over processes first, so all of them take the same branch (and meet at
+    the same barrier)."""
+    import torch
+
+    total = accelerator.reduce(torch.tensor([ran], device=accelerator.device), "sum").item()
+    if total and index + 1 < len(settings):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write(list(settings[: index + 1]), list(settings[index + 1 :]))
+
+
 def interim_note(left: Sequence[tuple[str, int]], items: str) -> str:
     """The line an interim report ends with: the patch settings still to run, and how to
     go on (`items`: what the job caches, e.g. "windows")."""

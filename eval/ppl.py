@@ -35,6 +35,7 @@ from .common import (
     output_dir,
     positive_int,
     release_processes,
+    report_after_setting,
     save_results,
     today,
 )
@@ -211,6 +212,10 @@ def run(args: argparse.Namespace) -> Path | None:
         prefix=prefix, source=source.describe(), layer_total=layer_total, world=world,
         resumed=resumed,
     )  # fmt: skip
+
+    def interim(finished: list, left: list) -> None:
+        write_report(cache.load(), finished, left, None, **report)
+
     started, computed = time.perf_counter(), 0
     for index, (label, count) in enumerate(settings):
         ran = 0
@@ -223,14 +228,7 @@ def run(args: argparse.Namespace) -> Path | None:
                     cache.append(dict(key=f"{label}|{window.id}", nll=nll, tokens=scored))
                     computed += len(window.ids)
                     ran += 1
-        # a report of the settings done so far, so a run cut short still leaves one; the
-        # count is summed over processes, so all of them take the same branch
-        ran = accelerator.reduce(torch.tensor([ran], device=accelerator.device), "sum").item()
-        if ran and index + 1 < len(settings):
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                write_report(cache.load(), settings[: index + 1], settings[index + 1 :], None,
-                             **report)  # fmt: skip
+        report_after_setting(accelerator, ran, settings, index, interim)
     accelerator.wait_for_everyone()
     throughput = _throughput(accelerator, computed, time.perf_counter() - started)
     if not accelerator.is_main_process:

@@ -38,6 +38,7 @@ from ..common import (
     output_dir,
     positive_int,
     release_processes,
+    report_after_setting,
     save_results,
     today,
 )
@@ -279,7 +280,6 @@ def _coverage_table(coverage: dict[str, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> Path | None:
-    import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -359,6 +359,10 @@ def run(args: argparse.Namespace) -> Path | None:
         args=args, out=out, hyper=hyper, cases=cases, tasks=tasks, chat=chat,
         source=source.describe(), layer_total=layer_total, world=world, resumed=resumed,
     )  # fmt: skip
+
+    def interim(finished: list, left: list) -> None:
+        write_report(cache.load(), finished, {}, left, **report)
+
     for index, (label, count) in enumerate(settings):
         todo = [c for c in mine if f"{label}|{c.key}" not in done]
         with patched(model, count, hyper):
@@ -366,14 +370,7 @@ def run(args: argparse.Namespace) -> Path | None:
             for case in bar:
                 prediction, n_new = answer(model, tokenizer, case, device)
                 cache.append(_record(label, case, prediction, n_new))
-        # a report of the settings done so far, so a run cut short still leaves one;
-        # the count is summed over processes, so all of them take the same branch
-        ran = accelerator.reduce(torch.tensor([len(todo)], device=device), "sum").item()
-        if ran and index + 1 < len(settings):
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                write_report(cache.load(), settings[: index + 1], {}, settings[index + 1 :],
-                             **report)  # fmt: skip
+        report_after_setting(accelerator, len(todo), settings, index, interim)
     if args.diagnose:
         for case in tqdm(
             [c for c in mine if f"coverage|{c.key}" not in done],
