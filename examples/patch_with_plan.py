@@ -25,20 +25,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hf_hyper
 from hf_hyper import HyperAttentionConfig, Plan
 from hf_hyper.eval.common import show_defaults
-from hf_hyper.eval.models import REFERENCE_MODEL_DIR
+from hf_hyper.eval.models import REFERENCE_MODEL_DIR, num_layers
 from hf_hyper.eval.texts import TextSource, load_documents
 from hf_hyper.plan import PlanError
-
-
-def layer_count(model) -> int:
-    config = model.config
-    return getattr(config, "num_hidden_layers", None) or config.num_layers  # ChatGLM's name
 
 
 def example_plan(model) -> Plan:
     """The later half of the layers with the default config, the last with an exact tail
     of 64 queries (where a prompt's question reads the context)."""
-    n = layer_count(model)
+    n = num_layers(model)
     layers = {i: HyperAttentionConfig() for i in range(n // 2, n - 1)}
     layers[n - 1] = HyperAttentionConfig(exact_tail=64)
     return Plan(layers, model_type=model.config.model_type, num_layers=n)
@@ -75,6 +70,9 @@ def main() -> int:
         text = Path(args.text).read_text(encoding="utf-8")
     else:
         text = "\n\n".join(doc.text for doc in load_documents(TextSource()))
+    # a window needs only the text's start: 16 characters a token is more than any
+    # tokenizer needs, and spares tokenizing a whole book
+    text = text[: 16 * args.seq_len]
     ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.seq_len].to(args.device)
     if ids.shape[1] < args.seq_len:
         print(f"patch_with_plan.py: the text has {ids.shape[1]} tokens, fewer than "
@@ -84,7 +82,7 @@ def main() -> int:
 
     try:
         plan = Plan.load(args.plan) if args.plan else example_plan(model)
-        plan.check_model(model.config.model_type, layer_count(model), args.plan or "the plan")
+        plan.check_model(model.config.model_type, num_layers(model), args.plan or "the plan")
     except PlanError as err:
         print(f"patch_with_plan.py: {err}", file=sys.stderr)
         return 2
