@@ -25,7 +25,8 @@ def _option_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as err:
-            message = f"expected an integer; got {text!r}" if parse is int else str(err)
+            expected = {int: "an integer", float: "a number"}.get(parse)
+            message = f"expected {expected}; got {text!r}" if expected else str(err)
             raise argparse.ArgumentTypeError(message) from None
 
     return convert

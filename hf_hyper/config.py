@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,6 +99,12 @@ class HyperAttentionConfig:
         of the large entries than shared blocks. Its plan runs
         in torch ops, its attention in Triton kernels for CUDA calls without autograd
         ("triton" refuses calls that need gradients; "torch" never uses the kernels).
+    cluster_key_budget: with cluster_probes, a bound on each query's exact keys: it walks
+        its c best clusters, best first, and keeps each while its keys stay within this
+        multiple of c x the problem's mean cluster size (the best cluster is always
+        kept); the clusters it passes over join the keys the sample stands for. The
+        choice by estimated mass favours large clusters, so without a bound a query
+        can attend several times the keys it is meant to. 0 (default): no bound.
     exact_up_to: calls with at most this many queries run exact attention, however long
         min_seq_len lets the recursion go (0: min_seq_len alone decides). "auto" takes
         the measured crossover (MEASURED_CROSSOVER), below which the approximation is
@@ -160,6 +167,14 @@ class HyperAttentionConfig:
             "k-means clusters exactly (needs --kmeans-iters)"
         },
     )
+    cluster_key_budget: float = field(
+        default=0.0,
+        metadata={
+            "help": "with cluster probes: each query's exact keys at most this multiple of "
+            "c x the mean cluster size, its best cluster always kept (0: no bound)",
+            "parse": float,
+        },
+    )
     exact_up_to: int | str = field(
         default=0,
         metadata={
@@ -190,6 +205,22 @@ class HyperAttentionConfig:
         _require_int("cuda_graph_max_len", self.cuda_graph_max_len, 0)
         _require_int("cluster_probes", self.cluster_probes, 0)
         _require_int("exact_tail", self.exact_tail, 0)
+        budget = self.cluster_key_budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ConfigTypeError(
+                f"HyperAttentionConfig.cluster_key_budget must be a number; got {budget!r}"
+            )
+        if not (math.isfinite(budget) and budget >= 0):
+            raise ValueError(
+                f"HyperAttentionConfig.cluster_key_budget must be a finite number >= 0; "
+                f"got {budget}"
+            )
+        object.__setattr__(self, "cluster_key_budget", float(budget))
+        if budget and not self.cluster_probes:
+            raise ValueError(
+                "HyperAttentionConfig.cluster_key_budget bounds the keys of the cluster "
+                "probes: set cluster_probes > 0 (and kmeans_iters > 0) as well, or leave it 0"
+            )
         if self.cluster_probes and not self.kmeans_iters:
             raise ValueError(
                 "HyperAttentionConfig.cluster_probes needs k-means clusters to probe: "

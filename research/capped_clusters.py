@@ -30,10 +30,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 from unittest import mock
 
 import torch
-from captured_window import add_window_arguments, cut_rectangles, print_error_table
+from captured_window import (
+    add_window_arguments,
+    plan_errors,
+    planted_top_level,
+    print_error_table,
+)
 from tile_probes import probe_estimate
 
 from hf_hyper import HyperAttentionConfig, hyper_attention
@@ -185,32 +191,19 @@ KEYS_SEEN: list[dict[str, float]] = []
 def capped_errors(q, k, v, scale: float) -> dict[str, float]:
     """Each cap's error over the KV heads' rectangles (mean of the seeds); the keys per
     query go to KEYS_SEEN."""
-    half = q.shape[2] // 2
-    errors, keys = {}, {}
-    for cap, probes in CAPS:
-        total, counted = 0.0, []
-        for seed in range(SEEDS):
-            err_sq = v_sq = 0.0
-            for rect in cut_rectangles(q, k, v, scale, half):
-                qz, kz, vz = rect.q[None], rect.k[None], rect.v[None]
-                plan = capped_plan(qz, kz, scale, cap, probes)
-                out = probe_estimate(qz, kz, vz, plan, scale, seed)
-                err_sq += (out[0] - rect.exact).pow(2).sum().item()
-                v_sq += rect.v_sq
-                counted.append(exact_keys_per_query(plan).double())
-            total += math.sqrt(err_sq / v_sq)
-        errors[name_of(cap, probes)] = total / SEEDS
-        every = torch.cat(counted)
-        keys[name_of(cap, probes)] = (every.mean().item(), every.quantile(0.99).item())
+    plans = {
+        name_of(cap, probes): partial(capped_plan, scale=scale, cap=cap, probes=probes)
+        for cap, probes in CAPS
+    }
+    estimate = partial(probe_estimate, scale=scale)
+    errors, keys = plan_errors(q, k, v, scale, plans, estimate, exact_keys_per_query, SEEDS)
     KEYS_SEEN.append(keys)
     return errors
 
 
 def planted_keys(n: int) -> None:
-    q, k, _ = planted_inputs(n, 1, 1, 128, torch.float32, True, 0, device="cpu")
+    qz, kz, scale = planted_top_level(n)
     half = n // 2
-    qz, kz = q[:, :, half:].double(), k[:, 0, :half].double()
-    scale = 1 / math.sqrt(q.shape[-1])
     print(f"planted inputs, n={n}: the top level's problem ({half} queries, {half} keys),"
           f" block {BLOCK}, {ITERATIONS} Lloyd iterations, one head\n")  # fmt: skip
     print("| clusters | exact keys per query: mean | 99th percentile | vs uncapped |")

@@ -86,6 +86,46 @@ def first_cut_errors(q, k, v, scale: float, settings: dict[str, Callable[[int], 
     return errors
 
 
+def plan_errors(
+    q, k, v, scale: float, plans: dict[str, Callable], estimate: Callable, keys_of: Callable,
+    seeds: int,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:  # fmt: skip
+    """For studies of a per-query plan: each plan's ||O - O*||_F / ||V||_F over the KV
+    heads' first-cut rectangles (mean over `seeds` seeds) and its exact keys per query
+    (mean, 99th percentile). plans[name](q, k) plans a rectangle (q [1, g, rows, d],
+    k [1, nk, d]); estimate(q, k, v, plan, seed) -> [1, g, rows, dv]; keys_of(plan) ->
+    each query's exact keys."""
+    half = q.shape[2] // 2
+    errors, keys = {}, {}
+    for name, plan_of in plans.items():
+        total, counted = 0.0, []
+        for seed in range(seeds):
+            err_sq = v_sq = 0.0
+            for rect in cut_rectangles(q, k, v, scale, half):
+                qz, kz, vz = rect.q[None], rect.k[None], rect.v[None]
+                plan = plan_of(qz, kz)
+                out = estimate(qz, kz, vz, plan, seed=seed)
+                err_sq += (out[0] - rect.exact).pow(2).sum().item()
+                v_sq += rect.v_sq
+                counted.append(keys_of(plan).double())
+            total += (err_sq / v_sq) ** 0.5
+        errors[name] = total / seeds
+        every = torch.cat(counted)
+        keys[name] = (every.mean().item(), every.quantile(0.99).item())
+    return errors, keys
+
+
+def planted_top_level(n: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The top causal level's problem of the speed benchmark's planted inputs at length n
+    (one head, d=128, float64): its n/2 queries [1, 1, n/2, d], the n/2 keys before them
+    [1, n/2, d], and the scale."""
+    from hf_hyper.eval.bench_attention import planted_inputs
+
+    q, k, _ = planted_inputs(n, 1, 1, 128, torch.float32, True, 0, device="cpu")
+    half = n // 2
+    return q[:, :, half:].double(), k[:, 0, :half].double(), q.shape[-1] ** -0.5
+
+
 def rectangle_config(seed: int, **fields) -> HyperAttentionConfig:
     """A config for one rectangle: the recursion serves it with blocks and sample at any
     size (min_seq_len 8), in torch ops."""

@@ -9,7 +9,8 @@ kernels summed by kind:
 - `probe kernels`: the probes' Triton segment and sample kernels;
 - `choice kernel`: each query's clusters by a running top-c (`top_clusters_kernel`);
   the setting "probes, torch choice" makes that choice in torch ops instead (a score
-  matrix in row chunks and topk), for a same-run A/B;
+  matrix in row chunks and topk), for a same-run A/B; "probes, key budget" bounds each
+  query's exact keys (`cluster_key_budget`, `--key-budget`);
 - `k-means kernels`: the best-centroid and Lloyd-update kernels;
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
@@ -26,6 +27,7 @@ import itertools
 import json
 import os
 from collections import defaultdict
+from dataclasses import replace
 from unittest import mock
 
 import torch
@@ -93,6 +95,7 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
         "k-means blocks": HyperAttentionConfig(kmeans_iters=args.kmeans_iters),
         "probes": probes,
         "probes, torch choice": probes,
+        "probes, key budget": replace(probes, cluster_key_budget=args.key_budget),
     }
     rows = []
     for name in args.settings:
@@ -212,8 +215,10 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=16)
     p.add_argument("--kmeans-iters", type=int, default=4)
     p.add_argument("--block-size", type=int, default=256, help="the probes' block_size")
-    names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice"]
+    names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice", "probes, key budget"]
     p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
+    p.add_argument("--key-budget", type=float, default=1.5,
+                   help="the setting 'probes, key budget': its cluster_key_budget")  # fmt: skip
     p.add_argument("--top", type=int, default=0, help="also list the N costliest kernels")
     p.add_argument(
         "--sweep-block-n",

@@ -75,7 +75,8 @@ def test_one_problem_per_launch(case, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "probes, probe_kernels", [(3, None), (3, "gathered keys"), (3, "sorted keys"), (0, None)]
+    "probes, probe_kernels",
+    [(3, None), (3, "gathered keys"), (3, "sorted keys"), (3, "key budget"), (0, None)],
 )
 @pytest.mark.parametrize("causal, extra_keys", [(False, 0), (True, 0), (True, 300)])
 def test_finders_of_each_problem_run_in_the_fused_executor(
@@ -85,8 +86,8 @@ def test_finders_of_each_problem_run_in_the_fused_executor(
     k-means blocks, through the fused executor (its recursion, diagonal, sinks, band
     corner and merges, a cached prefix too) equal the torch path, with the same draws.
     probe_kernels: the probes' kernels merge straight into the executor's rows, as on
-    CUDA, reading each cluster's keys by index or from sorted copies (None: the probes
-    run in torch ops and the executor merges their result)."""
+    CUDA, reading each cluster's keys by index or from sorted copies, or under a key
+    budget (None: the probes run in torch ops and the executor merges their result)."""
     from functools import partial
 
     from hf_hyper.attention.finders import query_clusters
@@ -108,7 +109,8 @@ def test_finders_of_each_problem_run_in_the_fused_executor(
     k, v = (torch.randn(1, 2, n_query + extra_keys, dim, generator=gen) for _ in range(2))
     settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4,
                     seed=0, kmeans_iters=2, cluster_probes=probes, sink_tokens=2,
-                    local_window=8)  # fmt: skip
+                    local_window=8,
+                    cluster_key_budget=1.0 if probe_kernels == "key budget" else 0.0)  # fmt: skip
     reference = HyperAttentionConfig(**settings, backend="torch")
     want_out, want_lse = hyper_attention_with_lse(q, k, v, causal=causal, config=reference)
     config = HyperAttentionConfig(**settings)

@@ -193,6 +193,10 @@ def test_bad_input_is_one_line_naming_the_fix(tiny_checkpoint, tmp_path, capsys)
     )
     assert "no model at" in _error(capsys, "ppl", "--model", str(tmp_path / "none"))
     assert "set kmeans_iters > 0" in _error(capsys, *base, "--cluster-probes", "4")
+    no_probes = _error(capsys, *base, "--cluster-key-budget", "1.5")
+    assert "cluster_key_budget bounds the keys of the cluster probes: set cluster_probes" in (
+        no_probes
+    )
 
 
 def test_bad_text_files_name_the_file_and_the_fix(tiny_checkpoint, tmp_path, capsys):
@@ -346,6 +350,10 @@ def test_more_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
         cli.main([*base, "--exact-up-to", "foo"])
     assert exit_info.value.code == 2
     assert "expected a query length or 'auto'; got 'foo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--cluster-key-budget", "lots"])
+    assert exit_info.value.code == 2
+    assert "--cluster-key-budget: expected a number; got 'lots'" in capsys.readouterr().err
 
 
 def test_plot_refuses_a_missing_folder_and_a_json_without_its_fields(tmp_path, capsys):

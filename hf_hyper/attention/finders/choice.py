@@ -23,7 +23,7 @@ def finder_of_call(
         return QueryClusters(
             hash_dims, config.cluster_probes, config.kmeans_iters, config.lsh_num_projs,
             config.block_size, config.sample_size, scale, kernels,
-            require_kernels=config.backend == "triton",
+            require_kernels=config.backend == "triton", key_budget=config.cluster_key_budget,
         )  # fmt: skip
     if config.finder == "kmeans":
         return KmeansBlocks(

@@ -56,7 +56,9 @@ class ProbePlan:
     k_order [z, nk]: key index at each position sorted by cluster (stable, so a cluster
     keeps sequence order); starts [z, clusters + 1]: where each cluster begins there;
     assign [z, nk]: each key's cluster; counts [z, clusters]: keys per cluster, sinks
-    left out; chosen [z, g, nq, probes]: each query's clusters, best first (distinct).
+    left out; chosen [z, g, nq, probes]: each query's clusters, best first (distinct,
+    but for the slots a key budget emptied: those name the last cluster, which a budget
+    appends empty, so they add no exact key and hide no draw).
     """
 
     k_order: Tensor
@@ -68,11 +70,13 @@ class ProbePlan:
 
 def plan_probes(
     q: Tensor, k: Tensor, probes: int, clusters: int, iterations: int, scale: float,
-    sinks: Tensor | None, kmeans_kernels: bool = True,
+    sinks: Tensor | None, kmeans_kernels: bool = True, key_budget: float = 0.0,
 ) -> ProbePlan:  # fmt: skip
     """Cluster each problem's keys k [z, nk, d] and choose the `probes` clusters of
     largest estimated mass for each query q [z, g, nq, d] (the columns that are hashed).
-    kmeans_kernels=False keeps the clustering in torch ops (backend "torch")."""
+    kmeans_kernels=False keeps the clustering in torch ops (backend "torch").
+    key_budget > 0: each query keeps its clusters within that many times probes x the
+    mean cluster size (`within_key_budget`)."""
     with torch.no_grad():
         z, g, n_query, dim = q.shape
         centroids, assign, counts = kmeans_clusters(
@@ -83,7 +87,29 @@ def plan_probes(
         else:
             q_rows = q.reshape(z, g * n_query, dim)
             chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
+        if key_budget:
+            chosen, counts = within_key_budget(chosen, counts, key_budget * probes)
         return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes))
+
+
+def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Tensor, Tensor]:
+    """Each query's clusters chosen [z, rows, probes] (best first) cut to a key budget:
+    it keeps its best cluster, then each later one while its kept keys, that one's
+    included, stay within budget x the problem's mean cluster size (counts [z, c]: keys
+    per cluster). A cluster too large for what is left is passed over, and a smaller
+    later one may still fit. The slots passed over name cluster c, appended empty ->
+    (chosen, counts [z, c + 1])."""
+    z, n_clusters = counts.shape
+    limit = budget * counts.sum(1, keepdim=True) / n_clusters  # [z, 1]
+    sizes = torch.gather(counts, 1, chosen.reshape(z, -1)).view(chosen.shape)
+    kept = torch.ones_like(chosen, dtype=torch.bool)
+    used = sizes[..., 0].clone()
+    for rank in range(1, chosen.shape[-1]):
+        fits = used + sizes[..., rank] <= limit
+        kept[..., rank] = fits
+        used = used + torch.where(fits, sizes[..., rank], 0.0)
+    empty = counts.new_zeros(z, 1)
+    return torch.where(kept, chosen, n_clusters), torch.cat([counts, empty], 1)
 
 
 def plan_of_choice(assign: Tensor, counts: Tensor, chosen: Tensor) -> ProbePlan:
@@ -270,15 +296,18 @@ def probed_attention(
     q: Tensor, k: Tensor, v: Tensor, probe_q: Tensor, probe_k: Tensor, scale: float,
     probes: int, clusters: int, iterations: int, sample_size: int, rng: Randomness,
     sinks: Tensor | None = None, band: int = 0, kernels: bool = False,
-    kmeans_kernels: bool = True,
+    kmeans_kernels: bool = True, key_budget: float = 0.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One batch of non-causal problems: each query's `probes` clusters exact, plus the
     sample for its other keys, less the sinks and the band corner (attended exactly
     elsewhere). probe_q, probe_k: the columns that choose the clusters (q, k or their
     leading hash_dims). kernels: run the exact and sampled parts in the Triton kernels
     (no autograd) instead of torch ops; the same draws and the same sums, in another
-    order. kmeans_kernels: as in `plan_probes`. -> out [z, g, nq, dv], lse [z, g, nq]."""
-    plan = plan_probes(probe_q, probe_k, probes, clusters, iterations, scale, sinks, kmeans_kernels)
+    order. kmeans_kernels, key_budget: as in `plan_probes`. -> out [z, g, nq, dv],
+    lse [z, g, nq]."""
+    plan = plan_probes(
+        probe_q, probe_k, probes, clusters, iterations, scale, sinks, kmeans_kernels, key_budget
+    )
     if kernels:
         folded = _probed_by_kernels(q, k, v, plan, scale, sample_size, rng, sinks, band)
         assert folded is not None
@@ -502,7 +531,8 @@ class QueryClusters:
     """The per-query clusters finder of one call: the leading columns that choose the
     clusters and the config's sizes. kernels: the probes' kernels serve its inference
     calls on CUDA (and the k-means kernels its clustering); False keeps all in torch
-    ops. require_kernels: a call they cannot serve is an error (backend "triton")."""
+    ops. require_kernels: a call they cannot serve is an error (backend "triton").
+    key_budget: the config's cluster_key_budget (`within_key_budget`; 0: none)."""
 
     hash_dims: int
     probes: int
@@ -513,6 +543,7 @@ class QueryClusters:
     scale: float
     kernels: bool = True
     require_kernels: bool = False
+    key_budget: float = 0.0
 
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, rng: Randomness, sinks: Tensor | None,
@@ -525,7 +556,7 @@ class QueryClusters:
         return probed_attention(
             q, k, v, q[..., :hd], k[..., :hd], self.scale, min(self.probes, clusters),
             clusters, self.iterations, self.sample_size, rng, sinks, band,
-            kernels, kmeans_kernels=self.kernels,
+            kernels, kmeans_kernels=self.kernels, key_budget=self.key_budget,
         )  # fmt: skip
 
     def attend_into(
@@ -548,7 +579,7 @@ class QueryClusters:
             part_sinks = None if sinks is None else sinks[part]
             plan = plan_probes(
                 q[part, ..., :hd], k[part, :, :hd], min(self.probes, clusters), clusters,
-                self.iterations, self.scale, part_sinks, self.kernels,
+                self.iterations, self.scale, part_sinks, self.kernels, self.key_budget,
             )  # fmt: skip
             part_draws = draws[part] if isinstance(draws, Tensor) else draws
             _probed_by_kernels(

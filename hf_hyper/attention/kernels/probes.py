@@ -73,6 +73,13 @@ def segment_kernel(
     row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
     if tl.min(row, 0) >= n_rows:
         return  # an unused tile: every slot is empty
+    seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
+    seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
+    # a cluster without keys (the one a key budget empties) adds nothing to a merge; the
+    # constexpr test stands alone so non-merging launches compile without the branch
+    if MERGE:  # noqa: SIM102
+        if seg_len == 0:
+            return
     row_ok = row < n_rows
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
@@ -90,8 +97,6 @@ def segment_kernel(
     n_sink = tl.load(sink_keys_ptr + zp)
     k_at = tl.load(k_base_ptr + zp)
     v_at = tl.load(v_base_ptr + zp)
-    seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
-    seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
     order = k_order_ptr + zp * n_key + seg_start
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

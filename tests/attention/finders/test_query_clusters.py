@@ -23,13 +23,17 @@ from hf_hyper.attention.reference import reference_attention
 SMALL = dict(block_size=32, sample_size=32, min_seq_len=64, seed=0, backend="torch")
 
 
-def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, band):
+def dense_probed(
+    q, k, v, probes, clusters, iterations, scale, sample, n_sink, band, key_budget=0.0
+):  # fmt: skip
     """The estimator written out as one weighted softmax per query (float64, [g, nq]):
     weight 1 on the sinks, on the query's clusters and (early queries) on the band
     corner; each draw outside those counts R / r, R the query's other keys and r the
     draws it keeps."""
     sinks = torch.tensor([n_sink]) if n_sink else None
-    plan = plan_probes(q[None], k[None], probes, clusters, iterations, scale, sinks)
+    plan = plan_probes(
+        q[None], k[None], probes, clusters, iterations, scale, sinks, key_budget=key_budget
+    )
     g, n_query, _ = q.shape
     n_key = k.shape[0]
     chosen = plan.chosen[0]  # [g, nq, probes]
@@ -49,8 +53,9 @@ def dense_probed(q, k, v, probes, clusters, iterations, scale, sample, n_sink, b
     return (probs @ v) / probs.sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("n_sink, band", [(0, 0), (3, 0), (2, 16)])
-def test_matches_the_dense_statement_of_the_estimator(n_sink, band):
+@pytest.mark.parametrize("n_sink, band, key_budget", [(0, 0, 0.0), (3, 0, 0.0), (2, 16, 0.0),
+                                                     (3, 0, 1.0), (2, 16, 1.5)])  # fmt: skip
+def test_matches_the_dense_statement_of_the_estimator(n_sink, band, key_budget):
     gen = torch.Generator().manual_seed(3)
     g, n_query, n_key, dim = 3, 90, 200, 8
     q = torch.randn(g, n_query, dim, generator=gen, dtype=torch.float64)
@@ -61,7 +66,7 @@ def test_matches_the_dense_statement_of_the_estimator(n_sink, band):
     rng = Randomness(torch.Generator().manual_seed(7), q.device)
     out, lse = probed_attention(
         q[None], k[None], v[None], q[None], k[None], scale, probes, clusters, 3, m, rng,
-        sinks, band,
+        sinks, band, key_budget=key_budget,
     )  # fmt: skip
     out, lse = out[0], lse[0]
     # the sinks and the band corner are attended exactly by the caller: merge them here
@@ -77,8 +82,44 @@ def test_matches_the_dense_statement_of_the_estimator(n_sink, band):
             out_else * torch.exp(lse_else - total)[..., None]
         )
     sample = torch.randint(n_key, (1, m), generator=torch.Generator().manual_seed(7))[0]
-    dense = dense_probed(q, k, v, probes, clusters, 3, scale, sample, n_sink, band)
+    dense = dense_probed(q, k, v, probes, clusters, 3, scale, sample, n_sink, band, key_budget)
     torch.testing.assert_close(out, dense, rtol=1e-10, atol=1e-10)
+
+
+def test_a_key_budget_bounds_each_querys_exact_keys():
+    # skewed clusters (half the keys near one direction), so that the choice by
+    # estimated mass takes large clusters and the budget has something to bound
+    gen = torch.Generator().manual_seed(5)
+    n_key, dim, probes, clusters = 600, 8, 4, 24
+    k = torch.randn(n_key, dim, generator=gen, dtype=torch.float64)
+    k[: n_key // 2] = 0.2 * k[: n_key // 2] + 3.0
+    q = torch.randn(2, 120, dim, generator=gen, dtype=torch.float64) + 1.0
+    sinks = torch.tensor([2])
+    free = plan_probes(q[None], k[None], probes, clusters, 3, 0.5, sinks)
+    for budget in (0.5, 1.0, 1.5):
+        plan = plan_probes(q[None], k[None], probes, clusters, 3, 0.5, sinks, key_budget=budget)
+        counts = plan.counts[0]
+        assert counts.shape[0] == clusters + 1 and counts[-1] == 0  # the empty cluster
+        limit = budget * probes * counts.sum() / clusters
+        # the same ranking; a slot is kept as chosen or emptied, never replaced
+        same = plan.chosen == free.chosen
+        assert (same | (plan.chosen == clusters)).all()
+        assert same[..., 0].all()  # the best cluster is always kept
+        sizes = counts[plan.chosen[0]].sum(-1)
+        best = counts[plan.chosen[0, ..., 0]]
+        assert (sizes <= torch.maximum(best, limit) + 1e-9).all()
+        # greedy: every emptied slot's cluster would have broken the budget
+        used = torch.zeros_like(best)
+        for rank in range(probes):
+            size = free.counts[0][free.chosen[0, ..., rank]]
+            kept = plan.chosen[0, ..., rank] != clusters
+            assert (kept | (used + size > limit)).all()
+            used = used + torch.where(kept, size, 0.0)
+    emptied = (plan_probes(q[None], k[None], probes, clusters, 3, 0.5, sinks,
+                           key_budget=0.5).chosen == clusters).float().mean()  # fmt: skip
+    assert emptied > 0.2, "the skewed keys should make the budget bind"
+    huge = plan_probes(q[None], k[None], probes, clusters, 3, 0.5, sinks, key_budget=1e9)
+    assert torch.equal(huge.chosen, free.chosen)
 
 
 def test_gradients_match_the_dense_statement():
@@ -117,11 +158,11 @@ def test_probing_every_cluster_is_exact(causal, extra):
     torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_prefix", [0, 150])
+@pytest.mark.parametrize("n_prefix, key_budget", [(0, 0.0), (150, 0.0), (150, 1.0)])
 @pytest.mark.slow
-def test_causal_outputs_ignore_future_tokens(n_prefix):
+def test_causal_outputs_ignore_future_tokens(n_prefix, key_budget):
     config = HyperAttentionConfig(**SMALL, kmeans_iters=3, cluster_probes=4, sink_tokens=2,
-                                  local_window=8)  # fmt: skip
+                                  local_window=8, cluster_key_budget=key_budget)  # fmt: skip
     assert_past_ignores_future(
         lambda q, k, v: hyper_attention(q, k, v, causal=True, config=config), n_prefix
     )
@@ -151,6 +192,15 @@ def test_cluster_count_keeps_about_a_block_of_keys_per_query():
 
 
 def test_config_names_the_field_and_the_fix():
+    with pytest.raises(ValueError, match="cluster_key_budget.*cluster_probes"):
+        HyperAttentionConfig(cluster_key_budget=1.5)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="cluster_key_budget"):
+            HyperAttentionConfig(kmeans_iters=2, cluster_probes=4, cluster_key_budget=bad)
+    with pytest.raises(TypeError, match="cluster_key_budget"):
+        HyperAttentionConfig(kmeans_iters=2, cluster_probes=4, cluster_key_budget="1.5")
+    budgeted = HyperAttentionConfig(kmeans_iters=2, cluster_probes=4, cluster_key_budget=2)
+    assert budgeted.cluster_key_budget == 2.0 and isinstance(budgeted.cluster_key_budget, float)
     with pytest.raises(ValueError, match="cluster_probes"):
         HyperAttentionConfig(cluster_probes=-1)
     with pytest.raises(TypeError, match="cluster_probes"):
@@ -168,17 +218,18 @@ def test_the_triton_backend_refuses_cpu_inputs_in_one_line():
 
 
 KERNEL_CASES = [
-    # z, g, nq, nk, d, dv, probes, clusters, sample, sinks, band
-    (2, 3, 90, 200, 16, 16, 3, 16, 40, None, 0),
-    (2, 2, 100, 150, 32, 24, 4, 12, 64, (3, 0), 16),
-    (1, 1, 40, 300, 64, 64, 2, 40, 0, None, 0),
+    # z, g, nq, nk, d, dv, probes, clusters, sample, sinks, band, key budget
+    (2, 3, 90, 200, 16, 16, 3, 16, 40, None, 0, 0.0),
+    (2, 2, 100, 150, 32, 24, 4, 12, 64, (3, 0), 16, 0.0),
+    (1, 1, 40, 300, 64, 64, 2, 40, 0, None, 0, 0.0),
+    (2, 2, 100, 150, 32, 24, 4, 12, 64, (3, 0), 16, 0.8),
 ]
 
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
 def test_kernels_match_the_torch_ops(case):
-    z, g, n_query, n_key, dim, dv, probes, clusters, m, sinks, band = case
+    z, g, n_query, n_key, dim, dv, probes, clusters, m, sinks, band, key_budget = case
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(z, g, n_query, dim, generator=gen)
     k, v = torch.randn(z, n_key, dim, generator=gen), torch.randn(z, n_key, dv, generator=gen)
@@ -187,7 +238,8 @@ def test_kernels_match_the_torch_ops(case):
     for kernels in (False, True):
         rng = Randomness(torch.Generator().manual_seed(7), q.device)
         results.append(probed_attention(
-            q, k, v, q, k, 0.5, probes, clusters, 3, m, rng, sinks, band, kernels))  # fmt: skip
+            q, k, v, q, k, 0.5, probes, clusters, 3, m, rng, sinks, band, kernels,
+            key_budget=key_budget))  # fmt: skip
     # float32 both ways: only the order of the sums differs
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
@@ -216,12 +268,13 @@ def test_kernels_serve_the_whole_recursion(causal, choice_kernel, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("causal", [False, True])
-def test_kernels_on_a_gpu_are_within_twice_the_torch_ops_rounding(dtype, causal):
+@pytest.mark.parametrize("key_budget", [0.0, 1.0])
+def test_kernels_on_a_gpu_are_within_twice_the_torch_ops_rounding(dtype, causal, key_budget):
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, h, 3000, 64, device="cuda", generator=gen).to(dtype)
                for h in (8, 2, 2))  # fmt: skip
     settings = dict(block_size=64, sample_size=64, min_seq_len=256, seed=0, kmeans_iters=3,
-                    cluster_probes=4, local_window=16)  # fmt: skip
+                    cluster_probes=4, local_window=16, cluster_key_budget=key_budget)  # fmt: skip
     # float64 inputs cluster in torch ops, which near a tie may choose other clusters than
     # the k-means kernels do; the plain call (autograd: the probes' attention in torch
     # ops) and the fused call share the kernels' clusters, so both errors hold the same
