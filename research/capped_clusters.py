@@ -39,6 +39,7 @@ from captured_window import (
     plan_errors,
     planted_top_level,
     print_error_table,
+    print_keys_summary,
 )
 from tile_probes import probe_estimate
 
@@ -234,11 +235,7 @@ def main() -> None:
     columns = [name_of(cap, probes) for cap, probes in CAPS]
     caption = f"||O - O*||_F / ||V||_F, block {BLOCK}, {ITERATIONS} iterations"
     print_error_table(args, columns, capped_errors, SEEDS, caption)
-    print("\nexact keys per query (sinks included), mean / 99th percentile, mean over layers:")
-    for name in KEYS_SEEN[0]:
-        mean = sum(layer[name][0] for layer in KEYS_SEEN) / len(KEYS_SEEN)
-        p99 = sum(layer[name][1] for layer in KEYS_SEEN) / len(KEYS_SEEN)
-        print(f"- {name}: {mean:.0f} / {p99:.0f}")
+    print_keys_summary(KEYS_SEEN)
 
 
 if __name__ == "__main__":

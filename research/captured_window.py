@@ -115,6 +115,16 @@ def plan_errors(
     return errors, keys
 
 
+def print_keys_summary(keys_seen: list[dict[str, tuple[float, float]]]) -> None:
+    """The exact keys per query of each plan (as `plan_errors` gives them, one dict per
+    layer), mean and 99th percentile averaged over the layers."""
+    print("\nexact keys per query (sinks included), mean / 99th percentile, mean over layers:")
+    for name in keys_seen[0]:
+        mean = sum(layer[name][0] for layer in keys_seen) / len(keys_seen)
+        p99 = sum(layer[name][1] for layer in keys_seen) / len(keys_seen)
+        print(f"- {name}: {mean:.0f} / {p99:.0f}")
+
+
 def planted_top_level(n: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The top causal level's problem of the speed benchmark's planted inputs at length n
     (one head, d=128, float64): its n/2 queries [1, 1, n/2, d], the n/2 keys before them

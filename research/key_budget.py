@@ -29,29 +29,24 @@ import argparse
 from functools import partial
 
 import torch
-from capped_clusters import exact_keys_per_query
+from capped_clusters import BLOCK, ITERATIONS, PROBES, SEEDS, capped_plan, exact_keys_per_query
 from captured_window import (
     add_window_arguments,
     plan_errors,
     planted_top_level,
     print_error_table,
+    print_keys_summary,
 )
 from tile_probes import probe_estimate
 
-from hf_hyper.attention.finders.kmeans import kmeans_clusters
 from hf_hyper.attention.finders.query_clusters import (
     ProbePlan,
-    log_sizes,
     plan_of_choice,
-    probe_cluster_count,
     within_key_budget,
 )
 
-SEEDS = 2
-SINKS = 4
-PROBES = 4  # the accurate preset: 4 probes, block 512, 2 Lloyd iterations
-BLOCK = 512
-ITERATIONS = 2
+# the clusters are those of capped_clusters.py: 4 probes' worth (block 512), 2 Lloyd
+# iterations, 4 sinks, 2 seeds
 # (f, candidates): each query keeps its best clusters among `candidates` while its exact
 # keys stay within f x PROBES x the mean cluster size (None: no budget, the best PROBES)
 BUDGETS: list[tuple[float | None, int]] = [(None, PROBES), (1.5, PROBES), (1.0, 8), (1.5, 8)]
@@ -66,19 +61,15 @@ def name_of(factor: float | None, candidates: int) -> str:
 def budget_plan(
     q: torch.Tensor, k: torch.Tensor, scale: float, factor: float | None, candidates: int
 ) -> ProbePlan:
-    """The plan for q [1, g, rows, d], k [1, nk, d]: the library's clusters and choice of
-    the best `candidates`, then (factor given) the budget of factor x PROBES x the mean
-    cluster size, the dropped slots pointing at an empty cluster appended for them."""
-    n_key, dim = k.shape[1], k.shape[2]
-    clusters = probe_cluster_count(n_key, PROBES, BLOCK, 7)
-    sinks = torch.tensor([SINKS])
-    centroids, assign, counts = kmeans_clusters(k, clusters, ITERATIONS, sinks)
-    rows = q.reshape(1, -1, dim)
-    mass = scale * rows @ centroids.to(q.dtype).transpose(-1, -2) + log_sizes(counts)[:, None]
-    chosen = mass.topk(min(candidates, clusters), dim=-1).indices
-    if factor is not None:  # the library's rule (`cluster_key_budget`), budget in PROBES
-        chosen, counts = within_key_budget(chosen, counts, factor * PROBES)
-    return plan_of_choice(assign, counts, chosen.view(*q.shape[:3], -1))
+    """The plan for q [1, g, rows, d], k [1, nk, d]: the clusters and choice of the best
+    `candidates` as `capped_clusters.py` makes them uncut, then (factor given) the
+    library's budget (`within_key_budget`) of factor x PROBES x the mean cluster size."""
+    plan = capped_plan(q, k, scale, None, candidates)
+    if factor is None:
+        return plan
+    chosen = plan.chosen.reshape(1, -1, candidates)
+    chosen, counts = within_key_budget(chosen, plan.counts, factor * PROBES)
+    return plan_of_choice(plan.assign, counts, chosen.view(plan.chosen.shape))
 
 
 KEYS_SEEN: list[dict[str, tuple[float, float]]] = []
@@ -129,11 +120,7 @@ def main() -> None:
     columns = [name_of(factor, candidates) for factor, candidates in BUDGETS]
     caption = f"||O - O*||_F / ||V||_F, block {BLOCK}, {ITERATIONS} iterations"
     print_error_table(args, columns, budget_errors, SEEDS, caption)
-    print("\nexact keys per query (sinks included), mean / 99th percentile, mean over layers:")
-    for name in KEYS_SEEN[0]:
-        mean = sum(layer[name][0] for layer in KEYS_SEEN) / len(KEYS_SEEN)
-        p99 = sum(layer[name][1] for layer in KEYS_SEEN) / len(KEYS_SEEN)
-        print(f"- {name}: {mean:.0f} / {p99:.0f}")
+    print_keys_summary(KEYS_SEEN)
 
 
 if __name__ == "__main__":

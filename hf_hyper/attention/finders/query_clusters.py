@@ -114,7 +114,8 @@ def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Te
 
 def plan_of_choice(assign: Tensor, counts: Tensor, chosen: Tensor) -> ProbePlan:
     """The plan for queries that attend the clusters `chosen` [z, g, nq, probes] (distinct
-    per query) of keys clustered as assign [z, nk] int64, with counts [z, c]."""
+    per query, but for a key budget's empty cluster) of keys clustered as assign [z, nk]
+    int64, with counts [z, c]."""
     # the counting sort's order and run starts (sinks included), as int64 for the gathers
     k_order, starts = stable_bucket_argsort(assign, counts.shape[1])
     return ProbePlan(k_order.long(), starts.long(), assign, counts, chosen)
