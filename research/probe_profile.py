@@ -185,24 +185,27 @@ def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
 
 
 def sweep_graphs(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The probes setting timed (no profile) with each cuda_graph_max_len: 0 runs eagerly,
-    one at or above n replays a CUDA graph from the third call (the host's launches
-    gone), so the difference is what the host costs the call."""
+    """The probes setting timed (no profile) with each cuda_graph_max_len and key budget
+    (`--sweep-key-budgets`): a max_len of 0 runs eagerly, one at or above n replays a
+    CUDA graph from the third call (the host's launches gone), so the difference is
+    what the host costs the call."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
-    for max_len in args.sweep_graph_max_len:
+    for budget, max_len in itertools.product(args.sweep_key_budgets, args.sweep_graph_max_len):
         config = HyperAttentionConfig(
             kmeans_iters=args.kmeans_iters, cluster_probes=args.probes,
             block_size=args.block_size, cuda_graph_max_len=max_len,
+            cluster_key_budget=budget,
         )  # fmt: skip
         with torch.no_grad():
             timing = time_cuda(
                 lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
                 warmup=3, repeats=5,
             )  # fmt: skip
-        print(f"| {n} | {dim} | {max_len} | {timing.ms:.1f} | {timing.peak_gib:.2f} |")
-        rows.append(dict(n=n, dim=dim, cuda_graph_max_len=max_len, ms=timing.ms,
-                         peak_gib=timing.peak_gib))  # fmt: skip
+        print(f"| {n} | {dim} | {budget:g} | {max_len} | {timing.ms:.1f} | "
+              f"{timing.peak_gib:.2f} |")  # fmt: skip
+        rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, cuda_graph_max_len=max_len,
+                         ms=timing.ms, peak_gib=timing.peak_gib))  # fmt: skip
         torch.cuda.empty_cache()
     return rows
 
@@ -236,6 +239,8 @@ def main() -> None:
                    help="also time the probes with these plan budgets (B per row)")  # fmt: skip
     p.add_argument("--sweep-graph-max-len", type=int, nargs="*", default=[],
                    help="also time the probes at these cuda_graph_max_len (0: eager)")  # fmt: skip
+    p.add_argument("--sweep-key-budgets", type=float, nargs="+", default=[0.0],
+                   help="the graph sweep's cluster_key_budget values (0: no budget)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
@@ -263,7 +268,8 @@ def main() -> None:
             for dim in args.dims:
                 rows += sweep_plan_budget(n, dim, args)
     if args.sweep_graph_max_len:
-        print("\n| n | d | cuda_graph_max_len | ms | peak GiB |\n|---|---|---|---|---|")
+        print("\n| n | d | key budget | cuda_graph_max_len | ms | peak GiB |"
+              "\n|---|---|---|---|---|---|")  # fmt: skip
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_graphs(n, dim, args)
