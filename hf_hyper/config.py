@@ -18,10 +18,13 @@ DEFAULT_SINK_TOKENS = 4
 # Keys before each query attended exactly across the causal recursion's cuts by default:
 # none, as on pretrained checkpoints the gain did not pay for the time.
 DEFAULT_LOCAL_WINDOW = 0
-# Queries up to which inference calls replay CUDA graphs by default: below it the host's
-# work per call is a large share of the time; above it the GPU's dominates, while a graph
-# holds static copies of its inputs and output.
+# Queries up to which inference calls replay CUDA graphs by default (cuda_graph_max_len
+# "auto"): below it the host's work per call is a large share of the time; above it the
+# GPU's dominates, while a graph holds static copies of its inputs and output. Per-query
+# clusters launch several times more small kernels a call (each probe rank's tiles, in
+# plan chunks), so their host work still dominates at 131k.
 DEFAULT_CUDA_GRAPH_MAX_LEN = 65536
+CLUSTERS_CUDA_GRAPH_MAX_LEN = 262144
 # The last queries of a causal call attended exactly by default: where a prompt ends with
 # its question, the rows that generation reads from; see `exact_tail`.
 DEFAULT_EXACT_TAIL = 0
@@ -33,8 +36,8 @@ ACCURATE_CLUSTER_PROBES = 4
 ACCURATE_EXACT_TAIL = 64
 
 
-def parse_exact_up_to(text: str) -> int | str:
-    """exact_up_to from text: a query length, or "auto" (the measured crossover)."""
+def parse_length_or_auto(text: str) -> int | str:
+    """A query length from text, or "auto" (exact_up_to, cuda_graph_max_len)."""
     if text == "auto":
         return text
     try:
@@ -54,6 +57,16 @@ def _require_int(name: str, value: Any, low: int, high: int | None = None) -> No
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"HyperAttentionConfig.{name} must be {bound}; got {value}")
+
+
+def _require_length_or_auto(name: str, value: Any) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, str):
+        raise ValueError(
+            f"HyperAttentionConfig.{name} must be an int >= 0 or 'auto'; got {value!r}"
+        )
+    _require_int(name, value, 0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,9 @@ class HyperAttentionConfig:
     cuda_graph_max_len: fused calls without autograd of at most this many queries replay
         a CUDA graph captured on the second call of their shape, layout and config
         (a patched model's layers share one), which removes the host's work per call; the
-        result equals the eager call's bit for bit. 0: always eager.
+        result equals the eager call's bit for bit. 0: always eager. "auto" (default):
+        DEFAULT_CUDA_GRAPH_MAX_LEN, or CLUSTERS_CUDA_GRAPH_MAX_LEN for per-query
+        clusters, whose host work is larger (`graph_max_len`).
     """
 
     lsh_num_projs: int = field(
@@ -180,7 +195,7 @@ class HyperAttentionConfig:
         metadata={
             "help": "calls with at most this many queries run exact; 'auto' = the measured "
             "crossover (0: min_seq_len alone decides)",
-            "parse": parse_exact_up_to,
+            "parse": parse_length_or_auto,
         },
     )
     exact_tail: int = field(
@@ -191,9 +206,13 @@ class HyperAttentionConfig:
         default=None, metadata={"help": "seed of the hyperplanes and samples of every call"}
     )
     backend: str = field(default="auto", metadata={"help": "kernels to run", "choices": BACKENDS})
-    cuda_graph_max_len: int = field(
-        default=DEFAULT_CUDA_GRAPH_MAX_LEN,
-        metadata={"help": "inference calls up to this many queries replay CUDA graphs; 0: never"},
+    cuda_graph_max_len: int | str = field(
+        default="auto",
+        metadata={
+            "help": "inference calls up to this many queries replay CUDA graphs; 0: never; "
+            "'auto': by the finder",
+            "parse": parse_length_or_auto,
+        },
     )
 
     def __post_init__(self) -> None:
@@ -202,7 +221,7 @@ class HyperAttentionConfig:
         _require_int("sample_size", self.sample_size, 0)
         _require_int("min_seq_len", self.min_seq_len, 1)
         _require_int("kmeans_iters", self.kmeans_iters, 0)
-        _require_int("cuda_graph_max_len", self.cuda_graph_max_len, 0)
+        _require_length_or_auto("cuda_graph_max_len", self.cuda_graph_max_len)
         _require_int("cluster_probes", self.cluster_probes, 0)
         _require_int("exact_tail", self.exact_tail, 0)
         budget = self.cluster_key_budget
@@ -244,13 +263,7 @@ class HyperAttentionConfig:
                     f"min_seq_len // 2 = {self.min_seq_len // 2}; got {self.sinks} + "
                     f"{self.local_window}: lower local_window or raise min_seq_len"
                 )
-        if self.exact_up_to != "auto":
-            if isinstance(self.exact_up_to, str):
-                raise ValueError(
-                    f"HyperAttentionConfig.exact_up_to must be an int >= 0 or 'auto'; "
-                    f"got {self.exact_up_to!r}"
-                )
-            _require_int("exact_up_to", self.exact_up_to, 0)
+        _require_length_or_auto("exact_up_to", self.exact_up_to)
         if self.seed is not None:
             _require_int("seed", self.seed, 0)
         if self.backend not in BACKENDS:
@@ -300,6 +313,16 @@ class HyperAttentionConfig:
     def window(self) -> int:
         """The local window every causal call uses (local_window, resolved)."""
         return self.local_window
+
+    @property
+    def graph_max_len(self) -> int:
+        """Inference calls of at most this many queries replay CUDA graphs
+        (cuda_graph_max_len, resolved)."""
+        if self.cuda_graph_max_len != "auto":
+            return self.cuda_graph_max_len
+        if self.finder == "clusters":
+            return CLUSTERS_CUDA_GRAPH_MAX_LEN
+        return DEFAULT_CUDA_GRAPH_MAX_LEN
 
     def exact_query_len(self, causal: bool) -> int:
         """Calls with at most this many queries run exact attention."""

@@ -186,10 +186,23 @@ def test_a_failed_capture_runs_eagerly_once_counted_and_is_not_retried():
 
 
 def test_cuda_graph_max_len_is_validated():
-    with pytest.raises(ValueError, match="cuda_graph_max_len"):
-        HyperAttentionConfig(cuda_graph_max_len=-1)
+    for bad in (-1, "long"):
+        with pytest.raises(ValueError, match="cuda_graph_max_len"):
+            HyperAttentionConfig(cuda_graph_max_len=bad)
     with pytest.raises(TypeError, match="cuda_graph_max_len"):
         HyperAttentionConfig(cuda_graph_max_len=1.5)
+
+
+def test_auto_graph_length_reaches_further_for_per_query_clusters():
+    from hf_hyper.config import CLUSTERS_CUDA_GRAPH_MAX_LEN, DEFAULT_CUDA_GRAPH_MAX_LEN
+
+    assert CLUSTERS_CUDA_GRAPH_MAX_LEN > DEFAULT_CUDA_GRAPH_MAX_LEN
+    assert HyperAttentionConfig().cuda_graph_max_len == "auto"
+    for blocks in (HyperAttentionConfig(), HyperAttentionConfig(kmeans_iters=2)):
+        assert blocks.graph_max_len == DEFAULT_CUDA_GRAPH_MAX_LEN
+    assert HyperAttentionConfig.accurate().graph_max_len == CLUSTERS_CUDA_GRAPH_MAX_LEN
+    for length in (0, 4096):  # a length given is kept, whatever the finder
+        assert HyperAttentionConfig.accurate(cuda_graph_max_len=length).graph_max_len == length
 
 
 # --- on a GPU: real graphs against eager fused calls ---------------------------------
@@ -252,6 +265,26 @@ def test_a_graph_reading_inputs_in_place_follows_their_new_values():
         for t in (q, k, v):
             t.mul_(1.25).add_(0.1)  # same addresses, new values
     assert cuda_graph_stats().replayed_in_place == 3  # calls 2-4: captured on the second
+
+
+@pytest.mark.gpu
+def test_auto_graph_length_follows_the_finder(monkeypatch):
+    # the two resolved lengths shrunk around one call's length: the block finder's call
+    # runs eagerly, the per-query clusters' call replays a graph
+    from hf_hyper import config as config_module
+
+    monkeypatch.setattr(config_module, "DEFAULT_CUDA_GRAPH_MAX_LEN", 1024)
+    monkeypatch.setattr(config_module, "CLUSTERS_CUDA_GRAPH_MAX_LEN", 4096)
+    q, k, v = random_qkv(1, 4, 2, 3000, 3000, dim=64, dtype=torch.bfloat16, device="cuda")
+    captured = {}
+    for name, settings in (("blocks", {}), ("clusters", {"kmeans_iters": 2, "cluster_probes": 4})):
+        config = HyperAttentionConfig(**{**GPU_CONFIG.to_dict(), **settings, "seed": 0})
+        assert config.cuda_graph_max_len == "auto"
+        clear_cuda_graphs()
+        for _ in range(3):
+            hyper_attention(q, k, v, causal=True, config=config)
+        captured[name] = cuda_graph_stats().captured
+    assert captured["blocks"] == 0 and captured["clusters"] >= 1, captured
 
 
 @pytest.mark.gpu

@@ -52,8 +52,8 @@ def fused_hyper_attention(
     finder made by finder_of_planes from its hyperplanes: (out, lse), both
     differentiable where autograd needs them (the fused backward attached). Without
     gradients, need_lse=False lets a call that merges nothing keep no lse (None), and
-    calls of at most config.cuda_graph_max_len queries replay CUDA graphs (graphs.py)."""
-    graphs = q.is_cuda and q.shape[2] <= config.cuda_graph_max_len
+    calls of at most config.graph_max_len queries replay CUDA graphs (graphs.py)."""
+    graphs = q.is_cuda and q.shape[2] <= config.graph_max_len
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         if graphs:
             GRAPHS.stats.fallbacks["autograd: the backward replays the eager plan"] += 1
