@@ -22,6 +22,12 @@ INTERPRETER = not torch.cuda.is_available() and _interpreter_usable()
 if INTERPRETER:
     os.environ["TRITON_INTERPRET"] = "1"
 
+# Under pytest-xdist each worker is one process of several on the machine's cores: one
+# intra-op thread each keeps them from oversubscribing the cores with torch's threads,
+# which the many small ops of these tests pay for more than they gain.
+if "PYTEST_XDIST_WORKER" in os.environ and not torch.cuda.is_available():
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
