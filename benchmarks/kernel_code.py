@@ -34,13 +34,15 @@ X_STRIDES = ("x_stride_z", "x_stride_p", "x_stride_g", "x_stride_row")
 TYPES = {
     **{name: "*bf16" for name in ("Q", "K", "V", "Out", "KS", "VS", "X")},
     **{name: "*fp32" for name in ("LSE", "rest_ptr", "C", "Bias")},
-    **{name: "*i32" for name in ("q_base_ptr", "o_base_ptr", "k_base_ptr", "v_base_ptr")},
+    **{
+        name: "*i32"
+        for name in ("q_base_ptr", "o_base_ptr", "k_base_ptr", "v_base_ptr", "slot_query_ptr")
+    },
     **{
         name: "*i64"
         for name in (
-            "slot_query_ptr",
-            "seg_start_ptr",
-            "seg_len_ptr",
+            "tile_cluster_ptr",
+            "starts_ptr",
             "k_order_ptr",
             "sink_keys_ptr",
             "sample_ptr",

@@ -63,3 +63,24 @@ def test_a_querys_block_depends_on_the_keys_and_that_query_alone():
     other[:, :, 1::2] = (other[:, :, 1::2] + 3) % 2**num_projs  # change every odd query
     moved = query_blocks(other, k_rank, key_block, n_key // key_block, num_projs)
     assert torch.equal(moved[:, :, 0::2], blocks[:, :, 0::2])
+
+
+@pytest.mark.parametrize("interpreted", [False, pytest.param(True, marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("rows, n, buckets, tile", [(2, 300, 7, 16), (3, 1000, 130, 32)])
+def test_counting_sort_tiles_pack_as_the_torch_packing(interpreted, rows, n, buckets, tile,
+                                                       monkeypatch):  # fmt: skip
+    # the fused planners pack rows into tiles by counting sort; the torch path packs them
+    # with pack_query_tiles: the same slots and tile keys, so both run the same tiles
+    from hf_hyper.attention.fused.bucket_sort import bucket_tiles
+    from hf_hyper.attention.planning import pack_query_tiles
+
+    if not interpreted:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    gen = torch.Generator().manual_seed(n)
+    keys = torch.randint(0, buckets, (rows, n), generator=gen)
+    keys[:, : n // 3] = 2  # one key far above the others' counts
+    slot_index, tile_bucket = bucket_tiles(keys, buckets, tile)
+    want = pack_query_tiles(keys, buckets, tile)
+    assert torch.equal(slot_index.long(), want.slot_query)
+    used = want.slot_query.view(rows, -1, tile).min(-1).values < n
+    assert torch.equal(tile_bucket[used], want.tile_block[used])

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..blockwise import attention_with_lse, merge_by_lse
-from ..fused.bucket_sort import stable_bucket_argsort
+from ..fused.bucket_sort import bucket_tiles, stable_bucket_argsort
 from ..fused.support import fused_unsupported_reason, row_alignment
 from ..fused.tuning import padded_width
 from ..numerics import LOG2E, MASKED_LOGIT
@@ -336,10 +336,14 @@ def _probed_by_kernels(
     sorted_kv = None
     if SEGMENT_SORTED_KEYS:
         sorted_kv = (gather_rows(k, plan.k_order), gather_rows(v, plan.k_order))
-    for rank in range(plan.chosen.shape[-1]):
-        pack, seg_start, seg_len = _rank_tiles(plan, rank, tile)
+    probes = plan.chosen.shape[-1]
+    # each rank's clusters in a row of their own, as the counting sort reads them
+    by_rank = torch.empty(z, probes, n_rows, dtype=torch.int32, device=q.device)
+    by_rank.copy_(plan.chosen.view(z, n_rows, probes).transpose(1, 2))
+    for rank in range(probes):
+        slot_query, tile_cluster = bucket_tiles(by_rank[:, rank], clusters, tile)
         segment_attention(
-            rows, pack.slot_query, seg_start, seg_len, plan.k_order, n_sink, n_query, g,
+            rows, slot_query, tile_cluster, plan.starts, plan.k_order, n_sink, n_query, g,
             n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
             sorted_kv=sorted_kv,
         )  # fmt: skip
@@ -474,25 +478,26 @@ def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Te
 
 
 def segment_attention(
-    rows: RowTarget, slot_query: Tensor, seg_start: Tensor, seg_len: Tensor,
+    rows: RowTarget, slot_query: Tensor, tile_cluster: Tensor, starts: Tensor,
     k_order: Tensor, sinks: Tensor, n_query: int, heads: int, n_key: int, band: int,
     scale: float, merge: bool, block_m: int, sorted_kv: tuple[Tensor, Tensor] | None = None,
 ) -> None:  # fmt: skip
     """Fold each packed tile's attention over its cluster's run of k_order into the
     rows (merge: with what they hold). slot_query [z, tiles * block_m] (heads * n_query:
-    an empty slot); seg_start, seg_len [z, tiles]; k_order [z, nk]; sinks [z].
+    an empty slot); tile_cluster [z, tiles]: each tile's cluster; starts [z, clusters +
+    1]: where each cluster's run begins in k_order [z, nk]; sinks [z].
     sorted_kv: the problems' keys and values in k_order's order, contiguous (or None)."""
     from ..kernels.probes import segment_kernel
 
-    z, n_tiles = seg_start.shape
+    z, n_tiles = tile_cluster.shape
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     k_sorted, v_sorted = sorted_kv if sorted_kv is not None else (rows.k, rows.v)
     segment_kernel[(z * n_tiles,)](
         rows.q, rows.k, rows.v, rows.out, rows.lse, k_sorted, v_sorted,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
-        slot_query, seg_start, seg_len, k_order, sinks,
-        slot_query.shape[1], n_tiles, heads * n_query, n_query, n_key, band, scale * LOG2E,
-        heads, rows.q_stride, rows.k_stride, rows.v_stride,
+        slot_query, tile_cluster, starts, k_order, sinks,
+        slot_query.shape[1], n_tiles, starts.shape[1], heads * n_query, n_query, n_key, band,
+        scale * LOG2E, heads, rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, SORTED=sorted_kv is not None,

@@ -180,11 +180,29 @@ def stable_bucket_argsort(
     return order, starts
 
 
+def bucket_tiles(keys: Tensor, n_buckets: int, tile: int) -> tuple[Tensor, Tensor]:
+    """The elements of keys [rows, n] (integers in [0, n_buckets), last dim contiguous)
+    grouped by key into tiles of `tile` slots, one key a tile, in index order within a
+    key: (slot_index int32 [rows, tiles * tile], n on an empty slot; tile_bucket int64
+    [rows, tiles], the key of each tile, the last key for tiles past the used ones).
+    tiles = (n + n_buckets * (tile - 1)) // tile bounds the tiles used however unevenly
+    the keys spread. The order `planning.pack_query_tiles` gives, in three launches."""
+    rows, n = keys.shape
+    hist = bucket_histogram(keys, n_buckets)
+    n_tiles = (n + n_buckets * (tile - 1)) // tile
+    tile_bucket = torch.empty(rows, n_tiles, dtype=torch.int64, device=keys.device)
+    bucket_spots(hist, n_buckets, tile, tile_bucket)
+    slot_index = torch.full((rows, n_tiles * tile), n, dtype=torch.int32, device=keys.device)
+    bucket_place(keys, hist, n_buckets, slot_index)
+    return slot_index, tile_bucket
+
+
 __all__ = [
     "bucket_histogram",
     "bucket_place",
     "bucket_scatter",
     "bucket_spots",
+    "bucket_tiles",
     "bucket_totals",
     "stable_bucket_argsort",
 ]

@@ -17,7 +17,7 @@ from .. import planning
 from ..padding import pad_end, round_up
 from ..planning import Randomness
 from . import tuning
-from .bucket_sort import bucket_histogram, bucket_place, bucket_spots, stable_bucket_argsort
+from .bucket_sort import bucket_tiles, stable_bucket_argsort
 
 
 @dataclass
@@ -103,15 +103,10 @@ def plan_tiles(
         n_rows, rows_per_head, starts.shape[1], key_block, n_blocks, BLOCK=tuning.PLAN_ROWS,
     )  # fmt: skip
     # the rows of each block go, in row order, to consecutive slots of its tiles
-    hist = bucket_histogram(block, n_blocks)
-    n_tiles = (n_rows + n_blocks * (tile - 1)) // tile  # bound on the tiles used
-    tile_block = torch.empty(zp, n_tiles, dtype=torch.int64, device=dev)
-    bucket_spots(hist, n_blocks, tile, tile_block)
-    slot_query = torch.full((zp, n_tiles * tile), n_rows, dtype=torch.int32, device=dev)
-    bucket_place(block, hist, n_blocks, slot_query)
+    slot_query, tile_block = bucket_tiles(block, n_blocks, tile)
     return TilePlan(
-        k_order, sample, key_block, n_blocks, slot_query, tile_block, n_tiles, kernel_tiles,
-        key_list,
+        k_order, sample, key_block, n_blocks, slot_query, tile_block, tile_block.shape[1],
+        kernel_tiles, key_list,
     )  # fmt: skip
 
 

@@ -52,18 +52,19 @@ def key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN: tl.constexpr):
 def segment_kernel(
     Q, K, V, Out, LSE, KS, VS,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
-    slot_query_ptr, seg_start_ptr, seg_len_ptr, k_order_ptr, sink_keys_ptr,
-    n_slots, n_tiles, n_rows, n_query, n_key, band, qk_scale, heads,
+    slot_query_ptr, tile_cluster_ptr, starts_ptr, k_order_ptr, sink_keys_ptr,
+    n_slots, n_tiles, n_starts, n_rows, n_query, n_key, band, qk_scale, heads,
     q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, SORTED: tl.constexpr,
     ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """One tile of BLOCK_M query rows of problem zp that share a cluster: exact over the
-    cluster's run [seg_start, seg_start + seg_len) of k_order (key indices sorted by
-    cluster), less the problem's first sink_keys[zp] keys and, for rows at positions
-    t < band (t = row % n_query), its last `band` keys (both attended exactly elsewhere).
+    """One tile of BLOCK_M query rows of problem zp that share a cluster (tile_cluster
+    [z, n_tiles]): exact over the cluster's run [starts[c], starts[c + 1]) of k_order (key
+    indices sorted by cluster; starts [z, n_starts]), less the problem's first
+    sink_keys[zp] keys and, for rows at positions t < band (t = row % n_query), its last
+    `band` keys (both attended exactly elsewhere).
     SORTED: the keys and values are read from KS, VS [z, n_key, D / DV] (contiguous, in
     k_order's order), so a cluster's run is read in place instead of gathered."""
     pid = tl.program_id(0)
@@ -73,8 +74,9 @@ def segment_kernel(
     row = tl.load(slot_query_ptr + zp * n_slots + slots).to(tl.int32)
     if tl.min(row, 0) >= n_rows:
         return  # an unused tile: every slot is empty
-    seg_start = tl.load(seg_start_ptr + zp * n_tiles + tile)
-    seg_len = tl.load(seg_len_ptr + zp * n_tiles + tile)
+    cluster = tl.load(tile_cluster_ptr + zp * n_tiles + tile)
+    seg_start = tl.load(starts_ptr + zp * n_starts + cluster)
+    seg_len = tl.load(starts_ptr + zp * n_starts + cluster + 1) - seg_start
     # a cluster without keys (the one a key budget empties) adds nothing to a merge; the
     # constexpr test stands alone so non-merging launches compile without the branch
     if MERGE:  # noqa: SIM102
