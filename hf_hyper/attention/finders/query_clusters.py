@@ -58,7 +58,8 @@ class ProbePlan:
     assign [z, nk]: each key's cluster; counts [z, clusters]: keys per cluster, sinks
     left out; chosen [z, g, nq, probes]: each query's clusters, best first (distinct,
     but for the slots a key budget emptied: those name the last cluster, which a budget
-    appends empty, so they add no exact key and hide no draw).
+    appends empty, so they add no exact key and hide no draw); exact [z, g, nq] float32
+    or None: the keys in each query's chosen clusters, where the choice counted them.
     """
 
     k_order: Tensor
@@ -66,6 +67,7 @@ class ProbePlan:
     assign: Tensor
     counts: Tensor
     chosen: Tensor
+    exact: Tensor | None = None
 
 
 def plan_probes(
@@ -83,13 +85,19 @@ def plan_probes(
             k, clusters, iterations, sinks, kernels=kmeans_kernels
         )
         if kmeans_kernels and kernels_can_cluster(q):
-            chosen = top_clusters(q, centroids, scale, log_sizes(counts), probes)
+            chosen, exact = top_clusters_within_budget(
+                q, centroids, scale, counts, probes, key_budget * probes
+            )
+            if key_budget:
+                counts = torch.cat([counts, counts.new_zeros(z, 1)], 1)
+            exact = exact.view(z, g, n_query)
         else:
             q_rows = q.reshape(z, g * n_query, dim)
             chosen = _best_clusters(q_rows, centroids, log_sizes(counts), scale, probes)
-        if key_budget:
-            chosen, counts = within_key_budget(chosen, counts, key_budget * probes)
-        return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes))
+            if key_budget:
+                chosen, counts = within_key_budget(chosen, counts, key_budget * probes)
+            exact = None
+        return plan_of_choice(assign, counts, chosen.view(z, g, n_query, probes), exact)
 
 
 def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Tensor, Tensor]:
@@ -100,7 +108,7 @@ def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Te
     later one may still fit. The slots passed over name cluster c, appended empty ->
     (chosen, counts [z, c + 1])."""
     z, n_clusters = counts.shape
-    limit = budget * counts.sum(1, keepdim=True) / n_clusters  # [z, 1]
+    limit = budget_limit(counts, budget)[:, None]
     sizes = torch.gather(counts, 1, chosen.reshape(z, -1)).view(chosen.shape)
     kept = torch.ones_like(chosen, dtype=torch.bool)
     used = sizes[..., 0].clone()
@@ -112,13 +120,21 @@ def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Te
     return torch.where(kept, chosen, n_clusters), torch.cat([counts, empty], 1)
 
 
-def plan_of_choice(assign: Tensor, counts: Tensor, chosen: Tensor) -> ProbePlan:
+def budget_limit(counts: Tensor, budget: float) -> Tensor:
+    """Keys a query may attend within a key budget of `budget` x the mean cluster size
+    (counts [z, c]) -> [z] float32."""
+    return budget * counts.sum(1) / counts.shape[1]
+
+
+def plan_of_choice(
+    assign: Tensor, counts: Tensor, chosen: Tensor, exact: Tensor | None = None
+) -> ProbePlan:
     """The plan for queries that attend the clusters `chosen` [z, g, nq, probes] (distinct
     per query, but for a key budget's empty cluster) of keys clustered as assign [z, nk]
-    int64, with counts [z, c]."""
+    int64, with counts [z, c]; exact: as in ProbePlan."""
     # the counting sort's order and run starts (sinks included), as int64 for the gathers
     k_order, starts = stable_bucket_argsort(assign, counts.shape[1])
-    return ProbePlan(k_order.long(), starts.long(), assign, counts, chosen)
+    return ProbePlan(k_order.long(), starts.long(), assign, counts, chosen, exact)
 
 
 def log_sizes(counts: Tensor) -> Tensor:
@@ -236,9 +252,11 @@ def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor
     """R of each query [z, g, nq] float32: the keys outside its clusters, the sinks and
     (its first `band` queries) the band corner, which the sample stands for."""
     z, g, n_query, _ = plan.chosen.shape
-    # the chosen clusters' sizes, which leave the sinks out
-    sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, plan.chosen.reshape(z, g, -1))
-    exact = sizes.view(plan.chosen.shape).sum(-1)
+    exact = plan.exact
+    if exact is None:  # the chosen clusters' sizes, which leave the sinks out
+        index = plan.chosen.reshape(z, g, -1)
+        sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, index)
+        exact = sizes.view(plan.chosen.shape).sum(-1)
     rest = (n_key - n_sink).float()[:, None, None] - exact
     if band:
         early = min(band, n_query)
@@ -434,6 +452,30 @@ def top_clusters(
     log_size [z, c] (-inf: empty) -> [z, g * nq, count] int64, best first. 16-bit q
     meets the centroids rounded to its dtype, as in the k-means kernels. Empty clusters
     score MASKED_LOGIT, finite, so they are chosen only after every other one."""
+    return _top_clusters(q, centroids, scale, log_size, count)[0]
+
+
+def top_clusters_within_budget(
+    q: Tensor, centroids: Tensor, scale: float, counts: Tensor, count: int, budget: float
+) -> tuple[Tensor, Tensor]:
+    """`top_clusters` by estimated mass (the bias `log_sizes(counts)`, counts [z, c]
+    float32), each row's clusters then cut to a key budget as `within_key_budget` does
+    (budget: x the mean cluster size; 0: no cut), in the same kernel -> (chosen [z,
+    g * nq, count] int64, a slot passed over naming cluster c; the keys of each row's
+    kept clusters [z, g * nq] float32)."""
+    counts = counts.float().contiguous()
+    limit = budget_limit(counts, budget) if budget else None
+    chosen, exact = _top_clusters(q, centroids, scale, log_sizes(counts), count, counts, limit)
+    assert exact is not None
+    return chosen, exact
+
+
+def _top_clusters(
+    q: Tensor, centroids: Tensor, scale: float, log_size: Tensor, count: int,
+    counts: Tensor | None = None, limit: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """The choice kernel's launch: with counts, also each row's kept keys (and, with
+    limit [z] float32, the budget's cut)."""
     from ..kernels.probes import top_clusters_kernel
 
     rows = problem_rows(q)
@@ -444,17 +486,27 @@ def top_clusters(
             f"{centroids.shape[0]} problems, rows for {z * pairs}"
         )
     out = torch.empty(z * pairs * groups, n_rows, count, dtype=torch.int64, device=q.device)
+    exact = None if counts is None else out.new_empty(out.shape[:2], dtype=torch.float32)
     ieee = q.dtype == torch.float32
     block_m, block_c, warps = TOP_TILE_IEEE if ieee else TOP_TILE
     bias = log_size.float().clamp_min(MASKED_LOGIT).contiguous()
     s_z, s_p, s_g, s_row = rows.stride()[:4]
     top_clusters_kernel[(z * pairs * groups, -(-n_rows // block_m))](
-        rows, centroids.float().contiguous(), bias, out, n_rows, centroids.shape[1], pairs,
-        groups, s_z, s_p, s_g, s_row, scale, D=dim, D_PAD=padded_width(dim),
-        BLOCK_M=block_m, BLOCK_C=block_c, TOP=count, TOP_PAD=cluster_slots(count),
-        IEEE=ieee, num_warps=warps,
+        # the kernel reads the counts, limit and exact only where it is told to: the bias
+        # stands in for those not given
+        rows, centroids.float().contiguous(), bias, out, _or(counts, bias), _or(limit, bias),
+        _or(exact, bias), n_rows,
+        centroids.shape[1], pairs, groups, s_z, s_p, s_g, s_row, scale, D=dim,
+        D_PAD=padded_width(dim), BLOCK_M=block_m, BLOCK_C=block_c, TOP=count,
+        TOP_PAD=cluster_slots(count), IEEE=ieee, BUDGET=limit is not None,
+        EXACT=counts is not None, num_warps=warps,
     )  # fmt: skip
-    return out.view(z * pairs, groups * n_rows, count)
+    chosen = out.view(z * pairs, groups * n_rows, count)
+    return chosen, None if exact is None else exact.view(z * pairs, groups * n_rows)
+
+
+def _or(given: Tensor | None, stand_in: Tensor) -> Tensor:
+    return stand_in if given is None else given
 
 
 def cluster_slots(count: int) -> int:

@@ -198,17 +198,23 @@ def probe_sample_kernel(
 
 @triton.jit
 def top_clusters_kernel(
-    X, C, Bias, Out, n_rows, n_centroids, pairs, groups,
+    X, C, Bias, Out, Counts, Limit, Exact, n_rows, n_centroids, pairs, groups,
     x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    TOP: tl.constexpr, TOP_PAD: tl.constexpr, IEEE: tl.constexpr,
+    TOP: tl.constexpr, TOP_PAD: tl.constexpr, IEEE: tl.constexpr, BUDGET: tl.constexpr,
+    EXACT: tl.constexpr,
 ):  # fmt: skip
     """Out[r, i, :] = the TOP centroids of largest factor * x_i . C[zp, c] + Bias[zp, c],
     best first (distinct; equal scores in index order), for the rows i of row problem
     r = (z * pairs + p) * groups + g at X + z x_stride_z + p x_stride_p + g x_stride_g +
     i x_stride_row; C [zp, c, D] float32 met in X's dtype, Bias [zp, c] float32 (finite),
     Out int64 [rows problems, n_rows, TOP]. A running top-TOP per row: no score matrix
-    is kept."""
+    is kept.
+
+    With BUDGET, each row keeps its best centroid and each later one while the sizes
+    (Counts [zp, c] float32) of those kept, that one's included, stay within Limit[zp];
+    a slot passed over names n_centroids. EXACT: Exact [rows problems, n_rows] float32
+    gets the kept clusters' summed sizes."""
     row_problem, zp, rows, row_ok, offs_d, d_ok, x = load_row_tile(
         X, n_rows, pairs, groups, x_stride_z, x_stride_p, x_stride_g, x_stride_row,
         D, D_PAD, BLOCK_M,
@@ -242,9 +248,21 @@ def top_clusters_kernel(
     # best first: the largest kept score, the lower centroid index among equal ones
     out_ptrs = Out + (row_problem * n_rows + rows.to(tl.int64)) * TOP
     live = (slot < TOP)[None, :] & (kept_index >= 0)
+    used = tl.zeros([BLOCK_M], tl.float32)
+    if BUDGET:
+        limit = tl.load(Limit + zp)
     for t in tl.static_range(TOP):
         top = tl.max(tl.where(live, kept, float("-inf")), 1)
         at_top = live & (kept == top[:, None])
         first = tl.min(tl.where(at_top, kept_index, 2**30), 1)
-        tl.store(out_ptrs + t, first.to(tl.int64), mask=row_ok)
         live = live & (kept_index != first[:, None])
+        if EXACT or BUDGET:
+            size = tl.load(Counts + zp * n_centroids + first, mask=row_ok, other=0.0)
+            if BUDGET and t > 0:
+                fits = used + size <= limit
+                first = tl.where(fits, first, n_centroids)
+                size = tl.where(fits, size, 0.0)
+            used += size
+        tl.store(out_ptrs + t, first.to(tl.int64), mask=row_ok)
+    if EXACT:
+        tl.store(Exact + row_problem * n_rows + rows, used, mask=row_ok)

@@ -256,6 +256,8 @@ def test_kernels_serve_the_whole_recursion(causal, choice_kernel, monkeypatch):
     q, k, v = q.float(), k.float(), v.float()
     settings = dict(block_size=64, sample_size=32, min_seq_len=128, lsh_num_projs=4, seed=0,
                     kmeans_iters=3, cluster_probes=4, sink_tokens=2, local_window=8)  # fmt: skip
+    if choice_kernel:  # the kernel cuts to the budget and counts the exact keys itself
+        settings["cluster_key_budget"] = 1.5
     plain = HyperAttentionConfig(**settings, backend="torch")
     expected = hyper_attention(q, k, v, causal=causal, config=plain)
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
@@ -314,6 +316,33 @@ def test_the_choice_kernel_keeps_the_best_clusters_in_order(count, clusters):
     assert clear.float().mean() > 0.9
     assert torch.equal(got[clear], want.indices[clear])
     assert not (got == 2).any()  # every row has `count` non-empty clusters to choose
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("budget", [0.0, 1.0, 2.5])
+def test_the_choice_kernel_cuts_to_the_key_budget_as_the_torch_ops(budget):
+    # on CUDA the choice kernel applies the key budget and counts each row's exact keys
+    # itself; the torch ops cut its plain choice and gather the sizes
+    from hf_hyper.attention.finders.query_clusters import (
+        log_sizes,
+        top_clusters,
+        top_clusters_within_budget,
+        within_key_budget,
+    )
+
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, 100, 24, generator=gen)
+    centroids = torch.randn(2, 40, 24, generator=gen)
+    counts = torch.randint(0, 30, (2, 40), generator=gen).float()
+    counts[:, 2] = 0  # an empty cluster
+    chosen, exact = top_clusters_within_budget(q, centroids, 0.7, counts, 4, budget)
+    plain = top_clusters(q, centroids, 0.7, log_sizes(counts), 4)
+    want, padded = within_key_budget(plain, counts, budget) if budget else (plain, counts)
+    if budget:
+        assert (want == 40).any()  # the budget passed some clusters over
+    assert torch.equal(chosen, want)
+    sizes = torch.gather(padded, 1, want.reshape(2, -1)).view(want.shape).sum(-1)
+    assert torch.equal(exact, sizes)
 
 
 @pytest.mark.gpu
