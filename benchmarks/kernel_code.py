@@ -33,7 +33,7 @@ X_STRIDES = ("x_stride_z", "x_stride_p", "x_stride_g", "x_stride_row")
 # the arguments not named here are int32 scalars
 TYPES = {
     **{name: "*bf16" for name in ("Q", "K", "V", "Out", "KS", "VS", "X")},
-    **{name: "*fp32" for name in ("LSE", "rest_ptr", "C", "Bias")},
+    **{name: "*fp32" for name in ("LSE", "rest_ptr", "C", "Bias", "Counts", "Limit", "Exact")},
     **{
         name: "*i32"
         for name in ("q_base_ptr", "o_base_ptr", "k_base_ptr", "v_base_ptr", "slot_query_ptr")
@@ -84,7 +84,8 @@ def kernel_cases(probes: int = 4, head_dim: int = 128) -> list[dict]:
         dict(name="top clusters", fn=kernels.top_clusters_kernel, warps=top_warps,
              tile=(top_m, top_c), divisible=X_STRIDES,
              constexprs=dict(D=head_dim, D_PAD=head_dim, BLOCK_M=top_m, BLOCK_C=top_c,
-                             TOP=probes, TOP_PAD=qc.cluster_slots(probes), IEEE=False)),
+                             TOP=probes, TOP_PAD=qc.cluster_slots(probes), IEEE=False,
+                             BUDGET=True, EXACT=True)),
     ]  # fmt: skip
 
 

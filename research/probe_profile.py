@@ -167,20 +167,26 @@ def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> lis
 
 def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     """The probes setting timed (no profile) with each plan budget (bytes of plan per
-    row of the call): smaller budgets plan fewer problems at a time, in more launches."""
+    row of the call) and key budget (`--sweep-key-budgets`): smaller plan budgets plan
+    fewer problems at a time, in more launches."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    config = HyperAttentionConfig(
-        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
-    )
     rows = []
-    for budget in args.sweep_plan_bytes:
+    for key_budget, budget in itertools.product(args.sweep_key_budgets, args.sweep_plan_bytes):
+        config = HyperAttentionConfig(
+            kmeans_iters=args.kmeans_iters, cluster_probes=args.probes,
+            block_size=args.block_size, cluster_key_budget=key_budget,
+        )  # fmt: skip
         with mock.patch.object(query_clusters, "PLAN_BYTES_PER_CALL_ROW", budget), torch.no_grad():
             timing = time_cuda(
-                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
-            )
-        print(f"| {n} | {dim} | {budget} | {timing.ms:.1f} | {timing.peak_gib:.2f} |")
-        rows.append(dict(n=n, dim=dim, plan_bytes_per_call_row=budget, ms=timing.ms,
+                lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
+                warmup=3, repeats=5,
+            )  # fmt: skip
+        print(f"| {n} | {dim} | {key_budget:g} | {budget} | {timing.ms:.1f} | "
+              f"{timing.peak_gib:.2f} |")  # fmt: skip
+        rows.append(dict(n=n, dim=dim, cluster_key_budget=key_budget,
+                         plan_bytes_per_call_row=budget, ms=timing.ms,
                          peak_gib=timing.peak_gib))  # fmt: skip
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -240,7 +246,7 @@ def main() -> None:
     p.add_argument("--sweep-graph-max-len", type=int, nargs="*", default=[],
                    help="also time the probes at these cuda_graph_max_len (0: eager)")  # fmt: skip
     p.add_argument("--sweep-key-budgets", type=float, nargs="+", default=[0.0],
-                   help="the graph sweep's cluster_key_budget values (0: no budget)")  # fmt: skip
+                   help="the graph and plan sweeps' key budgets (0: none)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     env = environment()
@@ -263,7 +269,8 @@ def main() -> None:
             for dim in args.dims:
                 rows += sweep_sample(n, dim, args, tiles)
     if args.sweep_plan_bytes:
-        print("\n| n | d | plan bytes per call row | ms | peak GiB |\n|---|---|---|---|---|")
+        print("\n| n | d | key budget | plan bytes per call row | ms | peak GiB |"
+              "\n|---|---|---|---|---|---|")  # fmt: skip
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_plan_budget(n, dim, args)
