@@ -76,6 +76,15 @@ def profile_split(fn) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
     return dict(split), {name: tuple(v) for name, v in by_name.items()}
 
 
+def probes_config(args: argparse.Namespace, **fields) -> HyperAttentionConfig:
+    """The per-query clusters' config of the command line, with these fields changed."""
+    leaves = {} if args.min_seq_len is None else dict(min_seq_len=args.min_seq_len)
+    return HyperAttentionConfig(
+        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size,
+        **leaves, **fields,
+    )  # fmt: skip
+
+
 def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> list[dict]:
     """cuDNN and each setting at one length and head width, printed as table rows."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
@@ -87,9 +96,7 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
         cudnn = time_cuda(exact, repeats=3)
     row = f"| {n} | {dim} | cuDNN | {cudnn.ms:.1f} | 1 | {cudnn.peak_gib:.2f} |"
     print(row + " |" * len(kinds), flush=True)
-    probes = HyperAttentionConfig(
-        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
-    )
+    probes = probes_config(args)
     settings = {
         "LSH blocks": HyperAttentionConfig(),
         "k-means blocks": HyperAttentionConfig(kmeans_iters=args.kmeans_iters),
@@ -129,9 +136,7 @@ def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     step, most rows per tile, warps) and key layout (gathered by index, or copies sorted
     by cluster); printed as table rows."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    config = HyperAttentionConfig(
-        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
-    )
+    config = probes_config(args)
     rows = []
     for block_n, max_rows, warps, keys_sorted in itertools.product(
         args.sweep_block_n, args.sweep_max_rows, args.sweep_warps, args.sweep_sorted
@@ -151,9 +156,7 @@ def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
 def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> list[dict]:
     """The probes setting timed (no profile) with each sample-kernel tile."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    config = HyperAttentionConfig(
-        kmeans_iters=args.kmeans_iters, cluster_probes=args.probes, block_size=args.block_size
-    )
+    config = probes_config(args)
     rows = []
     for tile in tiles:
         with mock.patch.object(query_clusters, "SAMPLE_TILE", tuple(tile)), torch.no_grad():
@@ -172,10 +175,7 @@ def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
     for key_budget, budget in itertools.product(args.sweep_key_budgets, args.sweep_plan_bytes):
-        config = HyperAttentionConfig(
-            kmeans_iters=args.kmeans_iters, cluster_probes=args.probes,
-            block_size=args.block_size, cluster_key_budget=key_budget,
-        )  # fmt: skip
+        config = probes_config(args, cluster_key_budget=key_budget)
         with mock.patch.object(query_clusters, "PLAN_BYTES_PER_CALL_ROW", budget), torch.no_grad():
             timing = time_cuda(
                 lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
@@ -198,11 +198,7 @@ def sweep_graphs(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
     for budget, max_len in itertools.product(args.sweep_key_budgets, args.sweep_graph_max_len):
-        config = HyperAttentionConfig(
-            kmeans_iters=args.kmeans_iters, cluster_probes=args.probes,
-            block_size=args.block_size, cuda_graph_max_len=max_len,
-            cluster_key_budget=budget,
-        )  # fmt: skip
+        config = probes_config(args, cuda_graph_max_len=max_len, cluster_key_budget=budget)
         with torch.no_grad():
             timing = time_cuda(
                 lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
@@ -224,6 +220,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=16)
     p.add_argument("--kmeans-iters", type=int, default=4)
     p.add_argument("--block-size", type=int, default=256, help="the probes' block_size")
+    p.add_argument("--min-seq-len", type=int, default=None,
+                   help="the probes' min_seq_len, the exact leaves (default: the config)")  # fmt: skip
     names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice", "probes, key budget"]
     p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
     p.add_argument("--key-budget", type=float, default=1.5,
