@@ -221,7 +221,7 @@ def main() -> None:
     p.add_argument("--kmeans-iters", type=int, default=4)
     p.add_argument("--block-size", type=int, default=256, help="the probes' block_size")
     p.add_argument("--min-seq-len", type=int, default=None,
-                   help="the probes' min_seq_len, the exact leaves (default: the config)")  # fmt: skip
+                   help="the probes' min_seq_len (exact leaves; default: the config)")  # fmt: skip
     names = ["LSH blocks", "k-means blocks", "probes", "probes, torch choice", "probes, key budget"]
     p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
     p.add_argument("--key-budget", type=float, default=1.5,
