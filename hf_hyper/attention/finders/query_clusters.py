@@ -14,10 +14,12 @@ The number of clusters grows with the keys so that `probes` clusters hold about 
 recursion (each lower-left block clusters its own keys, which precede its queries) no
 output depends on a later token.
 
-The plan (k-means, each query's clusters, tiles of one cluster) is torch ops; the
-attention over the clusters and the sample runs in Triton kernels (`kernels.probes`,
-launched from here) for CUDA calls without autograd, else in torch ops, with the same
-draws. The backward runs in torch ops.
+On CUDA calls without autograd the plan runs in Triton kernels: k-means
+(`kernels.kmeans`), each query's clusters within the key budget (`top_clusters`), and
+the counting sorts of the keys by cluster and of each rank's query tiles
+(`fused.bucket_sort`); so does the attention over the clusters and the sample
+(`kernels.probes`, launched from here). Elsewhere every step runs in torch ops, with the
+same draws and the same plan. The backward runs in torch ops.
 
 Internal layout: queries `[z, g, nq, d]`, keys and values `[z, nk, d]` (blockwise.py).
 """
