@@ -190,6 +190,30 @@ def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def sweep_sample_copies(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
+    """The probes setting timed (no profile, graphs as calls replay them) with the sample
+    kernel reading the draws gathered by index or from contiguous copies, at each key
+    budget (`--sweep-key-budgets`); the graphs are cleared per variant."""
+    from hf_hyper.attention import clear_cuda_graphs
+
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+    rows = []
+    for budget, copied in itertools.product(args.sweep_key_budgets, args.sweep_sample_copied):
+        config = probes_config(args, cluster_key_budget=budget)
+        clear_cuda_graphs()
+        patch = mock.patch.object(query_clusters, "SAMPLE_KEYS_COPIED", bool(copied))
+        with patch, torch.no_grad():
+            timing = time_cuda(
+                lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
+                warmup=3, repeats=5,
+            )  # fmt: skip
+        print(f"| {n} | {dim} | {budget:g} | {copied} | {timing.ms:.1f} | {timing.peak_gib:.2f} |")
+        rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, sample_keys_copied=copied,
+                         ms=timing.ms, peak_gib=timing.peak_gib))  # fmt: skip
+        torch.cuda.empty_cache()
+    return rows
+
+
 def sweep_graphs(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     """The probes setting timed (no profile) with each cuda_graph_max_len and key budget
     (`--sweep-key-budgets`): a max_len of 0 runs eagerly, one at or above n replays a
@@ -243,6 +267,8 @@ def main() -> None:
                    help="also time the probes with these plan budgets (B per row)")  # fmt: skip
     p.add_argument("--sweep-graph-max-len", type=int, nargs="*", default=[],
                    help="also time the probes at these cuda_graph_max_len (0: eager)")  # fmt: skip
+    p.add_argument("--sweep-sample-copied", type=int, nargs="*", default=[], choices=[0, 1],
+                   help="also time the sample kernel gathering (0) or copying (1)")  # fmt: skip
     p.add_argument("--sweep-key-budgets", type=float, nargs="+", default=[0.0],
                    help="the graph and plan sweeps' key budgets (0: none)")  # fmt: skip
     p.add_argument("--json", default=None)
@@ -272,6 +298,11 @@ def main() -> None:
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_plan_budget(n, dim, args)
+    if args.sweep_sample_copied:
+        print("\n| n | d | key budget | sample copied | ms | peak GiB |\n|---|---|---|---|---|---|")
+        for n in args.lengths:
+            for dim in args.dims:
+                rows += sweep_sample_copies(n, dim, args)
     if args.sweep_graph_max_len:
         print("\n| n | d | key budget | cuda_graph_max_len | ms | peak GiB |"
               "\n|---|---|---|---|---|---|")  # fmt: skip

@@ -371,9 +371,13 @@ def _probed_by_kernels(
         key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
+        copies = None
+        if SAMPLE_KEYS_COPIED:  # indexing reads the drawn rows of k, v where they lie
+            problem = torch.arange(z, device=q.device)[:, None]
+            copies = (k[problem, key_index].contiguous(), v[problem, key_index].contiguous())
         sample_attention(
             rows, key_index, draw_cluster, chosen, rest, n_sink, n_query, g, n_key, band,
-            scale,
+            scale, copies,
         )  # fmt: skip
     if into is not None:
         return None
@@ -439,6 +443,9 @@ SEGMENT_WARPS = 4
 # memory: a copy of the problem's keys and values) instead of gathering them by index
 SEGMENT_SORTED_KEYS = False
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
+# read the draws' keys and values from contiguous copies (one small gather a batch of
+# problems) instead of gathering them by index in every row tile
+SAMPLE_KEYS_COPIED = False
 SAMPLE_WARPS = 4
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
@@ -562,18 +569,21 @@ def segment_attention(
 def sample_attention(
     rows: RowTarget, sample: Tensor, draw_cluster: Tensor, chosen: Tensor, rest: Tensor,
     sinks: Tensor, n_query: int, heads: int, n_key: int, band: int, scale: float,
+    copies: tuple[Tensor, Tensor] | None = None,
 ) -> None:  # fmt: skip
     """Merge each row's share of the sample into the rows: sample, draw_cluster [z, m]
     (the drawn keys and their clusters), chosen [z, rows, probes] (each row's clusters),
-    rest [z, rows] float32 (the keys each row does not attend exactly)."""
+    rest [z, rows] float32 (the keys each row does not attend exactly). copies: the
+    drawn keys and values [z, m, d / dv], contiguous (or None: gathered by index)."""
     from ..kernels.probes import probe_sample_kernel
 
     z = sample.shape[0]
     n_rows = heads * n_query
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     block_m, block_n = SAMPLE_TILE
+    k_copy, v_copy = copies if copies is not None else (rows.k, rows.v)
     probe_sample_kernel[(z * -(-n_rows // block_m),)](
-        rows.q, rows.k, rows.v, rows.out, rows.lse,
+        rows.q, rows.k, rows.v, rows.out, rows.lse, k_copy, v_copy,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
         sample, draw_cluster, chosen, rest, sinks,
         n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E, heads,
@@ -582,7 +592,7 @@ def sample_attention(
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
         PROBES_PAD=cluster_slots(chosen.shape[-1]),
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
-        num_warps=SAMPLE_WARPS, num_stages=2,
+        COPIED=copies is not None, num_warps=SAMPLE_WARPS, num_stages=2,
     )  # fmt: skip
 
 

@@ -127,18 +127,21 @@ def segment_kernel(
 
 @triton.jit
 def probe_sample_kernel(
-    Q, K, V, Out, LSE,
+    Q, K, V, Out, LSE, KS, VS,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, sink_keys_ptr,
     n_rows, n_query, n_key, n_sample, band, qk_scale, heads, q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
     PROBES_PAD: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
+    COPIED: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M query rows of problem zp against the problem's n_sample drawn keys: each
     row drops the draws in its own exact keys (its PROBES clusters chosen [z, rows,
     PROBES], the sinks, its band corner) and weighs the r draws it keeps rest / r each
-    (rest [z, rows]: the keys it does not attend exactly); merged into (out, lse)."""
+    (rest [z, rows]: the keys it does not attend exactly); merged into (out, lse).
+    COPIED: the drawn keys and values are read from KS, VS [z, n_sample, D / DV]
+    (contiguous copies, in draw order) instead of gathered by index."""
     pid = tl.program_id(0)
     n_row_tiles = tl.cdiv(n_rows, BLOCK_M)
     zp = (pid // n_row_tiles).to(tl.int64)
@@ -176,10 +179,18 @@ def probe_sample_kernel(
         key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
         drawn = drawn.to(tl.int32)
-        k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
-        k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
-        v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
-                        FULL_DV)  # fmt: skip
+        if COPIED:
+            at = zp * n_sample + start + offs_n
+            k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :],
+                            d_ok[:, None], FULL_D)  # fmt: skip
+            v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None],
+                            dv_ok[None, :], FULL_DV)  # fmt: skip
+        else:
+            k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
+            k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
+                            FULL_D)  # fmt: skip
+            v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None],
+                            dv_ok[None, :], FULL_DV)  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):
             mine = tl.sum(tl.where(offs_p[None, :] == p, mine_all, 0), 1)
