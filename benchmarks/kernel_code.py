@@ -80,7 +80,7 @@ def kernel_cases(probes: int = 4, head_dim: int = 128) -> list[dict]:
              tile=qc.SAMPLE_TILE, divisible=STRIDES,
              constexprs=dict(**width, BLOCK_M=sample_m, BLOCK_N=sample_n, PROBES=probes,
                              PROBES_PAD=qc.cluster_slots(probes), IEEE=False, HAS_BAND=False,
-                             ALIGN=8)),
+                             ALIGN=8, COPIED=qc.SAMPLE_KEYS_COPIED)),
         dict(name="top clusters", fn=kernels.top_clusters_kernel, warps=top_warps,
              tile=(top_m, top_c), divisible=X_STRIDES,
              constexprs=dict(D=head_dim, D_PAD=head_dim, BLOCK_M=top_m, BLOCK_C=top_c,
