@@ -298,13 +298,10 @@ def best_centroid(
     out = torch.empty(rows.shape[:-1], dtype=dtype, device=x.device)
     ieee = x.dtype == torch.float32
     block_m, block_c, warps = BEST_TILE_IEEE if ieee else BEST_TILE
+    nearest = bias is None
     centroids = centroids.float().contiguous()
+    bias = centroids if nearest else bias.float().contiguous()  # not read when nearest
     ordered = order is not None
-    if bias is None:  # the nearest: -|c|^2 of the centroids as the rows meet them
-        bias = -centroids.to(x.dtype).float().square().sum(-1)
-        bias = bias.gather(1, order) if ordered else bias
-        factor = 2.0
-    bias = bias.float().contiguous()
     order = order.contiguous() if ordered else out  # not read unless ordered
     count = counts is not None
     if count and (counts.dtype != torch.int32 or not counts.is_contiguous()):
@@ -314,8 +311,8 @@ def best_centroid(
     best_centroid_kernel[(z * pairs * groups, -(-n_rows // block_m))](
         rows, centroids, bias, order, out, counts, first_row, n_rows, n_centroids, pairs,
         groups, s_z, s_p, s_g, s_row, factor, D=dim, D_PAD=padded_width(dim),
-        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, ORDERED=ordered, COUNT=count,
-        num_warps=warps,
+        BLOCK_M=block_m, BLOCK_C=block_c, IEEE=ieee, NEAREST=nearest, ORDERED=ordered,
+        COUNT=count, num_warps=warps,
     )  # fmt: skip
     return out.view(x.shape[:-1])
 

@@ -38,14 +38,14 @@ def best_centroid_kernel(
     X, C, Bias, Order, Out, Counts, FirstRow, n_rows, n_centroids, pairs, groups,
     x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    IEEE: tl.constexpr, ORDERED: tl.constexpr, COUNT: tl.constexpr,
+    IEEE: tl.constexpr, NEAREST: tl.constexpr, ORDERED: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
     """Out[r, i] = argmax_c factor * x_i . C[zp, c] + Bias[zp, c] (the first on ties) for
     the rows i of row problem r = (z, p, g), flattened (z * pairs + p) * groups + g, at
     X + z x_stride_z + p x_stride_p + g x_stride_g + i x_stride_row; its centroids are
     those of problem zp = z * pairs + p: C [zp, c, D] float32, met in X's dtype; Bias
-    [zp, c] float32 (the nearest centroid: factor 2, bias -|c|^2); Out of an integer
-    type. ORDERED:
+    [zp, c] float32; Out of an integer type. NEAREST: the nearest centroid instead
+    (factor 2, bias -|c|^2 of the centroid in X's dtype; Bias is not read). ORDERED:
     index j stands for centroid Order[zp, j] (Bias is in that order already), so a
     renumbering of the centroids needs no copy of them. COUNT: each row i >=
     FirstRow[zp] also adds 1 to Counts[zp, Out[r, i]] (int32; integer atomics, so the
@@ -65,13 +65,16 @@ def best_centroid_kernel(
         c_ptrs = C + (zp * n_centroids + source[None, :]) * D + offs_d[:, None]
         c = tl.load(c_ptrs, mask=c_ok[None, :] & d_ok[:, None], other=0.0)
         c = c.to(X.dtype.element_ty)
-        bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
-        s = factor * tile_scores(x, c, IEEE) + bias[None, :]
+        if NEAREST:
+            c32 = c.to(tl.float32)
+            bias = tl.where(c_ok, -tl.sum(c32 * c32, 0), float("-inf"))
+            s = 2.0 * tile_scores(x, c, IEEE) + bias[None, :]
+        else:
+            bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
+            s = factor * tile_scores(x, c, IEEE) + bias[None, :]
         s = tl.where(c_ok[None, :], s, float("-inf"))
-        # one reduction for the best score and its first column
-        block_best, block_index = tl.max(s, 1, return_indices=True,
-                                         return_indices_tie_break_left=True)  # fmt: skip
-        block_index += c0
+        block_best = tl.max(s, 1)
+        block_index = tl.argmax(s, 1) + c0
         better = block_best > best
         best_index = tl.where(better, block_index, best_index)
         best = tl.where(better, block_best, best)
