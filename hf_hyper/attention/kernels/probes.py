@@ -49,6 +49,29 @@ def key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def key_value_tiles(
+    K, V, KS, VS, k_at, v_at, key, at, ok, offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride,
+    D: tl.constexpr, DV: tl.constexpr, FULL_D: tl.constexpr, FULL_DV: tl.constexpr,
+    ALIGN: tl.constexpr, COPIED: tl.constexpr,
+):  # fmt: skip
+    """The keys `key` of a problem as a [D_PAD, n] tile and their values as [n, DV_PAD]
+    (0 where not ok): gathered from K, V (key 0 at k_at, v_at), or, COPIED, read from
+    rows `at` of the contiguous copies KS [rows, D], VS [rows, DV]."""
+    if COPIED:
+        k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
+                        FULL_D)  # fmt: skip
+        v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None], dv_ok[None, :],
+                        FULL_DV)  # fmt: skip
+    else:
+        k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
+        k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
+                        FULL_D)  # fmt: skip
+        v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
+                        FULL_DV)  # fmt: skip
+    return k, v
+
+
+@triton.jit
 def segment_kernel(
     Q, K, V, Out, LSE, KS, VS,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
@@ -107,18 +130,11 @@ def segment_kernel(
         ok = start + offs_n < seg_len
         key = tl.load(order + start + offs_n, mask=ok, other=0).to(tl.int32)
         ok = ok & (key >= n_sink)
-        if SORTED:
-            at = zp * n_key + seg_start + start + offs_n
-            k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :],
-                            d_ok[:, None], FULL_D)  # fmt: skip
-            v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None],
-                            dv_ok[None, :], FULL_DV)  # fmt: skip
-        else:
-            k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
-            k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
-                            FULL_D)  # fmt: skip
-            v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None],
-                            dv_ok[None, :], FULL_DV)  # fmt: skip
+        k, v = key_value_tiles(
+            K, V, KS, VS, k_at, v_at, key, zp * n_key + seg_start + start + offs_n, ok,
+            offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride, D, DV, FULL_D, FULL_DV, ALIGN,
+            SORTED,
+        )  # fmt: skip
         keep = ok[None, :] & (key[None, :] < cut[:, None])
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
         m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
@@ -179,18 +195,10 @@ def probe_sample_kernel(
         key = tl.load(sample_ptr + zp * n_sample + start + offs_n, mask=ok, other=0).to(tl.int32)
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
         drawn = drawn.to(tl.int32)
-        if COPIED:
-            at = zp * n_sample + start + offs_n
-            k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :],
-                            d_ok[:, None], FULL_D)  # fmt: skip
-            v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None],
-                            dv_ok[None, :], FULL_DV)  # fmt: skip
-        else:
-            k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
-            k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
-                            FULL_D)  # fmt: skip
-            v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None],
-                            dv_ok[None, :], FULL_DV)  # fmt: skip
+        k, v = key_value_tiles(
+            K, V, KS, VS, k_at, v_at, key, zp * n_sample + start + offs_n, ok, offs_d,
+            offs_dv, d_ok, dv_ok, k_stride, v_stride, D, DV, FULL_D, FULL_DV, ALIGN, COPIED,
+        )  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):
             mine = tl.sum(tl.where(offs_p[None, :] == p, mine_all, 0), 1)
