@@ -131,86 +131,83 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
     return rows
 
 
+def time_variant(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: argparse.Namespace,
+    budget: float, constants: dict,
+) -> tuple[float, float]:  # fmt: skip
+    """(ms, peak GiB) of the probes setting at a key budget with the finder's module
+    constants replaced (tiles, layouts), timed as calls replay it (no profile). The
+    graphs are cleared first: a replayed graph keeps the kernels it was captured with."""
+    from hf_hyper.attention import clear_cuda_graphs
+
+    config = probes_config(args, cluster_key_budget=budget)
+    clear_cuda_graphs()
+    with mock.patch.multiple(query_clusters, **constants), torch.no_grad():
+        timing = time_cuda(
+            lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=3, repeats=5
+        )
+    torch.cuda.empty_cache()
+    return timing.ms, timing.peak_gib
+
+
 def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The probes setting timed (no profile) with each segment-kernel tile (keys per
-    step, most rows per tile, warps) and key layout (gathered by index, or copies sorted
-    by cluster); printed as table rows."""
+    """The segment kernel's tiles (keys per step, most rows per tile, warps) and key
+    layout (gathered by index, or copies sorted by cluster), at each key budget
+    (`--sweep-key-budgets`); printed as table rows."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    config = probes_config(args)
     rows = []
-    for block_n, max_rows, warps, keys_sorted in itertools.product(
-        args.sweep_block_n, args.sweep_max_rows, args.sweep_warps, args.sweep_sorted
-    ):
+    for budget, block_n, max_rows, warps, keys_sorted in itertools.product(
+        args.sweep_key_budgets, args.sweep_block_n, args.sweep_max_rows, args.sweep_warps,
+        args.sweep_sorted,
+    ):  # fmt: skip
         tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows, SEGMENT_WARPS=warps,
                     SEGMENT_SORTED_KEYS=bool(keys_sorted))  # fmt: skip
-        with mock.patch.multiple(query_clusters, **tile), torch.no_grad():
-            timing = time_cuda(
-                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
-            )
-        print(f"| {n} | {dim} | {block_n} | {max_rows} | {warps} | {keys_sorted} | "
-              f"{timing.ms:.1f} | {timing.peak_gib:.2f} |")  # fmt: skip
-        rows.append(dict(n=n, dim=dim, **tile, ms=timing.ms, peak_gib=timing.peak_gib))
+        ms, peak = time_variant(q, k, v, args, budget, tile)
+        print(f"| {n} | {dim} | {budget:g} | {block_n} | {max_rows} | {warps} | {keys_sorted} | "
+              f"{ms:.1f} | {peak:.2f} |")  # fmt: skip
+        rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, **tile, ms=ms, peak_gib=peak))
     return rows
 
 
 def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> list[dict]:
-    """The probes setting timed (no profile) with each sample-kernel tile."""
+    """The sample kernel's tiles (rows, draws per step) and warps (`--sweep-sample-warps`)
+    at each key budget."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    config = probes_config(args)
     rows = []
-    for tile in tiles:
-        with mock.patch.object(query_clusters, "SAMPLE_TILE", tuple(tile)), torch.no_grad():
-            timing = time_cuda(
-                lambda: hyper_attention(q, k, v, causal=True, config=config), warmup=1, repeats=3
-            )
-        print(f"| {n} | {dim} | {tuple(tile)} | {timing.ms:.1f} |")
-        rows.append(dict(n=n, dim=dim, sample_tile=list(tile), ms=timing.ms))
+    for budget, tile, warps in itertools.product(
+        args.sweep_key_budgets, tiles, args.sweep_sample_warps
+    ):
+        constants = dict(SAMPLE_TILE=tuple(tile), SAMPLE_WARPS=warps)
+        ms, peak = time_variant(q, k, v, args, budget, constants)
+        print(f"| {n} | {dim} | {budget:g} | {tuple(tile)} | {warps} | {ms:.1f} | {peak:.2f} |")
+        rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, sample_tile=list(tile),
+                         sample_warps=warps, ms=ms, peak_gib=peak))  # fmt: skip
     return rows
 
 
 def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The probes setting timed (no profile) with each plan budget (bytes of plan per
-    row of the call) and key budget (`--sweep-key-budgets`): smaller plan budgets plan
-    fewer problems at a time, in more launches."""
+    """Each plan budget (bytes of plan per row of the call) at each key budget: smaller
+    plan budgets plan fewer problems at a time, in more launches."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
     for key_budget, budget in itertools.product(args.sweep_key_budgets, args.sweep_plan_bytes):
-        config = probes_config(args, cluster_key_budget=key_budget)
-        with mock.patch.object(query_clusters, "PLAN_BYTES_PER_CALL_ROW", budget), torch.no_grad():
-            timing = time_cuda(
-                lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
-                warmup=3, repeats=5,
-            )  # fmt: skip
-        print(f"| {n} | {dim} | {key_budget:g} | {budget} | {timing.ms:.1f} | "
-              f"{timing.peak_gib:.2f} |")  # fmt: skip
+        ms, peak = time_variant(q, k, v, args, key_budget, dict(PLAN_BYTES_PER_CALL_ROW=budget))
+        print(f"| {n} | {dim} | {key_budget:g} | {budget} | {ms:.1f} | {peak:.2f} |")
         rows.append(dict(n=n, dim=dim, cluster_key_budget=key_budget,
-                         plan_bytes_per_call_row=budget, ms=timing.ms,
-                         peak_gib=timing.peak_gib))  # fmt: skip
-        torch.cuda.empty_cache()
+                         plan_bytes_per_call_row=budget, ms=ms, peak_gib=peak))  # fmt: skip
     return rows
 
 
 def sweep_sample_copies(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The probes setting timed (no profile, graphs as calls replay them) with the sample
-    kernel reading the draws gathered by index or from contiguous copies, at each key
-    budget (`--sweep-key-budgets`); the graphs are cleared per variant."""
-    from hf_hyper.attention import clear_cuda_graphs
-
+    """The sample kernel reading the draws gathered by index or from contiguous copies,
+    at each key budget."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
     for budget, copied in itertools.product(args.sweep_key_budgets, args.sweep_sample_copied):
-        config = probes_config(args, cluster_key_budget=budget)
-        clear_cuda_graphs()
-        patch = mock.patch.object(query_clusters, "SAMPLE_KEYS_COPIED", bool(copied))
-        with patch, torch.no_grad():
-            timing = time_cuda(
-                lambda config=config: hyper_attention(q, k, v, causal=True, config=config),
-                warmup=3, repeats=5,
-            )  # fmt: skip
-        print(f"| {n} | {dim} | {budget:g} | {copied} | {timing.ms:.1f} | {timing.peak_gib:.2f} |")
+        ms, peak = time_variant(q, k, v, args, budget, dict(SAMPLE_KEYS_COPIED=bool(copied)))
+        print(f"| {n} | {dim} | {budget:g} | {copied} | {ms:.1f} | {peak:.2f} |")
         rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, sample_keys_copied=copied,
-                         ms=timing.ms, peak_gib=timing.peak_gib))  # fmt: skip
-        torch.cuda.empty_cache()
+                         ms=ms, peak_gib=peak))  # fmt: skip
     return rows
 
 
@@ -263,6 +260,7 @@ def main() -> None:
     p.add_argument("--sweep-sorted", type=int, nargs="+", default=[0], choices=[0, 1])
     p.add_argument("--sweep-sample-tiles", type=int, nargs="*", default=[],
                    help="also time the probes with these sample tiles, as M N pairs")  # fmt: skip
+    p.add_argument("--sweep-sample-warps", type=int, nargs="+", default=[4])
     p.add_argument("--sweep-plan-bytes", type=int, nargs="*", default=[],
                    help="also time the probes with these plan budgets (B per row)")  # fmt: skip
     p.add_argument("--sweep-graph-max-len", type=int, nargs="*", default=[],
@@ -280,13 +278,14 @@ def main() -> None:
     print("\n" + header + "\n" + "|---" * (6 + len(kinds)) + "|")
     rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
     if args.sweep_block_n:
-        print("\n| n | d | keys per step | most rows | warps | sorted keys | ms | peak GiB |"
-              "\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+        print("\n| n | d | key budget | keys per step | most rows | warps | sorted keys | ms "
+              "| peak GiB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_segment(n, dim, args)
     if args.sweep_sample_tiles:
-        print("\n| n | d | sample tile (rows, draws per step) | ms |\n|---|---|---|---|")
+        print("\n| n | d | key budget | sample tile (rows, draws per step) | warps | ms "
+              "| peak GiB |\n|---|---|---|---|---|---|---|")  # fmt: skip
         pairs = args.sweep_sample_tiles
         tiles = list(zip(pairs[::2], pairs[1::2], strict=True))
         for n in args.lengths:
