@@ -60,20 +60,27 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_split(fn) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
-    """CUDA milliseconds of one call of fn by kernel kind, and (ms, launches) by kernel
-    name."""
+def profile_split(
+    fn, launches_of: str | None = None
+) -> tuple[dict[str, float], dict[str, tuple[float, int]], list[float]]:
+    """CUDA milliseconds of one call of fn by kernel kind, (ms, launches) by kernel
+    name, and the ms of each launch of the kernels whose name holds `launches_of`, in
+    the order they ran."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     split: dict[str, float] = defaultdict(float)
     by_name: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    launches = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             split[kind_of(event.name)] += event.device_time / 1000
             by_name[event.name[:90]][0] += event.device_time / 1000
             by_name[event.name[:90]][1] += 1
-    return dict(split), {name: tuple(v) for name, v in by_name.items()}
+            if launches_of and launches_of in event.name:
+                launches.append((event.time_range.start, event.device_time / 1000))
+    each = [ms for _, ms in sorted(launches)]
+    return dict(split), {name: tuple(v) for name, v in by_name.items()}, each
 
 
 def probes_config(args: argparse.Namespace, **fields) -> HyperAttentionConfig:
@@ -117,7 +124,7 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
                 return hyper_attention(q, k, v, causal=True, config=config)
 
         timing = time_cuda(call, warmup=1, repeats=3)
-        split, by_name = profile_split(call)
+        split, by_name, each = profile_split(call, args.launches)
         cells = " | ".join(f"{split.get(kind, 0.0):.1f}" for kind in kinds)
         ratio = cudnn.ms / timing.ms
         print(f"| {n} | {dim} | {name} | {timing.ms:.1f} | {ratio:.3f} | {timing.peak_gib:.2f} "
@@ -128,6 +135,9 @@ def measure(n: int, dim: int, args: argparse.Namespace, kinds: list[str]) -> lis
         rows[-1]["top_kernels"] = [dict(name=t, ms=ms, launches=c) for t, (ms, c) in top]
         for kernel, (ms, launches) in top:
             print(f"    {ms:8.2f} ms {launches:6d}x  {kernel}")
+        if args.launches:
+            rows[-1]["launches"] = dict(kernel=args.launches, ms=each)
+            print(f"    each {args.launches} launch, ms: " + " ".join(f"{ms:.3f}" for ms in each))
     return rows
 
 
@@ -247,6 +257,8 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=names[:3], choices=names)
     p.add_argument("--key-budget", type=float, default=1.5,
                    help="the setting 'probes, key budget': its cluster_key_budget")  # fmt: skip
+    p.add_argument("--launches", default=None, metavar="NAME",
+                   help="also list each launch's ms of the kernels so named, in order")  # fmt: skip
     p.add_argument("--top", type=int, default=0, help="also list the N costliest kernels")
     p.add_argument(
         "--sweep-block-n",
