@@ -357,14 +357,18 @@ def _probed_by_kernels(
     if SEGMENT_SORTED_KEYS:
         sorted_kv = (gather_rows(k, plan.k_order), gather_rows(v, plan.k_order))
     probes = plan.chosen.shape[-1]
-    # each rank's clusters in a row of their own, as the counting sort reads them
-    by_rank = torch.empty(z, probes, n_rows, dtype=torch.int32, device=q.device)
-    by_rank.copy_(plan.chosen.view(z, n_rows, probes).transpose(1, 2))
+    # each (rank, problem)'s clusters in a row of their own, rank-major, so one counting
+    # sort packs every rank's tiles (a launch per pass, not per rank) and each rank's
+    # tiles are a contiguous slice
+    by_rank = torch.empty(probes, z, n_rows, dtype=torch.int32, device=q.device)
+    by_rank.copy_(plan.chosen.view(z, n_rows, probes).permute(2, 0, 1))
+    slot_query, tile_cluster = bucket_tiles(by_rank.view(probes * z, n_rows), clusters, tile)
+    slot_query = slot_query.view(probes, z, -1)
+    tile_cluster = tile_cluster.view(probes, z, -1)
     for rank in range(probes):
-        slot_query, tile_cluster = bucket_tiles(by_rank[:, rank], clusters, tile)
         segment_attention(
-            rows, slot_query, tile_cluster, plan.starts, plan.k_order, n_sink, n_query, g,
-            n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
+            rows, slot_query[rank], tile_cluster[rank], plan.starts, plan.k_order, n_sink,
+            n_query, g, n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
             sorted_kv=sorted_kv,
         )  # fmt: skip
     if sample_size:
@@ -414,8 +418,9 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
 
 
-# Bytes of plan per query row of a batch of problems: its clusters and the packing of
-# one rank's tiles (int64 index arrays, a few alive at once). A finder that merges into
+# Bytes of plan per query row of a batch of problems: its clusters (int64), the keys'
+# clustering and the packing of every rank's tiles (int32 slots, up to twice the rows a
+# rank, where clusters fill their last tiles partly): about 100. A finder that merges into
 # a call's rows plans as many problems at a time as keep this within PLAN_BYTES_PER_CALL_ROW
 # per row of the call: the 16 bytes per token and query head that the forward's memory
 # bound allows beyond the output. A level's plan then comes in 4 chunks; each chunk
