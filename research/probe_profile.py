@@ -161,20 +161,17 @@ def time_variant(
 
 
 def sweep_segment(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The segment kernel's tiles (keys per step, most rows per tile, warps) and key
-    layout (gathered by index, or copies sorted by cluster), at each key budget
-    (`--sweep-key-budgets`); printed as table rows."""
+    """The segment kernel's tiles (keys per step, most rows per tile, warps) at each key
+    budget (`--sweep-key-budgets`); printed as table rows."""
     q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
     rows = []
-    for budget, block_n, max_rows, warps, keys_sorted in itertools.product(
-        args.sweep_key_budgets, args.sweep_block_n, args.sweep_max_rows, args.sweep_warps,
-        args.sweep_sorted,
-    ):  # fmt: skip
-        tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows, SEGMENT_WARPS=warps,
-                    SEGMENT_SORTED_KEYS=bool(keys_sorted))  # fmt: skip
+    for budget, block_n, max_rows, warps in itertools.product(
+        args.sweep_key_budgets, args.sweep_block_n, args.sweep_max_rows, args.sweep_warps
+    ):
+        tile = dict(SEGMENT_BLOCK_N=block_n, SEGMENT_MAX_ROWS=max_rows, SEGMENT_WARPS=warps)
         ms, peak = time_variant(q, k, v, args, budget, tile)
-        print(f"| {n} | {dim} | {budget:g} | {block_n} | {max_rows} | {warps} | {keys_sorted} | "
-              f"{ms:.1f} | {peak:.2f} |")  # fmt: skip
+        print(f"| {n} | {dim} | {budget:g} | {block_n} | {max_rows} | {warps} | {ms:.1f} | "
+              f"{peak:.2f} |")  # fmt: skip
         rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, **tile, ms=ms, peak_gib=peak))
     return rows
 
@@ -205,19 +202,6 @@ def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
         print(f"| {n} | {dim} | {key_budget:g} | {budget} | {ms:.1f} | {peak:.2f} |")
         rows.append(dict(n=n, dim=dim, cluster_key_budget=key_budget,
                          plan_bytes_per_call_row=budget, ms=ms, peak_gib=peak))  # fmt: skip
-    return rows
-
-
-def sweep_sample_copies(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
-    """The sample kernel reading the draws gathered by index or from contiguous copies,
-    at each key budget."""
-    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
-    rows = []
-    for budget, copied in itertools.product(args.sweep_key_budgets, args.sweep_sample_copied):
-        ms, peak = time_variant(q, k, v, args, budget, dict(SAMPLE_KEYS_COPIED=bool(copied)))
-        print(f"| {n} | {dim} | {budget:g} | {copied} | {ms:.1f} | {peak:.2f} |")
-        rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, sample_keys_copied=copied,
-                         ms=ms, peak_gib=peak))  # fmt: skip
     return rows
 
 
@@ -269,7 +253,6 @@ def main() -> None:
     )
     p.add_argument("--sweep-max-rows", type=int, nargs="+", default=[64])
     p.add_argument("--sweep-warps", type=int, nargs="+", default=[4])
-    p.add_argument("--sweep-sorted", type=int, nargs="+", default=[0], choices=[0, 1])
     p.add_argument("--sweep-sample-tiles", type=int, nargs="*", default=[],
                    help="also time the probes with these sample tiles, as M N pairs")  # fmt: skip
     p.add_argument("--sweep-sample-warps", type=int, nargs="+", default=[4])
@@ -277,8 +260,6 @@ def main() -> None:
                    help="also time the probes with these plan budgets (B per row)")  # fmt: skip
     p.add_argument("--sweep-graph-max-len", type=int, nargs="*", default=[],
                    help="also time the probes at these cuda_graph_max_len (0: eager)")  # fmt: skip
-    p.add_argument("--sweep-sample-copied", type=int, nargs="*", default=[], choices=[0, 1],
-                   help="also time the sample kernel gathering (0) or copying (1)")  # fmt: skip
     p.add_argument("--sweep-key-budgets", type=float, nargs="+", default=[0.0],
                    help="the graph and plan sweeps' key budgets (0: none)")  # fmt: skip
     p.add_argument("--json", default=None)
@@ -290,8 +271,8 @@ def main() -> None:
     print("\n" + header + "\n" + "|---" * (6 + len(kinds)) + "|")
     rows = [row for n in args.lengths for dim in args.dims for row in measure(n, dim, args, kinds)]
     if args.sweep_block_n:
-        print("\n| n | d | key budget | keys per step | most rows | warps | sorted keys | ms "
-              "| peak GiB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+        print("\n| n | d | key budget | keys per step | most rows | warps | ms | peak GiB |"
+              "\n|---|---|---|---|---|---|---|---|")  # fmt: skip
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_segment(n, dim, args)
@@ -309,11 +290,6 @@ def main() -> None:
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_plan_budget(n, dim, args)
-    if args.sweep_sample_copied:
-        print("\n| n | d | key budget | sample copied | ms | peak GiB |\n|---|---|---|---|---|---|")
-        for n in args.lengths:
-            for dim in args.dims:
-                rows += sweep_sample_copies(n, dim, args)
     if args.sweep_graph_max_len:
         print("\n| n | d | key budget | cuda_graph_max_len | ms | peak GiB |"
               "\n|---|---|---|---|---|---|")  # fmt: skip

@@ -76,7 +76,7 @@ def test_one_problem_per_launch(case, monkeypatch):
 
 @pytest.mark.parametrize(
     "probes, probe_kernels",
-    [(3, None), (3, "gathered keys"), (3, "sorted keys"), (3, "key budget"), (0, None)],
+    [(3, None), (3, "kernels"), (3, "key budget"), (0, None)],
 )
 @pytest.mark.parametrize("causal, extra_keys", [(False, 0), (True, 0), (True, 300)])
 def test_finders_of_each_problem_run_in_the_fused_executor(
@@ -86,16 +86,14 @@ def test_finders_of_each_problem_run_in_the_fused_executor(
     k-means blocks, through the fused executor (its recursion, diagonal, sinks, band
     corner and merges, a cached prefix too) equal the torch path, with the same draws.
     probe_kernels: the probes' kernels merge straight into the executor's rows, as on
-    CUDA, reading each cluster's keys by index or from sorted copies, or under a key
-    budget (None: the probes run in torch ops and the executor merges their result)."""
+    CUDA, with or without a key budget (None: the probes run in torch ops and the
+    executor merges their result)."""
     from functools import partial
 
     from hf_hyper.attention.finders import query_clusters
 
     if probe_kernels:
         monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
-        sorted_keys = probe_kernels == "sorted keys"
-        monkeypatch.setattr(query_clusters, "SEGMENT_SORTED_KEYS", sorted_keys)
 
     from hf_hyper import HyperAttentionConfig
     from hf_hyper.attention import hyper_attention_with_lse

@@ -353,9 +353,6 @@ def _probed_by_kernels(
     rows = _accumulator_rows(q, k, v) if into is None else into
     n_sink = _sink_counts(sinks, z, q.device)
     tile = segment_tile_rows(n_rows, clusters)
-    sorted_kv = None
-    if SEGMENT_SORTED_KEYS:
-        sorted_kv = (gather_rows(k, plan.k_order), gather_rows(v, plan.k_order))
     probes = plan.chosen.shape[-1]
     # each (rank, problem)'s clusters in a row of their own, rank-major, so one counting
     # sort packs every rank's tiles (a launch per pass, not per rank) and each rank's
@@ -369,20 +366,14 @@ def _probed_by_kernels(
         segment_attention(
             rows, slot_query[rank], tile_cluster[rank], plan.starts, plan.k_order, n_sink,
             n_query, g, n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
-            sorted_kv=sorted_kv,
         )  # fmt: skip
     if sample_size:
         key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
         rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
         chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
-        copies = None
-        if SAMPLE_KEYS_COPIED:  # indexing reads the drawn rows of k, v where they lie
-            problem = torch.arange(z, device=q.device)[:, None]
-            copies = (k[problem, key_index].contiguous(), v[problem, key_index].contiguous())
         sample_attention(
-            rows, key_index, draw_cluster, chosen, rest, n_sink, n_query, g, n_key, band,
-            scale, copies,
-        )  # fmt: skip
+            rows, key_index, draw_cluster, chosen, rest, n_sink, n_query, g, n_key, band, scale
+        )
     if into is not None:
         return None
     dv = v.shape[-1]
@@ -444,13 +435,7 @@ SEGMENT_BLOCK_N = 32
 # for more rows (`research/probe_profile.py --sweep-block-n` measures the choice)
 SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
-# read the keys and values of a problem's clusters from copies sorted by cluster (more
-# memory: a copy of the problem's keys and values) instead of gathering them by index
-SEGMENT_SORTED_KEYS = False
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
-# read the draws' keys and values from contiguous copies (one small gather a batch of
-# problems) instead of gathering them by index in every row tile
-SAMPLE_KEYS_COPIED = False
 SAMPLE_WARPS = 4
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
@@ -546,49 +531,44 @@ def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Te
 def segment_attention(
     rows: RowTarget, slot_query: Tensor, tile_cluster: Tensor, starts: Tensor,
     k_order: Tensor, sinks: Tensor, n_query: int, heads: int, n_key: int, band: int,
-    scale: float, merge: bool, block_m: int, sorted_kv: tuple[Tensor, Tensor] | None = None,
+    scale: float, merge: bool, block_m: int,
 ) -> None:  # fmt: skip
     """Fold each packed tile's attention over its cluster's run of k_order into the
     rows (merge: with what they hold). slot_query [z, tiles * block_m] (heads * n_query:
     an empty slot); tile_cluster [z, tiles]: each tile's cluster; starts [z, clusters +
-    1]: where each cluster's run begins in k_order [z, nk]; sinks [z].
-    sorted_kv: the problems' keys and values in k_order's order, contiguous (or None)."""
+    1]: where each cluster's run begins in k_order [z, nk]; sinks [z]."""
     from ..kernels.probes import segment_kernel
 
     z, n_tiles = tile_cluster.shape
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
-    k_sorted, v_sorted = sorted_kv if sorted_kv is not None else (rows.k, rows.v)
     segment_kernel[(z * n_tiles,)](
-        rows.q, rows.k, rows.v, rows.out, rows.lse, k_sorted, v_sorted,
+        rows.q, rows.k, rows.v, rows.out, rows.lse,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
         slot_query, tile_cluster, starts, k_order, sinks,
         slot_query.shape[1], n_tiles, starts.shape[1], heads * n_query, n_query, n_key, band,
         scale * LOG2E, heads, rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
-        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, SORTED=sorted_kv is not None,
-        ALIGN=rows.align, num_warps=SEGMENT_WARPS, num_stages=2,
+        IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
+        num_warps=SEGMENT_WARPS, num_stages=2,
     )  # fmt: skip
 
 
 def sample_attention(
     rows: RowTarget, sample: Tensor, draw_cluster: Tensor, chosen: Tensor, rest: Tensor,
     sinks: Tensor, n_query: int, heads: int, n_key: int, band: int, scale: float,
-    copies: tuple[Tensor, Tensor] | None = None,
 ) -> None:  # fmt: skip
     """Merge each row's share of the sample into the rows: sample, draw_cluster [z, m]
     (the drawn keys and their clusters), chosen [z, rows, probes] (each row's clusters),
-    rest [z, rows] float32 (the keys each row does not attend exactly). copies: the
-    drawn keys and values [z, m, d / dv], contiguous (or None: gathered by index)."""
+    rest [z, rows] float32 (the keys each row does not attend exactly)."""
     from ..kernels.probes import probe_sample_kernel
 
     z = sample.shape[0]
     n_rows = heads * n_query
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     block_m, block_n = SAMPLE_TILE
-    k_copy, v_copy = copies if copies is not None else (rows.k, rows.v)
     probe_sample_kernel[(z * -(-n_rows // block_m),)](
-        rows.q, rows.k, rows.v, rows.out, rows.lse, k_copy, v_copy,
+        rows.q, rows.k, rows.v, rows.out, rows.lse,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
         sample, draw_cluster, chosen, rest, sinks,
         n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E, heads,
@@ -597,7 +577,7 @@ def sample_attention(
         BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
         PROBES_PAD=cluster_slots(chosen.shape[-1]),
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
-        COPIED=copies is not None, num_warps=SAMPLE_WARPS, num_stages=2,
+        num_warps=SAMPLE_WARPS, num_stages=2,
     )  # fmt: skip
 
 

@@ -50,46 +50,34 @@ def key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN: tl.constexpr):
 
 @triton.jit
 def key_value_tiles(
-    K, V, KS, VS, k_at, v_at, key, at, ok, offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride,
-    D: tl.constexpr, DV: tl.constexpr, FULL_D: tl.constexpr, FULL_DV: tl.constexpr,
-    ALIGN: tl.constexpr, COPIED: tl.constexpr,
+    K, V, k_at, v_at, key, ok, offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride,
+    FULL_D: tl.constexpr, FULL_DV: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
-    """The keys `key` of a problem as a [D_PAD, n] tile and their values as [n, DV_PAD]
-    (0 where not ok): gathered from K, V (key 0 at k_at, v_at), or, COPIED, read from
-    rows `at` of the contiguous copies KS [rows, D], VS [rows, DV]."""
-    if COPIED:
-        k = masked_load(KS + at[None, :] * D + offs_d[:, None], ok[None, :], d_ok[:, None],
-                        FULL_D)  # fmt: skip
-        v = masked_load(VS + at[:, None] * DV + offs_dv[None, :], ok[:, None], dv_ok[None, :],
-                        FULL_DV)  # fmt: skip
-    else:
-        k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
-        k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None],
-                        FULL_D)  # fmt: skip
-        v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
-                        FULL_DV)  # fmt: skip
+    """The keys `key` of a problem (key 0 at k_at, v_at) gathered as a [D_PAD, n] tile
+    and their values as [n, DV_PAD], 0 where not ok."""
+    k_off, v_off = key_addresses(k_at, v_at, key, k_stride, v_stride, ALIGN)
+    k = masked_load(K + k_off[None, :] + offs_d[:, None], ok[None, :], d_ok[:, None], FULL_D)
+    v = masked_load(V + v_off[:, None] + offs_dv[None, :], ok[:, None], dv_ok[None, :],
+                    FULL_DV)  # fmt: skip
     return k, v
 
 
 @triton.jit
 def segment_kernel(
-    Q, K, V, Out, LSE, KS, VS,
+    Q, K, V, Out, LSE,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     slot_query_ptr, tile_cluster_ptr, starts_ptr, k_order_ptr, sink_keys_ptr,
     n_slots, n_tiles, n_starts, n_rows, n_query, n_key, band, qk_scale, heads,
     q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, SORTED: tl.constexpr,
-    ALIGN: tl.constexpr,
+    MERGE: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """One tile of BLOCK_M query rows of problem zp that share a cluster (tile_cluster
     [z, n_tiles]): exact over the cluster's run [starts[c], starts[c + 1]) of k_order (key
     indices sorted by cluster; starts [z, n_starts]), less the problem's first
     sink_keys[zp] keys and, for rows at positions t < band (t = row % n_query), its last
-    `band` keys (both attended exactly elsewhere).
-    SORTED: the keys and values are read from KS, VS [z, n_key, D / DV] (contiguous, in
-    k_order's order), so a cluster's run is read in place instead of gathered."""
+    `band` keys (both attended exactly elsewhere)."""
     pid = tl.program_id(0)
     zp = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
@@ -131,9 +119,8 @@ def segment_kernel(
         key = tl.load(order + start + offs_n, mask=ok, other=0).to(tl.int32)
         ok = ok & (key >= n_sink)
         k, v = key_value_tiles(
-            K, V, KS, VS, k_at, v_at, key, zp * n_key + seg_start + start + offs_n, ok,
-            offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride, D, DV, FULL_D, FULL_DV, ALIGN,
-            SORTED,
+            K, V, k_at, v_at, key, ok, offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride,
+            FULL_D, FULL_DV, ALIGN,
         )  # fmt: skip
         keep = ok[None, :] & (key[None, :] < cut[:, None])
         s = tl.where(keep, tile_scores(q, k, IEEE) * qk_scale, float("-inf"))
@@ -143,21 +130,18 @@ def segment_kernel(
 
 @triton.jit
 def probe_sample_kernel(
-    Q, K, V, Out, LSE, KS, VS,
+    Q, K, V, Out, LSE,
     q_base_ptr, o_base_ptr, k_base_ptr, v_base_ptr,
     sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, sink_keys_ptr,
     n_rows, n_query, n_key, n_sample, band, qk_scale, heads, q_stride, k_stride, v_stride,
     D: tl.constexpr, DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROBES: tl.constexpr,
     PROBES_PAD: tl.constexpr, IEEE: tl.constexpr, HAS_BAND: tl.constexpr, ALIGN: tl.constexpr,
-    COPIED: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M query rows of problem zp against the problem's n_sample drawn keys: each
     row drops the draws in its own exact keys (its PROBES clusters chosen [z, rows,
     PROBES], the sinks, its band corner) and weighs the r draws it keeps rest / r each
-    (rest [z, rows]: the keys it does not attend exactly); merged into (out, lse).
-    COPIED: the drawn keys and values are read from KS, VS [z, n_sample, D / DV]
-    (contiguous copies, in draw order) instead of gathered by index."""
+    (rest [z, rows]: the keys it does not attend exactly); merged into (out, lse)."""
     pid = tl.program_id(0)
     n_row_tiles = tl.cdiv(n_rows, BLOCK_M)
     zp = (pid // n_row_tiles).to(tl.int64)
@@ -196,8 +180,8 @@ def probe_sample_kernel(
         drawn = tl.load(draw_cluster_ptr + zp * n_sample + start + offs_n, mask=ok, other=-1)
         drawn = drawn.to(tl.int32)
         k, v = key_value_tiles(
-            K, V, KS, VS, k_at, v_at, key, zp * n_sample + start + offs_n, ok, offs_d,
-            offs_dv, d_ok, dv_ok, k_stride, v_stride, D, DV, FULL_D, FULL_DV, ALIGN, COPIED,
+            K, V, k_at, v_at, key, ok, offs_d, offs_dv, d_ok, dv_ok, k_stride, v_stride,
+            FULL_D, FULL_DV, ALIGN,
         )  # fmt: skip
         keep = (ok & (key >= n_sink))[None, :] & (key[None, :] < cut[:, None])
         for p in tl.static_range(PROBES):

@@ -388,10 +388,8 @@ def test_clusters_in_the_fused_executor_replay_as_cuda_graphs_bit_for_bit():
 
 @pytest.mark.interpreter
 @pytest.mark.slow
-@pytest.mark.parametrize("sorted_keys", [False, True])
-def test_tall_tiles_of_many_rows_per_cluster_match_the_torch_ops(sorted_keys, monkeypatch):
-    # few clusters for many rows: the segment kernel's tiles reach SEGMENT_MAX_ROWS rows;
-    # both key layouts of both kernels (gathered by index, or copies in their order)
+def test_tall_tiles_of_many_rows_per_cluster_match_the_torch_ops(monkeypatch):
+    # few clusters for many rows: the segment kernel's tiles reach SEGMENT_MAX_ROWS rows
     from hf_hyper.attention.finders import query_clusters
 
     gen = torch.Generator().manual_seed(0)
@@ -409,8 +407,6 @@ def test_tall_tiles_of_many_rows_per_cluster_match_the_torch_ops(sorted_keys, mo
 
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
     monkeypatch.setattr(query_clusters, "segment_attention", spy)
-    monkeypatch.setattr(query_clusters, "SEGMENT_SORTED_KEYS", sorted_keys)
-    monkeypatch.setattr(query_clusters, "SAMPLE_KEYS_COPIED", sorted_keys)
     got = hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**settings))
     assert max(tiles) == query_clusters.SEGMENT_MAX_ROWS
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
