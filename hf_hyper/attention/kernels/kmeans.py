@@ -73,8 +73,10 @@ def best_centroid_kernel(
             bias = tl.load(Bias + zp * n_centroids + cols, mask=c_ok, other=float("-inf"))
             s = factor * tile_scores(x, c, IEEE) + bias[None, :]
         s = tl.where(c_ok[None, :], s, float("-inf"))
-        block_best = tl.max(s, 1)
-        block_index = tl.argmax(s, 1) + c0
+        # one reduction for the best score and its first column
+        block_best, block_index = tl.max(s, 1, return_indices=True,
+                                         return_indices_tie_break_left=True)  # fmt: skip
+        block_index += c0
         better = block_best > best
         best_index = tl.where(better, block_index, best_index)
         best = tl.where(better, block_best, best)

@@ -240,8 +240,9 @@ def top_clusters_kernel(
         # the block's TOP best, one at a time, each replacing the row's worst kept one
         # where it is strictly better (an equal score keeps the earlier centroid)
         for _ in tl.static_range(TOP):
-            best = tl.max(s, 1)
-            best_col = tl.argmax(s, 1)
+            # one reduction for the best score and its first column
+            best, best_col = tl.max(s, 1, return_indices=True,
+                                    return_indices_tie_break_left=True)  # fmt: skip
             s = tl.where(tl.arange(0, BLOCK_C)[None, :] == best_col[:, None], float("-inf"), s)
             worst = tl.min(kept, 1)
             worst_slot = tl.argmin(kept, 1)
