@@ -14,6 +14,7 @@ from helpers.fused_cases import (
     bucket_sort_mismatches,
     compare,
     compare_grads,
+    counting_sorts_in_torch_ops,
     lsh_mismatches,
     plan_mismatches,
 )
@@ -92,6 +93,7 @@ def test_finders_of_each_problem_run_in_the_fused_executor(
 
     from hf_hyper.attention.finders import query_clusters
 
+    counting_sorts_in_torch_ops(monkeypatch)
     if probe_kernels:
         monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
 
@@ -135,6 +137,7 @@ def test_probes_planned_one_problem_at_a_time_give_the_same_rows(monkeypatch):
     from hf_hyper.attention.planning import Randomness
 
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
+    counting_sorts_in_torch_ops(monkeypatch)
     gen = torch.Generator().manual_seed(6)
     n_query, dim = 320, 16
     q = torch.randn(1, 4, n_query, dim, generator=gen)

@@ -389,3 +389,13 @@ def bucket_sort_mismatches(device: str, only: int | None = None) -> list[str]:
         if not torch.equal(slots.cpu(), want_slots):
             bad.append(f"{name}: tile slots")
     return bad
+
+
+def counting_sorts_in_torch_ops(monkeypatch) -> None:
+    """Route the counting sorts through their torch ops (the same order bit for bit,
+    which the sort's own interpreter tests check against torch.sort): a test of other
+    kernels in Triton's interpreter then does not spend most of its time in the
+    interpreted bitonic sort of each chunk."""
+    from hf_hyper.attention.fused import bucket_sort
+
+    monkeypatch.setattr(bucket_sort, "MAX_BUCKETS", 0)

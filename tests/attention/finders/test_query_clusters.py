@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers.common import assert_past_ignores_future, grouped_qkv, relative_error_to_v
+from helpers.fused_cases import counting_sorts_in_torch_ops
 from hf_hyper import HyperAttentionConfig, hyper_attention
 from hf_hyper.attention.finders.query_clusters import (
     plan_probes,
@@ -263,6 +264,8 @@ def test_kernels_serve_the_whole_recursion(causal, choice_kernel, monkeypatch):
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
     if choice_kernel:  # each query's clusters chosen by the kernel too, as on CUDA
         monkeypatch.setattr(query_clusters, "kernels_can_cluster", lambda x: True)
+    if not (causal and choice_kernel):  # one case keeps the counting sorts' kernels
+        counting_sorts_in_torch_ops(monkeypatch)
     got = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(**settings))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -407,6 +410,7 @@ def test_tall_tiles_of_many_rows_per_cluster_match_the_torch_ops(monkeypatch):
 
     monkeypatch.setattr(query_clusters, "kernels_can_run", lambda *tensors: True)
     monkeypatch.setattr(query_clusters, "segment_attention", spy)
+    counting_sorts_in_torch_ops(monkeypatch)
     got = hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**settings))
     assert max(tiles) == query_clusters.SEGMENT_MAX_ROWS
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
