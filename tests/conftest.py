@@ -39,6 +39,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_interpreter)
 
 
+@pytest.fixture(autouse=True)
+def counting_sorts_as_without_the_interpreter(request, monkeypatch):
+    """The counting sorts run their kernels on CUDA or under the interpreter, their torch
+    ops on a plain CPU. Tests not marked `interpreter` check the torch path, so they sort
+    as a CPU user's call does: the interpreted bitonic sort of every chunk took up to half
+    of their time, and the sort's kernels have interpreter tests of their own."""
+    if INTERPRETER and "interpreter" not in request.keywords:
+        from hf_hyper.attention.fused import bucket_sort
+
+        monkeypatch.setattr(bucket_sort, "MAX_BUCKETS", 0)
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request) -> str:
     return request.param
