@@ -46,9 +46,9 @@ def counting_sorts_as_without_the_interpreter(request, monkeypatch):
     as a CPU user's call does: the interpreted bitonic sort of every chunk took up to half
     of their time, and the sort's kernels have interpreter tests of their own."""
     if INTERPRETER and "interpreter" not in request.keywords:
-        from hf_hyper.attention.fused import bucket_sort
+        from helpers.fused_cases import counting_sorts_in_torch_ops
 
-        monkeypatch.setattr(bucket_sort, "MAX_BUCKETS", 0)
+        counting_sorts_in_torch_ops(monkeypatch)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
