@@ -47,9 +47,9 @@ TYPES = {
             "sink_keys_ptr",
             "sample_ptr",
             "draw_cluster_ptr",
-            "chosen_ptr",
         )
     },  # fmt: skip
+    "chosen_ptr": "*i32",
     "qk_scale": "fp32",
     "factor": "fp32",
 }
@@ -75,7 +75,13 @@ def kernel_cases(probes: int = 4, head_dim: int = 128) -> list[dict]:
         dict(name="segment", fn=kernels.segment_kernel, warps=qc.SEGMENT_WARPS,
              tile=(qc.SEGMENT_MAX_ROWS, qc.SEGMENT_BLOCK_N), divisible=STRIDES,
              constexprs=dict(**width, BLOCK_M=qc.SEGMENT_MAX_ROWS, BLOCK_N=qc.SEGMENT_BLOCK_N,
-                             MERGE=True, IEEE=False, HAS_BAND=False, ALIGN=8)),
+                             MERGE=True, IEEE=False, HAS_BAND=False, ALIGN=8, SAMPLE=False,
+                             PROBES=1, PROBES_PAD=2)),
+        dict(name="segment + sample", fn=kernels.segment_kernel, warps=qc.SEGMENT_WARPS,
+             tile=(qc.SEGMENT_MAX_ROWS, qc.SEGMENT_BLOCK_N), divisible=STRIDES,
+             constexprs=dict(**width, BLOCK_M=qc.SEGMENT_MAX_ROWS, BLOCK_N=qc.SEGMENT_BLOCK_N,
+                             MERGE=True, IEEE=False, HAS_BAND=False, ALIGN=8, SAMPLE=True,
+                             PROBES=probes, PROBES_PAD=qc.cluster_slots(probes))),
         dict(name="sample", fn=kernels.probe_sample_kernel, warps=qc.SAMPLE_WARPS,
              tile=qc.SAMPLE_TILE, divisible=STRIDES,
              constexprs=dict(**width, BLOCK_M=sample_m, BLOCK_N=sample_n, PROBES=probes,

@@ -182,7 +182,7 @@ def capped_plan(
 def exact_keys_per_query(plan: ProbePlan) -> torch.Tensor:
     g = plan.chosen.shape[1]
     sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2,
-                         plan.chosen.reshape(1, g, -1))  # fmt: skip
+                         plan.chosen.reshape(1, g, -1).long())  # fmt: skip
     return sizes.view(plan.chosen.shape).sum(-1).flatten() + SINKS
 
 

@@ -22,6 +22,7 @@ kernels summed by kind:
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import itertools
 import json
@@ -192,6 +193,34 @@ def sweep_sample(n: int, dim: int, args: argparse.Namespace, tiles: list) -> lis
     return rows
 
 
+def parse_constants(items: list[str]) -> dict[str, list]:
+    """NAME=V1,V2 items of `--set` and `--sweep` -> {NAME: [values]} (Python literals),
+    each NAME a module constant of the per-query clusters' finder."""
+    constants = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        if not hasattr(query_clusters, name) or not values:
+            raise SystemExit(f"probe_profile: {item!r} is not NAME=VALUE[,VALUE] of a "
+                             "constant in hf_hyper.attention.finders.query_clusters")  # fmt: skip
+        constants[name] = [ast.literal_eval(value) for value in values.split(",")]
+    return constants
+
+
+def sweep_constants(n: int, dim: int, args: argparse.Namespace, swept: dict) -> list[dict]:
+    """Every combination of the swept constants at each key budget, timed as replayed."""
+    q, k, v = planted_inputs(n, args.heads, args.heads, dim, torch.bfloat16, True, 0)
+    rows = []
+    for budget in args.sweep_key_budgets:
+        for values in itertools.product(*swept.values()):
+            constants = dict(zip(swept, values, strict=True))
+            ms, peak = time_variant(q, k, v, args, budget, constants)
+            shown = ", ".join(f"{name}={value}" for name, value in constants.items())
+            print(f"| {n} | {dim} | {budget:g} | {shown} | {ms:.1f} | {peak:.2f} |")
+            rows.append(dict(n=n, dim=dim, cluster_key_budget=budget, constants=constants,
+                             ms=ms, peak_gib=peak))  # fmt: skip
+    return rows
+
+
 def sweep_plan_budget(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     """Each plan budget (bytes of plan per row of the call) at each key budget: smaller
     plan budgets plan fewer problems at a time, in more launches."""
@@ -262,10 +291,21 @@ def main() -> None:
                    help="also time the probes at these cuda_graph_max_len (0: eager)")  # fmt: skip
     p.add_argument("--sweep-key-budgets", type=float, nargs="+", default=[0.0],
                    help="the graph and plan sweeps' key budgets (0: none)")  # fmt: skip
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="the finder's module constants for the whole run")  # fmt: skip
+    p.add_argument("--sweep", nargs="*", default=[], metavar="NAME=V1,V2",
+                   help="also time every combination of these constants' values")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    fixed = {name: values[0] for name, values in parse_constants(args.set).items()}
+    swept = parse_constants(args.sweep)
     env = environment()
-    print(env)
+    print(env, fixed or "")
+    with mock.patch.multiple(query_clusters, **fixed) if fixed else contextlib.nullcontext():
+        run(args, env, swept)
+
+
+def run(args: argparse.Namespace, env: dict, swept: dict) -> None:
     kinds = [kind for kind, _ in KINDS] + ["other"]
     header = "| n | d | setting | ms | vs cuDNN | peak GiB | " + " | ".join(kinds) + " |"
     print("\n" + header + "\n" + "|---" * (6 + len(kinds)) + "|")
@@ -296,6 +336,11 @@ def main() -> None:
         for n in args.lengths:
             for dim in args.dims:
                 rows += sweep_graphs(n, dim, args)
+    if swept:
+        print("\n| n | d | key budget | constants | ms | peak GiB |\n|---|---|---|---|---|---|")
+        for n in args.lengths:
+            for dim in args.dims:
+                rows += sweep_constants(n, dim, args, swept)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=env, args=vars(args), rows=rows), f, indent=1)

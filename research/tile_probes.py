@@ -157,7 +157,7 @@ def prototype_errors(q, k, v, scale: float) -> tuple[dict[str, float], dict[str,
                 v_sq += rect.v_sq
                 g = qz.shape[1]
                 sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2,
-                                     plan.chosen.reshape(1, g, -1))  # fmt: skip
+                                     plan.chosen.reshape(1, g, -1).long())  # fmt: skip
                 total_keys.append(sizes.view(plan.chosen.shape).sum(-1).mean().item())
             total_err += math.sqrt(err_sq / v_sq)
         errors[name_of(tile, probes)] = total_err / SEEDS

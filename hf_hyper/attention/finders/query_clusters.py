@@ -58,7 +58,8 @@ class ProbePlan:
     k_order [z, nk]: key index at each position sorted by cluster (stable, so a cluster
     keeps sequence order); starts [z, clusters + 1]: where each cluster begins there;
     assign [z, nk]: each key's cluster; counts [z, clusters]: keys per cluster, sinks
-    left out; chosen [z, g, nq, probes]: each query's clusters, best first (distinct,
+    left out; chosen [z, g, nq, probes] (int64, or the choice kernel's rank-major int32
+    view): each query's clusters, best first (distinct,
     but for the slots a key budget emptied: those name the last cluster, which a budget
     appends empty, so they add no exact key and hide no draw); exact [z, g, nq] float32
     or None: the keys in each query's chosen clusters, where the choice counted them.
@@ -111,7 +112,7 @@ def within_key_budget(chosen: Tensor, counts: Tensor, budget: float) -> tuple[Te
     (chosen, counts [z, c + 1])."""
     z, n_clusters = counts.shape
     limit = budget_limit(counts, budget)[:, None]
-    sizes = torch.gather(counts, 1, chosen.reshape(z, -1)).view(chosen.shape)
+    sizes = torch.gather(counts, 1, chosen.reshape(z, -1).long()).view(chosen.shape)
     kept = torch.ones_like(chosen, dtype=torch.bool)
     used = sizes[..., 0].clone()
     for rank in range(1, chosen.shape[-1]):
@@ -226,7 +227,7 @@ def _rank_tiles(plan: ProbePlan, rank: int, tile: int) -> tuple[TilePacking, Ten
     [z, tiles])."""
     z = plan.chosen.shape[0]
     clusters = plan.counts.shape[1]
-    pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, -1), clusters, tile)
+    pack = pack_query_tiles(plan.chosen[..., rank].reshape(z, -1).long(), clusters, tile)
     seg_start = torch.gather(plan.starts, 1, pack.tile_block)
     seg_len = torch.gather(plan.starts, 1, pack.tile_block + 1) - seg_start
     return pack, seg_start, seg_len
@@ -256,7 +257,7 @@ def _rest_keys(plan: ProbePlan, n_key: int, n_sink: Tensor, band: int) -> Tensor
     z, g, n_query, _ = plan.chosen.shape
     exact = plan.exact
     if exact is None:  # the chosen clusters' sizes, which leave the sinks out
-        index = plan.chosen.reshape(z, g, -1)
+        index = plan.chosen.reshape(z, g, -1).long()
         sizes = torch.gather(plan.counts[:, None].expand(-1, g, -1), 2, index)
         exact = sizes.view(plan.chosen.shape).sum(-1)
     rest = (n_key - n_sink).float()[:, None, None] - exact
@@ -357,23 +358,23 @@ def _probed_by_kernels(
     # each (rank, problem)'s clusters in a row of their own, rank-major, so one counting
     # sort packs every rank's tiles (a launch per pass, not per rank) and each rank's
     # tiles are a contiguous slice
-    by_rank = torch.empty(probes, z, n_rows, dtype=torch.int32, device=q.device)
-    by_rank.copy_(plan.chosen.view(z, n_rows, probes).permute(2, 0, 1))
+    by_rank = rank_major(plan.chosen.view(z, n_rows, probes))
     slot_query, tile_cluster = bucket_tiles(by_rank.view(probes * z, n_rows), clusters, tile)
     slot_query = slot_query.view(probes, z, -1)
     tile_cluster = tile_cluster.view(probes, z, -1)
+    share = None
+    if sample_size:
+        key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
+        rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
+        share = SampleShare(key_index, draw_cluster, by_rank, rest)
     for rank in range(probes):
         segment_attention(
             rows, slot_query[rank], tile_cluster[rank], plan.starts, plan.k_order, n_sink,
             n_query, g, n_key, band, scale, merge=into is not None or rank > 0, block_m=tile,
+            sample=share if rank == 0 and SAMPLE_IN_BEST_RANK else None,
         )  # fmt: skip
-    if sample_size:
-        key_index, draw_cluster = _draw(plan, n_key, sample_size, rng)
-        rest = _rest_keys(plan, n_key, n_sink, band).reshape(z, n_rows)
-        chosen = plan.chosen.reshape(z, n_rows, -1).contiguous()
-        sample_attention(
-            rows, key_index, draw_cluster, chosen, rest, n_sink, n_query, g, n_key, band, scale
-        )
+    if share is not None and not SAMPLE_IN_BEST_RANK:
+        sample_attention(rows, share, n_sink, n_query, g, n_key, band, scale)
     if into is not None:
         return None
     dv = v.shape[-1]
@@ -435,6 +436,9 @@ SEGMENT_BLOCK_N = 32
 # for more rows (`research/probe_profile.py --sweep-block-n` measures the choice)
 SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
+# The best-cluster launch also carries the sample: every row is in one of its tiles, so
+# the sample needs no pass of its own over the rows (False: the sample kernel's pass).
+SAMPLE_IN_BEST_RANK = True
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
 SAMPLE_WARPS = 4
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
@@ -448,7 +452,8 @@ def top_clusters(
 ) -> Tensor:
     """`_best_clusters` in one kernel, with a running top-count per row instead of a
     score matrix: q [z, g, nq, d] (any row strides), centroids [z, c, d] float32,
-    log_size [z, c] (-inf: empty) -> [z, g * nq, count] int64, best first. 16-bit q
+    log_size [z, c] (-inf: empty) -> [z, g * nq, count] int32, best first, a view of
+    rank-major memory (`rank_major`: each rank's choices in one row). 16-bit q
     meets the centroids rounded to its dtype, as in the k-means kernels. Empty clusters
     score MASKED_LOGIT, finite, so they are chosen only after every other one."""
     return _top_clusters(q, centroids, scale, log_size, count)[0]
@@ -460,7 +465,8 @@ def top_clusters_within_budget(
     """`top_clusters` by estimated mass (the bias `log_sizes(counts)`, counts [z, c]
     float32), each row's clusters then cut to a key budget as `within_key_budget` does
     (budget: x the mean cluster size; 0: no cut), in the same kernel -> (chosen [z,
-    g * nq, count] int64, a slot passed over naming cluster c; the keys of each row's
+    g * nq, count] int32 as `top_clusters` lays it out, a slot passed over naming
+    cluster c; the keys of each row's
     kept clusters [z, g * nq] float32)."""
     counts = counts.float().contiguous()
     limit = budget_limit(counts, budget) if budget else None
@@ -484,8 +490,8 @@ def _top_clusters(
             f"top_clusters: {count} of {centroids.shape[1]} centroids for "
             f"{centroids.shape[0]} problems, rows for {z * pairs}"
         )
-    out = torch.empty(z * pairs * groups, n_rows, count, dtype=torch.int64, device=q.device)
-    exact = None if counts is None else out.new_empty(out.shape[:2], dtype=torch.float32)
+    out = torch.empty(count, z * pairs * groups, n_rows, dtype=torch.int32, device=q.device)
+    exact = None if counts is None else out.new_empty(out.shape[1:], dtype=torch.float32)
     ieee = q.dtype == torch.float32
     block_m, block_c, warps = TOP_TILE_IEEE if ieee else TOP_TILE
     bias = log_size.float().clamp_min(MASKED_LOGIT).contiguous()
@@ -495,13 +501,22 @@ def _top_clusters(
         # stands in for those not given
         rows, centroids.float().contiguous(), bias, out, _or(counts, bias), _or(limit, bias),
         _or(exact, bias), n_rows,
-        centroids.shape[1], pairs, groups, s_z, s_p, s_g, s_row, scale, D=dim,
+        centroids.shape[1], pairs, groups, s_z, s_p, s_g, s_row, scale, out[0].numel(), D=dim,
         D_PAD=padded_width(dim), BLOCK_M=block_m, BLOCK_C=block_c, TOP=count,
         TOP_PAD=cluster_slots(count), IEEE=ieee, BUDGET=limit is not None,
         EXACT=counts is not None, num_warps=warps,
     )  # fmt: skip
-    chosen = out.view(z * pairs, groups * n_rows, count)
+    chosen = out.view(count, z * pairs, groups * n_rows).permute(1, 2, 0)
     return chosen, None if exact is None else exact.view(z * pairs, groups * n_rows)
+
+
+def rank_major(chosen: Tensor) -> Tensor:
+    """chosen [z, rows, probes] as int32 [probes, z, rows] in contiguous memory: the choice
+    kernel's own memory where it is that, else a copy."""
+    by_rank = chosen.permute(2, 0, 1)
+    if by_rank.dtype == torch.int32 and by_rank.is_contiguous():
+        return by_rank
+    return by_rank.to(torch.int32, memory_format=torch.contiguous_format)
 
 
 def _or(given: Tensor | None, stand_in: Tensor) -> Tensor:
@@ -528,54 +543,74 @@ def empty_accumulators(z: int, n_rows: int, dv: int, device) -> tuple[Tensor, Te
     return out, torch.full((z, n_rows + 1), float("-inf"), device=device)
 
 
+@dataclass(frozen=True)
+class SampleShare:
+    """What the kernels need of the sample: keys, clusters [z, m] (the drawn keys and
+    their clusters), chosen [probes, z, rows] int32 (each row's clusters, `rank_major`),
+    rest [z, rows]
+    float32 (the keys each row does not attend exactly, which its kept draws stand for)."""
+
+    keys: Tensor
+    clusters: Tensor
+    chosen: Tensor
+    rest: Tensor
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """In the kernels' argument order (no copies, as dataclasses.astuple makes)."""
+        return self.keys, self.clusters, self.chosen, self.rest
+
+
 def segment_attention(
     rows: RowTarget, slot_query: Tensor, tile_cluster: Tensor, starts: Tensor,
     k_order: Tensor, sinks: Tensor, n_query: int, heads: int, n_key: int, band: int,
-    scale: float, merge: bool, block_m: int,
+    scale: float, merge: bool, block_m: int, sample: SampleShare | None = None,
 ) -> None:  # fmt: skip
     """Fold each packed tile's attention over its cluster's run of k_order into the
     rows (merge: with what they hold). slot_query [z, tiles * block_m] (heads * n_query:
     an empty slot); tile_cluster [z, tiles]: each tile's cluster; starts [z, clusters +
-    1]: where each cluster's run begins in k_order [z, nk]; sinks [z]."""
+    1]: where each cluster's run begins in k_order [z, nk]; sinks [z]. sample: each
+    row's share of it too, in the same softmax (the tiles must hold every row once)."""
     from ..kernels.probes import segment_kernel
 
     z, n_tiles = tile_cluster.shape
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
+    # without a sample the kernel reads none of its pointers: the starts stand in
+    drawn = (starts,) * 4 if sample is None else sample.tensors()
+    probes = 1 if sample is None else sample.chosen.shape[0]
     segment_kernel[(z * n_tiles,)](
         rows.q, rows.k, rows.v, rows.out, rows.lse,
         rows.q_base, rows.o_base, rows.k_base, rows.v_base,
-        slot_query, tile_cluster, starts, k_order, sinks,
-        slot_query.shape[1], n_tiles, starts.shape[1], heads * n_query, n_query, n_key, band,
-        scale * LOG2E, heads, rows.q_stride, rows.k_stride, rows.v_stride,
+        slot_query, tile_cluster, starts, k_order, sinks, *drawn,
+        slot_query.shape[1], n_tiles, starts.shape[1], heads * n_query, n_query, n_key,
+        drawn[0].shape[1], drawn[2][0].numel(), band, scale * LOG2E, heads, rows.q_stride,
+        rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
+        SAMPLE=sample is not None, PROBES=probes, PROBES_PAD=cluster_slots(probes),
         num_warps=SEGMENT_WARPS, num_stages=2,
     )  # fmt: skip
 
 
 def sample_attention(
-    rows: RowTarget, sample: Tensor, draw_cluster: Tensor, chosen: Tensor, rest: Tensor,
-    sinks: Tensor, n_query: int, heads: int, n_key: int, band: int, scale: float,
+    rows: RowTarget, sample: SampleShare, sinks: Tensor, n_query: int, heads: int,
+    n_key: int, band: int, scale: float,
 ) -> None:  # fmt: skip
-    """Merge each row's share of the sample into the rows: sample, draw_cluster [z, m]
-    (the drawn keys and their clusters), chosen [z, rows, probes] (each row's clusters),
-    rest [z, rows] float32 (the keys each row does not attend exactly)."""
+    """Merge each row's share of the sample into the rows, in a pass of its own."""
     from ..kernels.probes import probe_sample_kernel
 
-    z = sample.shape[0]
+    z, n_sample = sample.keys.shape
     n_rows = heads * n_query
     dim, dv = rows.q.shape[-1], rows.v.shape[-1]
     block_m, block_n = SAMPLE_TILE
+    probes = sample.chosen.shape[0]
     probe_sample_kernel[(z * -(-n_rows // block_m),)](
         rows.q, rows.k, rows.v, rows.out, rows.lse,
-        rows.q_base, rows.o_base, rows.k_base, rows.v_base,
-        sample, draw_cluster, chosen, rest, sinks,
-        n_rows, n_query, n_key, sample.shape[1], band, scale * LOG2E, heads,
-        rows.q_stride, rows.k_stride, rows.v_stride,
+        rows.q_base, rows.o_base, rows.k_base, rows.v_base, *sample.tensors(), sinks,
+        n_rows, n_query, n_key, n_sample, sample.chosen[0].numel(), band, scale * LOG2E,
+        heads, rows.q_stride, rows.k_stride, rows.v_stride,
         D=dim, DV=dv, D_PAD=padded_width(dim), DV_PAD=padded_width(dv),
-        BLOCK_M=block_m, BLOCK_N=block_n, PROBES=chosen.shape[-1],
-        PROBES_PAD=cluster_slots(chosen.shape[-1]),
+        BLOCK_M=block_m, BLOCK_N=block_n, PROBES=probes, PROBES_PAD=cluster_slots(probes),
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
         num_warps=SAMPLE_WARPS, num_stages=2,
     )  # fmt: skip

@@ -228,8 +228,12 @@ KERNEL_CASES = [
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("sample_in_best_rank", [True, False])
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
-def test_kernels_match_the_torch_ops(case):
+def test_kernels_match_the_torch_ops(case, sample_in_best_rank, monkeypatch):
+    from hf_hyper.attention.finders import query_clusters
+
+    monkeypatch.setattr(query_clusters, "SAMPLE_IN_BEST_RANK", sample_in_best_rank)
     z, g, n_query, n_key, dim, dv, probes, clusters, m, sinks, band, key_budget = case
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(z, g, n_query, dim, generator=gen)
@@ -344,7 +348,7 @@ def test_the_choice_kernel_cuts_to_the_key_budget_as_the_torch_ops(budget):
     if budget:
         assert (want == 40).any()  # the budget passed some clusters over
     assert torch.equal(chosen, want)
-    sizes = torch.gather(padded, 1, want.reshape(2, -1)).view(want.shape).sum(-1)
+    sizes = torch.gather(padded, 1, want.reshape(2, -1).long()).view(want.shape).sum(-1)
     assert torch.equal(exact, sizes)
 
 
@@ -363,7 +367,7 @@ def test_the_choice_kernel_on_a_gpu_keeps_clusters_as_good_as_the_best(dtype):
     scores = 0.125 * q.double().reshape(2, -1, 64) @ rounded.transpose(1, 2)
     scores = scores + log_size.double()[:, None]
     want = scores.topk(4, dim=-1).values
-    chosen = torch.gather(scores, 2, got)
+    chosen = torch.gather(scores, 2, got.long())
     assert (got.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
     # the same scores, best first, up to float32 accumulation
     torch.testing.assert_close(chosen, want, rtol=0, atol=1e-4)
