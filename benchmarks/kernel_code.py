@@ -42,14 +42,12 @@ TYPES = {
         name: "*i64"
         for name in (
             "tile_cluster_ptr",
-            "starts_ptr",
-            "k_order_ptr",
             "sink_keys_ptr",
             "sample_ptr",
             "draw_cluster_ptr",
         )
     },  # fmt: skip
-    "chosen_ptr": "*i32",
+    **{name: "*i32" for name in ("chosen_ptr", "starts_ptr", "k_order_ptr")},
     "qk_scale": "fp32",
     "factor": "fp32",
 }

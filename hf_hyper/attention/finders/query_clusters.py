@@ -55,14 +55,14 @@ def probe_cluster_count(n_key: int, probes: int, block_size: int, num_projs: int
 class ProbePlan:
     """Which clusters each query attends exactly in one batch of problems.
 
-    k_order [z, nk]: key index at each position sorted by cluster (stable, so a cluster
-    keeps sequence order); starts [z, clusters + 1]: where each cluster begins there;
-    assign [z, nk]: each key's cluster; counts [z, clusters]: keys per cluster, sinks
-    left out; chosen [z, g, nq, probes] (int64, or the choice kernel's rank-major int32
-    view): each query's clusters, best first (distinct,
-    but for the slots a key budget emptied: those name the last cluster, which a budget
-    appends empty, so they add no exact key and hide no draw); exact [z, g, nq] float32
-    or None: the keys in each query's chosen clusters, where the choice counted them.
+    k_order [z, nk] int32: key index at each position sorted by cluster (stable, so a
+    cluster keeps sequence order); starts [z, clusters + 1] int32: where each cluster
+    begins there; assign [z, nk]: each key's cluster; counts [z, clusters]: keys per
+    cluster, sinks left out; chosen [z, g, nq, probes] (int64, or the choice kernel's
+    rank-major int32 view): each query's clusters, best first (distinct, but for the
+    slots a key budget emptied: those name the last cluster, which a budget appends
+    empty, so they add no exact key and hide no draw); exact [z, g, nq] float32 or None:
+    the keys in each query's chosen clusters, where the choice counted them.
     """
 
     k_order: Tensor
@@ -135,9 +135,9 @@ def plan_of_choice(
     """The plan for queries that attend the clusters `chosen` [z, g, nq, probes] (distinct
     per query, but for a key budget's empty cluster) of keys clustered as assign [z, nk]
     int64, with counts [z, c]; exact: as in ProbePlan."""
-    # the counting sort's order and run starts (sinks included), as int64 for the gathers
+    # the counting sort's order and run starts (sinks included), int32 as it makes them
     k_order, starts = stable_bucket_argsort(assign, counts.shape[1])
-    return ProbePlan(k_order.long(), starts.long(), assign, counts, chosen, exact)
+    return ProbePlan(k_order, starts, assign, counts, chosen, exact)
 
 
 def log_sizes(counts: Tensor) -> Tensor:
@@ -195,7 +195,7 @@ def _rank_attention(
     if sinks is not None:
         hidden = hidden | (key_index < sinks[:, None, None])
     hidden = hidden.view(z * n_tiles, width)
-    flat_keys = key_index.clamp_max(n_key - 1).view(z, -1)
+    flat_keys = key_index.clamp_max(n_key - 1).view(z, -1).long()
     k_tiles = gather_rows(k, flat_keys).view(z * n_tiles, width, dim)
     v_tiles = gather_rows(v, flat_keys).view(z * n_tiles, width, dv)
     # [z, g*nq + 1, d] (one empty row for the tiles' empty slots) -> [z*tiles, 1, tile, d]
