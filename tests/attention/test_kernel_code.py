@@ -31,7 +31,7 @@ def compiled() -> dict[str, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel", ["segment", "sample", "top clusters"])
+@pytest.mark.parametrize("kernel", ["segment", "segment + sample", "sample", "top clusters"])
 def test_rows_are_read_in_16_byte_loads(compiled, kernel):
     """Gathered rows whose addresses come from memory are read 16 bytes at a time (the
     alignment hint), not element by element, which made the probes' kernels slow."""

@@ -436,6 +436,7 @@ SEGMENT_BLOCK_N = 32
 # for more rows (`research/probe_profile.py --sweep-block-n` measures the choice)
 SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
+SEGMENT_SAMPLE_WARPS = 4  # warps of the launch that carries the sample too
 # The best-cluster launch also carries the sample: every row is in one of its tiles, so
 # the sample needs no pass of its own over the rows (False: the sample kernel's pass).
 SAMPLE_IN_BEST_RANK = True
@@ -445,6 +446,8 @@ SAMPLE_WARPS = 4
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
 TOP_TILE = (128, 64, 8)
 TOP_TILE_IEEE = (64, 32, 4)
+# each block of centroids walked only while some row of the tile still takes one
+TOP_EARLY_EXIT = False
 
 
 def top_clusters(
@@ -504,7 +507,7 @@ def _top_clusters(
         centroids.shape[1], pairs, groups, s_z, s_p, s_g, s_row, scale, out[0].numel(), D=dim,
         D_PAD=padded_width(dim), BLOCK_M=block_m, BLOCK_C=block_c, TOP=count,
         TOP_PAD=cluster_slots(count), IEEE=ieee, BUDGET=limit is not None,
-        EXACT=counts is not None, num_warps=warps,
+        EXACT=counts is not None, EARLY_EXIT=TOP_EARLY_EXIT, num_warps=warps,
     )  # fmt: skip
     chosen = out.view(count, z * pairs, groups * n_rows).permute(1, 2, 0)
     return chosen, None if exact is None else exact.view(z * pairs, groups * n_rows)
@@ -588,7 +591,7 @@ def segment_attention(
         BLOCK_M=block_m, BLOCK_N=SEGMENT_BLOCK_N, MERGE=merge,
         IEEE=rows.q.dtype == torch.float32, HAS_BAND=band > 0, ALIGN=rows.align,
         SAMPLE=sample is not None, PROBES=probes, PROBES_PAD=cluster_slots(probes),
-        num_warps=SEGMENT_WARPS, num_stages=2,
+        num_warps=SEGMENT_WARPS if sample is None else SEGMENT_SAMPLE_WARPS, num_stages=2,
     )  # fmt: skip
 
 

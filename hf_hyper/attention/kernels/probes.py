@@ -251,7 +251,7 @@ def top_clusters_kernel(
     x_stride_z, x_stride_p, x_stride_g, x_stride_row, factor, rank_stride,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     TOP: tl.constexpr, TOP_PAD: tl.constexpr, IEEE: tl.constexpr, BUDGET: tl.constexpr,
-    EXACT: tl.constexpr,
+    EXACT: tl.constexpr, EARLY_EXIT: tl.constexpr = False,
 ):  # fmt: skip
     """Out[r, i, :] = the TOP centroids of largest factor * x_i . C[zp, c] + Bias[zp, c],
     best first (distinct; equal scores in index order), for the rows i of row problem
@@ -264,7 +264,8 @@ def top_clusters_kernel(
     With BUDGET, each row keeps its best centroid and each later one while the sizes
     (Counts [zp, c] float32) of those kept, that one's included, stay within Limit[zp];
     a slot passed over names n_centroids. EXACT: Exact [rows problems, n_rows] float32
-    gets the kept clusters' summed sizes."""
+    gets the kept clusters' summed sizes. EARLY_EXIT: a block's walk stops once no row
+    takes its next best."""
     row_problem, zp, rows, row_ok, offs_d, d_ok, x = load_row_tile(
         X, n_rows, pairs, groups, x_stride_z, x_stride_p, x_stride_g, x_stride_row,
         D, D_PAD, BLOCK_M,
@@ -286,16 +287,37 @@ def top_clusters_kernel(
         s = tl.where(c_ok[None, :], s, float("-inf"))
         # the block's TOP best, one at a time, each replacing the row's worst kept one
         # where it is strictly better (an equal score keeps the earlier centroid)
-        for _ in tl.static_range(TOP):
-            # one reduction for the best score and its first column
+        if EARLY_EXIT:
+            # a row's next best is no better than its last, and its worst kept only
+            # rises: once no row of the tile takes its block's next best, none takes a
+            # later one, so the walk stops there (the same choice)
             best, best_col = tl.max(s, 1, return_indices=True,
                                     return_indices_tie_break_left=True)  # fmt: skip
-            s = tl.where(tl.arange(0, BLOCK_C)[None, :] == best_col[:, None], float("-inf"), s)
             worst = tl.min(kept, 1)
-            worst_slot = tl.argmin(kept, 1)
-            take = (best > worst)[:, None] & (slot[None, :] == worst_slot[:, None])
-            kept = tl.where(take, best[:, None], kept)
-            kept_index = tl.where(take, (best_col + c0)[:, None], kept_index)
+            taken = tl.full([], 0, tl.int32)
+            while (taken < TOP) & (tl.max((best > worst).to(tl.int32), 0) > 0):
+                worst_slot = tl.argmin(kept, 1)
+                take = (best > worst)[:, None] & (slot[None, :] == worst_slot[:, None])
+                kept = tl.where(take, best[:, None], kept)
+                kept_index = tl.where(take, (best_col + c0)[:, None], kept_index)
+                s = tl.where(tl.arange(0, BLOCK_C)[None, :] == best_col[:, None], float("-inf"),
+                             s)  # fmt: skip
+                best, best_col = tl.max(s, 1, return_indices=True,
+                                        return_indices_tie_break_left=True)  # fmt: skip
+                worst = tl.min(kept, 1)
+                taken += 1
+        else:
+            for _ in tl.static_range(TOP):
+                # one reduction for the best score and its first column
+                best, best_col = tl.max(s, 1, return_indices=True,
+                                        return_indices_tie_break_left=True)  # fmt: skip
+                s = tl.where(tl.arange(0, BLOCK_C)[None, :] == best_col[:, None], float("-inf"),
+                             s)  # fmt: skip
+                worst = tl.min(kept, 1)
+                worst_slot = tl.argmin(kept, 1)
+                take = (best > worst)[:, None] & (slot[None, :] == worst_slot[:, None])
+                kept = tl.where(take, best[:, None], kept)
+                kept_index = tl.where(take, (best_col + c0)[:, None], kept_index)
     # best first: the largest kept score, the lower centroid index among equal ones
     out_ptrs = Out + row_problem * n_rows + rows.to(tl.int64)
     live = (slot < TOP)[None, :] & (kept_index >= 0)

@@ -326,6 +326,23 @@ def test_the_choice_kernel_keeps_the_best_clusters_in_order(count, clusters):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("budget", [0.0, 1.5])
+def test_the_choice_kernel_stops_a_block_early_with_the_same_choice(budget, monkeypatch):
+    from hf_hyper.attention.finders import query_clusters
+
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 1, 300, 16, generator=gen)
+    centroids = torch.randn(2, 150, 16, generator=gen)
+    centroids[:, 100:] = centroids[:, :50]  # tied scores across blocks
+    counts = torch.randint(1, 30, (2, 150), generator=gen).float()
+    got = []
+    for early in (False, True):
+        monkeypatch.setattr(query_clusters, "TOP_EARLY_EXIT", early)
+        got.append(query_clusters.top_clusters_within_budget(q, centroids, 0.7, counts, 4, budget))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("budget", [0.0, 1.0, 2.5])
 def test_the_choice_kernel_cuts_to_the_key_budget_as_the_torch_ops(budget):
     # on CUDA the choice kernel applies the key budget and counts each row's exact keys
