@@ -15,6 +15,10 @@ kernels summed by kind:
 - `matmul`: GEMMs (k-means distances, centroid scores, the exact leaves' and sinks' parts);
 - `sort / topk`, `gather / scatter / index`, `elementwise / reduce`, `other`.
 
+`--set NAME=VALUE` runs with a module constant of `finders/query_clusters.py` replaced
+(a layout or tile switch); `--sweep NAME=V1,V2 ...` also times every combination of such
+values, replayed from the CUDA graph, each after clearing the graphs.
+
     python research/probe_profile.py --lengths 32768 131072 --dims 64 128 --probes 16 \
         --kmeans-iters 4
 """
