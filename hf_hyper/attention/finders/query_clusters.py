@@ -410,9 +410,11 @@ def kernels_can_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
 
 
-# Bytes of plan per query row of a batch of problems: its clusters (int64), the keys'
-# clustering and the packing of every rank's tiles (int32 slots, up to twice the rows a
-# rank, where clusters fill their last tiles partly): about 100. A finder that merges into
+# Bytes of plan per query row of a batch of problems: its clusters (int32, rank-major),
+# the keys' clustering and the packing of every rank's tiles (int32 slots, up to twice the
+# rows a rank, where clusters fill their last tiles partly). Counted by their arrays about
+# 70 (about 100 while the clusters and key order were int64); the budget below keeps the
+# measured 128 until a peak is measured with the int32 plan. A finder that merges into
 # a call's rows plans as many problems at a time as keep this within PLAN_BYTES_PER_CALL_ROW
 # per row of the call: the 16 bytes per token and query head that the forward's memory
 # bound allows beyond the output. A level's plan then comes in 4 chunks; each chunk
@@ -437,16 +439,20 @@ SEGMENT_BLOCK_N = 32
 SEGMENT_MAX_ROWS = 128
 SEGMENT_WARPS = 4
 SEGMENT_SAMPLE_WARPS = 4  # warps of the launch that carries the sample too
-# The best-cluster launch also carries the sample: every row is in one of its tiles, so
-# the sample needs no pass of its own over the rows (False: the sample kernel's pass).
-SAMPLE_IN_BEST_RANK = True
+# True: the best-cluster launch also carries the sample (every row is in one of its
+# tiles), so the sample needs no pass of its own over the rows; it costs that launch
+# registers (spills at 128 rows and 4 warps, none at 8 warps: benchmarks/kernel_code.py).
+# False, the sample kernel's own pass, stays the default until a same-run A/B on a GPU
+# (`research/probe_profile.py --sweep SAMPLE_IN_BEST_RANK=False,True`) says which is faster.
+SAMPLE_IN_BEST_RANK = False
 SAMPLE_TILE = (64, 64)  # (BLOCK_M, BLOCK_N) of the sample kernel
 SAMPLE_WARPS = 4
 # (BLOCK_M rows, BLOCK_C centroids, num_warps) of the choice kernel, as the k-means
 # best-centroid kernel's: every program reads all centroids, so tall row tiles
 TOP_TILE = (128, 64, 8)
 TOP_TILE_IEEE = (64, 32, 4)
-# each block of centroids walked only while some row of the tile still takes one
+# each block of centroids walked only while some row of the tile still takes one (the
+# same choice); off until a same-run A/B (`--sweep TOP_EARLY_EXIT=False,True`) measures it
 TOP_EARLY_EXIT = False
 
 
