@@ -73,11 +73,10 @@ def weighted_sample(
 ):  # fmt: skip
     """(m, l, acc) of rows q (q_rows: their index in rest [z, rows] and in each rank's
     row of chosen [PROBES, z, rows], rank_stride apart) over problem zp's n_sample drawn
-    keys: each row drops the draws in its own
-    exact keys (its clusters, the sinks, keys at or past its cut) and weighs the r draws
-    it keeps rest / r each, through m (log2 units). A row with no draw kept, or no key
-    the sample stands for, holds no mass (m -inf, l 0, acc 0), so exact keys can follow
-    in the same softmax."""
+    keys: each row drops the draws in its own exact keys (its clusters, the sinks, keys
+    at or past its cut) and weighs the r draws it keeps rest / r each, through m (log2
+    units). A row with no draw kept, or no key the sample stands for, holds no mass
+    (m -inf, l 0, acc 0), so exact keys can follow in the same softmax."""
     offs_n = tl.arange(0, BLOCK_N)
     # each row's clusters, read once: loads of them inside the loop were pipelined with
     # the keys' and held so many registers that the kernel spilled
@@ -177,9 +176,8 @@ def segment_kernel(
         m_i, l_i, acc = weighted_sample(
             q, K, V, k_at, v_at, sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, zp,
             q_rows, row_ok, cut, n_sink, n_sample, rank_stride, qk_scale, offs_d, offs_dv,
-            d_ok, dv_ok,
-            k_stride, v_stride, D_PAD, DV_PAD, FULL_D, FULL_DV, ALIGN, BLOCK_M, BLOCK_N,
-            PROBES, PROBES_PAD, IEEE,
+            d_ok, dv_ok, k_stride, v_stride, D_PAD, DV_PAD, FULL_D, FULL_DV, ALIGN, BLOCK_M,
+            BLOCK_N, PROBES, PROBES_PAD, IEEE,
         )  # fmt: skip
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -238,8 +236,7 @@ def probe_sample_kernel(
     m_i, l_i, acc = weighted_sample(
         q, K, V, k_at, v_at, sample_ptr, draw_cluster_ptr, chosen_ptr, rest_ptr, zp,
         q_rows, row_ok, cut, n_sink, n_sample, rank_stride, qk_scale, offs_d, offs_dv,
-        d_ok, dv_ok,
-        k_stride, v_stride, D_PAD, DV_PAD, FULL_D, FULL_DV, ALIGN, BLOCK_M, BLOCK_N,
+        d_ok, dv_ok, k_stride, v_stride, D_PAD, DV_PAD, FULL_D, FULL_DV, ALIGN, BLOCK_M, BLOCK_N,
         PROBES, PROBES_PAD, IEEE,
     )  # fmt: skip
     finish_rows(Out, LSE, o_row, row_ok, offs_dv, m_i, l_i, acc, DV, FULL_DV, True, True)
